@@ -1,0 +1,20 @@
+"""qd: train DRAW on Quick, Draw! doodles and turn what it draws into GIFs.
+
+Plugin authors import everything they need from here and never import pluggy:
+
+    from qdcore import hookimpl, SeedStrategy, Range
+
+Importing qdcore does not import TensorFlow.
+"""
+from .errors import InputError, PluginError, QdError, RecipeError, TrainingError, UnknownNameError
+from .hookspecs import hookimpl
+from .interfaces import Context, Dataset, Drawing, Filter, ImageSet, SeedInput, SeedStrategy, Writer
+from .params import Range
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "hookimpl", "Range", "Context", "Dataset", "Drawing", "Filter", "ImageSet", "SeedInput",
+    "SeedStrategy", "Writer", "QdError", "RecipeError", "UnknownNameError", "InputError",
+    "PluginError", "TrainingError", "__version__",
+]

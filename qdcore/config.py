@@ -1,0 +1,58 @@
+"""Model, training and generation settings: the one place their names and defaults live.
+
+Kept free of TensorFlow so that validating a recipe stays fast; `draw.py` and `train.py`
+read these dataclasses. A recipe's `model:`, `train:` and `generate:` sections are checked
+against these signatures exactly like a plugin's parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
+
+from .params import Range
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """DRAW (Gregor et al. 2015). Defaults are the blog's / ericjang's configuration."""
+
+    height: Annotated[int, Range(2, 512)] = 28
+    width: Annotated[int, Range(2, 512)] = 28
+    T: Annotated[int, Range(1, 256)] = 10
+    enc_size: Annotated[int, Range(1, 4096)] = 256
+    dec_size: Annotated[int, Range(1, 4096)] = 256
+    z_size: Annotated[int, Range(1, 1024)] = 10
+    attention: bool = True
+    read_n: Annotated[int, Range(1, 64)] = 5
+    write_n: Annotated[int, Range(1, 64)] = 5
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Cycling trainer settings. Defaults are qd's (see docs/performance.md for why)."""
+
+    iterations: Annotated[int, Range(0, 10_000_000)] = 10_000
+    batch_size: Annotated[int, Range(1, 100_000)] = 100
+    learning_rate: Annotated[float, Range(1e-7, 1.0)] = 1e-3
+    beta1: Annotated[float, Range(0.0, 0.999999)] = 0.5
+    clip_norm: Annotated[float, Range(0.0, 1e6)] = 5.0
+    holdout: Annotated[float, Range(0.0, 0.9)] = 0.1
+    checkpoint_every: Annotated[int, Range(1, 10_000_000)] = 1000
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How many pictures to make. Whether they come from the prior or from seed images is
+    decided by the `seeds:` chain (a `prior` source, or an image source)."""
+
+    n: Annotated[int, Range(1, 10_000)] = 16
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,125 @@
+"""What a plugin implements, and the plain-numpy objects that flow between the steps.
+
+A plugin registers *factories* (usually classes) by name. The recipe's parameters for a step
+are checked against the factory's signature (see params.py) and passed as keywords; the
+engine then calls the one method of the interface below. Everything crossing a step boundary
+is numpy, float32 in [0, 1] with ink bright (1) on 0, shaped (N, H, W), so plugins never
+need TensorFlow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+
+@dataclass
+class ImageSet:
+    """A dataset's images. `images` is (N, H, W), uint8 0..255 or float32 0..1, ink bright.
+
+    It may be a numpy memmap: the trainer reads it in batches and never copies it whole
+    into Python objects. `binarize` tells the trainer how to turn greyscale into targets:
+    "none" (greyscale targets), "threshold" (x > threshold), "dynamic" (x ~ Bernoulli(x),
+    resampled every time an example is seen).
+    """
+
+    images: np.ndarray
+    name: str
+    binarize: Literal["none", "threshold", "dynamic"] = "none"
+    threshold: float = 0.5
+
+    def as_float(self, index=slice(None)) -> np.ndarray:
+        """Rows `index` as float32 in [0, 1] (before binarization)."""
+        x = np.asarray(self.images[index])
+        if x.dtype == np.uint8:
+            return x.astype(np.float32) / np.float32(255.0)
+        return x.astype(np.float32, copy=False)
+
+
+@dataclass
+class Drawing:
+    """What the model drew: every step's canvas, and where the write attention looked.
+
+    canvases: (T, n, H, W) float32 in [0, 1], sigmoid of the accumulated canvas at each step.
+    windows: (T, n, 3) float32 (gx, gy, delta) of the write window in model pixels, or None
+        for the no-attention model. The window's box spans gx +- delta * write_n / 2.
+    write_n: filter count of the write window (to draw its box).
+    source: "prior" (true samples, decoder only) or "reconstruction" (seeded, encoder run).
+    """
+
+    canvases: np.ndarray
+    windows: Optional[np.ndarray]
+    write_n: int
+    source: Literal["prior", "reconstruction"]
+    model_shape: tuple[int, int] = (28, 28)
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.canvases[-1]
+
+
+@dataclass
+class Context:
+    """Handed to every step. `rng` is seeded from the recipe's seed and the step's position,
+    so a run is reproducible and adding a step does not change the randomness of others."""
+
+    image_shape: tuple[int, int]
+    rng: np.random.Generator
+    recipe_dir: Path
+    data_dir: Optional[Path]
+    cache_dir: Path
+    quiet: bool = False
+
+
+@dataclass
+class SeedInput:
+    """What a seed strategy may draw on besides the previous seeds."""
+
+    n: int
+    dataset: Optional[ImageSet] = None
+    last_batch: Optional[np.ndarray] = None  # (B, H, W) float32, the trainer's last batch
+    extra: dict = field(default_factory=dict)
+
+
+class Dataset:
+    """Registered with `qd_register_datasets`. Parameters come from the recipe's `dataset:`."""
+
+    def load(self, ctx: Context) -> ImageSet:
+        """Return the images at `ctx.image_shape`. Raise qdcore.InputError for bad data."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short label for caching and messages, for example `quickdraw:cat`."""
+        return type(self).__name__
+
+
+class SeedStrategy:
+    """Registered with `qd_register_seed_strategies`. Chained in recipe order.
+
+    A *source* ignores `seeds` (or refuses a non-None one) and returns (n, H, W) images, or
+    None to ask for generation from the prior. A *perturbation* needs seeds (raise
+    qdcore.RecipeError if given None) and returns them changed. Values stay in [0, 1].
+    """
+
+    def apply(self, seeds: Optional[np.ndarray], given: SeedInput, ctx: Context) -> Optional[np.ndarray]:
+        raise NotImplementedError
+
+
+class Filter:
+    """Registered with `qd_register_filters`. Frames in, frames out: (K, H, W) float32 in
+    [0, 1] -> (K, H', W') float32 in [0, 1]; the size may change (upscale)."""
+
+    def apply(self, frames: np.ndarray, ctx: Context) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Writer:
+    """Registered with `qd_register_writers`. Writes a Drawing (already filtered) to `path`
+    atomically (complete or absent) and returns the path written."""
+
+    suffix = ".gif"
+
+    def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
+        raise NotImplementedError
