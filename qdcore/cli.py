@@ -1,0 +1,246 @@
+"""The `qd` command. The only place where domain errors become one `Error: ...` line on
+stderr and an exit code: 2 for a bad recipe, bad input or unknown name; 1 for a failure
+while running. `--debug` (anywhere on the line, or QD_DEBUG=1) shows the traceback."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train DRAW on Quick, Draw! doodles and turn what it draws into GIFs.")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure speed and quality; prints figures.")
+app.add_typer(bench_app, name="bench")
+
+DebugOpt = typer.Option(False, "--debug", help="Show the full traceback on error.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"qd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = DebugOpt,
+):
+    pass
+
+
+def _plugins():
+    from .plugin_manager import build
+
+    return build()
+
+
+def _recipe(path: Path, *, iterations=None, seed=None, n=None):
+    from .recipe import load
+
+    return load(path, _plugins().registry).with_overrides(iterations=iterations, seed=seed, n=n)
+
+
+def _log(quiet: bool):
+    return (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="The recipe YAML file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: the recipe's output.path, else ./NAME.gif)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Run a recipe: train (or reuse the cached model), seed, generate, filter, write."""
+    from . import engine
+
+    r = _recipe(recipe, iterations=iterations, seed=seed)
+    result = engine.run(r, out=out, quiet=quiet, log=_log(quiet))
+    if not quiet:
+        typer.echo(f"wrote {result.path} ({result.seconds:.1f} s)", err=True)
+    typer.echo(str(result.path))
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="The recipe YAML file."), debug: bool = DebugOpt):
+    """Check a recipe (names, parameters, files) without running anything."""
+    from . import engine
+
+    r = _recipe(recipe)
+    built = engine.prepare(r)
+    engine.output_path(r, built, None)
+    typer.echo(f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
+               f"filters: {', '.join(f.use for f in r.filters) or 'none'}; output: {r.output.use})")
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), debug: bool = DebugOpt):
+    """List installed plugins and what each provides."""
+    p = _plugins()
+    rows = []
+    for name, info in sorted(p.info.items()):
+        row = {"name": name, "version": info.version, "hooks": info.hooks, "provides": p.registry.provided_by(name)}
+        if info.error:
+            row["error"] = info.error
+        rows.append(row)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no qd plugins are installed (or QD_LOAD_PLUGINS excludes them all)")
+    for row in rows:
+        status = f"BROKEN: {row['error']}" if "error" in row else ", ".join(
+            f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in row["provides"].items() if v) or "provides nothing"
+        typer.echo(f"{row['name']:<16} {row['version'] or '-':<10} {status}")
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="The recipe YAML file."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
+    restart: bool = typer.Option(False, "--restart", help="Discard this recipe's checkpoints and train from scratch."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Train (or resume training) the recipe's model into the cache."""
+    from . import engine
+
+    r = _recipe(recipe, iterations=iterations)
+    built = engine.prepare(r)
+    data = engine.load_data(r, built, quiet)
+    trained = engine.ensure_model(r, data, restart=restart, quiet=quiet)
+    typer.echo(f"model at step {trained.step}: {trained.workdir}")
+
+
+@app.command()
+def sample(
+    recipe: Path = typer.Argument(..., help="The recipe YAML file."),
+    n: Optional[int] = typer.Option(None, "--n", help="How many samples (default: generate.n)."),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="The PNG sheet to write."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Draw true samples from the prior (decoder only) of the trained model, as a PNG sheet."""
+    from dataclasses import replace
+
+    from . import engine
+    from .recipe import Step
+
+    r = _recipe(recipe, seed=seed, n=n)
+    sheet_entry = _plugins().registry.get("writers", "png-sheet")
+    sheet = Step("png-sheet", {}, sheet_entry, "sample sheet", str(recipe)).build()
+    r = replace(r, filters=[], output=replace(r.output))
+    built = engine.prepare(r)
+    built.writer = sheet
+    path = engine.output_path(r, built, out)
+    data = engine.load_data(r, built, quiet)
+    trained = engine.ensure_model(r, data, quiet=quiet)
+    drawing = trained.model.sample(r.generate.n, seed=r.seed)
+    written = engine.write(r, built, drawing, path, quiet)
+    typer.echo(str(written))
+
+
+@app.command("eval")
+def evaluate(
+    recipe: Path = typer.Argument(..., help="The recipe YAML file."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model."""
+    from . import engine
+    from . import train as trainer
+
+    r = _recipe(recipe, iterations=iterations)
+    built = engine.prepare(r)
+    data = engine.load_data(r, built, quiet)
+    trained = engine.ensure_model(r, data, quiet=quiet)
+    figures = trainer.evaluate(trained, data, r.train)
+    typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
+
+
+@bench_app.command("train")
+def bench_train(
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="qd's side of the comparison (default: qd's default)."),
+    iterations: int = typer.Option(30, "--iterations", help="Timed steps per configuration."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Training speed: the blog's model at batch 100 (plain tf.function) beside qd's default."""
+    from . import bench
+
+    typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet)))
+
+
+@bench_app.command("quality")
+def bench_quality(
+    recipe: Path = typer.Argument(..., help="A recipe naming the dataset (e.g. recipes/cat-quality.yaml)."),
+    minutes: List[float] = typer.Option([5.0, 10.0, 20.0], "--minutes", help="Evaluate the held-out bound at these marks."),
+    sheet: Path = typer.Option(Path("quality-samples.png"), "--sheet", help="PNG sheet of prior samples at the end."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Held-out bound after N minutes of training at qd's defaults, plus a sheet of prior samples."""
+    from . import bench, engine
+
+    r = _recipe(recipe)
+    built = engine.prepare(r)
+    data = engine.load_data(r, built, quiet)
+    typer.echo(json.dumps(bench.bench_quality(r.model, r.train, data, sorted(minutes), sheet, quiet=quiet)))
+
+
+def _warn_line(message, category, filename, lineno, file=None, line=None):
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .errors import QdError
+
+    try:  # recent typer vendors click; older releases re-export click's exceptions
+        from typer.exceptions import TyperException as UsageProblem
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException as UsageProblem
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("QD_DEBUG"))
+    warnings.showwarning = _warn_line
+    try:
+        rv = app(args=args, prog_name="qd", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except QdError as e:
+        if debug:
+            raise
+        typer.echo(f"Error: {e}", err=True)
+        code = e.exit_code
+    except typer.Exit as e:
+        code = e.exit_code
+    except UsageProblem as e:
+        if debug:
+            raise
+        typer.echo(f"Error: {e.format_message()} (see `qd --help`)", err=True)
+        code = 2
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("Error: interrupted; checkpoints written so far are kept", err=True)
+        code = 130
+    except Exception as e:  # noqa: BLE001 - the edge: nothing unexplained escapes without --debug
+        if debug:
+            raise
+        typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

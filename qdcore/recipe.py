@@ -1,0 +1,205 @@
+"""YAML -> a validated Recipe. Everything is checked before any work starts: every step names
+a registered component, and its parameters are checked against the component's signature.
+Errors carry the file and the location, for example `windmill.yaml: filters[2].scale`."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import params
+from .config import GenerateConfig, ModelConfig, TrainConfig
+from .errors import QdError, RecipeError, UnknownNameError
+from .registry import Entry, Registry
+
+TOP_KEYS = ("name", "seed", "dataset", "model", "train", "generate", "seeds", "filters", "output")
+DEFAULT_SEEDS = [{"use": "prior"}]
+DEFAULT_OUTPUT = {"use": "gif"}
+# Bumped when a change to the model or trainer makes old cached models wrong to reuse.
+MODEL_FORMAT = 1
+
+
+@dataclass
+class Step:
+    use: str
+    params: dict
+    entry: Entry
+    where: str
+
+    label: str = ""
+
+    def build(self):
+        """Instantiate the component. Constructors check what they can (a file exists, a
+        combination makes sense) so a recipe fails before any training starts."""
+        try:
+            return self.entry.factory(**self.params)
+        except QdError as e:
+            raise type(e)(f"{self.label}: {self.where}: {e}") from e
+        except (ValueError, TypeError, OSError) as e:
+            raise RecipeError(f"{self.use!r} rejected its parameters: {e}", f"{self.label}: {self.where}") from e
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    seed: int
+    dataset: Step
+    model: ModelConfig
+    train: TrainConfig
+    generate: GenerateConfig
+    seeds: list[Step]
+    filters: list[Step]
+    output: Step
+    output_path: Path | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def with_overrides(self, *, iterations: int | None = None, seed: int | None = None, n: int | None = None) -> "Recipe":
+        r = self
+        if iterations is not None:
+            r = replace(r, train=replace(r.train, iterations=_checked(TrainConfig, "iterations", iterations, "--iterations")))
+        if seed is not None:
+            r = replace(r, seed=seed)
+        if n is not None:
+            r = replace(r, generate=replace(r.generate, n=_checked(GenerateConfig, "n", n, "--n")))
+        return r
+
+    def model_key(self) -> str:
+        """Hash of what decides the trained weights: the dataset step, the model and training
+        sections. Two recipes that agree on these share one cached model."""
+        material = {
+            "format": MODEL_FORMAT,
+            "dataset": {"use": self.dataset.use, **{k: _jsonable(v) for k, v in self.dataset.params.items()}},
+            "model": self.model.as_dict(),
+            "train": self.train.as_dict(),
+        }
+        blob = json.dumps(material, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _checked(cls, key: str, value: Any, where: str) -> Any:
+    p = params.parameters(cls)[key]
+    return params.coerce(value, p.annotation, where)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def load(path: Path | str, registry: Registry) -> Recipe:
+    path = Path(path)
+    label = str(path)
+    if not path.exists():
+        raise RecipeError(f"recipe file not found. Check the path (cwd: {Path.cwd()})", label)
+    if path.is_dir():
+        raise RecipeError("is a folder, not a recipe file: name a .yaml file", label)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read the recipe: {e}", label) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"invalid YAML: {problem}", where) from e
+    return parse(data, path.resolve(), registry, label=label)
+
+
+def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None) -> Recipe:
+    label = label or str(path)
+    if data is None:
+        raise RecipeError("the recipe is empty: it needs at least `dataset:` (see docs/recipes.md)", label)
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe is a mapping of sections, got {type(data).__name__}", label)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise RecipeError(f"unknown section {key!r}. Allowed: {', '.join(TOP_KEYS)}", f"{label}: {key}")
+
+    def at(where: str) -> str:
+        return f"{label}: {where}"
+
+    folder = path.parent
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise RecipeError("must be a non-empty string", at("name"))
+    seed = params.coerce(data.get("seed", 0), int, at("seed"))
+
+    if "dataset" not in data:
+        raise RecipeError("missing section `dataset:` (for example `dataset: {use: quickdraw, category: cat}`)", label)
+    dataset = _step(data["dataset"], "datasets", "dataset", registry, label, folder)
+    model = _config(ModelConfig, data.get("model"), "model", label)
+    train = _config(TrainConfig, data.get("train"), "train", label)
+    generate = _config(GenerateConfig, data.get("generate"), "generate", label)
+
+    seeds_raw = data.get("seeds", DEFAULT_SEEDS)
+    seeds = [_step(s, "seed_strategies", f"seeds[{i}]", registry, label, folder) for i, s in enumerate(_list(seeds_raw, "seeds", label))]
+    if not seeds:
+        raise RecipeError("is empty: give a source, for example `- use: prior`", at("seeds"))
+    for i, s in enumerate(seeds):
+        is_source = bool(getattr(s.entry.factory, "is_source", False))
+        if i == 0 and not is_source:
+            raise RecipeError(
+                f"{s.use!r} changes seed images and needs a source before it: start the chain with "
+                "a source such as `prior`, `training-batch` or `file-image`", at("seeds[0]"))
+        if i > 0 and is_source:
+            raise RecipeError(f"{s.use!r} is a source; only the first seed step may be a source", at(f"seeds[{i}]"))
+    filters = [_step(f, "filters", f"filters[{i}]", registry, label, folder) for i, f in enumerate(_list(data.get("filters", []), "filters", label))]
+
+    out_raw = data.get("output", DEFAULT_OUTPUT)
+    output_path = None
+    if isinstance(out_raw, dict) and "path" in out_raw:
+        out_raw = dict(out_raw)
+        output_path = params.coerce(out_raw.pop("path"), Path, at("output.path"), folder)
+    output = _step(out_raw, "writers", "output", registry, label, folder)
+
+    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data)
+
+
+def _list(value: Any, where: str, label: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecipeError(f"must be a list of steps (`- use: NAME`), got {type(value).__name__}", f"{label}: {where}")
+    return value
+
+
+def _config(cls, value: Any, where: str, label: str):
+    return cls(**params.check(cls, value or {}, f"{label}: {where}"))
+
+
+def _step(value: Any, kind: str, where: str, registry: Registry, label: str, folder: Path) -> Step:
+    full = f"{label}: {where}"
+    if isinstance(value, str):  # `- sharpen` is short for `- use: sharpen`
+        value = {"use": value}
+    if not isinstance(value, dict):
+        raise RecipeError(f"a step is `use: NAME` plus its parameters, got {type(value).__name__}", full)
+    if "use" not in value:
+        raise RecipeError("missing `use:` naming the plugin component, for example `use: " + _example(kind) + "`", full)
+    use = value["use"]
+    if not isinstance(use, str):
+        raise RecipeError(f"`use:` must be a name, got {use!r}", f"{full}.use")
+    try:
+        entry = registry.get(kind, use)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"{full}.use: {e}") from None
+    given = {k: v for k, v in value.items() if k != "use"}
+    checked = params.check(entry.factory, given, full, folder)
+    return Step(use, checked, entry, where, label)
+
+
+def _example(kind: str) -> str:
+    return {"datasets": "quickdraw", "seed_strategies": "prior", "filters": "sharpen", "writers": "gif"}[kind]
