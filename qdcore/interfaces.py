@@ -101,7 +101,11 @@ class SeedStrategy:
     A *source* ignores `seeds` (or refuses a non-None one) and returns (n, H, W) images, or
     None to ask for generation from the prior. A *perturbation* needs seeds (raise
     qdcore.RecipeError if given None) and returns them changed. Values stay in [0, 1].
+    A source says so with `is_source = True`: recipe validation then insists that exactly
+    the first step of a `seeds:` chain is a source, before any training starts.
     """
+
+    is_source: bool = False
 
     def apply(self, seeds: Optional[np.ndarray], given: SeedInput, ctx: Context) -> Optional[np.ndarray]:
         raise NotImplementedError
