@@ -30,3 +30,36 @@ def quickdraw_dir() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's real cache from a test."""
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qd-cache"))
+
+
+def write_distribution(root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1") -> Path:
+    """Make `root` look like a site-packages holding distribution `dist`: its modules plus a
+    .dist-info with `qd` entry points. Put `root` on sys.path (or PYTHONPATH) to install it."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (root / f"{name}.py").write_text(source)
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("[qd]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    return root
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    """A throwaway site folder on sys.path; returns a function that installs a distribution."""
+    import importlib
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(dist, modules, entry_points, version="0.1"):
+        write_distribution(site, dist, modules, entry_points, version)
+        importlib.invalidate_caches()
+        return site
+
+    yield install
+    for name in [m for m in sys.modules if m.startswith("qdtest_")]:
+        del sys.modules[name]
