@@ -1,0 +1,175 @@
+"""The `qd` command as a user meets it: hostile recipes each give one `Error:` line, the
+documented exit code, no traceback and no output file; fast commands never import TensorFlow."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_distribution
+
+QD = str(Path(sys.executable).parent / "qd")
+BUILTINS = "datasets,seeds,filters,writers"
+OK = "dataset: {use: quickdraw, category: apple, limit: 50}\n"
+
+
+def qd(*args, env=None, cwd=None, timeout=120):
+    full_env = {**os.environ, "QD_LOAD_PLUGINS": BUILTINS, **(env or {})}
+    return subprocess.run([QD, *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+HOSTILE = {
+    "empty file": ("", 2, "the recipe is empty"),
+    "bad yaml": ("dataset: {use: quickdraw, category: apple\n", 2, "invalid YAML"),
+    "top level is a list": ("- dataset\n- model\n", 2, "a recipe is a mapping"),
+    "python tag refused by safe loading": ("!!python/object/apply:os.system ['touch pwned']\n", 2, "invalid YAML"),
+    "unknown section": (OK + "filter: [sharpen]\n", 2, "unknown section 'filter'"),
+    "no dataset": ("name: x\n", 2, "missing section `dataset:`"),
+    "dataset without use": ("dataset: {category: apple}\n", 2, "missing `use:`"),
+    "unknown dataset": ("dataset: {use: quickdraws, category: apple}\n", 2, "Did you mean 'quickdraw'"),
+    "unknown filter": (OK + "filters: [sharpn]\n", 2, "filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'"),
+    "unknown seed strategy": (OK + "seeds: [{use: sobel-edge}]\n", 2, "Did you mean 'sobel-edges'"),
+    "unknown writer": (OK + "output: {use: giff}\n", 2, "Can't find writer 'giff'"),
+    "unknown key": (OK + "filters: [{use: sharpen, amount: 2}]\n", 2, "filters[0].amount: unknown key 'amount'"),
+    "wrong type": (OK + "generate: {n: many}\n", 2, "generate.n: 'many' is not an integer"),
+    "zero steps": (OK + "model: {T: 0}\n", 2, "model.T: 0 is out of range"),
+    "learning rate out of range": (OK + "train: {learning_rate: 5}\n", 2, "train.learning_rate: 5.0 is out of range"),
+    "not a boolean": (OK + "model: {attention: sure}\n", 2, "model.attention: 'sure' is not a boolean"),
+    "bad choice": (OK + "output: {use: gif, frames: sideways}\n", 2, "output.frames: 'sideways' is not allowed"),
+    "missing required key": (OK + "seeds: [{use: file-image}]\n", 2, "missing required key 'path'"),
+    "seed image missing": (OK + "seeds: [{use: file-image, path: nowhere.png}]\n", 2, "nowhere.png"),
+    "perturbation first": (OK + "seeds: [{use: sobel-edges}]\n", 2, "needs a source before it"),
+    "two sources": (OK + "seeds: [prior, training-batch]\n", 2, "only the first seed step may be a source"),
+    "seeds not a list": (OK + "seeds: prior\n", 2, "must be a list of steps"),
+    "unknown category": ("dataset: {use: quickdraw, category: windmil}\n", 2, "windmill"),
+    "unknown stroke category": ("dataset: {use: quickdraw-strokes, category: coffe cup}\n", 2, "coffee cup"),
+    "filter parameter out of range": (OK + "filters: [{use: upscale, size: 0}]\n", 2, "filters[0].size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_recipe(case, tmp_path):
+    text, code, fragment = HOSTILE[case]
+    recipe = tmp_path / "hostile.yaml"
+    recipe.write_text(text)
+    out = tmp_path / "out" / "x.gif"
+    r = qd("run", recipe, "--out", out, "--iterations", 1, cwd=tmp_path)
+    assert_one_error(r, code, fragment)
+    assert not out.exists() and not out.parent.exists()
+    assert not (tmp_path / "pwned").exists()
+
+
+def assert_one_error(r, code, fragment):
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
+    assert r.returncode == code, r.stderr
+    assert len(errors) == 1, r.stderr
+    assert fragment in errors[0], errors[0]
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_missing_recipe_file_and_folder(tmp_path):
+    assert_one_error(qd("run", tmp_path / "nope.yaml"), 2, "recipe file not found")
+    assert_one_error(qd("run", tmp_path), 2, "is a folder, not a recipe file")
+
+
+def test_unreadable_binary_recipe(tmp_path):
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00garbage\x89PNG")
+    assert_one_error(qd("validate", p), 2, "bin.yaml")
+
+
+def test_negative_iterations_flag(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(OK)
+    assert_one_error(qd("run", p, "--iterations", -5), 2, "--iterations: -5 is out of range")
+
+
+def test_output_under_a_file_is_refused_before_work(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(OK)
+    (tmp_path / "afile").write_text("x")
+    assert_one_error(qd("run", p, "--out", tmp_path / "afile" / "x.gif"), 2, "is a file, not a folder")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"not a numpy file at all", "apple.npy"),
+    (None, "apple.npy"),  # a valid .npy of the wrong shape
+])
+def test_bad_local_data_file_fails_before_training(tmp_path, content, fragment):
+    data = tmp_path / "data" / "numpy_bitmap"
+    data.mkdir(parents=True)
+    if content is None:
+        np.save(data / "apple.npy", np.zeros((5, 100), np.uint8))
+    else:
+        (data / "apple.npy").write_bytes(content)
+    p = tmp_path / "r.yaml"
+    p.write_text(OK)
+    out = tmp_path / "out.gif"
+    r = qd("run", p, "--out", out, env={"QD_DATA_DIR": str(tmp_path / "data"), "QD_DOWNLOAD_URL": "http://127.0.0.1:9/"})
+    assert_one_error(r, 2, fragment)
+    assert not out.exists()
+
+
+def test_plugin_that_raises_at_import(tmp_path):
+    site = write_distribution(tmp_path / "site", "qd-broken", {"qdtest_broken": "raise ImportError('no such lib')\n"},
+                              {"broken": "qdtest_broken"})
+    p = tmp_path / "r.yaml"
+    p.write_text(OK + "seeds: [{use: spiral}]\n")
+    env = {"PYTHONPATH": str(site), "QD_LOAD_PLUGINS": BUILTINS + ",broken"}
+    r = qd("run", p, "--out", tmp_path / "x.gif", env=env)
+    assert_one_error(r, 2, "Can't find seed strategy 'spiral'")
+    assert "Plugins that failed to load: broken" in r.stderr
+    assert "Warning: qd plugin 'broken' failed to load" in r.stderr
+    listed = json.loads(qd("plugins", "--json", env=env).stdout)
+    broken = [p for p in listed if p["name"] == "broken"][0]
+    assert "no such lib" in broken["error"]
+    assert {p["name"] for p in listed} == set(BUILTINS.split(",")) | {"broken"}
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("dataset: {use: quickdraws, category: apple}\n")
+    r = qd("run", p, "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "UnknownNameError" in r.stderr
+
+
+def test_usage_errors_exit_2():
+    assert_one_error(qd("frobnicate"), 2, "No such command")
+    assert_one_error(qd("run"), 2, "Missing argument")
+
+
+def test_version():
+    r = qd("--version")
+    assert r.returncode == 0 and r.stdout.startswith("qd 0.")
+
+
+def test_plugins_json_lists_the_builtins():
+    r = qd("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {p["name"]: p for p in json.loads(r.stdout)}
+    assert set(rows) == {"datasets", "seeds", "filters", "writers"}
+    provides = {k: v for row in rows.values() for k, v in row["provides"].items() if v}
+    assert {"quickdraw", "quickdraw-strokes", "images"} <= set(provides["datasets"])
+    assert {"training-batch", "file-image", "sobel-edges", "random-pixels", "prior"} <= set(provides["seed_strategies"])
+    assert {"sharpen", "edge-enhance", "anti-alias", "upscale", "invert"} <= set(provides["filters"])
+    assert {"gif", "png-sheet"} <= set(provides["writers"])
+    assert rows["seeds"]["hooks"] == ["qd_register_seed_strategies"]
+    assert all(row["version"] for row in rows.values())
+    table = qd("plugins").stdout
+    assert "sobel-edges" in table and "datasets" in table
+
+
+@pytest.mark.parametrize("argv", [["plugins", "--json"], ["validate", "recipes/apple.yaml"]])
+def test_fast_commands_never_import_tensorflow(argv):
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys\nfrom qdcore.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n" % argv)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "QD_LOAD_PLUGINS": BUILTINS})
+    assert r.returncode == 0, r.stderr
