@@ -1,0 +1,435 @@
+"""Built-in datasets: Quick, Draw! bitmaps, Quick, Draw! strokes, and a folder of images.
+
+Files are looked up in the local mirror first ($QD_DATA_DIR, laid out like the bucket's
+`full/` folder), then in the cache, and only then downloaded (into the cache, atomically,
+the size checked against Content-Length). $QD_DOWNLOAD_URL replaces the bucket's URL, which
+is how the tests exercise the real download code against a server on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import difflib
+import glob as globlib
+import hashlib
+import http.client
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Iterator, Literal, Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from qdcore import Context, Dataset, ImageSet, InputError, Range, RecipeError, hookimpl
+from qdcore.atomic import atomic_path
+from qdcore.paths import data_dir as env_data_dir
+
+from .rasterize import rasterize_many
+
+DEFAULT_URL = "https://storage.googleapis.com/quickdraw_dataset/full/"
+URL_ENV = "QD_DOWNLOAD_URL"
+BITMAP_SIDE = 28
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+Binarize = Literal["none", "threshold", "dynamic"]
+Limit = Optional[Annotated[int, Range(1, None)]]
+Threshold = Optional[Annotated[float, Range(0.0, 1.0)]]
+
+
+def categories() -> list[str]:
+    """The 345 Quick, Draw! category names, as spelled in the bucket's file names."""
+    # Beside this file rather than importlib.resources: an editable install made while plugins/
+    # was empty maps qdplugins as a namespace package, which resources cannot read.
+    text = Path(__file__).with_name("categories.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line]
+
+
+def _check_categories(value: Union[str, list[str]], who: str) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    if not names:
+        raise RecipeError(f"{who}: `category` is an empty list; name at least one category")
+    known = categories()
+    known_set = set(known)
+    for name in names:
+        if name not in known_set:
+            # Suggest case-insensitively: people write "Coffee Cup" or "coffee_cup".
+            lowered = {k.lower(): k for k in known}
+            key = name.lower().replace("_", " ").replace("-", " ")
+            close = [lowered[c] for c in difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.6)]
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "no close name"
+            raise InputError(
+                f"{who}: unknown Quick, Draw! category {name!r} ({hint}); the 345 names are in "
+                f"qdplugins/categories.txt"
+            )
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{who}: `category` names a category twice: {names}")
+    return names
+
+
+def _check_binarize(binarize: str, threshold: Optional[float], who: str) -> float:
+    if threshold is not None and binarize != "threshold":
+        raise RecipeError(f"{who}: `threshold` only applies with `binarize: threshold` (got binarize: {binarize})")
+    return 0.5 if threshold is None else float(threshold)
+
+
+# --- finding and downloading files ------------------------------------------------------------
+
+
+def base_url() -> str:
+    url = os.environ.get(URL_ENV) or DEFAULT_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def remote_url(kind: str, filename: str) -> str:
+    return base_url() + kind + "/" + urllib.parse.quote(filename)
+
+
+def locate(kind: str, filename: str, ctx: Context) -> Path:
+    """The path of `<kind>/<filename>`: local mirror, else cache, else downloaded into the cache."""
+    local_root = ctx.data_dir if ctx.data_dir is not None else env_data_dir()
+    if local_root is not None:
+        local = Path(local_root) / kind / filename
+        if local.is_file():
+            return local
+    cached = Path(ctx.cache_dir) / "quickdraw" / kind / filename
+    if cached.is_file():
+        return cached
+    url = remote_url(kind, filename)
+    where = f"{local_root / kind / filename}" if local_root is not None else f"$QD_DATA_DIR/{kind}/{filename} (QD_DATA_DIR is not set)"
+    try:
+        download(url, cached, quiet=ctx.quiet)
+    except InputError as e:
+        raise InputError(
+            f"{filename} is not in {where} nor in the cache {cached}, and {e}. "
+            f"Fix: put Google's {kind}/{filename} in $QD_DATA_DIR/{kind}/, or run once with internet access"
+        ) from None
+    return cached
+
+
+def download(url: str, dest: Path, quiet: bool = False, chunk: int = 1 << 20) -> Path:
+    """Fetch `url` to `dest` atomically; a short read is an error, never a truncated file."""
+    request = urllib.request.Request(url, headers={"User-Agent": "qd"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with atomic_path(dest) as tmp:
+                written = _copy_with_progress(response, tmp, total, dest.name, quiet, chunk)
+                if total is not None and written != total:
+                    raise InputError(f"downloading {url} stopped after {written} of {total} bytes")
+    except urllib.error.HTTPError as e:
+        raise InputError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        # A connection cut short raises IncompleteRead (an HTTPException, not an OSError).
+        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        raise InputError(f"downloading {url} failed: {reason}") from None
+    return dest
+
+
+def _copy_with_progress(response, tmp: Path, total: Optional[int], label: str, quiet: bool, chunk: int) -> int:
+    written = 0
+    with open(tmp, "wb") as out:
+        if quiet:
+            while block := response.read(chunk):
+                out.write(block)
+                written += len(block)
+            return written
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        columns = (TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as progress:
+            task = progress.add_task(label, total=total)
+            while block := response.read(chunk):
+                out.write(block)
+                written += len(block)
+                progress.update(task, advance=len(block))
+    return written
+
+
+def _fix_for(path: Path, ctx: Context, kind: str) -> str:
+    if Path(ctx.cache_dir) in path.parents:
+        return f"delete {path} so it is downloaded again"
+    return f"replace it with Google's file {remote_url(kind, path.name)}"
+
+
+# --- numpy_bitmap -------------------------------------------------------------------------------
+
+
+def open_bitmap(path: Path, ctx: Context) -> np.ndarray:
+    """A (N, 784) uint8 memmap, or InputError naming the file and the fix."""
+    fix = _fix_for(path, ctx, "numpy_bitmap")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError, OSError, EOFError... for a damaged file
+        raise InputError(f"{path} is not a readable .npy file ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path} is not a single .npy array (an .npz archive?); {fix}")
+    side = BITMAP_SIDE * BITMAP_SIDE
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != side:
+        raise InputError(
+            f"{path} holds {arr.dtype} of shape {arr.shape}, expected uint8 of shape (N, {side}) "
+            f"(28x28 Quick, Draw! bitmaps); {fix}"
+        )
+    if arr.shape[0] == 0:
+        raise InputError(f"{path} holds no drawings (shape {arr.shape}); {fix}")
+    return arr
+
+
+def resize_stack(images: np.ndarray, shape: tuple[int, int], chunk: int = 4096) -> np.ndarray:
+    """(N, h, w) uint8 -> (N, H, W) uint8 with Pillow's Lanczos, read `chunk` rows at a time."""
+    h, w = shape
+    out = np.empty((len(images), h, w), np.uint8)
+    for start in range(0, len(images), chunk):
+        block = np.asarray(images[start:start + chunk])
+        for i, img in enumerate(block):
+            out[start + i] = np.asarray(Image.fromarray(img).resize((w, h), Image.LANCZOS))
+    return out
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    # One part stays a memmap view; several are concatenated into memory (a copy).
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Categories(Dataset):
+    """What the two Quick, Draw! datasets share; each keeps its own explicit signature,
+    since that signature is what a recipe is validated against."""
+
+    who = ""
+
+    def _setup(self, category, limit, binarize, threshold) -> None:
+        self.categories = _check_categories(category, self.who)
+        self.limit = limit
+        self.binarize = binarize
+        self.threshold = _check_binarize(binarize, threshold, self.who)
+
+    def describe(self) -> str:
+        out = f"{self.who}:{','.join(self.categories)}"
+        if self.limit:
+            out += f":limit={self.limit}"
+        if self.binarize != "none":
+            out += f":binarize={self.binarize}"
+            out += f"@{self.threshold:g}" if self.binarize == "threshold" else ""
+        return out
+
+
+class QuickDraw(_Categories):
+    """Google's 28x28 bitmaps (`numpy_bitmap/<category>.npy`), memory-mapped."""
+
+    who = "quickdraw"
+
+    def __init__(
+        self,
+        category: Union[str, list[str]],
+        limit: Limit = None,
+        binarize: Binarize = "none",
+        threshold: Threshold = None,
+    ):
+        self._setup(category, limit, binarize, threshold)
+
+    def load(self, ctx: Context) -> ImageSet:
+        shape = tuple(ctx.image_shape)
+        parts = []
+        for cat in self.categories:
+            arr = open_bitmap(locate("numpy_bitmap", f"{cat}.npy", ctx), ctx)
+            arr = arr[: self.limit] if self.limit else arr
+            images = arr.reshape(len(arr), BITMAP_SIDE, BITMAP_SIDE)  # still a memmap view
+            if shape != (BITMAP_SIDE, BITMAP_SIDE):
+                images = resize_stack(images, shape)
+            parts.append(images)
+        return ImageSet(_join(parts), "+".join(self.categories), self.binarize, self.threshold)
+
+
+# --- simplified strokes -------------------------------------------------------------------------
+
+
+def read_strokes(path: Path, limit: Optional[int], ctx: Context) -> Iterator[list]:
+    """Yield each line's `drawing` (a list of strokes), stopping after `limit` lines."""
+    fix = _fix_for(path, ctx, "simplified")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            count = 0
+            for number, line in enumerate(f, start=1):
+                if limit is not None and count >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    drawing = json.loads(line)["drawing"]
+                    if not isinstance(drawing, list):
+                        raise TypeError("`drawing` is not a list")
+                except (ValueError, KeyError, TypeError) as e:
+                    raise InputError(f"{path}, line {number}: not a Quick, Draw! ndjson record ({e}); {fix}") from None
+                count += 1
+                yield drawing
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text ({e}); {fix}") from None
+
+
+class QuickDrawStrokes(_Categories):
+    """Google's simplified strokes (`simplified/<category>.ndjson`), rasterised like numpy_bitmap.
+
+    Rasterised images are cached as .npy (keyed by the source file's size and mtime and by
+    the canvas size) and memory-mapped, so a large category is drawn once, not every run.
+    """
+
+    who = "quickdraw-strokes"
+
+    def __init__(
+        self,
+        category: Union[str, list[str]],
+        limit: Limit = None,
+        binarize: Binarize = "none",
+        threshold: Threshold = None,
+        supersample: Annotated[int, Range(1, 32)] = 8,
+    ):
+        self._setup(category, limit, binarize, threshold)
+        self.supersample = supersample
+
+    def describe(self) -> str:
+        return f"{super().describe()}:supersample={self.supersample}"
+
+    def load(self, ctx: Context) -> ImageSet:
+        shape = tuple(int(s) for s in ctx.image_shape)
+        parts = [self._one(cat, shape, ctx) for cat in self.categories]
+        return ImageSet(_join(parts), "+".join(self.categories), self.binarize, self.threshold)
+
+    def _one(self, cat: str, shape: tuple[int, int], ctx: Context) -> np.ndarray:
+        source = locate("simplified", f"{cat}.ndjson", ctx)
+        stat = source.stat()
+        key = hashlib.sha256(
+            f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{shape}|{self.supersample}|{self.limit}".encode()
+        ).hexdigest()[:16]
+        cached = Path(ctx.cache_dir) / "quickdraw" / "raster" / f"{cat}-{shape[0]}x{shape[1]}-{key}.npy"
+        if cached.is_file():
+            try:
+                arr = np.load(cached, mmap_mode="r", allow_pickle=False)
+                if arr.dtype == np.uint8 and arr.shape[1:] == shape and len(arr):
+                    return arr
+            except Exception:
+                pass  # a damaged cache entry is simply redrawn below
+        images = rasterize_many(read_strokes(source, self.limit, ctx), shape, self.supersample, count=self.limit)
+        if len(images) == 0:
+            raise InputError(f"{source} holds no drawings; {_fix_for(source, ctx, 'simplified')}")
+        with atomic_path(cached) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, images)
+        return np.load(cached, mmap_mode="r", allow_pickle=False)
+
+
+# --- image files --------------------------------------------------------------------------------
+
+Invert = Literal["auto", "always", "never"]
+Fit = Literal["pad", "stretch"]
+
+
+def load_image(path: Path, shape: tuple[int, int], invert: str = "auto", fit: str = "pad",
+               normalize: bool = True) -> np.ndarray:
+    """Any PNG/JPEG -> (H, W) float32 in [0, 1], ink bright on 0.
+
+    Transparency is flattened onto white (a transparent background is paper). With
+    invert="auto" the image is inverted when its border is mostly light (dark ink on paper).
+    fit="pad" keeps the aspect ratio and pads with background; "stretch" fills the canvas.
+    normalize stretches the result so the brightest ink is 1, because thin lines drawn on a
+    large image fade to faint grey once shrunk to 28 px.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            grey = _to_grey(im)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise InputError(f"{path} is not a readable image ({e}); give a PNG or JPEG file") from None
+    if invert == "always" or (invert == "auto" and _light_background(grey)):
+        grey = 1.0 - grey
+    h, w = shape
+    src = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32))
+    if fit == "stretch":
+        out = np.asarray(src.resize((w, h), Image.LANCZOS))
+    else:
+        scale = min(w / src.width, h / src.height)
+        size = (max(1, round(src.width * scale)), max(1, round(src.height * scale)))
+        small = np.asarray(src.resize(size, Image.LANCZOS))
+        out = np.zeros((h, w), np.float32)
+        top, left = (h - size[1]) // 2, (w - size[0]) // 2
+        out[top:top + size[1], left:left + size[0]] = small
+    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    peak = out.max()
+    if normalize and peak > 0:
+        out = out / peak
+    return out
+
+
+def _to_grey(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return np.clip(arr / top, 0.0, 1.0)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(paper, rgba)
+    return np.asarray(im.convert("L"), dtype=np.float64) / 255.0
+
+
+def _light_background(grey: np.ndarray) -> bool:
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return float(np.median(border)) > 0.5
+
+
+def image_files(path: Path) -> list[Path]:
+    """A folder's PNG/JPEG files, a glob's matches, or one file; sorted for reproducibility."""
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    elif any(ch in str(path) for ch in "*?["):
+        found = [Path(p) for p in globlib.glob(str(path), recursive=True)]
+        found = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    elif path.is_file():
+        found = [path]
+    else:
+        raise InputError(f"images: {path} does not exist; give a folder, a glob like 'doodles/*.png', or a file")
+    if not found:
+        raise InputError(f"images: no .png/.jpg/.jpeg files in {path}")
+    return sorted(found)
+
+
+class Images(Dataset):
+    """A folder (or glob) of PNG/JPEG files of any size and mode, as ink-bright greyscale."""
+
+    def __init__(
+        self,
+        path: Path,
+        limit: Limit = None,
+        invert: Invert = "auto",
+        fit: Fit = "pad",
+        normalize: bool = True,
+        binarize: Binarize = "none",
+        threshold: Threshold = None,
+    ):
+        self.path = path
+        self.limit = limit
+        self.invert = invert
+        self.fit = fit
+        self.normalize = normalize
+        self.binarize = binarize
+        self.threshold = _check_binarize(binarize, threshold, "images")
+
+    def describe(self) -> str:
+        return f"images:{self.path}:invert={self.invert}:fit={self.fit}:limit={self.limit}"
+
+    def load(self, ctx: Context) -> ImageSet:
+        files = image_files(Path(self.path))[: self.limit]
+        shape = tuple(int(s) for s in ctx.image_shape)
+        images = np.stack([load_image(p, shape, self.invert, self.fit, self.normalize) for p in files])
+        return ImageSet(images, Path(self.path).name, self.binarize, self.threshold)
+
+
+@hookimpl
+def qd_register_datasets(register):
+    register("quickdraw", QuickDraw,
+             description="Quick, Draw! 28x28 bitmaps (numpy_bitmap/<category>.npy), memory-mapped")
+    register("quickdraw-strokes", QuickDrawStrokes,
+             description="Quick, Draw! simplified strokes rasterised the way Google made the bitmaps")
+    register("images", Images, description="a folder or glob of PNG/JPEG files, as ink-bright greyscale")
