@@ -1,0 +1,237 @@
+"""Built-in writers: an animated GIF, or one PNG contact sheet.
+
+Both write through qdcore.atomic.atomic_path, so the output is complete or absent. The
+frames they receive are already filtered (maybe upscaled, maybe inverted); the write
+attention, given in model pixels, is scaled to whatever size the frames have now.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from qdcore import Context, Drawing, InputError, Range, RecipeError, Writer, hookimpl
+from qdcore.atomic import atomic_path
+
+Frames = Literal["samples", "steps"]
+Seconds = Annotated[float, Range(0.01, 655.35)]  # a GIF stores a frame's delay in 1/100 s, 16 bits
+Columns = Optional[Annotated[int, Range(1, 1000)]]
+Spacing = Annotated[int, Range(0, 256)]
+Shade = Annotated[float, Range(0.0, 1.0)]
+
+BOX_COLOUR = (255, 48, 48)
+
+
+def _uint8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _canvases(drawing: Drawing) -> np.ndarray:
+    c = np.asarray(drawing.canvases)
+    if c.ndim != 4 or 0 in c.shape:
+        raise InputError(f"a drawing's canvases must be shaped (T, n, H, W) and non-empty, got {c.shape}")
+    return c
+
+
+class Layout:
+    """Places cells of size (h, w) on a grid with `spacing` pixels between them."""
+
+    def __init__(self, rows: int, cols: int, h: int, w: int, spacing: int):
+        self.rows, self.cols, self.h, self.w, self.spacing = rows, cols, h, w, spacing
+
+    @property
+    def size(self) -> tuple[int, int]:
+        s = self.spacing
+        return self.rows * self.h + (self.rows - 1) * s, self.cols * self.w + (self.cols - 1) * s
+
+    def origin(self, index: int) -> tuple[int, int]:
+        r, c = divmod(index, self.cols)
+        return r * (self.h + self.spacing), c * (self.w + self.spacing)
+
+    def compose(self, cells: np.ndarray, shade: float) -> np.ndarray:
+        """(k, h, w) -> one (H, W) image, empty places and gaps filled with `shade`."""
+        out = np.full(self.size, shade, dtype=np.float32)
+        for i, cell in enumerate(cells):
+            top, left = self.origin(i)
+            out[top:top + self.h, left:left + self.w] = cell
+        return out
+
+
+def grid_columns(count: int, columns: Optional[int]) -> int:
+    return min(count, columns) if columns else math.ceil(math.sqrt(count))
+
+
+def attention_box(window: np.ndarray, write_n: int, model_shape: tuple[int, int], cell: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(gx, gy, delta) in model pixels -> (x0, y0, x1, y1) in cell pixel indices.
+
+    In the model a pixel index a is the centre of that pixel (the filterbank evaluates its
+    Gaussians at a), so the window's edges gx -+ delta*N/2 sit at a + 0.5 in continuous
+    pixel-edge units, which scale by the size ratio; back to PIL's pixel indices is -0.5.
+    """
+    gx, gy, delta = (float(v) for v in window)
+    half = delta * write_n / 2.0
+    sy, sx = cell[0] / model_shape[0], cell[1] / model_shape[1]
+    x0, x1 = (gx - half + 0.5) * sx - 0.5, (gx + half + 0.5) * sx - 0.5
+    y0, y1 = (gy - half + 0.5) * sy - 0.5, (gy + half + 0.5) * sy - 0.5
+    return x0, y0, x1, y1
+
+
+def draw_boxes(image: np.ndarray, layout: Layout, windows: np.ndarray, write_n: int,
+               model_shape: tuple[int, int]) -> np.ndarray:
+    """Greyscale (H, W) float -> RGB (H, W, 3) uint8 with one box per cell, clipped to it."""
+    rgb = Image.fromarray(_uint8(image)).convert("RGB")
+    draw = ImageDraw.Draw(rgb)
+    width = max(1, round(min(layout.h, layout.w) / 64))
+    for i, window in enumerate(windows):
+        top, left = layout.origin(i)
+        x0, y0, x1, y1 = attention_box(window, write_n, model_shape, (layout.h, layout.w))
+        x0, x1 = np.clip([x0, x1], 0, layout.w - 1) + left
+        y0, y1 = np.clip([y0, y1], 0, layout.h - 1) + top
+        draw.rectangle([round(x0), round(y0), round(x1), round(y1)], outline=BOX_COLOUR, width=width)
+    return np.asarray(rgb)
+
+
+class _GridWriter(Writer):
+    """The grid settings both writers share; each keeps its own explicit signature, since
+    that signature is what a recipe is validated against."""
+
+    who = ""
+
+    def _grid(self, frames: str, columns, attention: bool, spacing: int, shade: float) -> None:
+        if attention and frames != "steps":
+            raise RecipeError(f"{self.who}: `attention: true` needs `frames: steps` (a window belongs to a drawing step)")
+        self.frames = frames
+        self.columns = columns
+        self.attention = attention
+        self.spacing = spacing
+        self.shade = shade
+
+
+def _windows(drawing: Drawing, who: str) -> np.ndarray:
+    if drawing.windows is None:
+        raise RecipeError(f"{who}: `attention: true` but the model has no write attention (model.attention: false)")
+    return np.asarray(drawing.windows, dtype=np.float32)
+
+
+class Gif(_GridWriter):
+    """An animated GIF: one frame per sample (the blog's GIFs) or one per drawing step."""
+
+    suffix = ".gif"
+    who = "gif"
+
+    def __init__(
+        self,
+        frames: Frames = "samples",
+        duration: Seconds = 0.12,
+        hold_last: Optional[Seconds] = None,
+        loop: Annotated[int, Range(0, 65535)] = 0,
+        sample: Optional[Annotated[int, Range(0, None)]] = None,
+        attention: bool = False,
+        columns: Columns = None,
+        spacing: Spacing = 2,
+        spacing_shade: Shade = 0.5,
+    ):
+        self._grid(frames, columns, attention, spacing, spacing_shade)
+        if frames == "samples" and (sample is not None or columns is not None):
+            raise RecipeError("gif: `sample` and `columns` apply to `frames: steps`; with `frames: samples` each frame is one sample")
+        self.duration = duration
+        self.hold_last = hold_last
+        self.loop = loop
+        self.sample = sample
+
+    def images(self, drawing: Drawing) -> list[np.ndarray]:
+        """The GIF's frames as uint8 arrays, (H, W) greyscale or (H, W, 3) with boxes."""
+        canvases = _canvases(drawing)
+        steps, n, h, w = canvases.shape
+        if self.frames == "samples":
+            return [_uint8(f) for f in canvases[-1]]
+        windows = _windows(drawing, "gif") if self.attention else None
+        if self.sample is not None:
+            if self.sample >= n:
+                raise RecipeError(f"gif: `sample: {self.sample}` but only {n} samples were drawn (0..{n - 1})")
+            chosen = [self.sample]
+        else:
+            chosen = list(range(n))
+        cols = grid_columns(len(chosen), self.columns)
+        layout = Layout(math.ceil(len(chosen) / cols), cols, h, w, self.spacing)
+        out = []
+        for t in range(steps):
+            image = layout.compose(canvases[t, chosen], self.shade)
+            if windows is None:
+                out.append(_uint8(image))
+            else:
+                out.append(draw_boxes(image, layout, windows[t, chosen], drawing.write_n, drawing.model_shape))
+        return out
+
+    def durations_ms(self, count: int) -> list[int]:
+        # GIF delays are whole hundredths of a second; round here so what is asked is what is kept.
+        def centis(seconds: float) -> int:
+            return int(math.floor(seconds * 100 + 0.5))
+
+        out = [centis(self.duration) * 10] * count
+        if self.hold_last is not None:
+            out[-1] = centis(self.hold_last) * 10
+        return out
+
+    def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
+        import imageio.v3 as iio
+
+        frames = self.images(drawing)
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            # Identical consecutive frames are merged by Pillow with their delays summed, so the
+            # animation plays the same; the file then holds fewer frames.
+            iio.imwrite(tmp, np.stack(frames), extension=".gif", plugin="pillow", is_batch=True,
+                        duration=self.durations_ms(len(frames)), loop=self.loop)
+        return path
+
+
+class PngSheet(_GridWriter):
+    """One PNG: a grid of the samples' final canvases, or of every step (rows = samples,
+    columns = steps)."""
+
+    suffix = ".png"
+    who = "png-sheet"
+
+    def __init__(
+        self,
+        frames: Frames = "samples",
+        columns: Columns = None,
+        attention: bool = False,
+        spacing: Spacing = 2,
+        spacing_shade: Shade = 0.5,
+    ):
+        self._grid(frames, columns, attention, spacing, spacing_shade)
+        if frames == "steps" and columns is not None:
+            raise RecipeError("png-sheet: `columns` applies to `frames: samples`; with `frames: steps` a row holds one sample's steps")
+
+    def image(self, drawing: Drawing) -> np.ndarray:
+        canvases = _canvases(drawing)
+        steps, n, h, w = canvases.shape
+        if self.frames == "samples":
+            cols = grid_columns(n, self.columns)
+            layout = Layout(math.ceil(n / cols), cols, h, w, self.spacing)
+            return _uint8(layout.compose(canvases[-1], self.shade))
+        layout = Layout(n, steps, h, w, self.spacing)
+        cells = canvases.transpose(1, 0, 2, 3).reshape(n * steps, h, w)  # row-major: sample, then step
+        image = layout.compose(cells, self.shade)
+        if not self.attention:
+            return _uint8(image)
+        windows = _windows(drawing, "png-sheet").transpose(1, 0, 2).reshape(n * steps, 3)
+        return draw_boxes(image, layout, windows, drawing.write_n, drawing.model_shape)
+
+    def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
+        image = Image.fromarray(self.image(drawing))
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+        return path
+
+
+@hookimpl
+def qd_register_writers(register):
+    register("gif", Gif, description="animated GIF: one frame per sample, or one per drawing step")
+    register("png-sheet", PngSheet, description="one PNG grid of samples, or of samples x steps")

@@ -1,0 +1,164 @@
+"""Writers: GIFs and PNG sheets read back (frames, per-frame durations, sizes, pixels)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from PIL import Image
+
+from qdcore import Context, Drawing, RecipeError
+from qdcore.params import check
+from qdplugins.writers import Gif, PngSheet, attention_box
+
+T, N, H, W = 4, 3, 28, 28
+
+
+def ctx() -> Context:
+    return Context((H, W), np.random.default_rng(0), Path("."), None, Path("/nonexistent-cache"))
+
+
+def drawing(t=T, n=N, h=H, w=W, windows=True, model_shape=(28, 28)) -> Drawing:
+    # Every (step, sample) canvas is distinct, so no two consecutive GIF frames are equal.
+    rng = np.random.default_rng(7)
+    canvases = rng.random((t, n, h, w)).astype(np.float32)
+    win = None
+    if windows:
+        win = np.zeros((t, n, 3), np.float32)
+        win[..., 0], win[..., 1], win[..., 2] = 13.5, 13.5, 1.0
+    return Drawing(canvases, win, write_n=5, source="prior", model_shape=model_shape)
+
+
+def read_gif(path: Path):
+    frames = iio.imread(path, index=None, mode="L")
+    durations = [iio.immeta(path, index=i)["duration"] for i in range(len(frames))]
+    return frames, durations
+
+
+def test_writers_validate_with_their_defaults():
+    for cls in (Gif, PngSheet):
+        cls(**check(cls, {}, "output"))
+    assert check(Gif, {"duration": 0.2, "loop": 3}, "output")["hold_last"] is None
+    for bad in ({"frames": "both"}, {"duration": 0}, {"loop": -1}):
+        with pytest.raises(RecipeError):
+            check(Gif, bad, "output")
+
+
+def test_gif_of_samples(tmp_path):
+    d = drawing()
+    out = Gif(duration=0.12).write(d, tmp_path / "s.gif", ctx())
+    frames, durations = read_gif(out)
+    assert frames.shape == (N, H, W)
+    assert durations == [120] * N
+    expected = np.round(d.canvases[-1] * 255).astype(np.uint8)
+    assert np.array_equal(frames, expected)  # greyscale survives the GIF palette exactly
+    assert iio.immeta(out, index=0).get("loop") == 0
+
+
+def test_gif_of_steps_as_a_grid_with_hold_and_loop(tmp_path):
+    d = drawing(n=5)
+    out = Gif(frames="steps", duration=0.05, hold_last=1.5, loop=2, spacing=3).write(d, tmp_path / "g.gif", ctx())
+    frames, durations = read_gif(out)
+    # 5 samples -> 3 columns, 2 rows, 3 px between cells.
+    assert frames.shape == (T, 2 * H + 3, 3 * W + 6)
+    assert durations == [50] * (T - 1) + [1500]
+    assert iio.immeta(out, index=0).get("loop") == 2
+    step2 = np.round(d.canvases[2] * 255).astype(np.uint8)
+    assert np.array_equal(frames[2, :H, W + 3:2 * W + 3], step2[1])  # row 0, column 1 = sample 1
+    assert np.array_equal(frames[2, H + 3:, W + 3:2 * W + 3], step2[4])
+    assert (frames[2, H:H + 3] == 128).all()  # the gap's shade
+
+
+def test_gif_of_one_sample_and_columns(tmp_path):
+    d = drawing()
+    frames, _ = read_gif(Gif(frames="steps", sample=2).write(d, tmp_path / "one.gif", ctx()))
+    assert frames.shape == (T, H, W)
+    assert np.array_equal(frames[-1], np.round(d.canvases[-1, 2] * 255).astype(np.uint8))
+    frames, _ = read_gif(Gif(frames="steps", columns=1, spacing=0).write(d, tmp_path / "col.gif", ctx()))
+    assert frames.shape == (T, N * H, W)
+
+
+def test_equal_consecutive_frames_merge_keeping_the_total_time(tmp_path):
+    """Pillow folds a frame equal to the previous one into it, adding the delays: the
+    animation plays the same, the file holds fewer frames."""
+    d = drawing()
+    d.canvases[2] = d.canvases[1]
+    frames, durations = read_gif(Gif(frames="steps", duration=0.1, hold_last=0.5).write(d, tmp_path / "m.gif", ctx()))
+    assert len(frames) == T - 1 and durations == [100, 200, 500]
+
+
+def test_duration_is_rounded_to_what_a_gif_can_store(tmp_path):
+    _, durations = read_gif(Gif(duration=0.125, hold_last=0.333).write(drawing(), tmp_path / "r.gif", ctx()))
+    assert durations == [130, 130, 330]
+
+
+def test_attention_box_geometry():
+    # gx = gy = 13.5, delta 1, N 5: the window spans 11 .. 16 in model pixel centres.
+    assert attention_box(np.array([13.5, 13.5, 1.0]), 5, (28, 28), (28, 28)) == pytest.approx((11, 11, 16, 16))
+    # Four times bigger frames: pixel edges scale, centres are edge - 0.5.
+    x0, y0, x1, y1 = attention_box(np.array([13.5, 6.0, 2.0]), 5, (28, 28), (112, 56))
+    assert (x0, x1) == pytest.approx(((13.5 - 5 + 0.5) * 2 - 0.5, (13.5 + 5 + 0.5) * 2 - 0.5))
+    assert (y0, y1) == pytest.approx(((6 - 5 + 0.5) * 4 - 0.5, (6 + 5 + 0.5) * 4 - 0.5))
+
+
+def test_gif_with_attention_draws_red_boxes_on_upscaled_frames(tmp_path):
+    d = drawing(n=2, h=112, w=112)  # frames upscaled 4x by a filter; windows still in model pixels
+    d.canvases *= 0.3  # dim grey noise: distinct frames (Pillow merges equal ones), boxes stand out
+    d.windows[1, 1] = (5.0, 20.0, 1.0)
+    out = Gif(frames="steps", attention=True, spacing=0).write(d, tmp_path / "a.gif", ctx())
+    rgb = iio.imread(out, index=None, mode="RGB")
+    assert rgb.shape == (T, 112, 224, 3)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 100)
+    assert red.any(axis=(1, 2)).all()
+    # Step 1, sample 1 (right cell): box left edge at model x = 5 - 2.5 -> frame 4 * 3.0 - 0.5.
+    ys, xs = np.nonzero(red[1, :, 112:])
+    assert abs(xs.min() - 11.5) <= 1 and abs(ys.min() - ((20 - 2.5 + 0.5) * 4 - 0.5)) <= 1
+    assert not red[1, :, :112][:40].any()  # sample 0's box is centred, away from the top rows
+
+
+def test_attention_needs_steps_and_a_model_with_attention(tmp_path):
+    with pytest.raises(RecipeError, match="frames: steps"):
+        Gif(attention=True)
+    with pytest.raises(RecipeError, match="frames: steps"):
+        PngSheet(attention=True)
+    target = tmp_path / "keep.gif"
+    target.write_bytes(b"old")
+    with pytest.raises(RecipeError, match="no write attention"):
+        Gif(frames="steps", attention=True).write(drawing(windows=False), target, ctx())
+    assert target.read_bytes() == b"old"  # atomic: a failed write leaves the old file alone
+    with pytest.raises(RecipeError, match="sample: 7"):
+        Gif(frames="steps", sample=7).write(drawing(), tmp_path / "x.gif", ctx())
+    assert not (tmp_path / "x.gif").exists()
+    with pytest.raises(RecipeError, match="frames: steps"):
+        Gif(sample=1)
+
+
+def test_gif_is_byte_for_byte_reproducible(tmp_path):
+    a = Gif(frames="steps", attention=True).write(drawing(), tmp_path / "a.gif", ctx())
+    b = Gif(frames="steps", attention=True).write(drawing(), tmp_path / "b.gif", ctx())
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "b.gif"]  # no temporaries left
+
+
+def test_png_sheet_of_samples(tmp_path):
+    d = drawing(n=5)
+    out = PngSheet(columns=5, spacing=1).write(d, tmp_path / "s.png", ctx())
+    img = np.asarray(Image.open(out))
+    assert img.shape == (H, 5 * W + 4)
+    assert np.array_equal(img[:, 2 * (W + 1):2 * (W + 1) + W], np.round(d.canvases[-1, 2] * 255).astype(np.uint8))
+    default = np.asarray(Image.open(PngSheet().write(d, tmp_path / "d.png", ctx())))
+    assert default.shape == (2 * H + 2, 3 * W + 4)
+
+
+def test_png_sheet_of_steps_rows_are_samples(tmp_path):
+    d = drawing()
+    img = np.asarray(Image.open(PngSheet(frames="steps", spacing=2).write(d, tmp_path / "t.png", ctx())))
+    assert img.shape == (N * H + (N - 1) * 2, T * W + (T - 1) * 2)
+    r, c = 2, 1  # sample 2, step 1
+    cell = img[r * (H + 2):r * (H + 2) + H, c * (W + 2):c * (W + 2) + W]
+    assert np.array_equal(cell, np.round(d.canvases[1, 2] * 255).astype(np.uint8))
+    boxed = np.asarray(Image.open(PngSheet(frames="steps", attention=True).write(d, tmp_path / "b.png", ctx())))
+    assert boxed.shape == img.shape + (3,)
+    with pytest.raises(RecipeError, match="columns"):
+        PngSheet(frames="steps", columns=3)
