@@ -56,6 +56,8 @@ def _fit_shape(images: np.ndarray, ctx: Context, what: str) -> np.ndarray:
 class TrainingBatch(SeedStrategy):
     """Seeds from the training data: random drawings, or the trainer's last batch (the blog)."""
 
+    is_source = True
+
     def __init__(self, pick: Literal["random", "last"] = "random"):
         self.pick = pick
 
@@ -82,6 +84,8 @@ class TrainingBatch(SeedStrategy):
 class FileImage(SeedStrategy):
     """One image file, tiled to n seeds (the blog's crooked triangle)."""
 
+    is_source = True
+
     def __init__(self, path: Path, invert: Invert = "auto", fit: Fit = "pad", normalize: bool = True):
         self.path = path
         self.invert = invert
@@ -99,6 +103,8 @@ class FileImage(SeedStrategy):
 
 class Prior(SeedStrategy):
     """No seed image: the model samples from its prior (decoder only). Returns None."""
+
+    is_source = True
 
     def __init__(self):
         pass

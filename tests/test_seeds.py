@@ -112,6 +112,11 @@ def test_file_image_any_mode_and_size(tmp_path):
         FileImage(path=tmp_path / "nope.png").apply(None, SeedInput(2), ctx())
 
 
+def test_sources_say_so():
+    assert TrainingBatch.is_source and FileImage.is_source and Prior.is_source
+    assert not SobelEdges.is_source and not RandomPixels.is_source
+
+
 def test_prior_is_no_seed_and_stands_alone():
     assert Prior().apply(None, SeedInput(4), ctx()) is None
     with pytest.raises(RecipeError, match="prior"):
