@@ -384,3 +384,44 @@ def test_images_errors(data, tmp_path, make, expect):
         (folder / "x.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=expect):
         Images(path=folder).load(make_ctx())
+
+
+# --- documentation ------------------------------------------------------------------------------
+
+
+def test_every_builtin_parameter_is_documented_in_its_section():
+    """docs/builtins.md keeps a row for every parameter of every built-in, in that
+    component's own section, with its default."""
+    import inspect
+    import re
+
+    import qdplugins.filters
+    import qdplugins.seeds
+    import qdplugins.writers
+    from qdcore.params import parameters
+    from qdplugins import datasets
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "builtins.md").read_text()
+    hooks = [(datasets, "qd_register_datasets"), (qdplugins.seeds, "qd_register_seed_strategies"),
+             (qdplugins.filters, "qd_register_filters"), (qdplugins.writers, "qd_register_writers")]
+    seen = 0
+    for module, hook in hooks:
+        found = []
+        getattr(module, hook)(lambda name, factory, description="": found.append((name, factory)))
+        for name, factory in found:
+            match = re.search(rf"^### `{re.escape(name)}`.*?(?=^##)", doc + "\n##", re.M | re.S)
+            assert match, f"no section for {name}"
+            section = match.group(0)
+            for param, p in parameters(factory).items():
+                row = re.search(rf"^\| `{param}` \|([^|]*)\|([^|]*)\|", section, re.M)
+                assert row, f"{name}.{param} is not documented"
+                default = p.default
+                if default is inspect.Parameter.empty:
+                    assert "required" in row.group(2), f"{name}.{param} should say required"
+                elif default is None:
+                    assert "null" in row.group(2), f"{name}.{param}: default null"
+                else:
+                    shown = str(default).lower() if isinstance(default, bool) else str(default)
+                    assert shown in row.group(2), f"{name}.{param}: default {default!r} not in {row.group(2)!r}"
+                seen += 1
+    assert seen > 30
