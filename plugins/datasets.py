@@ -408,6 +408,7 @@ class Images(Dataset):
         binarize: Binarize = "none",
         threshold: Threshold = None,
     ):
+        image_files(Path(path))  # a wrong path fails when the recipe is built, before training
         self.path = path
         self.limit = limit
         self.invert = invert

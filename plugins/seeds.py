@@ -87,6 +87,9 @@ class FileImage(SeedStrategy):
     is_source = True
 
     def __init__(self, path: Path, invert: Invert = "auto", fit: Fit = "pad", normalize: bool = True):
+        # Checked here, when the recipe is built, so a typo fails before any training.
+        if not Path(path).is_file():
+            raise InputError(f"seeds: file-image: {path} does not exist; give a PNG or JPEG file")
         self.path = path
         self.invert = invert
         self.fit = fit
@@ -94,10 +97,7 @@ class FileImage(SeedStrategy):
 
     def apply(self, seeds, given: SeedInput, ctx: Context):
         _refuse_previous(seeds, "file-image")
-        path = Path(self.path)
-        if not path.is_file():
-            raise InputError(f"seeds: file-image: {path} does not exist; give a PNG or JPEG file")
-        image = load_image(path, tuple(ctx.image_shape), self.invert, self.fit, self.normalize)
+        image = load_image(Path(self.path), tuple(ctx.image_shape), self.invert, self.fit, self.normalize)
         return np.repeat(image[None], given.n, axis=0)
 
 

@@ -384,6 +384,9 @@ def test_images_errors(data, tmp_path, make, expect):
         (folder / "x.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=expect):
         Images(path=folder).load(make_ctx())
+    if make != "broken":  # a wrong path is caught when the recipe is built, before training
+        with pytest.raises(InputError, match=expect):
+            Images(path=folder)
 
 
 # --- documentation ------------------------------------------------------------------------------

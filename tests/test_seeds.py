@@ -109,7 +109,10 @@ def test_file_image_any_mode_and_size(tmp_path):
     assert out.shape == (2, 32, 24)
     assert out[0, 16, 12] > 0.9 and out[0, 0, 0] < 0.05
     with pytest.raises(InputError, match="does not exist"):
-        FileImage(path=tmp_path / "nope.png").apply(None, SeedInput(2), ctx())
+        FileImage(path=tmp_path / "nope.png")  # at construction: before any training
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="not a readable image"):
+        FileImage(path=tmp_path / "broken.png").apply(None, SeedInput(2), ctx())
 
 
 def test_sources_say_so():
