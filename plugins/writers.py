@@ -184,8 +184,11 @@ class Gif(_GridWriter):
         with atomic_path(path) as tmp:
             # Identical consecutive frames are merged by Pillow with their delays summed, so the
             # animation plays the same; the file then holds fewer frames.
+            durations = self.durations_ms(len(frames))
+            # Pillow's single-frame GIF path takes one number, not a list.
+            duration = durations[0] if len(durations) == 1 else durations
             iio.imwrite(tmp, np.stack(frames), extension=".gif", plugin="pillow", is_batch=True,
-                        duration=self.durations_ms(len(frames)), loop=self.loop)
+                        duration=duration, loop=self.loop)
         return path
 
 

@@ -88,6 +88,14 @@ def test_equal_consecutive_frames_merge_keeping_the_total_time(tmp_path):
     assert len(frames) == T - 1 and durations == [100, 200, 500]
 
 
+def test_single_frame_gif(tmp_path):
+    d = drawing(t=1, n=1)
+    frames, durations = read_gif(Gif(frames="steps", hold_last=2.0).write(d, tmp_path / "1.gif", ctx()))
+    assert frames.shape == (1, H, W) and durations == [2000]
+    frames, durations = read_gif(Gif().write(d, tmp_path / "2.gif", ctx()))
+    assert frames.shape == (1, H, W) and durations == [120]
+
+
 def test_duration_is_rounded_to_what_a_gif_can_store(tmp_path):
     _, durations = read_gif(Gif(duration=0.125, hold_last=0.333).write(drawing(), tmp_path / "r.gif", ctx()))
     assert durations == [130, 130, 330]
