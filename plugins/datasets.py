@@ -26,7 +26,7 @@ from qdcore import Context, Dataset, ImageSet, InputError, Range, RecipeError, h
 from qdcore.atomic import atomic_path
 from qdcore.paths import data_dir as env_data_dir
 
-from .rasterize import rasterize_many
+from .rasterize import VERSION as RASTER_VERSION, rasterize_many
 
 DEFAULT_URL = "https://storage.googleapis.com/quickdraw_dataset/full/"
 URL_ENV = "QD_DOWNLOAD_URL"
@@ -136,11 +136,13 @@ def _copy_with_progress(response, tmp: Path, total: Optional[int], label: str, q
                 out.write(block)
                 written += len(block)
             return written
+        from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
         columns = (TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TimeRemainingColumn())
-        with Progress(*columns, transient=True) as progress:
+        # On stderr, so a command's stdout stays clean for pipes.
+        with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task(label, total=total)
             while block := response.read(chunk):
                 out.write(block)
@@ -301,7 +303,7 @@ class QuickDrawStrokes(_Categories):
         source = locate("simplified", f"{cat}.ndjson", ctx)
         stat = source.stat()
         key = hashlib.sha256(
-            f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{shape}|{self.supersample}|{self.limit}".encode()
+            f"{RASTER_VERSION}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{shape}|{self.supersample}|{self.limit}".encode()
         ).hexdigest()[:16]
         cached = Path(ctx.cache_dir) / "quickdraw" / "raster" / f"{cat}-{shape[0]}x{shape[1]}-{key}.npy"
         if cached.is_file():

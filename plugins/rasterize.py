@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+# Bump when the drawing changes: cached rasters (datasets.QuickDrawStrokes) are keyed on it.
+VERSION = 1
 FRAME = 256.0
 LINE_WIDTH = 16.0
 # Google's padding (16) on each side plus room for half a line (8) on each side.
