@@ -66,8 +66,8 @@ class TrainingBatch(SeedStrategy):
         if self.pick == "last":
             if given.last_batch is None or len(given.last_batch) == 0:
                 raise RecipeError(
-                    "seeds: training-batch with `pick: last` needs the trainer's last batch, and there is "
-                    "none (a model reused from the cache is not retrained); use `pick: random`"
+                    "seeds: training-batch with `pick: last` needs the trainer's last batch, and this "
+                    "model has none (trained for 0 iterations, or saved without it); use `pick: random`"
                 )
             batch = np.asarray(given.last_batch, dtype=np.float32)
             # Fewer images than wanted: cycle through the batch in order.
