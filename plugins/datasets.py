@@ -248,6 +248,11 @@ class QuickDraw(_Categories):
 # --- simplified strokes -------------------------------------------------------------------------
 
 
+def _is_stroke(stroke) -> bool:
+    return (isinstance(stroke, list) and len(stroke) >= 2 and isinstance(stroke[0], list)
+            and isinstance(stroke[1], list) and len(stroke[0]) == len(stroke[1]))
+
+
 def read_strokes(path: Path, limit: Optional[int], ctx: Context) -> Iterator[list]:
     """Yield each line's `drawing` (a list of strokes), stopping after `limit` lines."""
     fix = _fix_for(path, ctx, "simplified")
@@ -261,8 +266,8 @@ def read_strokes(path: Path, limit: Optional[int], ctx: Context) -> Iterator[lis
                     continue
                 try:
                     drawing = json.loads(line)["drawing"]
-                    if not isinstance(drawing, list):
-                        raise TypeError("`drawing` is not a list")
+                    if not isinstance(drawing, list) or not all(_is_stroke(s) for s in drawing):
+                        raise TypeError("`drawing` is not a list of strokes [[x...], [y...]]")
                 except (ValueError, KeyError, TypeError) as e:
                     raise InputError(f"{path}, line {number}: not a Quick, Draw! ndjson record ({e}); {fix}") from None
                 count += 1

@@ -287,7 +287,8 @@ def test_raster_cache_follows_the_source(data):
 @pytest.mark.parametrize(
     "text, expect",
     [("", "holds no drawings"), ('{"word": "x", "drawing": [[[0, 1], [0, 1]]]}\n{not json\n', "line 2"),
-     ('{"word": "x"}\n', "line 1")],
+     ('{"word": "x"}\n', "line 1"), ('{"drawing": [[[0, 1, 2], [0, 1]]]}\n', "line 1"),
+     ('{"drawing": [[0, 1]]}\n', "line 1")],
 )
 def test_bad_ndjson_is_an_input_error(data, text, expect):
     path = data / "simplified" / "hexagon.ndjson"
