@@ -181,13 +181,19 @@ def open_bitmap(path: Path, ctx: Context) -> np.ndarray:
 
 
 def resize_stack(images: np.ndarray, shape: tuple[int, int], chunk: int = 4096) -> np.ndarray:
-    """(N, h, w) uint8 -> (N, H, W) uint8 with Pillow's Lanczos, read `chunk` rows at a time."""
+    """(N, s, s) square uint8 -> (N, H, W) uint8 with Pillow's Lanczos, `chunk` rows at a time.
+
+    The square fits the shorter side and is centred on the longer one (as the rasteriser
+    places its frame), so a non-square model does not get squashed drawings.
+    """
     h, w = shape
-    out = np.empty((len(images), h, w), np.uint8)
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    out = np.zeros((len(images), h, w), np.uint8)
     for start in range(0, len(images), chunk):
         block = np.asarray(images[start:start + chunk])
         for i, img in enumerate(block):
-            out[start + i] = np.asarray(Image.fromarray(img).resize((w, h), Image.LANCZOS))
+            out[start + i, top:top + side, left:left + side] = Image.fromarray(img).resize((side, side), Image.LANCZOS)
     return out
 
 

@@ -102,6 +102,10 @@ def test_resized_when_the_model_is_not_28(data):
     s = QuickDraw(category="apple").load(make_ctx((56, 42)))
     assert s.images.shape == (1, 56, 42) and s.images.dtype == np.uint8
     assert s.images[0, 28, 21] > 200 and s.images[0, 2, 2] == 0
+    # Not squashed: the 42x42 square sits centred, so the ink stays square.
+    ys, xs = np.nonzero(s.images[0] > 128)
+    assert ys.max() - ys.min() == xs.max() - xs.min() and ys.min() + ys.max() == 55
+    assert not s.images[0, :7].any() and not s.images[0, -7:].any()
 
 
 def test_missing_file_offline_names_the_file_and_the_fix(data):
