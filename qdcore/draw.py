@@ -1,0 +1,269 @@
+"""DRAW (Gregor et al. 2015, arXiv 1502.04623) in one file: attention, LSTMs, loss, generation.
+
+Read top to bottom: the attention filterbanks, one LSTM step, then the model. Shapes use
+B = batch (never fixed), H x W = image, N = filters per axis, T = steps.
+
+Speed choices (measured in docs/performance.md): every LSTM does ONE matmul for its four
+gates on its concatenated inputs; everything the decoder state feeds (write patch, write
+window, next step's read window) comes out of ONE matmul; the T loop is unrolled in Python
+so XLA sees one straight-line graph.
+
+Coordinates: pixel a runs over 1..A and filter i over 1..N as in the paper, so
+g~ = 0 centres the window at (A+1)/2, the middle of the image, and g~ = 0, delta~ = 1 puts
+the first and last filter centres on pixels 1 and A. `Drawing.windows` reports the write
+window converted to zero-based array coordinates (column gx-1, row gy-1), the coordinates
+a renderer indexing the canvas array uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .config import ModelConfig
+from .interfaces import Drawing
+
+# Attention parameters come out of a linear layer; exp() of an unbounded value overflows
+# float32 at 88 and 1/gamma blows up as gamma -> 0 (pitfall 9). Clipping the log-values
+# keeps every exp() and every 1/gamma within float32 while leaving ample range to learn in.
+LOG_CLIP = 10.0
+# Window centres may move off-image (the paper allows it) but not so far that
+# (a - mu)^2 overflows.
+CENTRE_CLIP = 10.0
+# Encoder log sigma: sigma in [e^-10, e^5] keeps sigma^2 and log sigma^2 finite.
+LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 5.0
+
+
+def window_params(p, height: int, width: int, n: int):
+    """Linear-layer outputs (B, 5) -> centre, stride, variance, intensity of an N x N window.
+
+    Returns gx, gy, delta, sigma2, gamma, each (B,), following the paper's equations (21)-(24).
+    """
+    gx_t, gy_t, log_sigma2, log_delta_t, log_gamma = tf.unstack(p, 5, axis=-1)
+    gx_t = tf.clip_by_value(gx_t, -CENTRE_CLIP, CENTRE_CLIP)
+    gy_t = tf.clip_by_value(gy_t, -CENTRE_CLIP, CENTRE_CLIP)
+    gx = (width + 1) / 2 * (gx_t + 1)
+    gy = (height + 1) / 2 * (gy_t + 1)
+    # With one filter there is no stride to spread; dividing by max(N-1, 1) keeps the
+    # formula defined instead of dividing by zero.
+    delta = (max(height, width) - 1) / max(n - 1, 1) * tf.exp(tf.clip_by_value(log_delta_t, -LOG_CLIP, LOG_CLIP))
+    sigma2 = tf.exp(tf.clip_by_value(log_sigma2, -LOG_CLIP, LOG_CLIP))
+    gamma = tf.exp(tf.clip_by_value(log_gamma, -LOG_CLIP, LOG_CLIP))
+    return gx, gy, delta, sigma2, gamma
+
+
+def filterbank(g, delta, sigma2, n: int, size: int):
+    """F[b, i, a] = exp(-(a - mu_i)^2 / (2 sigma^2)) normalised over a, a = 1..size.
+
+    mu_i = g + (i - N/2 - 0.5) delta with i = 1..N (one-based: pitfall 2). Only the numerator
+    is squared (pitfall 1). The normalisation is a softmax over a, which subtracts the row's
+    maximum first: a row can never underflow to 0/0 however narrow the filter.
+    """
+    i = tf.range(1, n + 1, dtype=tf.float32)
+    a = tf.range(1, size + 1, dtype=tf.float32)
+    mu = g[:, None] + (i[None, :] - n / 2 - 0.5) * delta[:, None]  # (B, N)
+    logits = -tf.square(a[None, None, :] - mu[:, :, None]) / (2 * sigma2[:, None, None])  # (B, N, size)
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def gaussian_kl(mu, log_sigma):
+    """KL(N(mu, sigma^2) || N(0, I)) summed over latent dimensions, per row.
+
+    0.5 * sum_j (mu^2 + sigma^2 - log sigma^2 - 1): the -1 is per dimension (pitfall 3).
+    """
+    return 0.5 * tf.reduce_sum(tf.square(mu) + tf.exp(2 * log_sigma) - 2 * log_sigma - 1, axis=-1)
+
+
+def lstm_step(inputs, c, kernel, bias):
+    """One LSTM step with a single matmul for all four gates (order i, f, g, o)."""
+    gates = tf.matmul(inputs, kernel) + bias
+    i, f, g, o = tf.split(gates, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int, cols: int | None = None) -> np.ndarray:
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=(fan_in, cols or fan_out)).astype(np.float32)
+
+
+def _lstm_kernel(rng: np.random.Generator, n_in: int, units: int) -> np.ndarray:
+    # Glorot per gate block (as Keras does for its input kernel), concatenated so the
+    # forward pass still does one matmul.
+    return np.concatenate([_glorot(rng, n_in, units) for _ in range(4)], axis=1)
+
+
+def _lstm_bias(units: int) -> np.ndarray:
+    # Forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers from the first step.
+    b = np.zeros(4 * units, np.float32)
+    b[units:2 * units] = 1.0
+    return b
+
+
+class Draw(tf.Module):
+    """The DRAW network. Any batch size (including 1), any H x W (square or not)."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__(name="draw")
+        self.cfg = cfg
+        H, W = cfg.height, cfg.width
+        if cfg.attention:
+            self.read_size = 2 * cfg.read_n * cfg.read_n
+            self.write_size = cfg.write_n * cfg.write_n
+            n_windows = 10  # write window now, read window of the next step
+        else:
+            self.read_size = 2 * H * W
+            self.write_size = H * W
+            n_windows = 0
+        rng = np.random.default_rng(seed)
+        enc_in = self.read_size + cfg.dec_size + cfg.enc_size
+        dec_in = cfg.z_size + cfg.dec_size
+        self.enc_kernel = tf.Variable(_lstm_kernel(rng, enc_in, cfg.enc_size), name="enc_kernel")
+        self.enc_bias = tf.Variable(_lstm_bias(cfg.enc_size), name="enc_bias")
+        self.z_kernel = tf.Variable(_glorot(rng, cfg.enc_size, cfg.z_size, 2 * cfg.z_size), name="z_kernel")
+        self.z_bias = tf.Variable(np.zeros(2 * cfg.z_size, np.float32), name="z_bias")
+        self.dec_kernel = tf.Variable(_lstm_kernel(rng, dec_in, cfg.dec_size), name="dec_kernel")
+        self.dec_bias = tf.Variable(_lstm_bias(cfg.dec_size), name="dec_bias")
+        out_kernel = np.concatenate(
+            [_glorot(rng, cfg.dec_size, self.write_size), _glorot(rng, cfg.dec_size, n_windows, n_windows)], axis=1
+        )
+        self.out_kernel = tf.Variable(out_kernel, name="out_kernel")
+        self.out_bias = tf.Variable(np.zeros(self.write_size + n_windows, np.float32), name="out_bias")
+        # Fresh noise for loss(training=True) without a seed; checkpointed with the model.
+        self.noise = tf.random.Generator.from_seed(seed)
+
+        spec_x = tf.TensorSpec([None, H, W], tf.float32)
+        spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
+        self._reconstruct_fn = tf.function(lambda x, eps: self._run(x, eps, True, True)[2:], autograph=False, input_signature=[spec_x, spec_eps])
+        self._sample_fn = tf.function(lambda eps: self._run(None, eps, False, True)[2:], autograph=False, input_signature=[spec_eps])
+        self._loss_fn = tf.function(self.loss_with_noise, autograph=False, input_signature=[spec_x, spec_eps])
+
+    @property
+    def weights(self) -> list[tf.Variable]:
+        return [self.enc_kernel, self.enc_bias, self.z_kernel, self.z_bias,
+                self.dec_kernel, self.dec_bias, self.out_kernel, self.out_bias]
+
+    # -- the network ---------------------------------------------------------------------
+
+    def _read(self, x, x_hat, p):
+        cfg = self.cfg
+        if not cfg.attention:
+            return tf.concat([tf.reshape(x, [-1, cfg.height * cfg.width]), tf.reshape(x_hat, [-1, cfg.height * cfg.width])], 1)
+        gx, gy, delta, sigma2, gamma = window_params(p, cfg.height, cfg.width, cfg.read_n)
+        fx = filterbank(gx, delta, sigma2, cfg.read_n, cfg.width)  # (B, N, W)
+        fy = filterbank(gy, delta, sigma2, cfg.read_n, cfg.height)  # (B, N, H)
+        both = tf.stack([x, x_hat], axis=1)  # (B, 2, H, W)
+        glimpse = tf.matmul(tf.matmul(fy[:, None], both), fx[:, None], transpose_b=True)  # (B, 2, N, N)
+        return tf.reshape(glimpse, [-1, self.read_size]) * gamma[:, None]
+
+    def _write(self, w, p):
+        cfg = self.cfg
+        if not cfg.attention:
+            return tf.reshape(w, [-1, cfg.height, cfg.width]), None
+        n = cfg.write_n
+        gx, gy, delta, sigma2, gamma = window_params(p, cfg.height, cfg.width, n)
+        fx = filterbank(gx, delta, sigma2, n, cfg.width)
+        fy = filterbank(gy, delta, sigma2, n, cfg.height)
+        patch = tf.reshape(w, [-1, n, n])
+        canvas = tf.matmul(tf.matmul(fy, patch, transpose_a=True), fx) / gamma[:, None, None]
+        return canvas, tf.stack([gx - 1, gy - 1, delta], axis=-1)
+
+    def _encode(self, x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t):
+        """Read, encoder LSTM, posterior sample. Separate so tests can spy on it."""
+        cfg = self.cfg
+        r = self._read(x, x_hat, read_p)
+        h_enc, c_enc = lstm_step(tf.concat([r, h_dec, h_enc], 1), c_enc, self.enc_kernel, self.enc_bias)
+        mu, log_sigma = tf.split(tf.matmul(h_enc, self.z_kernel) + self.z_bias, 2, axis=1)
+        log_sigma = tf.clip_by_value(log_sigma, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
+        z = mu + tf.exp(log_sigma) * eps_t
+        return z, h_enc, c_enc, gaussian_kl(mu, log_sigma)
+
+    def _run(self, x, eps, encode: bool, keep_steps: bool):
+        """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
+
+        Returns (logits c_T, L^z per image, canvases (T,B,H,W) or None, windows (T,B,3) or None).
+        """
+        cfg = self.cfg
+        b = tf.shape(eps)[1]
+        canvas = tf.zeros([b, cfg.height, cfg.width])
+        h_dec = tf.zeros([b, cfg.dec_size])
+        c_dec = tf.zeros([b, cfg.dec_size])
+        h_enc = tf.zeros([b, cfg.enc_size])
+        c_enc = tf.zeros([b, cfg.enc_size])
+        # The first read window comes from h_dec_0 = 0, i.e. from the output bias alone.
+        read_p = tf.zeros([b, 5]) + self.out_bias[self.write_size + 5:] if cfg.attention else None
+        lz = tf.zeros([b])
+        canvases, windows = [], []
+        for t in range(cfg.T):  # unrolled on purpose: T is a small static number
+            if encode:
+                x_hat = x - tf.sigmoid(canvas)
+                z, h_enc, c_enc, kl = self._encode(x, x_hat, read_p, h_dec, h_enc, c_enc, eps[t])
+                lz += kl
+            else:
+                z = eps[t]
+            h_dec, c_dec = lstm_step(tf.concat([z, h_dec], 1), c_dec, self.dec_kernel, self.dec_bias)
+            out = tf.matmul(h_dec, self.out_kernel) + self.out_bias
+            w = out[:, :self.write_size]
+            delta_canvas, window = self._write(w, out[:, self.write_size:self.write_size + 5] if cfg.attention else None)
+            canvas = canvas + delta_canvas
+            if cfg.attention:
+                read_p = out[:, self.write_size + 5:]
+            if keep_steps:
+                canvases.append(tf.sigmoid(canvas))
+                windows.append(window)
+        if not keep_steps:
+            return canvas, lz, None, None
+        return canvas, lz, tf.stack(canvases), (tf.stack(windows) if cfg.attention else None)
+
+    def loss_with_noise(self, x, eps):
+        """Per-image L^x and L^z (nats) for targets x (B,H,W) and noise eps (T,B,z)."""
+        logits, lz, _, _ = self._run(x, eps, True, False)
+        # BCE from logits: log(1+exp(-|c|)) form, finite for any logit (no log(0)).
+        lx = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=[1, 2])
+        return lx, lz
+
+    # -- the public surface --------------------------------------------------------------
+
+    def noise_shape(self, batch) -> list:
+        return [self.cfg.T, batch, self.cfg.z_size]
+
+    def loss(self, x, training: bool = True, seed: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-image L^x and L^z in nats, shape (B,), for float32 targets x (B,H,W) in [0,1].
+
+        The bound is a one-sample estimate. training=True draws fresh noise (from the model's
+        own generator) unless `seed` is given; training=False uses seed 0 by default so an
+        evaluation is repeatable. DRAW has no dropout or batch norm, so nothing else differs.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        shape = self.noise_shape(tf.shape(x)[0])
+        if seed is None and training:
+            eps = self.noise.normal(shape)
+        else:
+            eps = tf.random.stateless_normal(shape, seed=[0 if seed is None else seed, 0])
+        return self._loss_fn(x, eps)
+
+    def _prior_noise(self, n: int, seed: int | None) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((self.cfg.T, n, self.cfg.z_size)).astype(np.float32)
+
+    def _drawing(self, out, source: str) -> Drawing:
+        canvases, windows = out
+        return Drawing(
+            canvases=np.clip(canvases.numpy(), 0.0, 1.0),
+            windows=None if windows is None else windows.numpy(),
+            write_n=self.cfg.write_n if self.cfg.attention else 0,
+            source=source,
+            model_shape=(self.cfg.height, self.cfg.width),
+        )
+
+    def reconstruct(self, seeds: np.ndarray, seed: int | None = None) -> Drawing:
+        """Run encoder and decoder on (n,H,W) seed images in [0,1]: a noisy reconstruction."""
+        x = np.asarray(seeds, np.float32)
+        expect = (self.cfg.height, self.cfg.width)
+        if x.ndim != 3 or x.shape[1:] != expect:
+            raise ValueError(f"seed images must be (n, {expect[0]}, {expect[1]}), got {x.shape}")
+        x = np.clip(x, 0.0, 1.0)
+        return self._drawing(self._reconstruct_fn(x, self._prior_noise(len(x), seed)), "reconstruction")
+
+    def sample(self, n: int, seed: int | None = None) -> Drawing:
+        """Generate n images from the prior: z_t ~ N(0, I), decoder only, no encoder."""
+        return self._drawing(self._sample_fn(self._prior_noise(int(n), seed)), "prior")
