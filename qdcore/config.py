@@ -42,6 +42,11 @@ class TrainConfig:
     holdout: Annotated[float, Range(0.0, 0.9)] = 0.1
     checkpoint_every: Annotated[int, Range(1, 10_000_000)] = 1000
     seed: int = 0
+    # Learning-rate schedule: linear warmup over `warmup` steps, then constant or a cosine
+    # decay to lr_final_fraction * learning_rate at `iterations`.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_final_fraction: Annotated[float, Range(0.0, 1.0)] = 0.05
+    warmup: Annotated[int, Range(0, 10_000_000)] = 0
 
     def as_dict(self) -> dict:
         return asdict(self)

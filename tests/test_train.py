@@ -1,0 +1,169 @@
+"""The cycling trainer: splits, cycles, binarization, learning, checkpoints, resume, the NaN guard."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import qdcore.train as train_mod
+from qdcore.config import ModelConfig, TrainConfig
+from qdcore.errors import QdError, TrainingError
+from qdcore.interfaces import ImageSet
+from qdcore.train import Batches, evaluate, load, split, train
+
+TINY = ModelConfig(height=10, width=13, T=3, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
+
+
+def _images(n=60, h=10, w=13, seed=0):
+    rng = np.random.default_rng(seed)
+    return ImageSet((rng.random((n, h, w)) > 0.7).astype(np.uint8) * 255, "synthetic")
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"iterations": 4, "batch_size": 8, "checkpoint_every": 2, "learning_rate": 3e-3, **kw})
+
+
+def _spy_steps(monkeypatch, before_step=None):
+    """Wrap the compiled step so a test can count steps or tamper with the model first."""
+    taken = []
+    real = train_mod.make_train_step
+
+    def make(model, opt, cfg, **kw):
+        step = real(model, opt, cfg, **kw)
+
+        def wrapped(x, k):
+            if before_step:
+                before_step(model, int(k))
+            taken.append(int(k))
+            return step(x, k)
+
+        return wrapped
+
+    monkeypatch.setattr(train_mod, "make_train_step", make)
+    return taken
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    cfg = TrainConfig(holdout=0.1, seed=3)
+    tr, held = split(1000, cfg)
+    tr2, held2 = split(1000, cfg)
+    np.testing.assert_array_equal(tr, tr2)
+    np.testing.assert_array_equal(held, held2)
+    assert len(held) == 100 and not set(tr) & set(held)
+    assert sorted(set(tr) | set(held)) == list(range(1000))
+    assert not np.array_equal(held, split(1000, TrainConfig(holdout=0.1, seed=4))[1])
+
+
+def test_every_example_once_per_cycle_reshuffled_each_cycle():
+    data = _images(13)
+    train_idx = np.arange(3, 13)
+    b = Batches(data, train_idx, batch_size=3, seed=0)
+    stream = np.concatenate([b.indices(k) for k in range(10)])  # 30 positions = 3 cycles
+    cycles = stream.reshape(3, 10)
+    for c in cycles:
+        assert sorted(c) == list(train_idx)
+    assert not np.array_equal(cycles[0], cycles[1]) and not np.array_equal(cycles[1], cycles[2])
+    np.testing.assert_array_equal(b.indices(4), Batches(data, train_idx, 3, 0).indices(4))
+
+
+def test_binarization_threshold_and_dynamic():
+    grey = np.full((4, 10, 13), 128, np.uint8)
+    grey[:, :, :5] = 200
+    ind = np.arange(4)
+    th = Batches(ImageSet(grey, "g", binarize="threshold", threshold=0.6), ind, 4, 0)(0)
+    np.testing.assert_array_equal(th, (grey / 255 > 0.6).astype(np.float32))
+    dyn = Batches(ImageSet(grey, "g", binarize="dynamic"), ind, 4, 0)
+    first, again = dyn(0), dyn(1)  # batch 1 revisits the same four images in a new cycle
+    assert set(np.unique(first)) == {0.0, 1.0}
+    assert not np.array_equal(first, again)
+    assert abs(first[:, :, 5:].mean() - 128 / 255) < 0.1
+    plain = Batches(ImageSet(grey, "g"), ind, 4, 0)(0)
+    np.testing.assert_allclose(plain, grey / 255, atol=1e-7)
+
+
+def test_loss_falls_on_real_quickdraw_data(quickdraw_dir, tmp_path):
+    images = np.load(quickdraw_dir / "numpy_bitmap" / "cat.npy", mmap_mode="r").reshape(-1, 28, 28)[:1000]
+    data = ImageSet(images, "quickdraw:cat")
+    cfg = ModelConfig(T=4, enc_size=64, dec_size=64, z_size=8)
+    before = evaluate(train(cfg, _cfg(iterations=0), data, tmp_path / "a", quiet=True), data, _cfg())
+    after = evaluate(train(cfg, _cfg(iterations=40, batch_size=32, checkpoint_every=100), data, tmp_path / "b", quiet=True),
+                     data, _cfg())
+    assert before["n_images"] == after["n_images"] == 100
+    assert after["targets"] == "greyscale"
+    assert np.isfinite(after["bound"]) and after["bound"] == pytest.approx(after["lx"] + after["lz"])
+    assert after["bound"] < before["bound"] - 50, (before, after)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    trained = train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    loaded = load(TINY, tmp_path)
+    assert loaded.step == trained.step == 4
+    np.testing.assert_array_equal(trained.model.sample(3, seed=5).canvases, loaded.model.sample(3, seed=5).canvases)
+    x = _images(2).as_float()
+    np.testing.assert_array_equal(trained.model.reconstruct(x, seed=1).canvases, loaded.model.reconstruct(x, seed=1).canvases)
+    np.testing.assert_array_equal(loaded.last_batch, trained.last_batch)
+    assert loaded.last_batch.shape == (8, 10, 13)
+
+
+def test_finished_model_is_reused_and_restart_retrains(tmp_path, monkeypatch):
+    train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    taken = _spy_steps(monkeypatch)
+    again = train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    assert again.step == 4 and taken == []
+    train(TINY, _cfg(), _images(), tmp_path, restart=True, quiet=True)
+    assert taken == [0, 1, 2, 3]
+
+
+def test_load_without_a_finished_model_is_a_clear_error(tmp_path):
+    with pytest.raises(QdError, match="no finished model"):
+        load(TINY, tmp_path)
+
+
+def test_resume_continues_step_count_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    data, cfg = _images(), _cfg(iterations=6, checkpoint_every=3)
+
+    def crash(model, k):
+        if k == 4:
+            raise KeyboardInterrupt
+
+    _spy_steps(monkeypatch, crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, cfg, data, tmp_path / "resumed", quiet=True)
+    with pytest.raises(QdError):
+        load(TINY, tmp_path / "resumed")
+    monkeypatch.undo()
+    taken = _spy_steps(monkeypatch)
+    resumed = train(TINY, cfg, data, tmp_path / "resumed", quiet=True)
+    assert taken == [3, 4, 5] and resumed.step == 6
+    straight = train(TINY, cfg, data, tmp_path / "straight", quiet=True)
+    for a, b in zip(resumed.model.weights, straight.model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    def poison(model, k):
+        if k == 3:
+            model.out_kernel.assign(tf.fill(model.out_kernel.shape, np.nan))
+
+    _spy_steps(monkeypatch, poison)
+    with pytest.raises(TrainingError, match="non-finite loss at step 4"):
+        train(TINY, _cfg(iterations=6), _images(), tmp_path, quiet=True)
+    assert not (tmp_path / train_mod.FINISHED).exists()
+    latest = tf.train.latest_checkpoint(str(tmp_path / train_mod.CHECKPOINTS))
+    assert latest.endswith("-2")
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), name
+
+
+def test_evaluate_names_binarized_targets(tmp_path):
+    data = _images()
+    data.binarize = "threshold"
+    trained = train(TINY, _cfg(iterations=1), data, tmp_path, quiet=True)
+    result = evaluate(trained, data, _cfg())
+    assert result["targets"] == "binarized (threshold)" and result["n_images"] == 6
+    with pytest.raises(QdError, match="holdout is 0"):
+        evaluate(trained, data, _cfg(holdout=0.0))
