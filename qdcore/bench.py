@@ -1,0 +1,260 @@
+"""`qd bench train` and `qd bench quality`: how fast qd trains, and how well per minute.
+
+bench_train puts three numbers side by side, all measured in the same process: numpy's
+float32 matmul peak (what this machine can do), a straightforward TF2 implementation of
+the blog's model (Keras LSTM cells and Dense layers, Keras Adam, a plain tf.function, batch
+100: the reference), and qd's own trainer at its default configuration. See
+docs/performance.md for what the numbers mean and how the default was chosen.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from .config import ModelConfig, TrainConfig
+from .interfaces import ImageSet
+
+WARMUP_STEPS = 3
+
+
+# -- cost model ----------------------------------------------------------------------------
+
+def gflop_per_step(cfg: ModelConfig, batch: int) -> float:
+    """Matmul FLOPs of one training step (forward + backward = 3x forward), in GFLOP.
+
+    Counts the LSTM, latent, output and attention matmuls; elementwise work is ignored
+    (it is a few percent at these sizes).
+    """
+    H, W = cfg.height, cfg.width
+    if cfg.attention:
+        rn, wn = cfg.read_n, cfg.write_n
+        read_in = 2 * rn * rn
+        write_out = wn * wn + 10
+        attention = 2 * (rn * H * W + rn * W * rn) * 2 + (W * wn * wn + H * wn * W)
+    else:
+        read_in, write_out, attention = 2 * H * W, H * W, 0
+    per_image_step = (
+        (read_in + cfg.dec_size + cfg.enc_size) * 4 * cfg.enc_size  # encoder LSTM
+        + cfg.enc_size * 2 * cfg.z_size  # mu, log sigma
+        + (cfg.z_size + cfg.dec_size) * 4 * cfg.dec_size  # decoder LSTM
+        + cfg.dec_size * write_out  # write + windows
+        + attention
+    )
+    return 3 * 2 * per_image_step * cfg.T * batch / 1e9
+
+
+def numpy_matmul_peak(cfg: ModelConfig, batch: int, seconds: float = 0.5) -> float:
+    """Best float32 numpy (BLAS) GFLOP/s over the model's big shape and a square one."""
+    rng = np.random.default_rng(0)
+    enc_in = 2 * cfg.read_n ** 2 + cfg.dec_size + cfg.enc_size
+    best = 0.0
+    for m, k, n in [(batch, enc_in, 4 * cfg.enc_size), (1024, 1024, 1024)]:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        a @ b
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# -- the reference: the blog's model written the obvious TF2 way ------------------------------
+
+class ReferenceDraw(tf.Module):
+    """ericjang/draw's model ported plainly to TF2 (with the paper's equations, not its bugs).
+
+    Keras LSTMCell (input and recurrent kernels as separate matmuls), a Dense layer per
+    output, attention parameters from separate layers, a tf.function without XLA.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        import keras
+
+        super().__init__()
+        self.cfg = cfg
+        self.enc = keras.layers.LSTMCell(cfg.enc_size)
+        self.dec = keras.layers.LSTMCell(cfg.dec_size)
+        self.mu = keras.layers.Dense(cfg.z_size)
+        self.log_sigma = keras.layers.Dense(cfg.z_size)
+        self.read_attn = keras.layers.Dense(5)
+        self.write_attn = keras.layers.Dense(5)
+        self.write_patch = keras.layers.Dense(cfg.write_n ** 2)
+        self.opt = keras.optimizers.Adam(1e-3, beta_1=0.5)
+        self.layers = [self.enc, self.dec, self.mu, self.log_sigma, self.read_attn, self.write_attn, self.write_patch]
+        self.loss(tf.zeros([1, cfg.height, cfg.width]))  # builds the layers' variables
+        self.variables_ = [v for layer in self.layers for v in layer.trainable_variables]
+
+    def _filters(self, h, n):
+        from .draw import filterbank, window_params
+
+        cfg = self.cfg
+        gx, gy, delta, sigma2, gamma = window_params(h, cfg.height, cfg.width, n)
+        return filterbank(gx, delta, sigma2, n, cfg.width), filterbank(gy, delta, sigma2, n, cfg.height), gamma
+
+    def loss(self, x):
+        from .draw import gaussian_kl
+
+        cfg = self.cfg
+        b = tf.shape(x)[0]
+        c = tf.zeros_like(x)
+        h_dec = tf.zeros([b, cfg.dec_size])
+        enc_state = [tf.zeros([b, cfg.enc_size]), tf.zeros([b, cfg.enc_size])]
+        dec_state = [h_dec, tf.zeros([b, cfg.dec_size])]
+        kl = 0.0
+        for _ in range(cfg.T):
+            x_hat = x - tf.sigmoid(c)
+            fx, fy, gamma = self._filters(self.read_attn(h_dec), cfg.read_n)
+            rx = tf.matmul(tf.matmul(fy, x), fx, transpose_b=True)
+            rh = tf.matmul(tf.matmul(fy, x_hat), fx, transpose_b=True)
+            r = tf.concat([tf.reshape(rx, [b, -1]), tf.reshape(rh, [b, -1])], 1) * gamma[:, None]
+            h_enc, enc_state = self.enc(tf.concat([r, h_dec], 1), enc_state)
+            mu, log_sigma = self.mu(h_enc), self.log_sigma(h_enc)
+            z = mu + tf.exp(log_sigma) * tf.random.normal(tf.shape(mu))
+            kl += gaussian_kl(mu, log_sigma)
+            h_dec, dec_state = self.dec(z, dec_state)
+            fx, fy, gamma = self._filters(self.write_attn(h_dec), cfg.write_n)
+            w = tf.reshape(self.write_patch(h_dec), [b, cfg.write_n, cfg.write_n])
+            c += tf.matmul(tf.matmul(fy, w, transpose_a=True), fx) / gamma[:, None, None]
+        lx = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=c), [1, 2])
+        return tf.reduce_mean(lx + kl)
+
+    @tf.function
+    def step(self, x):
+        with tf.GradientTape() as tape:
+            loss = self.loss(x)
+        variables = self.variables_
+        grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 5.0)
+        self.opt.apply_gradients(zip(grads, variables))
+        return loss
+
+
+def _synthetic(n: int, cfg: ModelConfig) -> np.ndarray:
+    # Blobs of ink rather than white noise so the loss is a drawing-like workload.
+    rng = np.random.default_rng(0)
+    x = rng.random((n, cfg.height, cfg.width), dtype=np.float32)
+    return (x > 0.8).astype(np.uint8) * 255
+
+
+def _timed(run_step, iterations: int, batch: int, cfg: ModelConfig, name: str) -> dict:
+    for _ in range(WARMUP_STEPS):
+        run_step()
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        run_step()
+    seconds = time.perf_counter() - t0
+    gflop = gflop_per_step(cfg, batch)
+    return {
+        "name": name, "batch_size": batch, "steps": iterations, "seconds": round(seconds, 3),
+        "steps_per_s": round(iterations / seconds, 3), "images_per_s": round(iterations * batch / seconds, 1),
+        "gflop_per_step": round(gflop, 3), "achieved_gflop_per_s": round(gflop * iterations / seconds, 2),
+    }
+
+
+def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
+    ref = ReferenceDraw(cfg)
+    x = tf.constant(_synthetic(batch, cfg).astype(np.float32) / 255)
+    return _timed(lambda: float(ref.step(x)), iterations, batch, cfg, "reference (plain tf.function, batch 100)")
+
+
+def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int) -> dict:
+    """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
+    from .draw import Draw
+    from .train import Adam, Batches, make_train_step, split
+
+    data = ImageSet(_synthetic(4000, cfg), "synthetic")
+    train_idx, _ = split(len(data.images), train_cfg)
+    model = Draw(cfg, seed=train_cfg.seed)
+    opt = Adam(model.weights, train_cfg.beta1)
+    step = make_train_step(model, opt, train_cfg)
+    it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
+
+    def run_step():
+        k, x = next(it)
+        lx, lz, _, ok = (v.numpy() for v in step(x, k))
+        assert ok
+
+    return _timed(run_step, iterations, train_cfg.batch_size, cfg, f"qd default (batch {train_cfg.batch_size})")
+
+
+def bench_train(batch_size: int | None, iterations: int, quiet: bool = False) -> dict:
+    cfg = ModelConfig()
+    train_cfg = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
+    say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=__import__("sys").stderr))
+    say("numpy matmul peak ...")
+    peak = numpy_matmul_peak(cfg, train_cfg.batch_size)
+    say(f"reference at batch 100, {iterations} steps ...")
+    reference = run_reference(cfg, iterations)
+    say(f"qd at batch {train_cfg.batch_size}, {iterations} steps ...")
+    default = run_qd(cfg, train_cfg, iterations)
+    return {
+        "numpy_matmul_peak_gflop_per_s": round(peak, 1),
+        "reference": reference,
+        "default": default,
+        "images_per_s_ratio_default_over_reference": round(default["images_per_s"] / reference["images_per_s"], 2),
+    }
+
+
+# -- quality per minute ----------------------------------------------------------------------
+
+def _sheet(canvases: np.ndarray, path: Path, cols: int = 8, scale: int = 3, pad: int = 2) -> None:
+    """A grid of images, ink dark on white, written atomically."""
+    from PIL import Image
+
+    from .atomic import atomic_path
+
+    n, h, w = canvases.shape
+    rows = -(-n // cols)
+    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 255, np.uint8)
+    for i, img in enumerate(canvases):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        sheet[y:y + h, x:x + w] = (255 * (1 - np.clip(img, 0, 1))).round().astype(np.uint8)
+    image = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, minutes: list[float], sheet: Path,
+                  quiet: bool = False) -> dict:
+    """Train at train_cfg for max(minutes) of wall clock, reporting the held-out bound at each mark.
+
+    The evaluations are not counted in the training time. The learning-rate schedule runs
+    over train_cfg.iterations, as it would in a real run of that configuration.
+    """
+    from .draw import Draw
+    from .train import Adam, Batches, evaluate, make_train_step, split, TrainedModel
+
+    marks = sorted(minutes)
+    train_idx, held = split(len(data.images), train_cfg)
+    model = Draw(model_cfg, seed=train_cfg.seed)
+    opt = Adam(model.weights, train_cfg.beta1)
+    step_fn = make_train_step(model, opt, train_cfg)
+    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
+    trained = TrainedModel(model=model, step=0, last_batch=None, workdir=Path(tempfile.gettempdir()))
+    results, elapsed, k = [], 0.0, 0
+    it = iter(batches.dataset(0, 10 ** 9))
+    for mark in marks:
+        t0 = time.perf_counter()
+        while elapsed + (time.perf_counter() - t0) < mark * 60:
+            k, x = next(it)
+            lx, lz, _, ok = (v.numpy() for v in step_fn(x, k))
+            if not ok:
+                raise RuntimeError(f"non-finite loss at step {int(k) + 1}")
+        elapsed += time.perf_counter() - t0
+        trained.step = int(k) + 1
+        ev = evaluate(trained, data, train_cfg)
+        row = {"minutes": mark, "step": trained.step, "images_seen": trained.step * train_cfg.batch_size,
+               "cycles": round(trained.step * train_cfg.batch_size / len(train_idx), 2), **ev,
+               "train_lx_last": float(lx), "train_lz_last": float(lz)}
+        results.append(row)
+        if not quiet:
+            print(row, flush=True)
+    _sheet(model.sample(64, seed=0).final, Path(sheet))
+    return {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
+            "train": train_cfg.as_dict(), "marks": results, "sheet": str(sheet)}
