@@ -258,3 +258,51 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     _sheet(model.sample(64, seed=0).final, Path(sheet))
     return {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
             "train": train_cfg.as_dict(), "marks": results, "sheet": str(sheet)}
+
+
+# -- where the time goes (python -m qdcore.bench ablation) ---------------------------------------
+
+def _step_ms(model, batch: int, iterations: int, jit: bool = True, forward_only: bool = False) -> float:
+    from .train import Adam, make_train_step
+
+    x = tf.constant(_synthetic(batch, model.cfg).astype(np.float32) / 255)
+    k = tf.constant(0, tf.int64)
+    if forward_only:
+        f = tf.function(lambda x, k: tf.reduce_mean(sum(model.loss_with_noise(
+            x, tf.random.stateless_normal(model.noise_shape(batch), seed=tf.stack([tf.constant(0, tf.int64), k]))))),
+            jit_compile=jit, autograph=False)
+    else:
+        f = make_train_step(model, Adam(model.weights, 0.5), TrainConfig(), jit_compile=jit)
+    run = lambda: [v.numpy() for v in tf.nest.flatten(f(x, k))]
+    return 1000 * _timed(run, iterations, batch, model.cfg, "")["seconds"] / iterations
+
+
+def ablation(iterations: int = 20, batches: tuple[int, ...] = (100, 200, 400, 800)) -> list[dict]:
+    """Step time of qd's step with one thing changed at a time, all in this one process."""
+    from .draw import Draw
+
+    cfg = ModelConfig()
+    rows = []
+    add = lambda name, batch, ms: rows.append({"variant": name, "batch_size": batch, "ms_per_step": round(ms, 1),
+                                               "images_per_s": round(1000 * batch / ms, 1)}) or print(rows[-1], flush=True)
+    ref = run_reference(cfg, iterations)
+    add("reference: keras cells, plain tf.function", 100, 1000 / ref["steps_per_s"])
+    add("qd step, no XLA", 100, _step_ms(Draw(cfg), 100, iterations, jit=False))
+    for batch in batches:
+        add("qd step, XLA", batch, _step_ms(Draw(cfg), batch, iterations))
+    add("qd forward only, XLA", 100, _step_ms(Draw(cfg), 100, iterations, forward_only=True))
+    add("attention and glue only (LSTMs of 1 unit), XLA", 100,
+        _step_ms(Draw(ModelConfig(enc_size=1, dec_size=1)), 100, iterations))
+    add("no attention (read/write whole image), XLA", 100, _step_ms(Draw(ModelConfig(attention=False)), 100, iterations))
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if sys.argv[1:2] == ["ablation"]:
+        print(json.dumps(ablation()))
+    else:
+        print("usage: python -m qdcore.bench ablation", file=sys.stderr)
+        sys.exit(2)

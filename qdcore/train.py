@@ -123,7 +123,10 @@ class Adam(tf.Module):
 
 
 def learning_rate(step, train_cfg: TrainConfig):
-    """Linear warmup, then the schedule named by train_cfg.lr_schedule (step is a tensor)."""
+    """Linear warmup, then the schedule named by train_cfg.lr_schedule (step is a tensor).
+
+    The schedule is a function of the step alone, so a resumed run continues it exactly.
+    """
     step = tf.cast(step, tf.float32)
     lr = train_cfg.learning_rate
     total = float(max(train_cfg.iterations, 1))
@@ -131,8 +134,9 @@ def learning_rate(step, train_cfg: TrainConfig):
         progress = tf.minimum(step / total, 1.0)
         floor = train_cfg.lr_final_fraction
         lr = lr * (floor + (1 - floor) * 0.5 * (1 + tf.cos(math.pi * progress)))
-    if train_cfg.warmup > 0:
-        lr = lr * tf.minimum(1.0, (step + 1) / train_cfg.warmup)
+    warmup = min(train_cfg.warmup, train_cfg.iterations // 10)
+    if warmup > 0:
+        lr = lr * tf.minimum(1.0, (step + 1) / warmup)
     return lr
 
 
