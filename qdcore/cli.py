@@ -3,6 +3,7 @@ stderr and an exit code: 2 for a bad recipe, bad input or unknown name; 1 for a 
 while running. `--debug` (anywhere on the line, or QD_DEBUG=1) shows the traceback."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -37,6 +38,7 @@ def _root(
     pass
 
 
+@functools.lru_cache(maxsize=None)
 def _plugins():
     from .plugin_manager import build
 
@@ -132,24 +134,24 @@ def sample(
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
-    """Draw true samples from the prior (decoder only) of the trained model, as a PNG sheet."""
+    """Draw true samples from the prior (decoder only) of the trained model, as a PNG sheet.
+
+    The recipe's filters are applied (an upscale makes the sheet readable); its seeds and
+    writer are not used."""
     from dataclasses import replace
 
     from . import engine
     from .recipe import Step
 
     r = _recipe(recipe, seed=seed, n=n)
-    sheet_entry = _plugins().registry.get("writers", "png-sheet")
-    sheet = Step("png-sheet", {}, sheet_entry, "sample sheet", str(recipe)).build()
-    r = replace(r, filters=[], output=replace(r.output))
+    sheet = Step("png-sheet", {}, _plugins().registry.get("writers", "png-sheet"), "sample sheet", str(recipe))
+    r = replace(r, output=sheet)
     built = engine.prepare(r)
-    built.writer = sheet
     path = engine.output_path(r, built, out)
     data = engine.load_data(r, built, quiet)
     trained = engine.ensure_model(r, data, quiet=quiet)
-    drawing = trained.model.sample(r.generate.n, seed=r.seed)
-    written = engine.write(r, built, drawing, path, quiet)
-    typer.echo(str(written))
+    drawing = engine.apply_filters(r, built, engine.generate(r, trained.model, None), quiet)
+    typer.echo(str(engine.write(r, built, drawing, path, quiet)))
 
 
 @app.command("eval")
@@ -214,6 +216,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from click.exceptions import ClickException as UsageProblem
 
     args = list(sys.argv[1:] if argv is None else argv)
+    # TensorFlow's C++ INFO lines ("oneDNN custom operations", "Compiled cluster using XLA")
+    # are noise to a user; warnings and errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     debug = "--debug" in args or bool(os.environ.get("QD_DEBUG"))
     warnings.showwarning = _warn_line
     try:

@@ -173,3 +173,28 @@ def test_fast_commands_never_import_tensorflow(argv):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                        env={**os.environ, "QD_LOAD_PLUGINS": BUILTINS})
     assert r.returncode == 0, r.stderr
+
+
+def test_train_sample_eval_commands(tmp_path, quickdraw_dir):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("""
+name: tiny
+dataset: {use: quickdraw, category: cat, limit: 300}
+model: {T: 3, enc_size: 16, dec_size: 16, z_size: 4}
+train: {iterations: 4, batch_size: 32, checkpoint_every: 2}
+filters: [{use: upscale, size: 40}]
+""")
+    env = {"QD_CACHE_DIR": str(tmp_path / "cache"), "QD_DATA_DIR": str(quickdraw_dir)}
+    r = qd("train", recipe, "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("model at step 4: ")
+    r = qd("sample", recipe, "--n", 6, "--out", tmp_path / "s.png", "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+    assert Image.open(tmp_path / "s.png").size == (3 * 40 + 2 * 2, 2 * 40 + 2)  # 6 samples on a 3x2 grid
+    r = qd("eval", recipe, "--quiet", env=env)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout)
+    assert figures["step"] == 4 and figures["targets"] == "greyscale"
+    assert figures["bound"] == pytest.approx(figures["lx"] + figures["lz"], rel=1e-4) and figures["lz"] > 0
+    assert figures["n_images"] == 30  # the 10% held out of 300
