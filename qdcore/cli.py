@@ -216,8 +216,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from click.exceptions import ClickException as UsageProblem
 
     args = list(sys.argv[1:] if argv is None else argv)
-    # TensorFlow's C++ INFO lines ("oneDNN custom operations", "Compiled cluster using XLA")
-    # are noise to a user; warnings and errors still show.
+    # TensorFlow's C++ INFO lines are noise to a user; warnings and errors still show. TF 2.21
+    # logs a few lines through abseil before abseil is initialised, and those ignore this
+    # threshold (abseil-cpp PRs 1718/1957): the oneDNN and XLA notices still appear once.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     debug = "--debug" in args or bool(os.environ.get("QD_DEBUG"))
     warnings.showwarning = _warn_line
