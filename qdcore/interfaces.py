@@ -43,8 +43,9 @@ class Drawing:
     """What the model drew: every step's canvas, and where the write attention looked.
 
     canvases: (T, n, H, W) float32 in [0, 1], sigmoid of the accumulated canvas at each step.
-    windows: (T, n, 3) float32 (gx, gy, delta) of the write window in model pixels, or None
-        for the no-attention model. The window's box spans gx +- delta * write_n / 2.
+    windows: (T, n, 3) float32 (gx, gy, delta) of the write window in model pixels, as
+        zero-based array coordinates (column, row: pixel centres at 0..W-1), or None for the
+        no-attention model. The window's box spans gx +- delta * write_n / 2.
     write_n: filter count of the write window (to draw its box).
     source: "prior" (true samples, decoder only) or "reconstruction" (seeded, encoder run).
     """
