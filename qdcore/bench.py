@@ -16,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from .config import ModelConfig, TrainConfig
+from .draw import Draw, filterbank, gaussian_kl, window_params
 from .interfaces import ImageSet
+from .train import Adam, Batches, TrainedModel, evaluate, make_train_step, split
 
 WARMUP_STEPS = 3
 
@@ -91,15 +93,11 @@ class ReferenceDraw(tf.Module):
         self.variables_ = [v for layer in self.layers for v in layer.trainable_variables]
 
     def _filters(self, h, n):
-        from .draw import filterbank, window_params
-
         cfg = self.cfg
         gx, gy, delta, sigma2, gamma = window_params(h, cfg.height, cfg.width, n)
         return filterbank(gx, delta, sigma2, n, cfg.width), filterbank(gy, delta, sigma2, n, cfg.height), gamma
 
     def loss(self, x):
-        from .draw import gaussian_kl
-
         cfg = self.cfg
         b = tf.shape(x)[0]
         c = tf.zeros_like(x)
@@ -164,9 +162,6 @@ def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
 
 def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int) -> dict:
     """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
-    from .draw import Draw
-    from .train import Adam, Batches, make_train_step, split
-
     data = ImageSet(_synthetic(4000, cfg), "synthetic")
     train_idx, _ = split(len(data.images), train_cfg)
     model = Draw(cfg, seed=train_cfg.seed)
@@ -227,9 +222,6 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     The evaluations are not counted in the training time. The learning-rate schedule runs
     over train_cfg.iterations, as it would in a real run of that configuration.
     """
-    from .draw import Draw
-    from .train import Adam, Batches, evaluate, make_train_step, split, TrainedModel
-
     marks = sorted(minutes)
     train_idx, held = split(len(data.images), train_cfg)
     model = Draw(model_cfg, seed=train_cfg.seed)
@@ -263,8 +255,6 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
 # -- where the time goes (python -m qdcore.bench ablation) ---------------------------------------
 
 def _step_ms(model, batch: int, iterations: int, jit: bool = True, forward_only: bool = False) -> float:
-    from .train import Adam, make_train_step
-
     x = tf.constant(_synthetic(batch, model.cfg).astype(np.float32) / 255)
     k = tf.constant(0, tf.int64)
     if forward_only:
@@ -279,8 +269,6 @@ def _step_ms(model, batch: int, iterations: int, jit: bool = True, forward_only:
 
 def ablation(iterations: int = 20, batches: tuple[int, ...] = (100, 200, 400, 800)) -> list[dict]:
     """Step time of qd's step with one thing changed at a time, all in this one process."""
-    from .draw import Draw
-
     cfg = ModelConfig()
     rows = []
     add = lambda name, batch, ms: rows.append({"variant": name, "batch_size": batch, "ms_per_step": round(ms, 1),

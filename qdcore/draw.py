@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from .config import ModelConfig
+from .errors import InputError
 from .interfaces import Drawing
 
 # Attention parameters come out of a linear layer; exp() of an unbounded value overflows
@@ -260,7 +261,7 @@ class Draw(tf.Module):
         x = np.asarray(seeds, np.float32)
         expect = (self.cfg.height, self.cfg.width)
         if x.ndim != 3 or x.shape[1:] != expect:
-            raise ValueError(f"seed images must be (n, {expect[0]}, {expect[1]}), got {x.shape}")
+            raise InputError(f"seed images must be (n, {expect[0]}, {expect[1]}), got {x.shape}")
         x = np.clip(x, 0.0, 1.0)
         return self._drawing(self._reconstruct_fn(x, self._prior_noise(len(x), seed)), "reconstruction")
 
