@@ -12,7 +12,7 @@ from qdcore.errors import QdError, TrainingError
 from qdcore.interfaces import ImageSet
 from qdcore.train import Batches, evaluate, load, split, train
 
-TINY = ModelConfig(height=10, width=13, T=3, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
+TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 
 
 def _images(n=60, h=10, w=13, seed=0):
