@@ -58,3 +58,12 @@ output: {use: gif, frames: steps, duration: 0.2}
     assert len(iio.imread(gif, index=None)) == 3  # one frame per drawing step
     bad = run_qd(["validate", recipe.with_name("bad.yaml")], spiral_site, tmp_path)
     assert bad.returncode == 2
+
+
+def test_the_examples_own_tests_pass_against_the_installed_package(spiral_site, tmp_path):
+    tests = ROOT / "docs" / "examples" / "qd-spiral" / "test_qd_spiral.py"
+    env = {**os.environ, "PYTHONPATH": str(spiral_site)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tests)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout
