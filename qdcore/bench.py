@@ -8,6 +8,7 @@ docs/performance.md for what the numbers mean and how the default was chosen.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ import tensorflow as tf
 
 from .config import ModelConfig, TrainConfig
 from .draw import Draw, filterbank, gaussian_kl, window_params
-from .interfaces import ImageSet
+from .errors import TrainingError
+from .interfaces import Drawing, ImageSet
 from .train import Adam, Batches, TrainedModel, evaluate, make_train_step, split
 
 WARMUP_STEPS = 3
@@ -197,30 +199,13 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False) ->
 
 # -- quality per minute ----------------------------------------------------------------------
 
-def _sheet(canvases: np.ndarray, path: Path, cols: int = 8, scale: int = 3, pad: int = 2) -> None:
-    """A grid of images, ink dark on white, written atomically."""
-    from PIL import Image
-
-    from .atomic import atomic_path
-
-    n, h, w = canvases.shape
-    rows = -(-n // cols)
-    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 255, np.uint8)
-    for i, img in enumerate(canvases):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        sheet[y:y + h, x:x + w] = (255 * (1 - np.clip(img, 0, 1))).round().astype(np.uint8)
-    image = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, minutes: list[float], sheet: Path,
-                  quiet: bool = False) -> dict:
+def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, minutes: list[float],
+                  n_samples: int = 64, quiet: bool = False) -> tuple[dict, Drawing]:
     """Train at train_cfg for max(minutes) of wall clock, reporting the held-out bound at each mark.
 
-    The evaluations are not counted in the training time. The learning-rate schedule runs
-    over train_cfg.iterations, as it would in a real run of that configuration.
+    Returns the figures and `n_samples` prior samples of the final model (the CLI writes them
+    with the png-sheet writer). The evaluations are not counted in the training time. The
+    learning-rate schedule runs over train_cfg.iterations, as in a real run of that configuration.
     """
     marks = sorted(minutes)
     train_idx, held = split(len(data.images), train_cfg)
@@ -237,7 +222,7 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
             k, x = next(it)
             lx, lz, _, ok = (v.numpy() for v in step_fn(x, k))
             if not ok:
-                raise RuntimeError(f"non-finite loss at step {int(k) + 1}")
+                raise TrainingError(f"non-finite loss at step {int(k) + 1}; try a lower learning_rate or clip_norm")
         elapsed += time.perf_counter() - t0
         trained.step = int(k) + 1
         ev = evaluate(trained, data, train_cfg)
@@ -245,11 +230,11 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
                "cycles": round(trained.step * train_cfg.batch_size / len(train_idx), 2), **ev,
                "train_lx_last": float(lx), "train_lz_last": float(lz)}
         results.append(row)
-        if not quiet:
-            print(row, flush=True)
-    _sheet(model.sample(64, seed=0).final, Path(sheet))
-    return {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
-            "train": train_cfg.as_dict(), "marks": results, "sheet": str(sheet)}
+        if not quiet:  # stderr: stdout carries the one JSON line
+            print(row, file=sys.stderr, flush=True)
+    figures = {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
+               "train": train_cfg.as_dict(), "marks": results}
+    return figures, model.sample(n_samples, seed=0)
 
 
 # -- where the time goes (python -m qdcore.bench ablation) ---------------------------------------

@@ -138,20 +138,27 @@ def sample(
 
     The recipe's filters are applied (an upscale makes the sheet readable); its seeds and
     writer are not used."""
+    from . import engine
+
+    r, built, path = _as_sheet(_recipe(recipe, seed=seed, n=n), out)
+    data = engine.load_data(r, built, quiet)
+    trained = engine.ensure_model(r, data, quiet=quiet)
+    drawing = engine.apply_filters(r, built, engine.generate(r, trained.model, None), quiet)
+    typer.echo(str(engine.write(r, built, drawing, path, quiet)))
+
+
+def _as_sheet(r, out: Path):
+    """The recipe with its writer swapped for png-sheet: built, with the output path checked
+    before any training."""
     from dataclasses import replace
 
     from . import engine
     from .recipe import Step
 
-    r = _recipe(recipe, seed=seed, n=n)
-    sheet = Step("png-sheet", {}, _plugins().registry.get("writers", "png-sheet"), "sample sheet", str(recipe))
+    sheet = Step("png-sheet", {}, _plugins().registry.get("writers", "png-sheet"), "output", str(r.path))
     r = replace(r, output=sheet)
     built = engine.prepare(r)
-    path = engine.output_path(r, built, out)
-    data = engine.load_data(r, built, quiet)
-    trained = engine.ensure_model(r, data, quiet=quiet)
-    drawing = engine.apply_filters(r, built, engine.generate(r, trained.model, None), quiet)
-    typer.echo(str(engine.write(r, built, drawing, path, quiet)))
+    return r, built, engine.output_path(r, built, out)
 
 
 @app.command("eval")
@@ -188,19 +195,21 @@ def bench_train(
 
 @bench_app.command("quality")
 def bench_quality(
-    recipe: Path = typer.Argument(..., help="A recipe naming the dataset (e.g. recipes/cat-quality.yaml)."),
+    recipe: Path = typer.Argument(..., help="A recipe naming the dataset and training settings (e.g. recipes/cat-quality.yaml)."),
     minutes: List[float] = typer.Option([5.0, 10.0, 20.0], "--minutes", help="Evaluate the held-out bound at these marks."),
     sheet: Path = typer.Option(Path("quality-samples.png"), "--sheet", help="PNG sheet of prior samples at the end."),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
-    """Held-out bound after N minutes of training at qd's defaults, plus a sheet of prior samples."""
+    """Held-out bound after N minutes of training at the recipe's settings, plus a sheet of
+    prior samples (through the recipe's filters, like `qd sample`)."""
     from . import bench, engine
 
-    r = _recipe(recipe)
-    built = engine.prepare(r)
+    r, built, path = _as_sheet(_recipe(recipe), sheet)
     data = engine.load_data(r, built, quiet)
-    typer.echo(json.dumps(bench.bench_quality(r.model, r.train, data, sorted(minutes), sheet, quiet=quiet)))
+    figures, drawing = bench.bench_quality(r.model, r.train, data, sorted(minutes), r.generate.n, quiet=quiet)
+    written = engine.write(r, built, engine.apply_filters(r, built, drawing, quiet), path, quiet)
+    typer.echo(json.dumps({**figures, "sheet": str(written)}))
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None):

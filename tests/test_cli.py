@@ -198,3 +198,23 @@ filters: [{use: upscale, size: 40}]
     assert figures["step"] == 4 and figures["targets"] == "greyscale"
     assert figures["bound"] == pytest.approx(figures["lx"] + figures["lz"], rel=1e-4) and figures["lz"] > 0
     assert figures["n_images"] == 30  # the 10% held out of 300
+
+
+def test_bench_quality_prints_one_json_line_and_writes_the_sheet(tmp_path, quickdraw_dir):
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text("""
+dataset: {use: quickdraw, category: cat, limit: 200}
+model: {T: 2, enc_size: 8, dec_size: 8, z_size: 2}
+train: {batch_size: 16}
+generate: {n: 4}
+filters: [{use: upscale, size: 32}]
+""")
+    sheet = tmp_path / "sheet.png"
+    r = qd("bench", "quality", recipe, "--minutes", 0.02, "--sheet", sheet, env={"QD_DATA_DIR": str(quickdraw_dir)})
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout)  # the whole of stdout is one JSON document
+    assert [m["minutes"] for m in figures["marks"]] == [0.02]
+    assert figures["marks"][0]["step"] > 0 and figures["n_held_out"] == 20
+    assert figures["sheet"] == str(sheet)
+    from PIL import Image
+    assert Image.open(sheet).size == (2 * 32 + 2, 2 * 32 + 2)  # 4 samples, upscaled, 2x2 grid
