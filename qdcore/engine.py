@@ -153,7 +153,7 @@ def run(recipe: Recipe, *, out: Optional[Path] = None, quiet: bool = False, log:
     built = prepare(recipe)
     path = output_path(recipe, built, out)
     data = load_data(recipe, built, quiet)
-    log(f"dataset: {recipe.dataset.use} ({len(data.images)} images, {data.name})")
+    log(f"dataset: {built.dataset.describe()} ({len(data.images)} images)")
     trained = ensure_model(recipe, data, quiet=quiet)
     log(f"model: step {trained.step} in {trained.workdir}")
     seeds = make_seeds(recipe, built, data, trained.last_batch, quiet)

@@ -92,7 +92,7 @@ class Dataset:
         raise NotImplementedError
 
     def describe(self) -> str:
-        """A short label for caching and messages, for example `quickdraw:cat`."""
+        """A short label for messages (`qd run` prints it), for example `quickdraw:cat`."""
         return type(self).__name__
 
 
