@@ -35,9 +35,9 @@ class TrainConfig:
     """Cycling trainer settings. Defaults are qd's (see docs/performance.md for why)."""
 
     iterations: Annotated[int, Range(0, 10_000_000)] = 10_000
-    # 4x the blog's batch with 2x its learning rate: 1.3-1.4x the images/s of a plain TF2
-    # version of the blog's model measured in the same run, and a better held-out bound per
-    # minute (docs/performance.md).
+    # 4x the blog's batch with 2x its learning rate: with `precision` below, 2.6-2.7x the
+    # images/s of a plain TF2 version of the blog's model at batch 100 (1.4x in float32),
+    # and a better held-out bound per minute (docs/performance.md).
     batch_size: Annotated[int, Range(1, 100_000)] = 400
     learning_rate: Annotated[float, Range(1e-7, 1.0)] = 2e-3
     beta1: Annotated[float, Range(0.0, 0.999999)] = 0.5
@@ -52,6 +52,11 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_final_fraction: Annotated[float, Range(0.0, 1.0)] = 0.05
     warmup: Annotated[int, Range(0, 10_000_000)] = 200
+    # Matmul precision while training. "bfloat16" runs the LSTM and output matmuls on the
+    # CPU's bfloat16 units (AMX) and everything else in float32; "float32" compiles the
+    # whole step with XLA instead. "auto" picks bfloat16 when the CPU has AMX-BF16, else
+    # float32. Evaluation and generation are always float32. See docs/performance.md.
+    precision: Literal["auto", "bfloat16", "float32"] = "auto"
 
     def as_dict(self) -> dict:
         return asdict(self)

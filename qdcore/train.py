@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,20 +141,109 @@ def learning_rate(step, train_cfg: TrainConfig):
     return lr
 
 
-def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, jit_compile: bool = True):
+def cpu_has_amx_bf16() -> bool:
+    """True when /proc/cpuinfo lists AMX-BF16 (Linux; other systems report False)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_precision(train_cfg: TrainConfig) -> str:
+    """train_cfg.precision with "auto" decided for this machine."""
+    if train_cfg.precision != "auto":
+        return train_cfg.precision
+    # oneDNN runs bfloat16 matmuls on AMX about 3x faster than float32; without AMX (or on
+    # a GPU, where XLA does well) the float32 XLA step is the better-measured choice.
+    if cpu_has_amx_bf16() and not tf.config.list_physical_devices("GPU"):
+        return "bfloat16"
+    return "float32"
+
+
+# A stream smaller than this stops paying for itself: its matmuls get too thin.
+MIN_STREAM = 50
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How this process runs a training step. docs/performance.md has the measurements."""
+
+    precision: str  # "float32" or "bfloat16"
+    jit_compile: bool
+    streams: int  # the batch is split into this many independent halves (quarters, ...)
+
+    def describe(self) -> str:
+        if self.jit_compile:
+            return f"{self.precision}, XLA"
+        return f"{self.precision} matmuls, {self.streams} stream{'s' if self.streams > 1 else ''}"
+
+
+def plan_step(train_cfg: TrainConfig, configure_threads: bool = True) -> StepPlan:
+    """Decide precision, compilation and streams for this machine and process.
+
+    float32: the whole step compiled by XLA, TensorFlow's default threads.
+    bfloat16: XLA's CPU backend does bfloat16 matmuls no faster than float32, but
+    TensorFlow's own (oneDNN) kernels use AMX, so the step runs uncompiled. Then one
+    intra-op thread and one inter-op thread per core, with the batch split into one
+    independent stream per core, keeps every core busy; TensorFlow's default (every op
+    spread over all cores) leaves them waiting on each other's small ops. Threads can only
+    be set before TensorFlow starts in a process; if it has started, the step uses the
+    threads it finds and one stream unless those are already one intra-op thread.
+    """
+    precision = resolve_precision(train_cfg)
+    if precision == "float32":
+        return StepPlan("float32", True, 1)
+    cores = cpu_count()
+    if configure_threads and cores > 1:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(cores)
+        except RuntimeError:
+            pass  # TensorFlow already started in this process; its threads stay
+    streams = 1
+    if tf.config.threading.get_intra_op_parallelism_threads() == 1:
+        inter = tf.config.threading.get_inter_op_parallelism_threads() or cores
+        streams = max(1, min(inter, train_cfg.batch_size // MIN_STREAM))
+    return StepPlan("bfloat16", False, streams)
+
+
+def _split_sizes(batch: int, streams: int) -> list[int]:
+    return [batch // streams + (1 if i < batch % streams else 0) for i in range(streams)]
+
+
+def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPlan | None = None):
     """The compiled step: loss, gradient, global-norm clip, guarded Adam update.
 
     Returns mean L^x, mean L^z, the gradient norm and whether they were finite. A non-finite
-    step changes nothing, so the model in memory stays the last good one too.
+    step changes nothing, so the model in memory stays the last good one too. The streams
+    of a plan only reorder the sums: the loss and gradient are those of the whole batch.
     """
+    plan = plan or plan_step(train_cfg, configure_threads=False)
     variables = model.weights
 
-    @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
+    @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
     def step(x, k):
         seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), k])
         eps = tf.random.stateless_normal(model.noise_shape(tf.shape(x)[0]), seed=seed)
+        batch = x.shape[0]
+        streams = min(plan.streams, batch) if batch else 1
         with tf.GradientTape() as tape:
-            lx, lz = model.loss_with_noise(x, eps)
+            if streams > 1:
+                sizes = _split_sizes(batch, streams)
+                parts = [model.loss_with_noise(xs, es, plan.precision)
+                         for xs, es in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1))]
+                lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
+            else:
+                lx, lz = model.loss_with_noise(x, eps, plan.precision)
             lx, lz = tf.reduce_mean(lx), tf.reduce_mean(lz)
             loss = lx + lz
         grads = tape.gradient(loss, variables)
@@ -239,6 +329,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
+    plan = plan_step(train_cfg)  # before the model: threads can only be set before TF starts
     model = Draw(model_cfg, seed=train_cfg.seed)
     opt = Adam(model.weights, train_cfg.beta1)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
@@ -248,7 +339,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     start = int(step_var.numpy())
     last_saved = start if manager.latest_checkpoint else None
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
-    train_step = make_train_step(model, opt, train_cfg)
+    train_step = make_train_step(model, opt, train_cfg, plan)
     last_batch = None
 
     def save():
@@ -256,7 +347,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
         if last_batch is not None:
             _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
 
-    with _Progress(train_cfg.iterations, start, quiet, f"training {data.name}") as progress:
+    with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({plan.describe()})") as progress:
         for k, x in batches.dataset(start, train_cfg.iterations):
             lx, lz, gnorm, ok = (v.numpy() for v in train_step(x, k))
             if not ok:

@@ -82,6 +82,43 @@ def test_batch_of_one_and_non_square_images(attention):
         assert drawing.windows is None
 
 
+def test_read_is_the_papers_glimpse_of_x_then_x_hat():
+    cfg = TINY
+    model = Draw(cfg)
+    rng = np.random.default_rng(4)
+    x, x_hat = (rng.random((2, 12, 17), dtype=np.float32) for _ in range(2))
+    p = tf.constant(rng.normal(size=(2, 5)).astype(np.float32))
+    got = model._read(tf.constant(x), tf.constant(x_hat), p).numpy()
+    gx, gy, delta, sigma2, gamma = window_params(p, 12, 17, 3)
+    fx = filterbank(gx, delta, sigma2, 3, 17).numpy()
+    fy = filterbank(gy, delta, sigma2, 3, 12).numpy()
+    # Equation (27): gamma * F_y x F_x^T, for the image and then the error image.
+    want = np.concatenate([np.einsum("nia,nab,njb->nij", fy, img, fx).reshape(2, -1) for img in (x, x_hat)], 1)
+    np.testing.assert_allclose(got, want * gamma.numpy()[:, None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_bfloat16_matmuls_stay_close_to_float32(attention):
+    model = Draw(ModelConfig(**{**TINY.as_dict(), "attention": attention, "enc_size": 64, "dec_size": 64}), seed=2)
+    rng = np.random.default_rng(5)
+    x = tf.constant((rng.random((6, 12, 17)) > 0.6).astype(np.float32))
+    eps = tf.constant(rng.standard_normal((3, 6, 4)).astype(np.float32))
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        with tf.GradientTape() as tape:
+            lx, lz = model.loss_with_noise(x, eps, precision)
+            loss = tf.reduce_mean(lx + lz)
+        grads = tape.gradient(loss, model.weights)
+        assert all(g.dtype == tf.float32 and np.isfinite(g.numpy()).all() for g in grads)
+        results[precision] = lx.numpy(), lz.numpy(), np.concatenate([g.numpy().ravel() for g in grads])
+    (lx32, lz32, g32), (lx16, lz16, g16) = results["float32"], results["bfloat16"]
+    assert not np.array_equal(lx16, lx32)  # the bfloat16 path really rounds
+    np.testing.assert_allclose(lx16, lx32, rtol=0.01)
+    np.testing.assert_allclose(lz16, lz32, rtol=0.05, atol=0.05)
+    cosine = g16 @ g32 / np.linalg.norm(g16) / np.linalg.norm(g32)
+    assert cosine > 0.99, cosine
+
+
 def test_bce_is_summed_over_pixels_from_logits():
     model = Draw(TINY)
     x = np.random.default_rng(1).random((2, 12, 17), dtype=np.float32)
@@ -126,9 +163,9 @@ def test_fresh_noise_at_every_step():
     seen = []
     real = model._encode
 
-    def spy(x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t):
+    def spy(x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t, kernels):
         seen.append(eps_t.numpy())
-        return real(x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t)
+        return real(x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t, kernels)
 
     model._encode = spy
     model.loss_with_noise(tf.zeros([1, 12, 17]), eps)

@@ -8,9 +8,10 @@ tf = pytest.importorskip("tensorflow")
 
 import qdcore.train as train_mod
 from qdcore.config import ModelConfig, TrainConfig
+from qdcore.draw import Draw
 from qdcore.errors import QdError, TrainingError
 from qdcore.interfaces import ImageSet
-from qdcore.train import Batches, evaluate, load, split, train
+from qdcore.train import Adam, Batches, evaluate, load, split, train
 
 TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 
@@ -29,8 +30,8 @@ def _spy_steps(monkeypatch, before_step=None):
     taken = []
     real = train_mod.make_train_step
 
-    def make(model, opt, cfg, **kw):
-        step = real(model, opt, cfg, **kw)
+    def make(model, opt, cfg, *args, **kw):
+        step = real(model, opt, cfg, *args, **kw)
 
         def wrapped(x, k):
             if before_step:
@@ -82,17 +83,54 @@ def test_binarization_threshold_and_dynamic():
     np.testing.assert_allclose(plain, grey / 255, atol=1e-7)
 
 
-def test_loss_falls_on_real_quickdraw_data(quickdraw_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_loss_falls_on_real_quickdraw_data(quickdraw_dir, tmp_path, precision):
     images = np.load(quickdraw_dir / "numpy_bitmap" / "cat.npy", mmap_mode="r").reshape(-1, 28, 28)[:1000]
     data = ImageSet(images, "quickdraw:cat")
     cfg = ModelConfig(T=4, enc_size=64, dec_size=64, z_size=8)
     before = evaluate(train(cfg, _cfg(iterations=0), data, tmp_path / "a", quiet=True), data, _cfg())
-    after = evaluate(train(cfg, _cfg(iterations=40, batch_size=32, checkpoint_every=100), data, tmp_path / "b", quiet=True),
-                     data, _cfg())
+    after = evaluate(train(cfg, _cfg(iterations=40, batch_size=32, checkpoint_every=100, precision=precision), data,
+                           tmp_path / "b", quiet=True), data, _cfg())
     assert before["n_images"] == after["n_images"] == 100
     assert after["targets"] == "greyscale"
     assert np.isfinite(after["bound"]) and after["bound"] == pytest.approx(after["lx"] + after["lz"])
     assert after["bound"] < before["bound"] - 50, (before, after)
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(train_mod, "cpu_has_amx_bf16", lambda: True)
+    assert train_mod.resolve_precision(TrainConfig()) == "bfloat16"
+    monkeypatch.setattr(train_mod, "cpu_has_amx_bf16", lambda: False)
+    assert train_mod.resolve_precision(TrainConfig()) == "float32"
+    assert train_mod.resolve_precision(TrainConfig(precision="bfloat16")) == "bfloat16"
+
+
+def test_step_plans():
+    assert train_mod.plan_step(TrainConfig(precision="float32")) == train_mod.StepPlan("float32", True, 1)
+    plan = train_mod.plan_step(TrainConfig(precision="bfloat16"), configure_threads=False)
+    assert plan.precision == "bfloat16" and not plan.jit_compile and plan.streams >= 1
+    # A stream never gets fewer than MIN_STREAM images.
+    assert train_mod.plan_step(TrainConfig(precision="bfloat16", batch_size=8), configure_threads=False).streams == 1
+    assert train_mod._split_sizes(7, 3) == [3, 2, 2]
+
+
+@pytest.mark.parametrize("precision, rtol, atol", [("float32", 1e-5, 1e-6), ("bfloat16", 1e-3, 1e-4)])
+def test_streams_split_the_batch_without_changing_the_step(precision, rtol, atol):
+    """Splitting the batch reorders sums only: same loss, gradient norm and update."""
+    cfg = _cfg(batch_size=7, precision=precision)
+    x = tf.constant(_images(7).as_float(np.arange(7)))
+    k = tf.constant(3, tf.int64)
+    out = {}
+    for streams in (1, 3):
+        model = Draw(TINY, seed=1)
+        step = train_mod.make_train_step(model, Adam(model.weights, 0.5), cfg, train_mod.StepPlan(precision, False, streams))
+        lx, lz, gnorm, ok = (v.numpy() for v in step(x, k))
+        assert ok
+        out[streams] = np.array([lx, lz, gnorm]), np.concatenate([w.numpy().ravel() for w in model.weights])
+    np.testing.assert_allclose(out[3][0], out[1][0], rtol=rtol)
+    # Weights after the update: bfloat16 rounds each stream's weight gradient on its own,
+    # so there the sums differ in the last bits (an update is ~learning_rate = 3e-3).
+    np.testing.assert_allclose(out[3][1], out[1][1], rtol=rtol, atol=atol)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
