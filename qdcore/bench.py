@@ -8,6 +8,8 @@ docs/performance.md for what the numbers mean and how the default was chosen.
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +22,7 @@ from .config import ModelConfig, TrainConfig
 from .draw import Draw, filterbank, gaussian_kl, window_params
 from .errors import TrainingError
 from .interfaces import Drawing, ImageSet
-from .train import Adam, Batches, TrainedModel, evaluate, make_train_step, split
+from .train import Adam, Batches, StepPlan, TrainedModel, evaluate, make_train_step, plan_step, split
 
 WARMUP_STEPS = 3
 
@@ -159,16 +161,17 @@ def _timed(run_step, iterations: int, batch: int, cfg: ModelConfig, name: str) -
 def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
     ref = ReferenceDraw(cfg)
     x = tf.constant(_synthetic(batch, cfg).astype(np.float32) / 255)
-    return _timed(lambda: float(ref.step(x)), iterations, batch, cfg, "reference (plain tf.function, batch 100)")
+    return _timed(lambda: float(ref.step(x)), iterations, batch, cfg, f"reference (plain tf.function, batch {batch})")
 
 
-def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int) -> dict:
+def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: StepPlan | None = None) -> dict:
     """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
+    plan = plan or plan_step(train_cfg)  # first, while this process may still set threads
     data = ImageSet(_synthetic(4000, cfg), "synthetic")
     train_idx, _ = split(len(data.images), train_cfg)
     model = Draw(cfg, seed=train_cfg.seed)
     opt = Adam(model.weights, train_cfg.beta1)
-    step = make_train_step(model, opt, train_cfg)
+    step = make_train_step(model, opt, train_cfg, plan)
     it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
 
     def run_step():
@@ -176,19 +179,58 @@ def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int) -> dict:
         lx, lz, _, ok = (v.numpy() for v in step(x, k))
         assert ok
 
-    return _timed(run_step, iterations, train_cfg.batch_size, cfg, f"qd default (batch {train_cfg.batch_size})")
+    row = _timed(run_step, iterations, train_cfg.batch_size, cfg, f"qd (batch {train_cfg.batch_size}, {plan.describe()})")
+    return {**row, "precision": plan.precision, "xla": plan.jit_compile, "streams": plan.streams}
 
 
-def bench_train(batch_size: int | None, iterations: int, quiet: bool = False) -> dict:
+# -- one measurement per process ---------------------------------------------------------------
+# TensorFlow's thread pools are fixed once it starts, and qd's bfloat16 step sets its own
+# (train.plan_step), so each configuration runs in a fresh process of its own, one after
+# the other: the reference gets TensorFlow's defaults, as a plain script would.
+
+def _side(spec: dict) -> dict:
+    """Run one measurement described by `spec` in this (fresh) process."""
+    if spec.get("threads"):
+        intra, inter = spec["threads"]
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    cfg = ModelConfig(**spec.get("model", {}))
+    if spec["kind"] == "reference":
+        row = run_reference(cfg, spec["iterations"], spec.get("batch_size", 100))
+    else:
+        train_cfg = TrainConfig(batch_size=spec.get("batch_size", TrainConfig.batch_size), precision=spec.get("precision", "auto"))
+        plan = None
+        if "xla" in spec or "streams" in spec or spec.get("threads"):
+            auto = plan_step(train_cfg, configure_threads=not spec.get("threads"))
+            plan = StepPlan(auto.precision, spec.get("xla", auto.jit_compile), spec.get("streams", auto.streams))
+        row = run_qd(cfg, train_cfg, spec["iterations"], plan)
+    if spec.get("name"):
+        row["name"] = spec["name"]
+    row["threads"] = [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()]
+    return row
+
+
+def measure(spec: dict) -> dict:
+    """`_side(spec)` in a child process; its stderr (TensorFlow's logs) is shown only on failure."""
+    proc = subprocess.run([sys.executable, "-m", "qdcore.bench", "side", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise TrainingError(f"benchmark process for {spec} failed (exit {proc.returncode}): {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto") -> dict:
+    """numpy's peak, the reference at batch 100, and qd's default, each in its own process."""
     cfg = ModelConfig()
-    train_cfg = TrainConfig() if batch_size is None else TrainConfig(batch_size=batch_size)
-    say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=__import__("sys").stderr))
+    train_cfg = TrainConfig(precision=precision) if batch_size is None else TrainConfig(batch_size=batch_size, precision=precision)
+    say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=sys.stderr))
     say("numpy matmul peak ...")
     peak = numpy_matmul_peak(cfg, train_cfg.batch_size)
     say(f"reference at batch 100, {iterations} steps ...")
-    reference = run_reference(cfg, iterations)
+    reference = measure({"kind": "reference", "iterations": iterations})
     say(f"qd at batch {train_cfg.batch_size}, {iterations} steps ...")
-    default = run_qd(cfg, train_cfg, iterations)
+    default = measure({"kind": "qd", "iterations": iterations, "batch_size": train_cfg.batch_size, "precision": precision})
     return {
         "numpy_matmul_peak_gflop_per_s": round(peak, 1),
         "reference": reference,
@@ -208,10 +250,11 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     learning-rate schedule runs over train_cfg.iterations, as in a real run of that configuration.
     """
     marks = sorted(minutes)
+    plan = plan_step(train_cfg)  # before the model: threads can only be set before TF starts
     train_idx, held = split(len(data.images), train_cfg)
     model = Draw(model_cfg, seed=train_cfg.seed)
     opt = Adam(model.weights, train_cfg.beta1)
-    step_fn = make_train_step(model, opt, train_cfg)
+    step_fn = make_train_step(model, opt, train_cfg, plan)
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
     trained = TrainedModel(model=model, step=0, last_batch=None, workdir=Path(tempfile.gettempdir()))
     results, elapsed, k = [], 0.0, 0
@@ -233,58 +276,57 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
         if not quiet:  # stderr: stdout carries the one JSON line
             print(row, file=sys.stderr, flush=True)
     figures = {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
-               "train": train_cfg.as_dict(), "marks": results}
+               "train": train_cfg.as_dict(), "step_plan": plan.describe(), "marks": results}
     return figures, model.sample(n_samples, seed=0)
 
 
 # -- where the time goes (python -m qdcore.bench ablation) ---------------------------------------
 
-def _step_ms(model, batch: int, iterations: int, jit: bool = True, forward_only: bool = False) -> float:
-    x = tf.constant(_synthetic(batch, model.cfg).astype(np.float32) / 255)
-    k = tf.constant(0, tf.int64)
-    if forward_only:
-        f = tf.function(lambda x, k: tf.reduce_mean(sum(model.loss_with_noise(
-            x, tf.random.stateless_normal(model.noise_shape(batch), seed=tf.stack([tf.constant(0, tf.int64), k]))))),
-            jit_compile=jit, autograph=False)
-    else:
-        f = make_train_step(model, Adam(model.weights, 0.5), TrainConfig(), jit_compile=jit)
-    run = lambda: [v.numpy() for v in tf.nest.flatten(f(x, k))]
-    return 1000 * _timed(run, iterations, batch, model.cfg, "")["seconds"] / iterations
+ABLATION = [
+    # (name, spec): one change at a time; each runs in its own process (see measure()).
+    ("reference: Keras cells, plain tf.function, TF's default threads", {"kind": "reference"}),
+    ("reference, 1 intra-op + 2 inter-op threads", {"kind": "reference", "threads": [1, 2]}),
+    ("qd float32, no XLA", {"kind": "qd", "precision": "float32", "xla": False}),
+    ("qd float32, XLA (the float32 default)", {"kind": "qd", "precision": "float32"}),
+    ("qd bfloat16, XLA", {"kind": "qd", "precision": "bfloat16", "xla": True, "streams": 1, "threads": [0, 0]}),
+    ("qd bfloat16, no XLA, TF's default threads, 1 stream", {"kind": "qd", "precision": "bfloat16", "streams": 1, "threads": [0, 0]}),
+    ("qd bfloat16, no XLA, TF's default threads, 2 streams", {"kind": "qd", "precision": "bfloat16", "streams": 2, "threads": [0, 0]}),
+    ("qd bfloat16, no XLA, 1+2 threads, 1 stream", {"kind": "qd", "precision": "bfloat16", "streams": 1, "threads": [1, 2]}),
+    ("qd bfloat16, no XLA, 1+2 threads, 2 streams (the bfloat16 default)", {"kind": "qd", "precision": "bfloat16"}),
+    ("qd bfloat16 default, batch 800", {"kind": "qd", "precision": "bfloat16", "batch_size": 800}),
+    ("qd bfloat16 default, attention and glue only (LSTMs of 1 unit)", {"kind": "qd", "precision": "bfloat16", "model": {"enc_size": 1, "dec_size": 1}}),
+]
 
 
-def ablation(iterations: int = 20, batches: tuple[int, ...] = (100, 200, 400, 800)) -> list[dict]:
-    """Step time of qd's step with one thing changed at a time, all in this one process."""
-    cfg = ModelConfig()
+def ablation(iterations: int = 20) -> list[dict]:
+    """Step time with one thing changed at a time (batch 400 unless said), one process each."""
     rows = []
-    add = lambda name, batch, ms: rows.append({"variant": name, "batch_size": batch, "ms_per_step": round(ms, 1),
-                                               "images_per_s": round(1000 * batch / ms, 1)}) or print(rows[-1], flush=True)
-    ref = run_reference(cfg, iterations)
-    add("reference: keras cells, plain tf.function", 100, 1000 / ref["steps_per_s"])
-    add("qd step, no XLA", 100, _step_ms(Draw(cfg), 100, iterations, jit=False))
-    for batch in batches:
-        add("qd step, XLA", batch, _step_ms(Draw(cfg), batch, iterations))
-    add("qd forward only, XLA", 100, _step_ms(Draw(cfg), 100, iterations, forward_only=True))
-    add("attention and glue only (LSTMs of 1 unit), XLA", 100,
-        _step_ms(Draw(ModelConfig(enc_size=1, dec_size=1)), 100, iterations))
-    add("no attention (read/write whole image), XLA", 100, _step_ms(Draw(ModelConfig(attention=False)), 100, iterations))
+    for name, spec in ABLATION:
+        spec = {"batch_size": 100 if spec["kind"] == "reference" else 400, **spec, "iterations": iterations, "name": name}
+        r = measure(spec)
+        rows.append({"variant": name, "batch_size": r["batch_size"], "ms_per_step": round(1000 / r["steps_per_s"], 1),
+                     "images_per_s": r["images_per_s"], "threads": r["threads"]})
+        print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
-def profile(batch: int | None = None, steps: int = 5, top: int = 15) -> dict:
-    """TensorFlow profiler trace of qd's default step, summed by XLA op kind.
+def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, top: int = 20) -> dict:
+    """TensorFlow profiler trace of qd's step, summed by op kind.
 
     Reads the XSpace protobuf directly (the TensorBoard profile plugin is not needed):
-    wall time per step, thread time per step (the gap is idle cores), and the op kinds
-    (numeric suffixes stripped: `MatMul.306` -> `MatMul`) that take the thread time.
+    wall time per step, thread time per step (the gap is idle cores), and the op kinds that
+    take the thread time: XLA's thunks (`MatMul.306` -> `MatMul`) for a compiled step,
+    TensorFlow's kernels (`gradient_tape/mul:Mul` -> `Mul`) for an uncompiled one.
     """
     import re
     from collections import Counter
 
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    train_cfg = TrainConfig() if batch is None else TrainConfig(batch_size=batch)
+    train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
+    plan = plan_step(train_cfg)
     model = Draw(ModelConfig(), seed=0)
-    step = make_train_step(model, Adam(model.weights, train_cfg.beta1), train_cfg)
+    step = make_train_step(model, Adam(model.weights, train_cfg.beta1), train_cfg, plan)
     x = tf.constant(_synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
     k = tf.constant(0, tf.int64)
     for _ in range(WARMUP_STEPS):
@@ -299,28 +341,36 @@ def profile(batch: int | None = None, steps: int = 5, top: int = 15) -> dict:
     space = xplane_pb2.XSpace()
     space.ParseFromString(next(logdir.rglob("*.xplane.pb")).read_bytes())
     kinds: Counter = Counter()
+    calls: Counter = Counter()
+    # Wrappers that contain the ops below them; counting them too would count time twice.
+    wrappers = {"ThunkExecutor::Execute", "SlinkyThreadPool::Await", "ExecutorState::Process", "ExecutorDoneCallback", "ParallelFor"}
     for plane in space.planes:
         names = {i: m.name for i, m in plane.event_metadata.items()}
         for line in plane.lines:
-            if "Eigen" not in line.name:  # XLA's thunks run on the intra-op (Eigen) pool
+            # XLA's thunks run on the intra-op (Eigen) pool, TensorFlow's kernels on tf_Compute.
+            if "Eigen" not in line.name and not line.name.startswith("tf_Compute"):
                 continue
             for event in line.events:
                 name = names.get(event.metadata_id, "?")
-                if name not in ("ThunkExecutor::Execute", "SlinkyThreadPool::Await"):
-                    kinds[re.sub(r"[._]\d+", "", name)] += event.duration_ps / 1e9 / steps
+                if name in wrappers:
+                    continue
+                kind = name.rsplit(":", 1)[-1] if ":" in name else re.sub(r"[._]\d+", "", name)
+                kinds[kind] += event.duration_ps / 1e9 / steps
+                calls[kind] += 1 / steps
     busy = sum(kinds.values())
-    return {"batch_size": train_cfg.batch_size, "wall_ms_per_step": round(1000 * wall, 1),
+    return {"batch_size": train_cfg.batch_size, "plan": plan.describe(), "wall_ms_per_step": round(1000 * wall, 1),
             "thread_ms_per_step": round(busy, 1), "trace": str(logdir),
-            "top": [{"op": op, "ms_per_step": round(ms, 2), "share": round(ms / busy, 3)} for op, ms in kinds.most_common(top)]}
+            "top": [{"op": op, "ms_per_step": round(ms, 2), "calls_per_step": round(calls[op]), "share": round(ms / busy, 3)}
+                    for op, ms in kinds.most_common(top)]}
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
-    commands = {"ablation": ablation, "profile": profile}
-    if sys.argv[1:2] and sys.argv[1] in commands:
-        print(json.dumps(commands[sys.argv[1]]()))
+    if sys.argv[1:2] == ["side"]:  # one measurement, for measure()
+        print(json.dumps(_side(json.loads(sys.argv[2]))))
+    elif sys.argv[1:2] == ["ablation"]:
+        print(json.dumps(ablation()))
+    elif sys.argv[1:2] == ["profile"]:
+        print(json.dumps(profile(*sys.argv[2:3])))
     else:
-        print("usage: python -m qdcore.bench ablation|profile", file=sys.stderr)
+        print("usage: python -m qdcore.bench ablation | profile [auto|float32|bfloat16]", file=sys.stderr)
         sys.exit(2)

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +18,16 @@ from . import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train DRAW on Quick, Draw! doodles and turn what it draws into GIFs.")
+
+
+class Precision(str, Enum):
+    """train.precision's choices (config.TrainConfig), for `qd bench train --precision`."""
+
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed and quality; prints figures.")
 app.add_typer(bench_app, name="bench")
 
@@ -182,15 +193,18 @@ def evaluate(
 
 @bench_app.command("train")
 def bench_train(
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="qd's side of the comparison (default: qd's default)."),
-    iterations: int = typer.Option(30, "--iterations", help="Timed steps per configuration."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="qd's side of the comparison (default: qd's default)."),
+    iterations: int = typer.Option(30, "--iterations", min=1, help="Timed steps per configuration."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="qd's side: auto is qd's default."),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
-    """Training speed: the blog's model at batch 100 (plain tf.function) beside qd's default."""
+    """Training speed: the blog's model at batch 100 (plain tf.function) beside qd's default.
+
+    Each side runs in a fresh process of its own, one after the other."""
     from . import bench
 
-    typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet)))
+    typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value)))
 
 
 @bench_app.command("quality")

@@ -218,3 +218,24 @@ filters: [{use: upscale, size: 32}]
     assert figures["sheet"] == str(sheet)
     from PIL import Image
     assert Image.open(sheet).size == (2 * 32 + 2, 2 * 32 + 2)  # 4 samples, upscaled, 2x2 grid
+
+
+def test_bench_train_prints_both_sides_with_the_numpy_peak():
+    from qdcore.train import cpu_has_amx_bf16
+
+    precision = "bfloat16" if cpu_has_amx_bf16() else "float32"  # what "auto" must pick here
+    r = qd("bench", "train", "--iterations", 1, "--batch-size", 8, "--quiet")
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout)  # the whole of stdout is one JSON document
+    assert figures["numpy_matmul_peak_gflop_per_s"] > 0
+    ref, default = figures["reference"], figures["default"]
+    assert ref["batch_size"] == 100 and default["batch_size"] == 8
+    for side in (ref, default):
+        for key in ("steps_per_s", "images_per_s", "gflop_per_step", "achieved_gflop_per_s"):
+            assert side[key] > 0, (key, side)
+    assert ref["threads"] == [0, 0]  # the reference runs at TensorFlow's defaults
+    assert default["precision"] == precision and default["xla"] == (precision == "float32")
+    if precision == "bfloat16":  # qd's own process set its threads before TensorFlow started
+        assert default["threads"][0] == 1
+    ratio = default["images_per_s"] / ref["images_per_s"]
+    assert figures["images_per_s_ratio_default_over_reference"] == pytest.approx(ratio, abs=0.01)
