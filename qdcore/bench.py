@@ -1,9 +1,10 @@
 """`qd bench train` and `qd bench quality`: how fast qd trains, and how well per minute.
 
-bench_train puts three numbers side by side, all measured in the same process: numpy's
-float32 matmul peak (what this machine can do), a straightforward TF2 implementation of
-the blog's model (Keras LSTM cells and Dense layers, Keras Adam, a plain tf.function, batch
-100: the reference), and qd's own trainer at its default configuration. See
+bench_train puts three numbers side by side, measured in one run, one after the other:
+numpy's float32 matmul peak (what this machine can do), a straightforward TF2
+implementation of the blog's model (Keras LSTM cells and Dense layers, Keras Adam, a plain
+tf.function, batch 100: the reference), and qd's own trainer at its default configuration.
+The two training measurements each run in a fresh process (see measure()). See
 docs/performance.md for what the numbers mean and how the default was chosen.
 """
 from __future__ import annotations

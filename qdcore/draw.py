@@ -5,8 +5,9 @@ B = batch (never fixed), H x W = image, N = filters per axis, T = steps.
 
 Speed choices (measured in docs/performance.md): every LSTM does ONE matmul for its four
 gates on its concatenated inputs; everything the decoder state feeds (write patch, write
-window, next step's read window) comes out of ONE matmul; the T loop is unrolled in Python
-so XLA sees one straight-line graph.
+window, next step's read window) comes out of ONE matmul; those matmuls can run in bfloat16
+(`precision`), the rest stays float32; the T loop is unrolled in Python so XLA sees one
+straight-line graph when the float32 step is compiled.
 
 Coordinates: pixel a runs over 1..A and filter i over 1..N as in the paper, so
 g~ = 0 centres the window at (A+1)/2, the middle of the image, and g~ = 0, delta~ = 1 puts
