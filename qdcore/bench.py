@@ -20,10 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from .config import ModelConfig, TrainConfig
-from .draw import Draw, filterbank, gaussian_kl, window_params
+from .draw import filterbank, gaussian_kl, window_params
 from .errors import TrainingError
 from .interfaces import Drawing, ImageSet
-from .train import Adam, Batches, StepPlan, TrainedModel, evaluate, make_train_step, plan_step, split
+from .train import Batches, StepPlan, TrainedModel, evaluate, new_training, plan_step, split
 
 WARMUP_STEPS = 3
 
@@ -167,12 +167,9 @@ def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
 
 def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: StepPlan | None = None) -> dict:
     """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
-    plan = plan or plan_step(train_cfg)  # first, while this process may still set threads
+    plan, _, _, step = new_training(cfg, train_cfg, plan)
     data = ImageSet(_synthetic(4000, cfg), "synthetic")
     train_idx, _ = split(len(data.images), train_cfg)
-    model = Draw(cfg, seed=train_cfg.seed)
-    opt = Adam(model.weights, train_cfg.beta1)
-    step = make_train_step(model, opt, train_cfg, plan)
     it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
 
     def run_step():
@@ -251,11 +248,8 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     learning-rate schedule runs over train_cfg.iterations, as in a real run of that configuration.
     """
     marks = sorted(minutes)
-    plan = plan_step(train_cfg)  # before the model: threads can only be set before TF starts
+    plan, model, _, step_fn = new_training(model_cfg, train_cfg)
     train_idx, held = split(len(data.images), train_cfg)
-    model = Draw(model_cfg, seed=train_cfg.seed)
-    opt = Adam(model.weights, train_cfg.beta1)
-    step_fn = make_train_step(model, opt, train_cfg, plan)
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
     trained = TrainedModel(model=model, step=0, last_batch=None, workdir=Path(tempfile.gettempdir()))
     results, elapsed, k = [], 0.0, 0
@@ -325,9 +319,7 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
-    plan = plan_step(train_cfg)
-    model = Draw(ModelConfig(), seed=0)
-    step = make_train_step(model, Adam(model.weights, train_cfg.beta1), train_cfg, plan)
+    plan, model, _, step = new_training(ModelConfig(), train_cfg)
     x = tf.constant(_synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
     k = tf.constant(0, tf.int64)
     for _ in range(WARMUP_STEPS):

@@ -10,22 +10,19 @@ import sys
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, get_args, get_type_hints
 
 import typer
 
 from . import __version__
+from .config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train DRAW on Quick, Draw! doodles and turn what it draws into GIFs.")
 
 
-class Precision(str, Enum):
-    """train.precision's choices (config.TrainConfig), for `qd bench train --precision`."""
-
-    auto = "auto"
-    bfloat16 = "bfloat16"
-    float32 = "float32"
+# `qd bench train --precision` offers exactly train.precision's choices (config.py).
+Precision = Enum("Precision", {c: c for c in get_args(get_type_hints(TrainConfig)["precision"])}, type=str)
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed and quality; prints figures.")
@@ -195,7 +192,7 @@ def evaluate(
 def bench_train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="qd's side of the comparison (default: qd's default)."),
     iterations: int = typer.Option(30, "--iterations", min=1, help="Timed steps per configuration."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="qd's side: auto is qd's default."),
+    precision: Precision = typer.Option(Precision("auto"), "--precision", help="qd's side: auto is qd's default."),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):

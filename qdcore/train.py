@@ -260,6 +260,16 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
     return step
 
 
+def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | None = None):
+    """(plan, model, optimizer, compiled step) for a fresh run, built in the order that
+    matters: the plan first, because TensorFlow's threads can only be set before the model's
+    variables start it."""
+    plan = plan or plan_step(train_cfg)
+    model = Draw(model_cfg, seed=train_cfg.seed)
+    opt = Adam(model.weights, train_cfg.beta1)
+    return plan, model, opt, make_train_step(model, opt, train_cfg, plan)
+
+
 class _Progress:
     """A rich progress bar with L^x, L^z and ETA; does nothing when quiet."""
 
@@ -331,9 +341,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
-    plan = plan_step(train_cfg)  # before the model: threads can only be set before TF starts
-    model = Draw(model_cfg, seed=train_cfg.seed)
-    opt = Adam(model.weights, train_cfg.beta1)
+    plan, model, opt, train_step = new_training(model_cfg, train_cfg)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     ckpt, manager = _checkpointing(model, opt, step_var, workdir)
     if manager.latest_checkpoint:
@@ -341,7 +349,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     start = int(step_var.numpy())
     last_saved = start if manager.latest_checkpoint else None
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
-    train_step = make_train_step(model, opt, train_cfg, plan)
     last_batch = None
 
     def save():
