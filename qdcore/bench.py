@@ -1,11 +1,11 @@
 """`qd bench train` and `qd bench quality`: how fast qd trains, and how well per minute.
 
-bench_train puts three numbers side by side, measured in one run, one after the other:
-numpy's float32 matmul peak (what this machine can do), a straightforward TF2
-implementation of the blog's model (Keras LSTM cells and Dense layers, Keras Adam, a plain
-tf.function, batch 100: the reference), and qd's own trainer at its default configuration.
-The two training measurements each run in a fresh process (see measure()). See
-docs/performance.md for what the numbers mean and how the default was chosen.
+bench_train puts these side by side, measured in one run, one after the other: numpy's
+float32 matmul peak (what this machine can do), a straightforward TF2 implementation of
+the blog's model (Keras LSTM cells and Dense layers, Keras Adam, a plain tf.function,
+batch 100: the reference), and qd's own trainer under every step plan `auto` chooses from
+(qdcore/plan.py). Each training measurement runs in a fresh process (plan.run_child). See
+docs/performance.md for what the numbers mean.
 """
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ import tensorflow as tf
 
 from .config import ModelConfig, TrainConfig
 from .draw import filterbank, gaussian_kl, window_params
-from .errors import TrainingError
+from .errors import InputError, TrainingError
 from .interfaces import Drawing, ImageSet
-from .train import Batches, StepPlan, TrainedModel, evaluate, new_training, plan_step, split
+from . import plan as step_plans
+from .plan import StepPlan, run_child
+from .train import Batches, TrainedModel, evaluate, new_training, split
 
 WARMUP_STEPS = 3
 
@@ -147,14 +149,19 @@ def _synthetic(n: int, cfg: ModelConfig) -> np.ndarray:
 def _timed(run_step, iterations: int, batch: int, cfg: ModelConfig, name: str) -> dict:
     for _ in range(WARMUP_STEPS):
         run_step()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iterations):
+        t0 = time.perf_counter()
         run_step()
-    seconds = time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
+    seconds, median = sum(times), float(np.median(times))
     gflop = gflop_per_step(cfg, batch)
     return {
         "name": name, "batch_size": batch, "steps": iterations, "seconds": round(seconds, 3),
         "steps_per_s": round(iterations / seconds, 3), "images_per_s": round(iterations * batch / seconds, 1),
+        # The median step is what plans are ranked by: a burst of someone else's load
+        # moves the mean of a few steps much more than the median.
+        "images_per_s_median": round(batch / median, 1),
         "gflop_per_step": round(gflop, 3), "achieved_gflop_per_s": round(gflop * iterations / seconds, 2),
     }
 
@@ -167,7 +174,8 @@ def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
 
 def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: StepPlan | None = None) -> dict:
     """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
-    plan, _, _, step = new_training(cfg, train_cfg, plan)
+    choice, _, _, step = new_training(cfg, train_cfg, plan)
+    plan = choice.plan
     data = ImageSet(_synthetic(4000, cfg), "synthetic")
     train_idx, _ = split(len(data.images), train_cfg)
     it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
@@ -178,29 +186,27 @@ def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: Step
         assert ok
 
     row = _timed(run_step, iterations, train_cfg.batch_size, cfg, f"qd (batch {train_cfg.batch_size}, {plan.describe()})")
-    return {**row, "precision": plan.precision, "xla": plan.jit_compile, "streams": plan.streams}
+    return {**row, "plan": plan.name, "precision": plan.precision, "xla": plan.jit_compile, "streams": plan.streams}
 
 
 # -- one measurement per process ---------------------------------------------------------------
-# TensorFlow's thread pools are fixed once it starts, and qd's bfloat16 step sets its own
-# (train.plan_step), so each configuration runs in a fresh process of its own, one after
-# the other: the reference gets TensorFlow's defaults, as a plain script would.
+# TensorFlow's thread pools are fixed once it starts, and qd's plans set their own
+# (plan.apply), so each configuration runs in a fresh process of its own, one after the
+# other (plan.run_child): the reference gets TensorFlow's defaults, as a plain script would.
 
 def _side(spec: dict) -> dict:
-    """Run one measurement described by `spec` in this (fresh) process."""
-    if spec.get("threads"):
-        intra, inter = spec["threads"]
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    """Run one measurement described by `spec` in this (fresh) process: the reference, or
+    qd's step under spec["plan"] (a StepPlan as a dict)."""
+    plan = StepPlan.from_dict(spec["plan"]) if spec["kind"] == "qd" else None
+    threads = spec.get("threads") or (plan.threads if plan else None)
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
     cfg = ModelConfig(**spec.get("model", {}))
     if spec["kind"] == "reference":
         row = run_reference(cfg, spec["iterations"], spec.get("batch_size", 100))
     else:
-        train_cfg = TrainConfig(batch_size=spec.get("batch_size", TrainConfig.batch_size), precision=spec.get("precision", "auto"))
-        plan = None
-        if "xla" in spec or "streams" in spec or spec.get("threads"):
-            auto = plan_step(train_cfg, configure_threads=not spec.get("threads"))
-            plan = StepPlan(auto.precision, spec.get("xla", auto.jit_compile), spec.get("streams", auto.streams))
+        train_cfg = TrainConfig(batch_size=spec.get("batch_size", TrainConfig.batch_size), precision=plan.precision)
         row = run_qd(cfg, train_cfg, spec["iterations"], plan)
     if spec.get("name"):
         row["name"] = spec["name"]
@@ -208,32 +214,62 @@ def _side(spec: dict) -> dict:
     return row
 
 
-def measure(spec: dict) -> dict:
-    """`_side(spec)` in a child process; its stderr (TensorFlow's logs) is shown only on failure."""
-    proc = subprocess.run([sys.executable, "-m", "qdcore.bench", "side", json.dumps(spec)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        raise TrainingError(f"benchmark process for {spec} failed (exit {proc.returncode}): {tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto",
+                bf16: bool = True) -> dict:
+    """numpy's peak, the reference at batch 100, and every step plan `auto` would choose
+    from, each in its own process; the fastest is auto's choice and is cached as if a
+    training run had measured it (these runs are longer than its few steps).
 
-
-def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto") -> dict:
-    """numpy's peak, the reference at batch 100, and qd's default, each in its own process."""
+    Rates are images per second of the median step. The reference runs before and after the
+    candidates; ratios are against the mean of the two, so load that changes during the run
+    moves both sides. bf16=False (or
+    QD_PLAN_NO_BF16=1) leaves the bfloat16 candidates out, as on a float32-only CPU.
+    """
     cfg = ModelConfig()
     train_cfg = TrainConfig(precision=precision) if batch_size is None else TrainConfig(batch_size=batch_size, precision=precision)
+    batch = train_cfg.batch_size
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=sys.stderr))
+    info, cores, gpus = step_plans.cpu_info(), step_plans.cpu_count(), step_plans.gpu_names()
+    # As in training (plan.choose): asking for bfloat16 gets it on any CPU.
+    plans = step_plans.candidates(batch, cores, bf16 and (precision == "bfloat16" or step_plans.bf16_allowed(info)),
+                                  gpus, precision)
+    if not plans:
+        raise InputError(f"--precision {precision} with --no-bf16 leaves no step plan to measure: drop one of the two")
     say("numpy matmul peak ...")
-    peak = numpy_matmul_peak(cfg, train_cfg.batch_size)
+    peak = numpy_matmul_peak(cfg, batch)
     say(f"reference at batch 100, {iterations} steps ...")
-    reference = measure({"kind": "reference", "iterations": iterations})
-    say(f"qd at batch {train_cfg.batch_size}, {iterations} steps ...")
-    default = measure({"kind": "qd", "iterations": iterations, "batch_size": train_cfg.batch_size, "precision": precision})
+    references = [run_child({"kind": "reference", "iterations": iterations})]
+    rows = []
+    for p in plans:
+        say(f"{p.describe()} at batch {batch}, {iterations} steps ...")
+        rows.append(step_plans.time_plan(p, cfg, batch, iterations))
+    say(f"reference again, {iterations} steps ...")
+    references.append(run_child({"kind": "reference", "iterations": iterations}))
+    ref_rate = sum(r["images_per_s_median"] for r in references) / len(references)
+    for r in rows:
+        r["ratio_to_reference"] = round(r["images_per_s_median"] / ref_rate, 2)
+    measured = [{"name": r["plan"], "images_per_s": r["images_per_s_median"]} for r in rows]
+    winner = step_plans.best(measured, plans)
+    fields = step_plans.key_fields(cfg, batch, plans, info, cores, tf.__version__, gpus)
+    path = step_plans.cache_path(fields)
+    step_plans.save(path, fields, winner, measured)
+    default = next(r for r in rows if r["plan"] == winner.name)
+    if not quiet:
+        say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
+        say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
+        for r in rows:
+            say(f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} {r['ratio_to_reference']:>12.2f}"
+                + ("  <- auto" if r is default else ""))
+        say(f"auto chose {winner.name} (cached in {path})")
     return {
         "numpy_matmul_peak_gflop_per_s": round(peak, 1),
-        "reference": reference,
+        "reference": {**references[0], "images_per_s_median": round(ref_rate, 1),
+                      "images_per_s_median_each_run": [r["images_per_s_median"] for r in references]},
+        "candidates": rows,
+        "auto": winner.name,
         "default": default,
-        "images_per_s_ratio_default_over_reference": round(default["images_per_s"] / reference["images_per_s"], 2),
+        "images_per_s_ratio_default_over_reference": default["ratio_to_reference"],
+        "plan_cache": str(path),
     }
 
 
@@ -248,7 +284,8 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     learning-rate schedule runs over train_cfg.iterations, as in a real run of that configuration.
     """
     marks = sorted(minutes)
-    plan, model, _, step_fn = new_training(model_cfg, train_cfg)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    choice, model, _, step_fn = new_training(model_cfg, train_cfg, say=say)
     train_idx, held = split(len(data.images), train_cfg)
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
     trained = TrainedModel(model=model, step=0, last_batch=None, workdir=Path(tempfile.gettempdir()))
@@ -271,36 +308,46 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
         if not quiet:  # stderr: stdout carries the one JSON line
             print(row, file=sys.stderr, flush=True)
     figures = {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
-               "train": train_cfg.as_dict(), "step_plan": plan.describe(), "marks": results}
+               "train": train_cfg.as_dict(), "step_plan": choice.plan.describe(), "marks": results}
     return figures, model.sample(n_samples, seed=0)
 
 
 # -- where the time goes (python -m qdcore.bench ablation) ---------------------------------------
 
-ABLATION = [
-    # (name, spec): one change at a time; each runs in its own process (see measure()).
-    ("reference: Keras cells, plain tf.function, TF's default threads", {"kind": "reference"}),
-    ("reference, 1 intra-op + 2 inter-op threads", {"kind": "reference", "threads": [1, 2]}),
-    ("qd float32, no XLA", {"kind": "qd", "precision": "float32", "xla": False}),
-    ("qd float32, XLA (the float32 default)", {"kind": "qd", "precision": "float32"}),
-    ("qd bfloat16, XLA", {"kind": "qd", "precision": "bfloat16", "xla": True, "streams": 1, "threads": [0, 0]}),
-    ("qd bfloat16, no XLA, TF's default threads, 1 stream", {"kind": "qd", "precision": "bfloat16", "streams": 1, "threads": [0, 0]}),
-    ("qd bfloat16, no XLA, TF's default threads, 2 streams", {"kind": "qd", "precision": "bfloat16", "streams": 2, "threads": [0, 0]}),
-    ("qd bfloat16, no XLA, 1+2 threads, 1 stream", {"kind": "qd", "precision": "bfloat16", "streams": 1, "threads": [1, 2]}),
-    ("qd bfloat16, no XLA, 1+2 threads, 2 streams (the bfloat16 default)", {"kind": "qd", "precision": "bfloat16"}),
-    ("qd bfloat16 default, batch 800", {"kind": "qd", "precision": "bfloat16", "batch_size": 800}),
-    ("qd bfloat16 default, attention and glue only (LSTMs of 1 unit)", {"kind": "qd", "precision": "bfloat16", "model": {"enc_size": 1, "dec_size": 1}}),
-]
+def _ablation() -> list[tuple[str, dict]]:
+    """(name, spec): one change at a time; each runs in its own process (see run_child)."""
+    n = step_plans.cpu_count()
+    pools = [1, n]
+    P = lambda *a, **kw: {"kind": "qd", "plan": StepPlan(*a, **kw).as_dict()}  # noqa: E731
+    return [
+        ("reference: Keras cells, plain tf.function, TF's default threads", {"kind": "reference"}),
+        (f"reference, 1 intra-op + {n} inter-op threads", {"kind": "reference", "threads": pools}),
+        ("qd float32, no XLA", P("float32", False)),
+        ("qd float32, XLA (float32-xla)", P("float32", True)),
+        (f"qd float32, XLA, 1+{n} threads, 1 stream", P("float32", True, 1, tuple(pools))),
+        (f"qd float32, XLA, TF's default threads, {n} streams", P("float32", True, n)),
+        (f"qd float32, XLA, 1+{n} threads, {n} streams (float32-xla-streams)", P("float32", True, n, tuple(pools))),
+        (f"qd float32, no XLA, 1+{n} threads, 1 stream", P("float32", False, 1, tuple(pools))),
+        (f"qd float32, no XLA, 1+{n} threads, {n} streams (float32-streams)", P("float32", False, n, tuple(pools))),
+        ("qd bfloat16, XLA", P("bfloat16", True)),
+        ("qd bfloat16, no XLA, TF's default threads, 1 stream", P("bfloat16", False)),
+        (f"qd bfloat16, no XLA, TF's default threads, {n} streams", P("bfloat16", False, n)),
+        (f"qd bfloat16, no XLA, 1+{n} threads, 1 stream", P("bfloat16", False, 1, tuple(pools))),
+        (f"qd bfloat16, no XLA, 1+{n} threads, {n} streams (bfloat16-streams)", P("bfloat16", False, n, tuple(pools))),
+        ("qd bfloat16-streams, batch 800", {**P("bfloat16", False, n, tuple(pools)), "batch_size": 800}),
+        ("qd bfloat16-streams, attention and glue only (LSTMs of 1 unit)",
+         {**P("bfloat16", False, n, tuple(pools)), "model": {"enc_size": 1, "dec_size": 1}}),
+    ]
 
 
 def ablation(iterations: int = 20) -> list[dict]:
     """Step time with one thing changed at a time (batch 400 unless said), one process each."""
     rows = []
-    for name, spec in ABLATION:
+    for name, spec in _ablation():
         spec = {"batch_size": 100 if spec["kind"] == "reference" else 400, **spec, "iterations": iterations, "name": name}
-        r = measure(spec)
+        r = run_child(spec)
         rows.append({"variant": name, "batch_size": r["batch_size"], "ms_per_step": round(1000 / r["steps_per_s"], 1),
-                     "images_per_s": r["images_per_s"], "threads": r["threads"]})
+                     "images_per_s": r["images_per_s"], "images_per_s_median": r["images_per_s_median"], "threads": r["threads"]})
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -319,7 +366,8 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
-    plan, model, _, step = new_training(ModelConfig(), train_cfg)
+    choice, model, _, step = new_training(ModelConfig(), train_cfg)
+    plan = choice.plan
     x = tf.constant(_synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
     k = tf.constant(0, tf.int64)
     for _ in range(WARMUP_STEPS):
@@ -358,7 +406,7 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["side"]:  # one measurement, for measure()
+    if sys.argv[1:2] == ["side"]:  # one measurement, for plan.run_child()
         print(json.dumps(_side(json.loads(sys.argv[2]))))
     elif sys.argv[1:2] == ["ablation"]:
         print(json.dumps(ablation()))

@@ -192,16 +192,18 @@ def evaluate(
 def bench_train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="qd's side of the comparison (default: qd's default)."),
     iterations: int = typer.Option(30, "--iterations", min=1, help="Timed steps per configuration."),
-    precision: Precision = typer.Option(Precision("auto"), "--precision", help="qd's side: auto is qd's default."),
+    precision: Precision = typer.Option(Precision("auto"), "--precision", help="qd's side: only the step plans of this arithmetic (auto: all)."),
+    no_bf16: bool = typer.Option(False, "--no-bf16", help="Leave out the bfloat16 step plans, as on a float32-only CPU (or QD_PLAN_NO_BF16=1)."),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
-    """Training speed: the blog's model at batch 100 (plain tf.function) beside qd's default.
+    """Training speed: the blog's model at batch 100 (plain tf.function) beside every step
+    plan qd's `auto` chooses from, and which one it chose (cached for training).
 
-    Each side runs in a fresh process of its own, one after the other."""
+    Each measurement runs in a fresh process of its own, one after the other."""
     from . import bench
 
-    typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value)))
+    typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value, bf16=not no_bf16)))
 
 
 @bench_app.command("quality")

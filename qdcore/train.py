@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .config import ModelConfig, TrainConfig
 from .draw import Draw
 from .errors import InputError, QdError, TrainingError
 from .interfaces import ImageSet
+from .plan import Choice, StepPlan
+from . import plan as step_plans
 
 FINISHED = "finished.json"
 LAST_BATCH = "last_batch.npy"
@@ -141,83 +144,6 @@ def learning_rate(step, train_cfg: TrainConfig):
     return lr
 
 
-def cpu_has_amx_bf16() -> bool:
-    """True when /proc/cpuinfo lists AMX-BF16 (Linux; other systems report False)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (a container's limit, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def resolve_precision(train_cfg: TrainConfig) -> str:
-    """train_cfg.precision with "auto" decided for this machine."""
-    if train_cfg.precision != "auto":
-        return train_cfg.precision
-    # oneDNN runs bfloat16 matmuls on AMX about 3x faster than float32; without AMX (or on
-    # a GPU, where XLA does well) the float32 XLA step is the better-measured choice.
-    if cpu_has_amx_bf16() and not tf.config.list_physical_devices("GPU"):
-        return "bfloat16"
-    return "float32"
-
-
-# Streams are at most one per core (4 streams on 2 cores were no faster than 1) and hold at
-# least this many images. The floor is a guess, not a measurement: it keeps tiny batches
-# (tests, toy recipes) in one stream, where splitting can only add ops.
-MIN_STREAM = 50
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How this process runs a training step. docs/performance.md has the measurements."""
-
-    precision: str  # "float32" or "bfloat16"
-    jit_compile: bool
-    streams: int  # the batch is split into this many independent halves (quarters, ...)
-
-    def describe(self) -> str:
-        if self.jit_compile:
-            return f"{self.precision}, XLA"
-        return f"{self.precision} matmuls, {self.streams} stream{'s' if self.streams > 1 else ''}"
-
-
-def plan_step(train_cfg: TrainConfig, configure_threads: bool = True) -> StepPlan:
-    """Decide precision, compilation and streams for this machine and process.
-
-    float32: the whole step compiled by XLA, TensorFlow's default threads.
-    bfloat16: XLA's CPU backend does bfloat16 matmuls no faster than float32, but
-    TensorFlow's own (oneDNN) kernels use AMX, so the step runs uncompiled. Then one
-    intra-op thread and one inter-op thread per core, with the batch split into one
-    independent stream per core, keeps every core busy; TensorFlow's default (every op
-    spread over all cores) leaves them waiting on each other's small ops. Threads can only
-    be set before TensorFlow starts in a process; if it has started, the step uses the
-    threads it finds and one stream unless those are already one intra-op thread.
-    """
-    precision = resolve_precision(train_cfg)
-    if precision == "float32":
-        return StepPlan("float32", True, 1)
-    cores = cpu_count()
-    if configure_threads and cores > 1:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(1)
-            tf.config.threading.set_inter_op_parallelism_threads(cores)
-        except RuntimeError:
-            pass  # TensorFlow already started in this process; its threads stay
-    streams = 1
-    if tf.config.threading.get_intra_op_parallelism_threads() == 1:
-        inter = tf.config.threading.get_inter_op_parallelism_threads() or cores
-        streams = max(1, min(inter, train_cfg.batch_size // MIN_STREAM))
-    return StepPlan("bfloat16", False, streams)
-
-
 def _split_sizes(batch: int, streams: int) -> list[int]:
     return [batch // streams + (1 if i < batch % streams else 0) for i in range(streams)]
 
@@ -228,46 +154,93 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
     Returns mean L^x, mean L^z, the gradient norm and whether they were finite. A non-finite
     step changes nothing, so the model in memory stays the last good one too. The streams
     of a plan only reorder the sums: the loss and gradient are those of the whole batch.
+    Without a plan: train_cfg.precision's plain step (float32: XLA; bfloat16: uncompiled).
     """
-    plan = plan or plan_step(train_cfg, configure_threads=False)
+    if plan is None:
+        precision = "bfloat16" if train_cfg.precision == "bfloat16" else "float32"
+        plan = StepPlan(precision, precision == "float32")
     variables = model.weights
+    device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
 
-    @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
-    def step(x, k):
+    def noise(x, k):
         seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), k])
-        eps = tf.random.stateless_normal(model.noise_shape(tf.shape(x)[0]), seed=seed)
-        batch = x.shape[0]
-        streams = min(plan.streams, batch) if batch else 1
-        with tf.GradientTape() as tape:
-            if streams > 1:
-                sizes = _split_sizes(batch, streams)
-                parts = [model.loss_with_noise(xs, es, plan.precision)
-                         for xs, es in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1))]
-                lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
-            else:
-                lx, lz = model.loss_with_noise(x, eps, plan.precision)
-            lx, lz = tf.reduce_mean(lx), tf.reduce_mean(lz)
-            loss = lx + lz
-        grads = tape.gradient(loss, variables)
+        return tf.random.stateless_normal(model.noise_shape(tf.shape(x)[0]), seed=seed)
+
+    def update(lx, lz, grads, k):
         gnorm = tf.linalg.global_norm(grads)
-        ok = tf.math.is_finite(loss) & tf.math.is_finite(gnorm)
+        ok = tf.math.is_finite(lx + lz) & tf.math.is_finite(gnorm)
         if train_cfg.clip_norm > 0:
             scale = tf.minimum(1.0, train_cfg.clip_norm / tf.maximum(gnorm, 1e-12))
             grads = [g * scale for g in grads]
         opt.apply(grads, variables, learning_rate(k, train_cfg), ok)
         return lx, lz, gnorm, ok
 
+    if plan.jit_compile and plan.streams > 1:
+        # One XLA cluster per stream: the uncompiled outer graph runs them side by side on
+        # the inter-op threads, so each core runs few, large kernels. Each returns its
+        # part's sums and its part of the whole batch's mean-loss gradient.
+        @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+        def part(xs, es, inv_batch):
+            with tf.GradientTape() as tape:
+                lx, lz = model.loss_with_noise(xs, es, plan.precision)
+                lx, lz = tf.reduce_sum(lx), tf.reduce_sum(lz)
+                loss = (lx + lz) * inv_batch
+            return lx, lz, tape.gradient(loss, variables)
+
+        compiled_update = tf.function(update, jit_compile=True, autograph=False)
+
+        @tf.function(jit_compile=False, reduce_retracing=True, autograph=False)
+        def step(x, k):
+            with tf.device(device):
+                batch = x.shape[0]
+                sizes = _split_sizes(batch, min(plan.streams, batch))
+                inv = tf.constant(1.0 / batch)
+                parts = [part(xs, es, inv) for xs, es in zip(tf.split(x, sizes, 0), tf.split(noise(x, k), sizes, 1))]
+                grads = [tf.add_n(list(g)) for g in zip(*[p[2] for p in parts])]
+                return compiled_update(tf.add_n([p[0] for p in parts]) * inv, tf.add_n([p[1] for p in parts]) * inv, grads, k)
+        return step
+
+    @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
+    def step(x, k):
+        with tf.device(device):
+            eps = noise(x, k)
+            batch = x.shape[0]
+            streams = min(plan.streams, batch) if batch else 1
+            with tf.GradientTape() as tape:
+                if streams > 1:
+                    sizes = _split_sizes(batch, streams)
+                    parts = [model.loss_with_noise(xs, es, plan.precision)
+                             for xs, es in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1))]
+                    lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
+                else:
+                    lx, lz = model.loss_with_noise(x, eps, plan.precision)
+                lx, lz = tf.reduce_mean(lx), tf.reduce_mean(lz)
+                loss = lx + lz
+            return update(lx, lz, tape.gradient(loss, variables), k)
+
     return step
 
 
-def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | None = None):
-    """(plan, model, optimizer, compiled step) for a fresh run, built in the order that
+def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None) -> Choice:
+    """This run's step plan (plan.choose: forced, cached or measured) applied to this process."""
+    choice = step_plans.apply(step_plans.choose(model_cfg, train_cfg, say=say))
+    if choice.note:
+        say(choice.note)
+    return choice
+
+
+def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None, say=lambda m: None):
+    """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
     matters: the plan first, because TensorFlow's threads can only be set before the model's
     variables start it."""
-    plan = plan or plan_step(train_cfg)
-    model = Draw(model_cfg, seed=train_cfg.seed)
-    opt = Adam(model.weights, train_cfg.beta1)
-    return plan, model, opt, make_train_step(model, opt, train_cfg, plan)
+    if plan is None:
+        choice = plan_step(model_cfg, train_cfg, say)
+    else:
+        choice = plan if isinstance(plan, Choice) else Choice(plan, "given")
+    with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
+        model = Draw(model_cfg, seed=train_cfg.seed)
+        opt = Adam(model.weights, train_cfg.beta1)
+    return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
 
 
 class _Progress:
@@ -341,7 +314,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
-    plan, model, opt, train_step = new_training(model_cfg, train_cfg)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     ckpt, manager = _checkpointing(model, opt, step_var, workdir)
     if manager.latest_checkpoint:
@@ -356,7 +330,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
         if last_batch is not None:
             _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
 
-    with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({plan.describe()})") as progress:
+    with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({choice.label()})") as progress:
         for k, x in batches.dataset(start, train_cfg.iterations):
             lx, lz, gnorm, ok = (v.numpy() for v in train_step(x, k))
             if not ok:

@@ -220,22 +220,33 @@ filters: [{use: upscale, size: 32}]
     assert Image.open(sheet).size == (2 * 32 + 2, 2 * 32 + 2)  # 4 samples, upscaled, 2x2 grid
 
 
-def test_bench_train_prints_both_sides_with_the_numpy_peak():
-    from qdcore.train import cpu_has_amx_bf16
+def test_bench_train_prints_every_plan_and_auto_choice(tmp_path):
+    """Every candidate (here with the bfloat16 ones left out, as on a float32-only CPU), its
+    ratio to the reference, and auto's choice, which is cached for training."""
+    from qdcore.plan import cpu_count
 
-    precision = "bfloat16" if cpu_has_amx_bf16() else "float32"  # what "auto" must pick here
-    r = qd("bench", "train", "--iterations", 1, "--batch-size", 8, "--quiet")
+    cache = tmp_path / "cache"
+    r = qd("bench", "train", "--iterations", 1, "--batch-size", 8, "--no-bf16", "--quiet",
+           env={"QD_CACHE_DIR": str(cache)}, timeout=600)
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout)  # the whole of stdout is one JSON document
     assert figures["numpy_matmul_peak_gflop_per_s"] > 0
-    ref, default = figures["reference"], figures["default"]
+    ref, default, rows = figures["reference"], figures["default"], figures["candidates"]
     assert ref["batch_size"] == 100 and default["batch_size"] == 8
-    for side in (ref, default):
-        for key in ("steps_per_s", "images_per_s", "gflop_per_step", "achieved_gflop_per_s"):
+    names = [row["plan"] for row in rows]
+    assert names[0] == "float32-xla" and all(row["precision"] == "float32" for row in rows)
+    for side in (ref, *rows):
+        for key in ("steps_per_s", "images_per_s", "images_per_s_median", "gflop_per_step", "achieved_gflop_per_s"):
             assert side[key] > 0, (key, side)
     assert ref["threads"] == [0, 0]  # the reference runs at TensorFlow's defaults
-    assert default["precision"] == precision and default["xla"] == (precision == "float32")
-    if precision == "bfloat16":  # qd's own process set its threads before TensorFlow started
-        assert default["threads"][0] == 1
-    ratio = default["images_per_s"] / ref["images_per_s"]
-    assert figures["images_per_s_ratio_default_over_reference"] == pytest.approx(ratio, abs=0.01)
+    for row in rows:  # each plan's own process set its own threads before TensorFlow started
+        assert row["threads"] == ([0, 0] if row["plan"] == "float32-xla" else [1, cpu_count()])
+        assert row["ratio_to_reference"] == pytest.approx(row["images_per_s_median"] / ref["images_per_s_median"], abs=0.01)
+    assert figures["auto"] == default["plan"] == max(rows, key=lambda row: row["images_per_s_median"])["plan"]
+    assert figures["images_per_s_ratio_default_over_reference"] == default["ratio_to_reference"]
+    cached = json.loads(Path(figures["plan_cache"]).read_text())
+    assert Path(figures["plan_cache"]).parent == cache / "plans" and cached["winner"] == figures["auto"]
+    assert [row["name"] for row in cached["rows"]] == names
+
+    both = qd("bench", "train", "--precision", "bfloat16", "--no-bf16", env={"QD_CACHE_DIR": str(cache)})
+    assert both.returncode == 2 and both.stderr.strip().splitlines()[-1].startswith("Error: --precision bfloat16 with --no-bf16")

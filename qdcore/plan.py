@@ -1,0 +1,334 @@
+"""The step plan: how this machine runs a training step, chosen by measuring it.
+
+A plan fixes the arithmetic of the big matmuls (float32 or bfloat16), whether the step is
+compiled by XLA, TensorFlow's thread pools, how many independent streams the batch is split
+into, and the device. Which one is fastest depends on the CPU (AMX, AVX512-BF16, neither),
+its cores, TensorFlow's version and the model's shape, so no flag can say: `train.precision:
+auto` times every candidate for a few steps, each in a fresh process (thread pools are
+process-wide and fixed once TensorFlow starts), and caches the winner as JSON under
+`paths.cache_dir()/plans/`, keyed by what decides it (`key_fields`). docs/performance.md has
+the measurements behind the candidates.
+
+This module imports TensorFlow only inside the functions that need it (the device list, the
+version, the thread pools), so building candidates and keys stays cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .atomic import atomic_path
+from .config import ModelConfig, TrainConfig
+from .errors import TrainingError
+from .paths import cache_dir
+
+FORMAT = 1  # bump when the candidates or their meaning change: old cache entries are ignored
+# Set to 1 to leave the bfloat16 candidates out, as on a float32-only CPU.
+NO_BF16_ENV = "QD_PLAN_NO_BF16"
+# Set to a candidate's name to use it without measuring (benchmarks, debugging).
+FORCE_ENV = "QD_STEP_PLAN"
+# Streams are at most one per core (4 streams on 2 cores were no faster than 1) and hold at
+# least this many images. The floor is a guess, not a measurement: it keeps tiny batches
+# (tests, toy recipes) in one stream, where splitting can only add ops.
+MIN_STREAM = 50
+# Timed steps per candidate (after bench.WARMUP_STEPS untimed ones, which include tracing
+# and XLA compilation): enough to rank plans whose speeds differ by 1.2x or more.
+MEASURE_STEPS = 10
+# Measuring costs roughly half a minute per candidate at the default model; a run shorter
+# than this many steps would spend more time measuring than it could save, so it takes the
+# cached winner if there is one and the first candidate otherwise.
+MEASURE_MIN_ITERATIONS = 500
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One way to run a training step."""
+
+    precision: str  # arithmetic of the LSTM and output matmuls: "float32" or "bfloat16"
+    jit_compile: bool  # XLA; with streams > 1, one XLA cluster per stream
+    streams: int = 1  # the batch is split into this many independent parts
+    threads: tuple[int, int] | None = None  # (intra-op, inter-op); None: TensorFlow's defaults
+    device: str = "cpu"  # "cpu" or "gpu"
+    name: str = ""  # the candidate's name (the cache and QD_STEP_PLAN use it)
+
+    def describe(self) -> str:
+        parts = [self.device.upper() if self.device != "cpu" else None,
+                 f"{self.precision} matmuls", "XLA" if self.jit_compile else "no XLA",
+                 f"{self.streams} streams" if self.streams > 1 else None,
+                 f"{self.threads[0]}+{self.threads[1]} threads" if self.threads else None]
+        return (f"{self.name}: " if self.name else "") + ", ".join(p for p in parts if p)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StepPlan":
+        d = dict(d)
+        if d.get("threads") is not None:
+            d["threads"] = tuple(int(t) for t in d["threads"])
+        return cls(**d)
+
+
+# -- what decides the plan ----------------------------------------------------------------
+
+def cpu_count() -> int:
+    """Cores this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_info() -> dict:
+    """CPU model and feature flags (Linux /proc/cpuinfo; elsewhere what `platform` knows)."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "CPU part") and model in ("", platform.processor(), platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:  # x86, aarch64
+                    flags = sorted(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": flags, "machine": platform.machine()}
+
+
+BF16_FLAGS = {"amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16"}  # x86 AMX / AVX512 / AVX-NE, aarch64
+
+
+def cpu_has_bf16(info: dict | None = None) -> bool:
+    """True when the CPU lists bfloat16 instructions, or lists no flags at all (macOS,
+    Windows): then the bfloat16 candidate is measured like any other and loses if emulated."""
+    info = cpu_info() if info is None else info
+    return not info["flags"] or bool(BF16_FLAGS & set(info["flags"]))
+
+
+def bf16_allowed(info: dict | None = None) -> bool:
+    return os.environ.get(NO_BF16_ENV, "").strip() not in ("1", "true", "yes") and cpu_has_bf16(info)
+
+
+def gpu_names() -> list[str]:
+    """The GPUs TensorFlow sees (listing them does not start TensorFlow's runtime)."""
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            details = tf.config.experimental.get_device_details(gpu)
+        except Exception:  # noqa: BLE001 - details are optional; the device still counts
+            details = {}
+        names.append(f"{gpu.name} {details.get('device_name', '')}".strip())
+    return names
+
+
+# -- the candidates -------------------------------------------------------------------------
+
+def candidates(batch_size: int, cores: int, bf16: bool, gpus: list[str], precision: str = "auto") -> list[StepPlan]:
+    """The plans worth timing here, the plain float32 XLA step first (the fallback).
+
+    float32-xla: the whole step one XLA cluster, TensorFlow's default threads.
+    float32-streams / bfloat16-streams: uncompiled (TensorFlow's oneDNN kernels, which use
+        AMX or AVX512-BF16 for bfloat16 where XLA's CPU backend does not), one intra-op
+        thread and one inter-op thread per core, the batch split into one stream per core,
+        so each core runs a stream of small ops instead of both sharing every op.
+    float32-xla-streams: one XLA cluster per stream, the clusters running side by side on
+        the inter-op threads: few, large kernels and every core busy.
+    gpu-*: the whole step compiled by XLA on the first GPU, in float32 and with bfloat16
+        matmuls (mixed precision; bfloat16 needs no loss scaling). Never measured by us: no
+        GPU here (docs/performance.md).
+    `precision` other than "auto" keeps only the candidates of that arithmetic.
+    """
+    streams = max(1, min(cores, batch_size // MIN_STREAM))
+    pools = (1, cores) if cores > 1 else None
+    plans = []
+    if gpus:
+        plans += [StepPlan("float32", True, device="gpu", name="gpu-float32-xla"),
+                  StepPlan("bfloat16", True, device="gpu", name="gpu-bfloat16-xla")]
+    plans.append(StepPlan("float32", True, name="float32-xla"))
+    if pools:
+        plans.append(StepPlan("float32", True, streams, pools, name="float32-xla-streams"))
+        plans.append(StepPlan("float32", False, streams, pools, name="float32-streams"))
+    if bf16:
+        plans.append(StepPlan("bfloat16", False, streams, pools, name="bfloat16-streams"))
+    if precision != "auto":
+        plans = [p for p in plans if p.precision == precision]
+    if not gpus:  # CPU-only: the first is the plain XLA step; with a GPU, the GPU's
+        plans.sort(key=lambda p: p.name != "float32-xla")
+    # On one core, or a batch too small to split, several candidates are the same step.
+    seen, unique = set(), []
+    for p in plans:
+        what = (p.precision, p.jit_compile, p.streams, p.threads, p.device)
+        if what not in seen:
+            seen.add(what)
+            unique.append(p)
+    return unique
+
+
+def key_fields(model_cfg: ModelConfig, batch_size: int, plans: list[StepPlan], info: dict, cores: int,
+               tf_version: str, gpus: list[str]) -> dict:
+    """Everything that decides which plan wins (and nothing else: not the data, not the
+    learning rate)."""
+    return {"format": FORMAT, "cpu": info["model"], "machine": info["machine"], "flags": info["flags"],
+            "cores": cores, "tensorflow": tf_version, "model": model_cfg.as_dict(), "batch_size": batch_size,
+            "devices": gpus, "candidates": [p.name for p in plans]}
+
+
+def cache_path(fields: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "plans" / f"{digest}.json"
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+def run_child(spec: dict) -> dict:
+    """One benchmark measurement (`qdcore.bench._side(spec)`) in a fresh Python process.
+
+    Its stderr (TensorFlow's logs) is shown only on failure."""
+    proc = subprocess.run([sys.executable, "-m", "qdcore.bench", "side", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise TrainingError(f"benchmark process for {spec} failed (exit {proc.returncode}): {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def time_plan(plan: StepPlan, model_cfg: ModelConfig, batch_size: int, steps: int = MEASURE_STEPS) -> dict:
+    """qd's training step under `plan` on synthetic data, timed in a fresh process."""
+    return run_child({"kind": "qd", "plan": plan.as_dict(), "model": model_cfg.as_dict(),
+                      "batch_size": batch_size, "iterations": steps})
+
+
+@dataclass
+class Choice:
+    """The plan to use, and where it came from."""
+
+    plan: StepPlan
+    how: str  # "measured", "cached", "forced", "only", "unmeasured"
+    rows: list[dict] = field(default_factory=list)  # {"name", "images_per_s" (median step)} per candidate
+    path: Path | None = None
+    note: str = ""  # said to the user when the plan had to change in this process
+
+    def label(self) -> str:
+        """The plan as the progress bar names it (short: rich cuts a long description)."""
+        return f"{self.plan.name or self.plan.describe()}, {self.how}"
+
+
+def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]] | None:
+    """The cached winner, or None when absent; a file that is not what we wrote is None too."""
+    try:
+        data = json.loads(path.read_text())
+        by_name = {p.name: p for p in plans}
+        winner = by_name[data["winner"]]
+        rows = [{"name": str(r["name"]), "images_per_s": float(r["images_per_s"])} for r in data["rows"]]
+        if StepPlan.from_dict(data["plan"]) != winner:
+            return None
+        return winner, rows
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def save(path: Path, fields: dict, winner: StepPlan, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"key": fields, "winner": winner.name, "plan": winner.as_dict(), "rows": rows}, indent=1))
+
+
+def best(rows: list[dict], plans: list[StepPlan]) -> StepPlan:
+    by_name = {p.name: p for p in plans}
+    return by_name[max((r for r in rows if r["name"] in by_name), key=lambda r: r["images_per_s"])["name"]]
+
+
+def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str], None] = lambda m: None,
+           measure: Callable[..., dict] | None = None, info: dict | None = None, cores: int | None = None,
+           gpus: list[str] | None = None, tf_version: str | None = None) -> Choice:
+    """The plan for this training run: forced, the only candidate, cached, or measured now.
+
+    The keyword arguments after `measure` replace what would be read from this machine
+    (tests fake a GPU or a CPU without bfloat16 through them).
+    """
+    info = cpu_info() if info is None else info
+    cores = cpu_count() if cores is None else cores
+    gpus = gpu_names() if gpus is None else gpus
+    if tf_version is None:
+        import tensorflow as tf
+
+        tf_version = tf.__version__
+    # A recipe that asks for bfloat16 gets it on any CPU (emulated where the CPU has no
+    # bfloat16 instructions); only auto leaves the candidate out there.
+    bf16 = train_cfg.precision == "bfloat16" or bf16_allowed(info)
+    plans = candidates(train_cfg.batch_size, cores, bf16, gpus, train_cfg.precision)
+    forced = os.environ.get(FORCE_ENV, "").strip()
+    if forced:
+        by_name = {p.name: p for p in plans}
+        if forced not in by_name:
+            raise TrainingError(f"{FORCE_ENV}={forced}: no such step plan here. Available names: {', '.join(by_name)}")
+        return Choice(by_name[forced], "forced")
+    if len(plans) == 1:
+        return Choice(plans[0], "only")
+    fields = key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf_version, gpus)
+    path = cache_path(fields)
+    cached = _read_cache(path, plans)
+    if cached:
+        return Choice(cached[0], "cached", cached[1], path)
+    if train_cfg.iterations < MEASURE_MIN_ITERATIONS:
+        return Choice(plans[0], "unmeasured", [], path)
+    if path.exists():
+        say(f"step plan cache {path} is unreadable; measuring again")
+    say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
+        f"this happens once, the winner is cached in {path.parent}")
+    measure = measure or time_plan
+    rows = []
+    for p in plans:
+        try:
+            r = measure(p, model_cfg, train_cfg.batch_size)
+            rows.append({"name": p.name, "images_per_s": float(r["images_per_s_median"])})
+        except TrainingError as e:  # a plan that cannot run here (say, no XLA for this GPU) just loses
+            say(f"step plan {p.name} failed to run and is left out: {e}")
+    if not rows:
+        raise TrainingError("no step plan could run on this machine; run `qd bench train` for the details")
+    winner = best(rows, plans)
+    save(path, fields, winner, rows)
+    say("step plans: " + ", ".join(f"{r['name']} {r['images_per_s']:.0f} img/s" for r in rows) + f"; using {winner.name}")
+    return Choice(winner, "measured", rows, path)
+
+
+# -- applying a plan in this process --------------------------------------------------------
+
+def apply(choice: Choice) -> Choice:
+    """Set the plan's thread pools in this process, or fall back when TensorFlow has already
+    started with others: a float32 plan falls back to the plain float32 XLA step, a bfloat16
+    one to one stream on the threads TensorFlow has. The returned Choice's note says so."""
+    import tensorflow as tf
+
+    plan = choice.plan
+    if plan.threads is None:
+        return choice
+    intra, inter = plan.threads
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        return choice
+    except RuntimeError:  # TensorFlow already started in this process; its pools are fixed
+        pass
+    now = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+    if now == (intra, inter):
+        return choice
+    if plan.precision == "bfloat16":  # keep the arithmetic the user or the measurement chose
+        fallback = StepPlan("bfloat16", False, name="bfloat16")
+    else:
+        fallback = StepPlan("float32", True, name="float32-xla")
+    note = (f"step plan {plan.name} needs {intra}+{inter} threads, but TensorFlow already started in this "
+            f"process with {now[0]}+{now[1]} (0 = its default); using {fallback.describe()}")
+    return replace(choice, plan=fallback, note=note)
+

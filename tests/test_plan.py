@@ -1,0 +1,230 @@
+"""The step plan: candidates, the cache key, measuring once, the cache, falling back."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qdcore import plan as P
+from qdcore.config import ModelConfig, TrainConfig
+from qdcore.errors import TrainingError
+
+TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
+EPYC = {"model": "AMD EPYC", "machine": "x86_64", "flags": ["avx512_bf16", "avx512f", "fma"]}
+F32_ONLY = {"model": "Some Xeon", "machine": "x86_64", "flags": ["avx2", "avx512f", "fma"]}
+GPU = ["/physical_device:GPU:0 NVIDIA H100"]
+LONG = TrainConfig(iterations=P.MEASURE_MIN_ITERATIONS, batch_size=400)
+
+
+def names(plans):
+    return [p.name for p in plans]
+
+
+class FakeMeasure:
+    """Stands in for the subprocess timing: images/s by plan name, and a record of calls."""
+
+    def __init__(self, rates):
+        self.rates, self.calls = rates, []
+
+    def __call__(self, plan, model_cfg, batch_size):
+        self.calls.append((plan.name, model_cfg, batch_size))
+        if self.rates.get(plan.name) is None:
+            raise TrainingError(f"{plan.name} cannot run here")
+        return {"images_per_s_median": self.rates[plan.name]}
+
+
+def choose(train_cfg=LONG, model_cfg=TINY, info=EPYC, gpus=(), measure=None, say=None):
+    return P.choose(model_cfg, train_cfg, measure=measure, info=info, cores=2, gpus=list(gpus),
+                    tf_version="2.21.0", say=say or (lambda m: None))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_no_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))  # each test starts unmeasured
+    monkeypatch.delenv(P.NO_BF16_ENV, raising=False)
+    monkeypatch.delenv(P.FORCE_ENV, raising=False)
+
+
+def test_candidates_with_and_without_bfloat16():
+    with_bf16 = P.candidates(400, 2, True, [])
+    assert names(with_bf16) == ["float32-xla", "float32-xla-streams", "float32-streams", "bfloat16-streams"]
+    bf16 = with_bf16[-1]
+    assert (bf16.precision, bf16.jit_compile, bf16.streams, bf16.threads) == ("bfloat16", False, 2, (1, 2))
+    assert with_bf16[0] == P.StepPlan("float32", True, name="float32-xla")  # TF's threads, one cluster
+    without = P.candidates(400, 2, False, [])
+    assert names(without) == ["float32-xla", "float32-xla-streams", "float32-streams"]
+    assert {p.precision for p in without} == {"float32"}
+    # A forced precision keeps only that arithmetic's plans.
+    assert names(P.candidates(400, 2, True, [], "bfloat16")) == ["bfloat16-streams"]
+    assert names(P.candidates(400, 2, True, [], "float32")) == names(without)
+
+
+def test_streams_follow_cores_and_batch():
+    assert {p.streams for p in P.candidates(400, 4, True, []) if p.threads} == {4}
+    assert {p.streams for p in P.candidates(400, 16, True, [])} == {1, 8}  # at least MIN_STREAM images each
+    assert {p.streams for p in P.candidates(8, 2, True, [])} == {1}
+    # One core: no thread pools to set and nothing to split, so one float32 plan is left.
+    assert names(P.candidates(400, 1, True, [])) == ["float32-xla", "bfloat16-streams"]
+
+
+def test_a_gpu_adds_the_gpu_plans_first():
+    plans = P.candidates(400, 2, True, GPU)
+    assert names(plans)[:2] == ["gpu-float32-xla", "gpu-bfloat16-xla"]
+    assert all(p.device == "gpu" and p.jit_compile and p.threads is None for p in plans[:2])
+    assert {p.device for p in plans[2:]} == {"cpu"}
+    assert "gpu-" not in " ".join(names(P.candidates(400, 2, True, [])))
+
+
+def test_bfloat16_flags_and_the_switch(monkeypatch):
+    assert P.cpu_has_bf16(EPYC) and not P.cpu_has_bf16(F32_ONLY)
+    assert P.cpu_has_bf16({"model": "x", "machine": "aarch64", "flags": ["fp", "asimd", "bf16"]})
+    assert P.cpu_has_bf16({"model": "Apple M2", "machine": "arm64", "flags": []})  # unknown: measure it
+    assert P.bf16_allowed(EPYC)
+    monkeypatch.setenv(P.NO_BF16_ENV, "1")
+    assert not P.bf16_allowed(EPYC)
+    assert "bfloat16-streams" not in names(P.candidates(400, 2, P.bf16_allowed(EPYC), []))
+    # ...but a recipe that asks for bfloat16 still gets it.
+    assert choose(TrainConfig(precision="bfloat16")).plan.name == "bfloat16-streams"
+
+
+def test_cpu_info_reads_this_machine():
+    info = P.cpu_info()
+    assert set(info) == {"model", "flags", "machine"} and info["machine"]
+    assert info["flags"] == sorted(info["flags"])
+    assert P.cpu_count() >= 1
+
+
+def test_key_fields_hold_what_decides_the_plan():
+    plans = P.candidates(400, 2, True, GPU)
+    fields = P.key_fields(TINY, 400, plans, EPYC, 2, "2.21.0", GPU)
+    assert fields["cpu"] == "AMD EPYC" and fields["flags"] == EPYC["flags"] and fields["cores"] == 2
+    assert fields["tensorflow"] == "2.21.0" and fields["model"] == TINY.as_dict() and fields["batch_size"] == 400
+    assert fields["devices"] == GPU and fields["candidates"] == names(plans)
+    path = P.cache_path(fields)
+    assert path.parent.name == "plans" and path.suffix == ".json"
+    assert P.cache_path(dict(fields)) == path  # a pure function of the fields
+    for change in ({"batch_size": 800}, {"model": ModelConfig().as_dict()}, {"cores": 4}, {"tensorflow": "2.22.0"},
+                   {"devices": []}, {"cpu": "Intel Xeon"}, {"flags": ["avx2"]}):
+        assert P.cache_path({**fields, **change}) != path, change
+
+
+def test_auto_measures_once_then_reuses_the_cache():
+    said = []
+    fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300})
+    first = choose(measure=fake, say=said.append)
+    assert first.how == "measured" and first.plan.name == "bfloat16-streams"
+    assert [c[0] for c in fake.calls] == ["float32-xla", "float32-xla-streams", "float32-streams", "bfloat16-streams"]
+    assert all(c[1] == TINY and c[2] == 400 for c in fake.calls)  # timed at this run's shape and batch
+    assert sum("measuring 4 step plans" in m and "once" in m for m in said) == 1
+    assert first.path.exists()
+    saved = json.loads(first.path.read_text())
+    assert saved["winner"] == "bfloat16-streams" and len(saved["rows"]) == 4
+    assert not list(first.path.parent.glob(".*part*"))  # written atomically, nothing left over
+
+    again = FakeMeasure({})
+    second = choose(measure=again, say=said.append)
+    assert again.calls == [] and second.how == "cached" and second.plan == first.plan
+    assert "cached" in second.label() and "bfloat16-streams" in second.label()
+
+
+def test_a_new_batch_or_shape_is_measured_anew():
+    fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 90})
+    a = choose(measure=fake)
+    b = choose(TrainConfig(iterations=LONG.iterations, batch_size=800), measure=fake)
+    c = choose(model_cfg=ModelConfig(**{**TINY.as_dict(), "T": 3}), measure=fake)
+    assert len({a.path, b.path, c.path}) == 3 and a.how == b.how == c.how == "measured"
+    assert len(fake.calls) == 12 and a.plan.name == "float32-xla-streams"
+    assert {c[2] for c in fake.calls} == {400, 800}
+
+
+def test_a_corrupt_cache_file_is_measured_again(tmp_path):
+    fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 90})
+    path = choose(measure=fake).path
+    for junk in ("{not json", "[]", json.dumps({"winner": "no-such-plan", "plan": {}, "rows": []}), ""):
+        path.write_text(junk)
+        said, again = [], FakeMeasure(fake.rates)
+        c = choose(measure=again, say=said.append)
+        assert c.how == "measured" and c.plan.name == "float32-xla-streams" and len(again.calls) == 4
+        assert any("unreadable" in m for m in said)
+        assert json.loads(path.read_text())["winner"] == "float32-xla-streams"
+
+
+def test_a_plan_that_fails_to_run_loses():
+    said = []
+    c = choose(measure=FakeMeasure({"float32-xla": 100, "float32-xla-streams": None, "float32-streams": 120,
+                                    "bfloat16-streams": None}), say=said.append)
+    assert c.plan.name == "float32-streams" and [r["name"] for r in c.rows] == ["float32-xla", "float32-streams"]
+    assert sum("failed to run" in m for m in said) == 2
+    with pytest.raises(TrainingError, match="no step plan could run"):
+        choose(TrainConfig(iterations=LONG.iterations, batch_size=401), measure=FakeMeasure({}))
+
+
+def test_short_runs_forced_plans_and_single_candidates_measure_nothing(monkeypatch):
+    never = FakeMeasure({})
+    short = choose(TrainConfig(iterations=P.MEASURE_MIN_ITERATIONS - 1), measure=never)
+    assert short.how == "unmeasured" and short.plan.name == "float32-xla"
+    assert choose(TrainConfig(iterations=10_000, precision="bfloat16"), measure=never).how == "only"
+    assert choose(info=F32_ONLY, measure=FakeMeasure({"float32-xla": 1, "float32-xla-streams": 2, "float32-streams": 3})
+                  ).plan.name == "float32-streams"
+    monkeypatch.setenv(P.FORCE_ENV, "float32-streams")
+    forced = choose(measure=never)
+    assert forced.how == "forced" and forced.plan.name == "float32-streams"
+    monkeypatch.setenv(P.FORCE_ENV, "warp-drive")
+    with pytest.raises(TrainingError, match="Available names: float32-xla, "):
+        choose(measure=never)
+    assert never.calls == []
+
+
+def test_gpu_plans_are_measured_like_the_others():
+    fake = FakeMeasure({"gpu-float32-xla": 900, "gpu-bfloat16-xla": 1200, "float32-xla": 100,
+                        "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300})
+    c = choose(gpus=GPU, measure=fake)
+    assert c.plan.name == "gpu-bfloat16-xla" and c.plan.device == "gpu" and len(fake.calls) == 6
+    assert choose(measure=fake).path != c.path  # the devices are part of the key
+
+
+def test_threads_that_can_no_longer_be_set_fall_back_and_say_so():
+    tf = pytest.importorskip("tensorflow")
+    tf.constant(1.0) + 1.0  # TensorFlow has started in this process: its pools are fixed
+    now = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+    odd = (now[0] + 3, now[1] + 5)
+    f32 = P.apply(P.Choice(P.StepPlan("float32", False, 2, odd, name="float32-streams"), "cached"))
+    assert f32.plan.name == "float32-xla" and f32.plan.threads is None
+    assert "float32-streams" in f32.note and "already started" in f32.note
+    bf16 = P.apply(P.Choice(P.StepPlan("bfloat16", False, 2, odd, name="bfloat16-streams"), "cached"))
+    assert bf16.plan == P.StepPlan("bfloat16", False, name="bfloat16") and "bfloat16-streams" in bf16.note
+    plain = P.Choice(P.StepPlan("float32", True, name="float32-xla"), "measured")
+    assert P.apply(plain) is plain  # nothing to set, nothing to say
+    same = P.Choice(P.StepPlan("float32", False, 2, now, name="float32-streams"), "cached")
+    assert P.apply(same).plan == same.plan and not P.apply(same).note  # the pools already match
+
+
+def test_time_plan_runs_the_step_in_a_fresh_process():
+    row = P.time_plan(P.StepPlan("float32", False, 2, (1, 2), name="float32-streams"), TINY, 8, steps=2)
+    assert row["plan"] == "float32-streams" and row["images_per_s"] > 0 and row["batch_size"] == 8
+    assert row["threads"] == [1, 2] and row["streams"] == 2
+
+
+def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
+    """train() with auto: the first run measures (faked here) and the second reuses it."""
+    from qdcore.interfaces import ImageSet
+    from qdcore.train import train
+
+    tf = pytest.importorskip("tensorflow")
+    tf.constant(1.0) + 1.0  # started: the winner's 1+2 threads can no longer be set here
+    fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 50, "float32-streams": 10, "bfloat16-streams": 200})
+    monkeypatch.setattr(P, "time_plan", fake)
+    monkeypatch.setattr(P, "MEASURE_MIN_ITERATIONS", 6)
+    monkeypatch.setattr(P, "cpu_count", lambda: 2)  # the same four candidates on any machine
+    rng = np.random.default_rng(0)
+    data = ImageSet((rng.random((40, 10, 13)) > 0.7).astype(np.uint8) * 255, "synthetic")
+    cfg = TrainConfig(iterations=6, batch_size=4, checkpoint_every=10_000, warmup=0)
+    for run in ("a", "b"):
+        trained = train(TINY, cfg, data, tmp_path / run)
+        assert trained.step == cfg.iterations
+    err = capsys.readouterr().err
+    assert len(fake.calls) == 4 and err.count("measuring 4 step plans") == 1
+    # The fallback keeps the measured arithmetic, in one stream on TensorFlow's threads.
+    assert err.count("step plan bfloat16-streams needs 1+2 threads, but TensorFlow already started") == 2
+    assert "training synthetic (bfloat16, measured)" in err and "training synthetic (bfloat16, cached)" in err
