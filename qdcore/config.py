@@ -52,10 +52,11 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_final_fraction: Annotated[float, Range(0.0, 1.0)] = 0.05
     warmup: Annotated[int, Range(0, 10_000_000)] = 200
-    # Matmul precision while training. "bfloat16" runs the LSTM and output matmuls on the
-    # CPU's bfloat16 units (AMX) and everything else in float32; "float32" compiles the
-    # whole step with XLA instead. "auto" picks bfloat16 when the CPU has AMX-BF16, else
-    # float32. Evaluation and generation are always float32. See docs/performance.md.
+    # Matmul arithmetic while training. "bfloat16" runs the LSTM and output matmuls on the
+    # CPU's bfloat16 units (AMX, AVX512-BF16) and everything else in float32; "float32"
+    # keeps everything float32. "auto" takes the step plan (qdcore/plan.py) measured
+    # fastest here, of either arithmetic. Evaluation and generation are always float32.
+    # See docs/performance.md.
     precision: Literal["auto", "bfloat16", "float32"] = "auto"
 
     def as_dict(self) -> dict:

@@ -88,22 +88,22 @@ def cpu_count() -> int:
 
 def cpu_info() -> dict:
     """CPU model and feature flags (Linux /proc/cpuinfo; elsewhere what `platform` knows)."""
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags = "", []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
-                if key in ("model name", "CPU part") and model in ("", platform.processor(), platform.machine()):
+                if key in ("model name", "CPU part") and not model:
                     model = value.strip()
                 elif key in ("flags", "Features") and not flags:  # x86, aarch64
                     flags = sorted(value.split())
     except OSError:
         pass
-    return {"model": model, "flags": flags, "machine": platform.machine()}
+    return {"model": model or platform.processor() or platform.machine(), "flags": flags, "machine": platform.machine()}
 
 
-BF16_FLAGS = {"amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16"}  # x86 AMX / AVX512 / AVX-NE, aarch64
+BF16_FLAGS = {"amx_bf16", "avx512_bf16", "bf16"}  # x86 AMX, x86 AVX512, aarch64 (Linux "Features")
 
 
 def cpu_has_bf16(info: dict | None = None) -> bool:
