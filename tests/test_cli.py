@@ -210,7 +210,10 @@ generate: {n: 4}
 filters: [{use: upscale, size: 32}]
 """)
     sheet = tmp_path / "sheet.png"
-    r = qd("bench", "quality", recipe, "--minutes", 0.02, "--sheet", sheet, env={"QD_DATA_DIR": str(quickdraw_dir)})
+    # The recipe's 10,000 iterations would have auto measure the step plans first (a minute
+    # or more); what is tested here is the quality bench, so the plan is named.
+    r = qd("bench", "quality", recipe, "--minutes", 0.02, "--sheet", sheet,
+           env={"QD_DATA_DIR": str(quickdraw_dir), "QD_STEP_PLAN": "float32-xla"})
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout)  # the whole of stdout is one JSON document
     assert [m["minutes"] for m in figures["marks"]] == [0.02]
