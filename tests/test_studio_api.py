@@ -297,3 +297,21 @@ def test_serve_refuses_a_port_in_use_with_one_line(studio):
         port = s.getsockname()[1]
         with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
             serve(None, host="127.0.0.1", port=port, open_browser=False, plugins=studio.plugins)
+
+
+def test_the_studio_page_never_waits_for_tensorflow():
+    """Listing models and validating must not import TensorFlow (seconds at startup)."""
+    import subprocess
+    import sys
+
+    from qdcore import train
+    from qdcore.studio import models
+
+    assert models.FINISHED == train.FINISHED
+    code = ("import sys; from qdcore.plugin_manager import build; from qdcore.studio.server import Studio, create_app; "
+            "from starlette.testclient import TestClient; s = Studio(build(), None); c = TestClient(create_app(s)); "
+            "r = c.get('/api/recipe').json()['recipe']; assert c.post('/api/validate', json={'recipe': r}).status_code == 200; "
+            "c.get('/api/models'); c.get('/api/schema'); c.get('/api/plugins'); s.close(); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 from .. import paths
+
+# train.FINISHED, named here too so that listing models never imports TensorFlow
+# (tests/test_studio_api.py checks they agree).
+FINISHED = "finished.json"
+
+
+def is_trained(workdir: Path) -> bool:
+    return (Path(workdir) / FINISHED).exists()
 
 
 def list_models() -> list[dict]:
@@ -18,7 +28,7 @@ def list_models() -> list[dict]:
         return rows
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         row = {"folder": folder.name, "finished": False, "step": None, "recipe": None}
-        for name, key in (("finished.json", "finished"), ("recipe.json", "recipe")):
+        for name, key in ((FINISHED, "finished"), ("recipe.json", "recipe")):
             try:
                 data = json.loads((folder / name).read_text())
             except (OSError, ValueError):

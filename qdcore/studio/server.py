@@ -45,7 +45,7 @@ from ..interfaces import Context, SeedInput
 from ..recipe import Recipe, parse
 from ..registry import KINDS
 from ..schema import recipe_schema
-from .models import list_models
+from .models import is_trained, list_models
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 << 20  # a request body (JSON, an image as a data URL)
@@ -58,7 +58,7 @@ KEEP_GENERATIONS = 8
 DEFAULT_RECIPE = {
     "name": "studio-cat",
     "dataset": {"use": "quickdraw", "category": "cat"},
-    "train": {"iterations": 2000},
+    "train": {"iterations": 1500},
     "generate": {"n": 16},
     "seeds": [{"use": "prior"}],
     "output": {"use": "gif", "frames": "steps", "attention": True, "duration": 0.15, "hold_last": 1.0},
@@ -259,7 +259,7 @@ class Studio:
         with self.lock:
             if key in self.jobs and self.jobs[key].state in ("starting", "running"):
                 raise HTTPProblem(409, "Error: this model is training right now: wait for it to finish, or cancel it")
-            if not (workdir / train.FINISHED).exists():
+            if not is_trained(workdir):
                 self.models.pop(key, None)
                 raise HTTPProblem(409, f"Error: the model for recipe {r.name!r} is not trained yet: press Train "
                                        f"(or run `qd train`) first")
@@ -466,10 +466,7 @@ def create_app(studio: Studio) -> Starlette:
         body = await _json(request)
         r, _ = studio.intake(body.get("recipe"))
         await run_in_threadpool(engine.prepare, r)
-        from ..train import FINISHED
-
-        return JSONResponse({"ok": True, "name": r.name, "model_key": r.model_key(),
-                             "trained": (engine.model_dir(r) / FINISHED).exists()})
+        return JSONResponse({"ok": True, "name": r.name, "model_key": r.model_key(), "trained": is_trained(engine.model_dir(r))})
 
     async def upload(request):
         body = await _json(request)
