@@ -58,7 +58,7 @@ KEEP_GENERATIONS = 8
 DEFAULT_RECIPE = {
     "name": "studio-cat",
     "dataset": {"use": "quickdraw", "category": "cat"},
-    "train": {"iterations": 1500},
+    "train": {"iterations": 1500, "batch_size": 100, "learning_rate": 0.001},
     "generate": {"n": 16},
     "seeds": [{"use": "prior"}],
     "output": {"use": "gif", "frames": "steps", "attention": True, "duration": 0.15, "hold_last": 1.0},
@@ -561,6 +561,9 @@ def serve(recipe: Optional[Path], *, host: str, port: int, open_browser: bool, p
     except OSError as e:
         sock.close()
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from None
+    # Listening before the address is printed: a browser that comes at once waits in the
+    # backlog until uvicorn accepts, instead of being refused.
+    sock.listen(128)
     port = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{shown}:{port}/"
