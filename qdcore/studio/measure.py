@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--shots", type=Path, help="also save a screenshot of a drawn seed generated (docs/img)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -60,6 +61,8 @@ def main() -> None:
                 if i:  # the first call loads the model
                     server.append(float(page.locator("#player").get_attribute("data-server-ms")))
                     browser_ms.append(float(page.locator("#player").get_attribute("data-ms")))
+            if args.shots:
+                screenshot(page, args.shots)
             browser.close()
     finally:
         proc.terminate()
@@ -70,6 +73,40 @@ def main() -> None:
         "generate_16_ms": {"server_median": statistics.median(server), "browser_median": statistics.median(browser_ms),
                            "runs": args.runs},
     }))
+
+
+def screenshot(page, folder: Path) -> None:
+    """A doodle drawn with the mouse, two filters, Generate, paused mid-drawing."""
+    import math
+
+    page.click("#source-tabs button[data-source=draw]")
+    box = page.locator("#pad").bounding_box()
+
+    def stroke(points):
+        page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+        page.mouse.up()
+
+    stroke([(140 + 80 * math.cos(a / 20 * math.tau), 160 + 70 * math.sin(a / 20 * math.tau)) for a in range(21)])
+    stroke([(75, 120), (80, 45), (115, 95)])
+    stroke([(165, 95), (200, 45), (205, 120)])
+    stroke([(110, 150), (112, 152)])
+    stroke([(170, 150), (172, 152)])
+    page.select_option("#add-filter", "sharpen")
+    page.select_option("#add-filter", "upscale")
+    size = page.locator("#filters .step[data-use=upscale] input[name=size]")
+    size.fill("112")
+    size.dispatch_event("change")
+    page.evaluate("document.querySelector('#dl-gif').setAttribute('aria-disabled', 'true')")
+    page.click("#generate")
+    page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=300_000)
+    page.click("#play")
+    steps = int(page.locator("#scrub").get_attribute("max")) + 1
+    page.evaluate(f"(() => {{ const s = document.querySelector('#scrub'); s.value = {steps // 2}; s.dispatchEvent(new Event('input')); }})()")
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "studio.png"))
 
 
 if __name__ == "__main__":

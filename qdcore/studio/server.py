@@ -95,6 +95,7 @@ class Job:
     started: float = field(default_factory=time.time)
     first_step_at: Optional[float] = None
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    thread: Optional[threading.Thread] = field(default=None, repr=False)
 
     def as_json(self) -> dict:
         rate = eta = None
@@ -344,7 +345,8 @@ class Studio:
             job = Job(key=key, name=r.name, total=r.train.iterations)
             self.jobs[key] = job
             self.models.pop(key, None)
-        threading.Thread(target=self._train, args=(job, r, built), daemon=True, name=f"qd-train-{r.name}").start()
+        job.thread = threading.Thread(target=self._train, args=(job, r, built), daemon=True, name=f"qd-train-{r.name}")
+        job.thread.start()
         return job.as_json()
 
     def _train(self, job: Job, r: Recipe, built: engine.Built) -> None:
@@ -380,8 +382,13 @@ class Studio:
         return job.as_json()
 
     def close(self) -> None:
+        """Stop: running jobs save a checkpoint at their next step (like Cancel), then the
+        private folder goes."""
         for job in self.jobs.values():
             job.stop.set()
+        for job in self.jobs.values():
+            if job.thread is not None:
+                job.thread.join(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
