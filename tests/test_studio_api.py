@@ -260,6 +260,7 @@ def test_one_training_job_per_model(client, recipe, studio):
     studio.jobs[key] = Job(key=key, name="tiny", total=30, state="running", step=3)
     one_error(client.post("/api/train", json={"recipe": recipe}), 409, "is already training (step 3 of 30): one training job per model")
     one_error(client.post("/api/generate", json={"recipe": recipe}), 409, "training right now")
+    assert client.post("/api/validate", json={"recipe": recipe}).json()["training"] is True
     jobs = client.get("/api/jobs").json()["jobs"]
     assert [j["state"] for j in jobs] == ["running"] and jobs[0]["key"] == key
     assert client.post("/api/jobs/cancel", json={"key": key}).json()["state"] == "running"

@@ -222,7 +222,7 @@ def test_train_progress_survives_reload_and_cancel_keeps_a_checkpoint(page, serv
     page.wait_for_function("Number(document.querySelector('#jobs .job')?.dataset.step) > 2", timeout=180_000)
     figures = job.locator(".figures").inner_text()
     assert re.search(r"L\^x \d+\.\d\d +L\^z \d+\.\d\d .* steps/s .* ETA \d", figures), figures
-    page.screenshot(path=str(shots / "studio-train.png"), full_page=True)
+    page.screenshot(path=str(shots / "studio-train.png"))
     # a reload finds the job still running, with its progress
     page.reload()
     page.wait_for_selector("body[data-ready='1']")

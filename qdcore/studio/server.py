@@ -473,7 +473,9 @@ def create_app(studio: Studio) -> Starlette:
         body = await _json(request)
         r, _ = studio.intake(body.get("recipe"))
         await run_in_threadpool(engine.prepare, r)
-        return JSONResponse({"ok": True, "name": r.name, "model_key": r.model_key(), "trained": is_trained(engine.model_dir(r))})
+        job = studio.jobs.get(str(engine.model_dir(r)))
+        return JSONResponse({"ok": True, "name": r.name, "model_key": r.model_key(), "trained": is_trained(engine.model_dir(r)),
+                             "training": bool(job and job.state in ("starting", "running"))})
 
     async def upload(request):
         body = await _json(request)

@@ -21,7 +21,7 @@ const S = {
   sourceParams: { "file-image": {}, "training-batch": {} },
   perturbations: [], filters: [], uploadRef: null, recipeImage: null,
   strokes: [], padRef: null, padDirty: true,
-  gen: null, genRecipe: null, timer: null, step: 0, playing: true, polling: null,
+  gen: null, genRecipe: null, timer: null, step: 0, playing: true, polling: null, wasRunning: false,
 };
 
 // ---- talking to the server ------------------------------------------------------------------
@@ -238,7 +238,8 @@ async function validate() {
     if (r.seeds[0].use === "file-image" && !r.seeds[0].path) r.seeds[0] = { use: "prior" }; // nothing uploaded yet: check the rest
     const res = await api("/api/validate", { recipe: r });
     showError(null);
-    $("#model-state").textContent = res.trained ? `The model for "${res.name}" is trained (cache key ${res.model_key}).`
+    $("#model-state").textContent = res.training ? `The model for "${res.name}" is training now (cache key ${res.model_key}).`
+      : res.trained ? `The model for "${res.name}" is trained (cache key ${res.model_key}).`
       : `The model for "${res.name}" is not trained yet (cache key ${res.model_key}): press Train.`;
     S.trained = res.trained;
     return true;
@@ -382,7 +383,7 @@ async function pollJobs() {
         j.error ? el("div", { class: j.state === "failed" ? "broken" : "muted", text: j.error }) : null, cancel));
     }
     $("#train").disabled = running;
-    if (!running && S.wasRunning) { renderModels(); validate(); }
+    if (running !== S.wasRunning) { renderModels(); validate(); }
     S.wasRunning = running;
   } catch (e) { showError(e.message); }
   if (running) S.polling = setTimeout(pollJobs, 700);
