@@ -160,6 +160,19 @@ def test_foreign_origin_is_refused_and_own_origin_accepted(client, recipe):
     assert client.post("/api/validate", json={"recipe": recipe}, headers={"Origin": ORIGIN}).status_code == 200
 
 
+def test_bound_to_loopback_only_loopback_host_names_are_served(studio, recipe):
+    from qdcore.studio.server import LOOPBACK_NAMES
+
+    with TestClient(create_app(studio, LOOPBACK_NAMES), base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/api/recipe").status_code == 200
+        assert c.get("/api/recipe", headers={"Host": "localhost:8765"}).status_code == 200
+        assert c.get("/api/recipe", headers={"Host": "[::1]:8765"}).status_code == 200
+        # DNS rebinding: evil.example now resolves to 127.0.0.1, and its page is same-origin
+        one_error(c.post("/api/validate", json={"recipe": recipe},
+                         headers={"Host": "evil.example:8765", "Origin": "http://evil.example:8765"}), 403,
+                  "requests for host 'evil.example:8765' are refused")
+
+
 def test_upload_goes_through_the_file_image_rules(client, studio):
     res = client.post("/api/upload", json={"image": png_url(stroke_image())})
     assert res.status_code == 200, res.text

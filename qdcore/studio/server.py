@@ -435,9 +435,21 @@ def _same_origin(request: Request) -> bool:
     return origin in (f"http://{host}", f"https://{host}")
 
 
-def create_app(studio: Studio) -> Starlette:
+def _host_name(request: Request) -> str:
+    host = request.headers.get("host", "")
+    return host.rsplit(":", 1)[0].strip("[]") if not host.endswith("]") else host.strip("[]")
+
+
+def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
+    """`hosts`: the host names requests may address (serve() passes the loopback names when
+    bound to loopback). A page on another site that rebinds its own DNS name to 127.0.0.1
+    sends its own name in `Host`, so it is refused even though its `Origin` matches."""
+
     def guard(fn):
         async def endpoint(request: Request):
+            if hosts is not None and _host_name(request) not in hosts:
+                return _error(403, f"requests for host {request.headers.get('host')!r} are refused: open the "
+                                   "address qd studio printed")
             if not _same_origin(request):
                 return _error(403, f"requests from another site ({request.headers.get('origin')}) are refused")
             try:
@@ -547,6 +559,9 @@ def create_app(studio: Studio) -> Starlette:
     return app
 
 
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -561,7 +576,7 @@ def serve(recipe: Optional[Path], *, host: str, port: int, open_browser: bool, p
     import uvicorn
 
     studio = Studio(plugins, recipe)
-    app = create_app(studio)
+    app = create_app(studio, LOOPBACK_NAMES if is_loopback(host) else None)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
