@@ -329,3 +329,30 @@ def test_the_studio_page_never_waits_for_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_qd_studio_warns_when_not_on_loopback_and_bad_recipe_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    qd = str(Path(sys.executable).parent / "qd")
+    p = subprocess.Popen([qd, "studio", "--host", "0.0.0.0", "--port", "0", "--no-browser"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        warning = p.stderr.readline()
+        address = p.stdout.readline()
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    assert warning.startswith("Warning: qd studio is listening on 0.0.0.0, reachable from other machines")
+    assert address.startswith("qd studio: http://0.0.0.0:")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: {use: quickdraw, category: cat}\nfilters: [sharpn]\n")
+    import os
+
+    env = {**os.environ, "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers"}
+    r = subprocess.run([qd, "studio", str(bad), "--no-browser"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"Error: {bad}: filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'? "
+                                             "Available: anti-alias, edge-enhance, invert, sharpen, upscale"]
