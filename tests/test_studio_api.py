@@ -210,6 +210,14 @@ def test_upload_limits(client, monkeypatch):
     one_error(client.post("/api/upload", json={"image": noisy}), 413, "the limit is")
 
 
+def test_uploads_folder_keeps_the_newest(client, studio, monkeypatch):
+    import qdcore.studio.server as server
+
+    monkeypatch.setattr(server, "KEEP_UPLOADS", 3)
+    ids = [client.post("/api/upload", json={"image": png_url(stroke_image())}).json()["id"] for _ in range(5)]
+    assert sorted(p.stem for p in studio.uploads.iterdir()) == sorted(ids[-3:])
+
+
 def test_upload_file_errors(client):
     one_error(client.get("/api/uploads/..%2F..%2Fetc%2Fpasswd"), 404, "no endpoint")
     one_error(client.get("/api/uploads/..passwd.png"), 400, "is not an upload id")

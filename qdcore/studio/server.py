@@ -53,6 +53,7 @@ MAX_UPLOAD = 4 << 20  # decoded image bytes
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
 UPLOAD_PREFIX = "upload:"
 KEEP_GENERATIONS = 8
+KEEP_UPLOADS = 64
 
 # Used when `qd studio` is started without a recipe: small enough to train in minutes.
 DEFAULT_RECIPE = {
@@ -141,6 +142,7 @@ class Studio:
         self.datasets: dict[str, Any] = {}
         self.generations: OrderedDict[str, Generation] = OrderedDict()
         self.jobs: dict[str, Job] = {}
+        self.upload_order: list[str] = []
 
     # --- recipes from the page -------------------------------------------------------------
 
@@ -233,6 +235,12 @@ class Studio:
         uid = uuid.uuid4().hex
         path = self.uploads / f"{uid}.png"
         from ..atomic import atomic_path
+
+        # The folder stays bounded: the oldest uploads go first (a recipe using one says so).
+        with self.lock:
+            self.upload_order.append(uid)
+            while len(self.upload_order) > KEEP_UPLOADS:
+                (self.uploads / f"{self.upload_order.pop(0)}.png").unlink(missing_ok=True)
 
         with atomic_path(path) as tmp:
             tmp.write_bytes(clean.getvalue())
