@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import textwrap
 import types
 
 import imageio.v3 as iio
@@ -19,7 +17,8 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from qdcore import Filter, hookimpl  # noqa: E402
 from qdcore.plugin_manager import build  # noqa: E402
-from qdcore.studio.server import DEFAULT_RECIPE, MAX_BODY, Job, Studio, create_app  # noqa: E402
+from qdcore.studio.server import MAX_BODY, create_app  # noqa: E402
+from qdcore.studio.session import DEFAULT_RECIPE, Job, Studio  # noqa: E402
 
 ORIGIN = "http://testserver"
 
@@ -200,7 +199,7 @@ def test_upload_errors(client, image, status, fragment):
 
 
 def test_upload_limits(client, monkeypatch):
-    import qdcore.studio.server as server
+    import qdcore.studio.session as server
 
     big = png_url(np.zeros((2000, 2000), np.uint8))
     monkeypatch.setattr(server, "MAX_PIXELS", 1000 * 1000)
@@ -211,7 +210,7 @@ def test_upload_limits(client, monkeypatch):
 
 
 def test_uploads_folder_keeps_the_newest(client, studio, monkeypatch):
-    import qdcore.studio.server as server
+    import qdcore.studio.session as server
 
     monkeypatch.setattr(server, "KEEP_UPLOADS", 3)
     ids = [client.post("/api/upload", json={"image": png_url(stroke_image())}).json()["id"] for _ in range(5)]
