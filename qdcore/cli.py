@@ -129,7 +129,7 @@ def train(
     r = _recipe(recipe, iterations=iterations)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet)
-    trained = engine.ensure_model(r, data, restart=restart, quiet=quiet)
+    trained = engine.ensure_model(r, data, restart=restart, quiet=quiet, log=_log(quiet))
     typer.echo(f"model at step {trained.step}: {trained.workdir}")
 
 
@@ -177,15 +177,27 @@ def evaluate(
     debug: bool = DebugOpt,
 ):
     """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model."""
-    from . import engine
+    from . import engine, models
     from . import train as trainer
 
     r = _recipe(recipe, iterations=iterations)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet)
-    trained = engine.ensure_model(r, data, quiet=quiet)
-    figures = trainer.evaluate(trained, data, r.train)
+    trained = engine.ensure_model(r, data, quiet=quiet, log=_log(quiet))
+    owner = engine.trained_recipe(r, trained)
+    figures = trainer.evaluate(trained, data, owner.train)
+    if owner is r:  # a shared model scored on one category's drawings keeps its own figures
+        models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
+
+
+@app.command("models")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), debug: bool = DebugOpt):
+    """List the trained models in the cache: name, categories, steps, held-out bound, size, path."""
+    from . import models, paths
+
+    rows = models.listing(paths.cache_dir())
+    typer.echo(json.dumps(rows, indent=2) if as_json else models.table(rows))
 
 
 @bench_app.command("train")
