@@ -118,3 +118,17 @@ def test_held_out_split_is_per_category_and_matches_a_one_category_set(quickdraw
     # The cats held out are the ones a cat-only model holds out: bounds of the two compare.
     _, cat_held = split(counts[1], cfg)
     assert np.array_equal(held[s.labels[held] == 1] - counts[0], cat_held)
+
+
+def test_split_of_interleaved_labels_is_still_per_category():
+    from qdcore.train import split
+
+    labels = np.repeat(np.arange(3, dtype=np.int16), [50, 20, 30])
+    perm = np.random.default_rng(1).permutation(100)
+    cfg = TrainConfig(holdout=0.2, seed=2)
+    train_idx, held = split(100, cfg, labels[perm])
+    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(held) > 0)
+    assert np.array_equal(np.bincount(labels[perm][held]), [10, 4, 6])
+    # Class 1's held-out rows are those a one-class set of its 20 rows (in order) holds out.
+    rows_of_1 = np.flatnonzero(labels[perm] == 1)
+    assert np.array_equal(np.searchsorted(rows_of_1, held[labels[perm][held] == 1]), split(20, cfg)[1])
