@@ -235,6 +235,21 @@ def bench_quality(
     typer.echo(json.dumps({**figures, "sheet": str(written)}))
 
 
+@bench_app.command("data")
+def bench_data(
+    recipe: Path = typer.Argument(..., help="A recipe naming the dataset (e.g. recipes/zoo-26.yaml)."),
+    batches: int = typer.Option(50, "--batches", min=0, help="Training batches to draw after the split."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Memory (peak RSS) and time of loading a recipe's dataset, splitting it and drawing batches."""
+    from . import engine
+    from .bench_data import bench_data as measure_data
+
+    r = _recipe(recipe)
+    typer.echo(json.dumps(measure_data(r, engine.prepare(r), batches, quiet)))
+
+
 def _warn_line(message, category, filename, lineno, file=None, line=None):
     print(f"Warning: {message}", file=sys.stderr)
 

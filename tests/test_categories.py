@@ -132,3 +132,20 @@ def test_split_of_interleaved_labels_is_still_per_category():
     # Class 1's held-out rows are those a one-class set of its 20 rows (in order) holds out.
     rows_of_1 = np.flatnonzero(labels[perm] == 1)
     assert np.array_equal(np.searchsorted(rows_of_1, held[labels[perm][held] == 1]), split(20, cfg)[1])
+
+
+def test_bench_data_prints_the_memory_of_a_many_category_set(tmp_path, quickdraw_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text("dataset: {use: quickdraw, category: [cat, apple, fish], limit: 200}\ntrain: {batch_size: 50}\n")
+    qd = str(Path(sys.executable).parent / "qd")
+    r = subprocess.run([qd, "bench", "data", str(recipe), "--batches", "3"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "QD_DATA_DIR": str(quickdraw_dir), "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["categories"] == 3 and out["drawings"] == 600 and out["image_bytes"] == 600 * 784
+    assert out["cycle_length"] == 3 * 180 and out["rss_peak_mb"] >= out["rss_after_load_mb"] > 0
