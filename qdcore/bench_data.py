@@ -25,12 +25,12 @@ def bench_data(recipe, built, batches: int, quiet: bool = True) -> dict:
     data = engine.load_data(recipe, built, quiet)
     load_s = time.perf_counter() - t0
     load_mb = _peak_mb()
-    from .conditioning import conditional_classes
-    from .train import Batches, split  # imports TensorFlow
+    from .mixing import split, stream_labels
+    from .train import Batches  # imports TensorFlow
 
     tf_mb = _peak_mb()
     t0 = time.perf_counter()
-    train_idx, held = split(len(data.images), recipe.train, data.labels if conditional_classes(data.classes) else None)
+    train_idx, held = split(len(data.images), recipe.train, stream_labels(data))
     stream = Batches(data, train_idx, recipe.train.batch_size, recipe.train.seed)
     for k in range(batches):
         stream(k), stream.labels_of(k)

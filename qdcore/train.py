@@ -30,6 +30,7 @@ from .config import ModelConfig, TrainConfig
 from .draw import Draw
 from .errors import InputError, QdError, TrainingError
 from .interfaces import ImageSet
+from .mixing import balanced_groups, cycle_length, cycle_order, last_by_class, split, stream_labels
 from .models import CHECKPOINTS, FINISHED
 
 LAST_BATCH = "last_batch.npy"
@@ -55,42 +56,6 @@ class TrainedModel:
         return mine if len(mine) else None
 
 
-def split(n: int, train_cfg: TrainConfig, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) index arrays, sorted, deterministic from train_cfg.seed.
-
-    With labels the split is per class: each class's rows, in order, are split exactly as a
-    set of that class alone would be, so a one-category model and a many-category model hold
-    out the same drawings of that category, and their bounds compare.
-    """
-    if labels is None:
-        return _split_positions(n, train_cfg)
-    order, grouped = _by_class(labels)
-    counts = np.bincount(labels, minlength=int(labels.max()) + 1 if len(labels) else 0)
-    train_parts, held_parts = [], []
-    for start, count in zip(np.cumsum(counts) - counts, counts):
-        tr, held = _split_positions(int(count), train_cfg)
-        train_parts.append(order[start + tr])
-        held_parts.append(order[start + held])
-    empty = np.zeros(0, np.int64)
-    train_idx, held_idx = np.concatenate(train_parts or [empty]), np.concatenate(held_parts or [empty])
-    return (train_idx, held_idx) if grouped else (np.sort(train_idx), np.sort(held_idx))
-
-
-def _by_class(labels: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Row numbers grouped by class, in order within each, and whether the labels already were
-    (a dataset's categories one after another): then no sort is needed, which at 50M rows
-    saves most of the time (docs/categories.md)."""
-    if len(labels) < 2 or bool(np.all(labels[1:] >= labels[:-1])):
-        return np.arange(len(labels), dtype=np.int64), True
-    return np.argsort(labels, kind="stable"), False
-
-
-def _split_positions(n: int, train_cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng([train_cfg.seed, 0x5B11]).permutation(n)
-    n_held = int(round(n * train_cfg.holdout))
-    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
-
-
 def targets(data: ImageSet, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rows `index` as float32 training targets, binarized as the ImageSet asks."""
     x = data.as_float(index)
@@ -107,35 +72,21 @@ def describe_targets(data: ImageSet) -> str:
 
 class Batches:
     """Batch k of the cycling stream, computed on demand (numpy gather, no copy of the set).
-
-    A labelled set mixed "balanced" gives every class the same share of a cycle: each class
-    fills as many places as the largest has drawings, its own drawings repeated in a fresh
-    random order, so a small class is seen more often and every drawing at least once.
-    """
+    A labelled set is mixed as its `mix` says (qdcore/mixing.py) and batches carry labels."""
 
     def __init__(self, data: ImageSet, train_idx: np.ndarray, batch_size: int, seed: int):
         self.data, self.train_idx, self.batch_size, self.seed = data, train_idx, batch_size, seed
         self._perms: dict[int, np.ndarray] = {}
-        self.labels = data.labels if conditional_classes(data.classes) else None
-        self._by_class = None
-        if self.labels is not None and data.mix == "balanced":
-            # Grouped by one stable sort: a mask per class would cost N x C at 345 classes.
-            train_labels = self.labels[train_idx]
-            counts = np.bincount(train_labels, minlength=len(data.classes))
-            grouped = np.split(train_idx[_by_class(train_labels)[0]], np.cumsum(counts)[:-1])
-            self._by_class = [m for m in grouped if len(m)]
-        self.cycle_len = len(self._by_class) * max(map(len, self._by_class)) if self._by_class else len(train_idx)
+        self.labels = stream_labels(data)
+        self._groups = balanced_groups(data, train_idx)
+        self.cycle_len = cycle_length(self._groups, train_idx)
 
     def _perm(self, cycle: int) -> np.ndarray:
         if cycle not in self._perms:
             if len(self._perms) > 4:  # a batch spans at most a few cycles; keep memory flat
                 self._perms.pop(min(self._perms))
             rng = np.random.default_rng([self.seed, 0xC1C1E, cycle])
-            if self._by_class is None:
-                self._perms[cycle] = rng.permutation(self.train_idx)
-            else:
-                m = self.cycle_len // len(self._by_class)
-                self._perms[cycle] = rng.permutation(np.concatenate([c[rng.permutation(m) % len(c)] for c in self._by_class]))
+            self._perms[cycle] = cycle_order(self._groups, self.train_idx, rng)
         return self._perms[cycle]
 
     def indices(self, k: int) -> np.ndarray:
@@ -156,22 +107,9 @@ class Batches:
         return self.labels[self.indices(int(k))].astype(np.int32)
 
     def last_by_class(self, last_k: int, keep: int = KEEP_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
-        """The last `keep` training rows of each class up to batch last_k (walking back at most
-        one cycle), oldest first: what `training-batch pick: last` shows for one category."""
-        n_classes = len(self.data.classes)
-        found: list[list[int]] = [[] for _ in range(n_classes)]
-        need, steps = n_classes * keep, 0
-        for k in range(last_k, -1, -1):
-            idx = self.indices(k)
-            for i, c in zip(idx[::-1], self.labels[idx[::-1]]):
-                if len(found[c]) < keep:
-                    found[c].append(int(i))
-                    need -= 1
-            steps += 1
-            if need == 0 or steps * self.batch_size >= self.cycle_len:
-                break
-        rows = np.array([i for f in found for i in reversed(f)], np.int64)
-        labels = np.array([c for c, f in enumerate(found) for _ in f], np.int32)
+        """Each class's last `keep` training images up to batch last_k, and their labels."""
+        rows, labels = last_by_class(self.indices, self.labels, len(self.data.classes), last_k,
+                                     self.batch_size, self.cycle_len, keep)
         return targets(self.data, rows, np.random.default_rng([self.seed, 0xB1, last_k])), labels
 
     def dataset(self, start: int, stop: int) -> tf.data.Dataset:
@@ -430,7 +368,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     workdir.mkdir(parents=True, exist_ok=True)
     _check_shape(model_cfg, data)
     classes = conditional_classes(data.classes)
-    train_idx, _ = split(len(data.images), train_cfg, data.labels if classes else None)
+    train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
@@ -472,18 +410,20 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
         last_batch = np.load(workdir / LAST_BATCH)
     last_batch = None if last_batch is None else np.asarray(last_batch)
     finished = {"step": int(step_var.numpy()), "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
-    last_by_class = None
+    by_class = None
     if classes:
         finished["classes"] = classes
         if finished["step"] > 0:
-            last_by_class = batches.last_by_class(finished["step"] - 1)
+            by_class = batches.last_by_class(finished["step"] - 1)
             with atomic_path(workdir / LAST_BY_CLASS) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, images=last_by_class[0], labels=last_by_class[1])
+                    # As 0..255 bytes: a quarter of float32 (4.3 MB at 345 x 16), exact for
+                    # targets made from uint8 images or binarized.
+                    np.savez(f, images=np.round(by_class[0] * 255).astype(np.uint8), labels=by_class[1])
     with atomic_path(workdir / FINISHED) as tmp:
         tmp.write_text(json.dumps(finished))
     return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last_batch, workdir=workdir,
-                        last_by_class=last_by_class)
+                        last_by_class=by_class)
 
 
 def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
@@ -498,12 +438,12 @@ def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
     # Adam's state is in the checkpoint too; expect_partial() lets us skip it here.
     tf.train.Checkpoint(model=model, step=step_var).restore(tf.train.latest_checkpoint(str(manager_dir))).expect_partial()
     last, by_class = workdir / LAST_BATCH, workdir / LAST_BY_CLASS
-    last_by_class = None
+    kept = None
     if by_class.exists():
         with np.load(by_class) as z:
-            last_by_class = (z["images"], z["labels"])
+            kept = (z["images"].astype(np.float32) / np.float32(255), z["labels"])
     return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=np.load(last) if last.exists() else None,
-                        workdir=workdir, last_by_class=last_by_class)
+                        workdir=workdir, last_by_class=kept)
 
 
 def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500) -> dict:
@@ -515,7 +455,7 @@ def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batc
     """
     _check_shape(trained.model.cfg, data)
     labelled = data.labels is not None and data.classes
-    _, held = split(len(data.images), train_cfg, data.labels if conditional_classes(data.classes) else None)
+    _, held = split(len(data.images), train_cfg, stream_labels(data))
     if len(held) == 0:
         raise QdError("nothing to evaluate: train.holdout is 0, so there are no held-out images")
     # The model's class index of each of the set's classes.
