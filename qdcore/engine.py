@@ -21,6 +21,8 @@ from .recipe import Recipe
 
 Log = Callable[[str], None]
 
+MODEL_RECIPE = "recipe.json"
+
 # Stage numbers keep each step's random stream independent of the others.
 _STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT = 1, 2, 3, 4
 
@@ -105,14 +107,17 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
     return data
 
 
-def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False, log: Log = _quiet_log):
+def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False, on_step=None,
+                 log: Log = _quiet_log):
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
     from . import train  # TensorFlow lives behind this import
 
     category = shared_category(recipe, data, log)
     if category is None:
-        return train.train(recipe.model, recipe.train, data, model_dir(recipe), restart=restart, quiet=quiet)
+        workdir = model_dir(recipe)
+        _describe_model(recipe, workdir)
+        return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
     shared = recipe.shared
     if restart:
         raise RecipeError(f"this recipe draws {category!r} from the shared model {shared.recipe.name!r}; "
@@ -160,6 +165,23 @@ def trained_recipe(recipe: Recipe, trained) -> Recipe:
 def _not_cached(shared) -> str:
     return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}); "
             f"build it once with `{shared.build_command()}`")
+
+
+def _describe_model(recipe: Recipe, workdir: Path) -> None:
+    """recipe.json beside the checkpoints: the sections that made this model, so a list of
+    cached models (qd studio) can say what each is and rebuild a recipe that reuses it."""
+    import json
+
+    from .atomic import atomic_path
+
+    target = workdir / MODEL_RECIPE
+    if target.exists():
+        return
+    raw = recipe.raw or {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps({"name": recipe.name, "model_key": recipe.model_key(), "dataset": raw.get("dataset"),
+                                   "model": recipe.model.as_dict(), "train": recipe.train.as_dict()}, default=str))
 
 
 def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], quiet: bool = False):
