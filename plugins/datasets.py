@@ -22,7 +22,7 @@ from typing import Annotated, Iterator, Literal, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from qdcore import Context, Dataset, ImageSet, InputError, Range, RecipeError, hookimpl
+from qdcore import Context, Dataset, ImageSet, ImageStack, InputError, Range, RecipeError, hookimpl
 from qdcore.atomic import atomic_path
 from qdcore.paths import data_dir as env_data_dir
 
@@ -36,6 +36,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 Binarize = Literal["none", "threshold", "dynamic"]
 Limit = Optional[Annotated[int, Range(1, None)]]
 Threshold = Optional[Annotated[float, Range(0.0, 1.0)]]
+Mix = Literal["balanced", "proportional"]
+ALL = "all"
 
 
 def categories() -> list[str]:
@@ -47,6 +49,8 @@ def categories() -> list[str]:
 
 
 def _check_categories(value: Union[str, list[str]], who: str) -> list[str]:
+    if value == ALL:
+        return categories()
     names = [value] if isinstance(value, str) else list(value)
     if not names:
         raise RecipeError(f"{who}: `category` is an empty list; name at least one category")
@@ -197,25 +201,41 @@ def resize_stack(images: np.ndarray, shape: tuple[int, int], chunk: int = 4096) 
     return out
 
 
-def _join(parts: list[np.ndarray]) -> np.ndarray:
-    # One part stays a memmap view; several are concatenated into memory (a copy).
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
 class _Categories(Dataset):
     """What the two Quick, Draw! datasets share; each keeps its own explicit signature,
-    since that signature is what a recipe is validated against."""
+    since that signature is what a recipe is validated against.
+
+    Several categories become one labelled set whose images stay per-category memmaps behind
+    an ImageStack: nothing is concatenated into memory, however many categories.
+    """
 
     who = ""
+    # `mix` came after models were cached: left at its default it stays out of the model key,
+    # so a recipe written before it keeps its cached model (qdcore.recipe.Recipe.model_key).
+    key_omits_default = ("mix",)
 
-    def _setup(self, category, limit, binarize, threshold) -> None:
+    def _setup(self, category, limit, binarize, threshold, mix) -> None:
+        self.everything = category == ALL
         self.categories = _check_categories(category, self.who)
         self.limit = limit
         self.binarize = binarize
         self.threshold = _check_binarize(binarize, threshold, self.who)
+        self.mix = mix
+
+    def _image_set(self, parts: list[np.ndarray]) -> ImageSet:
+        counts = [len(p) for p in parts]
+        name = ALL if self.everything else "+".join(self.categories)
+        # One category stays the memmap itself; labels are 2 bytes a drawing (345 < 2^15).
+        images = parts[0] if len(parts) == 1 else ImageStack(parts)
+        labels = np.repeat(np.arange(len(parts), dtype=np.int16), counts)
+        return ImageSet(images, name, self.binarize, self.threshold, labels=labels,
+                        classes=list(self.categories), mix=self.mix)
 
     def describe(self) -> str:
-        out = f"{self.who}:{','.join(self.categories)}"
+        cats = ALL if self.everything else ','.join(self.categories)
+        out = f"{self.who}:{cats}"
+        if len(self.categories) > 1:
+            out += f":mix={self.mix}"
         if self.limit:
             out += f":limit={self.limit}"
         if self.binarize != "none":
@@ -235,8 +255,9 @@ class QuickDraw(_Categories):
         limit: Limit = None,
         binarize: Binarize = "none",
         threshold: Threshold = None,
+        mix: Mix = "balanced",
     ):
-        self._setup(category, limit, binarize, threshold)
+        self._setup(category, limit, binarize, threshold, mix)
 
     def load(self, ctx: Context) -> ImageSet:
         shape = tuple(ctx.image_shape)
@@ -248,7 +269,7 @@ class QuickDraw(_Categories):
             if shape != (BITMAP_SIDE, BITMAP_SIDE):
                 images = resize_stack(images, shape)
             parts.append(images)
-        return ImageSet(_join(parts), "+".join(self.categories), self.binarize, self.threshold)
+        return self._image_set(parts)
 
 
 # --- simplified strokes -------------------------------------------------------------------------
@@ -298,8 +319,9 @@ class QuickDrawStrokes(_Categories):
         binarize: Binarize = "none",
         threshold: Threshold = None,
         supersample: Annotated[int, Range(1, 32)] = 8,
+        mix: Mix = "balanced",
     ):
-        self._setup(category, limit, binarize, threshold)
+        self._setup(category, limit, binarize, threshold, mix)
         self.supersample = supersample
 
     def describe(self) -> str:
@@ -307,8 +329,7 @@ class QuickDrawStrokes(_Categories):
 
     def load(self, ctx: Context) -> ImageSet:
         shape = tuple(int(s) for s in ctx.image_shape)
-        parts = [self._one(cat, shape, ctx) for cat in self.categories]
-        return ImageSet(_join(parts), "+".join(self.categories), self.binarize, self.threshold)
+        return self._image_set([self._one(cat, shape, ctx) for cat in self.categories])
 
     def _one(self, cat: str, shape: tuple[int, int], ctx: Context) -> np.ndarray:
         source = locate("simplified", f"{cat}.ndjson", ctx)

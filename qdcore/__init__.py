@@ -8,13 +8,14 @@ Importing qdcore does not import TensorFlow.
 """
 from .errors import InputError, PluginError, QdError, RecipeError, TrainingError, UnknownNameError
 from .hookspecs import hookimpl
+from .imagestack import ImageStack
 from .interfaces import Context, Dataset, Drawing, Filter, ImageSet, SeedInput, SeedStrategy, Writer
 from .params import Range
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "hookimpl", "Range", "Context", "Dataset", "Drawing", "Filter", "ImageSet", "SeedInput",
+    "hookimpl", "Range", "Context", "Dataset", "Drawing", "Filter", "ImageSet", "ImageStack", "SeedInput",
     "SeedStrategy", "Writer", "QdError", "RecipeError", "UnknownNameError", "InputError",
     "PluginError", "TrainingError", "__version__",
 ]

@@ -181,7 +181,7 @@ def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: Step
     it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
 
     def run_step():
-        k, x = next(it)
+        k, x, _ = next(it)
         lx, lz, _, ok = (v.numpy() for v in step(x, k))
         assert ok
 
@@ -294,7 +294,7 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     for mark in marks:
         t0 = time.perf_counter()
         while elapsed + (time.perf_counter() - t0) < mark * 60:
-            k, x = next(it)
+            k, x, _ = next(it)
             lx, lz, _, ok = (v.numpy() for v in step_fn(x, k))
             if not ok:
                 raise TrainingError(f"non-finite loss at step {int(k) + 1}; try a lower learning_rate or clip_norm")

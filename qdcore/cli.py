@@ -159,7 +159,7 @@ def train(
     r = _recipe(recipe, iterations=iterations, sets=sets)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet)
-    trained = engine.ensure_model(r, data, restart=restart, quiet=quiet)
+    trained = engine.ensure_model(r, data, restart=restart, quiet=quiet, log=_log(quiet))
     typer.echo(f"model at step {trained.step}: {trained.workdir}")
 
 
@@ -207,15 +207,27 @@ def evaluate(
     debug: bool = DebugOpt,
 ):
     """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model."""
-    from . import engine
+    from . import engine, models
     from . import train as trainer
 
     r = _recipe(recipe, iterations=iterations)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet)
-    trained = engine.ensure_model(r, data, quiet=quiet)
-    figures = trainer.evaluate(trained, data, r.train)
+    trained = engine.ensure_model(r, data, quiet=quiet, log=_log(quiet))
+    owner = engine.trained_recipe(r, trained)
+    figures = trainer.evaluate(trained, data, owner.train)
+    if owner is r:  # a shared model scored on one category's drawings keeps its own figures
+        models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
+
+
+@app.command("models")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), debug: bool = DebugOpt):
+    """List the trained models in the cache: name, categories, steps, held-out bound, size, path."""
+    from . import models, paths
+
+    rows = models.listing(paths.cache_dir())
+    typer.echo(json.dumps(rows, indent=2) if as_json else models.table(rows))
 
 
 @bench_app.command("train")
@@ -253,6 +265,21 @@ def bench_quality(
     figures, drawing = bench.bench_quality(r.model, r.train, data, sorted(minutes), r.generate.n, quiet=quiet)
     written = engine.write(r, built, engine.apply_filters(r, built, drawing, quiet), path, quiet)
     typer.echo(json.dumps({**figures, "sheet": str(written)}))
+
+
+@bench_app.command("data")
+def bench_data(
+    recipe: Path = typer.Argument(..., help="A recipe naming the dataset (e.g. recipes/zoo-26.yaml)."),
+    batches: int = typer.Option(50, "--batches", min=0, help="Training batches to draw after the split."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """Memory (peak RSS) and time of loading a recipe's dataset, splitting it and drawing batches."""
+    from . import engine
+    from .bench_data import bench_data as measure_data
+
+    r = _recipe(recipe)
+    typer.echo(json.dumps(measure_data(r, engine.prepare(r), batches, quiet)))
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None):

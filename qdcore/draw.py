@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from .conditioning import Category, ClassConditioning, conditional_classes, unconditional_labels
 from .config import ModelConfig
 from .errors import InputError
 from .interfaces import Drawing
@@ -115,9 +116,13 @@ def _lstm_bias(units: int) -> np.ndarray:
 
 
 class Draw(tf.Module):
-    """The DRAW network. Any batch size (including 1), any H x W (square or not)."""
+    """The DRAW network. Any batch size (including 1), any H x W (square or not).
 
-    def __init__(self, cfg: ModelConfig, seed: int = 0):
+    With `classes` (2 or more names) it is class-conditional (qdcore/conditioning.py);
+    without, it is the unconditional model, variable for variable.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0, classes=None):
         super().__init__(name="draw")
         self.cfg = cfg
         H, W = cfg.height, cfg.width
@@ -145,17 +150,25 @@ class Draw(tf.Module):
         self.out_bias = tf.Variable(np.zeros(self.write_size + n_windows, np.float32), name="out_bias")
         # Fresh noise for loss(training=True) without a seed; checkpointed with the model.
         self.noise = tf.random.Generator.from_seed(seed)
+        # A tuple: tf.Module would wrap a list in a trackable ListWrapper.
+        classes = conditional_classes(classes)
+        self.classes = None if classes is None else tuple(classes)
+        # Drawn after every other weight, so the unconditional weights do not depend on it.
+        self.conditioning = None if self.classes is None else ClassConditioning(
+            self.classes, 4 * cfg.enc_size, 4 * cfg.dec_size, rng)
 
         spec_x = tf.TensorSpec([None, H, W], tf.float32)
         spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
-        self._reconstruct_fn = tf.function(lambda x, eps: self._run(x, eps, True, True)[2:], autograph=False, input_signature=[spec_x, spec_eps])
-        self._sample_fn = tf.function(lambda eps: self._run(None, eps, False, True)[2:], autograph=False, input_signature=[spec_eps])
-        self._loss_fn = tf.function(self.loss_with_noise, autograph=False, input_signature=[spec_x, spec_eps])
+        spec_y = tf.TensorSpec([None], tf.int32)
+        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:], autograph=False, input_signature=[spec_eps, spec_y])
+        self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y), autograph=False, input_signature=[spec_x, spec_eps, spec_y])
 
     @property
     def weights(self) -> list[tf.Variable]:
+        extra = self.conditioning.weights if self.conditioning is not None else []
         return [self.enc_kernel, self.enc_bias, self.z_kernel, self.z_bias,
-                self.dec_kernel, self.dec_bias, self.out_kernel, self.out_bias]
+                self.dec_kernel, self.dec_bias, self.out_kernel, self.out_bias] + extra
 
     # -- the network ---------------------------------------------------------------------
 
@@ -192,14 +205,15 @@ class Draw(tf.Module):
         """Read, encoder LSTM, posterior sample. Separate so tests can spy on it."""
         cfg = self.cfg
         r = self._read(x, x_hat, read_p)
-        h_enc, c_enc = lstm_step(tf.concat([r, h_dec, h_enc], 1), c_enc, kernels["enc"], self.enc_bias)
+        h_enc, c_enc = lstm_step(tf.concat([r, h_dec, h_enc], 1), c_enc, kernels["enc"], kernels["enc_bias"])
         mu, log_sigma = tf.split(dense(h_enc, kernels["z"], self.z_bias), 2, axis=1)
         log_sigma = tf.clip_by_value(log_sigma, LOG_SIGMA_MIN, LOG_SIGMA_MAX)
         z = mu + tf.exp(log_sigma) * eps_t
         return z, h_enc, c_enc, gaussian_kl(mu, log_sigma)
 
-    def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32"):
+    def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None):
         """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
+        labels (B,) int32: the class of each row (ignored by an unconditional model).
 
         Returns (logits c_T, L^z per image, canvases (T,B,H,W) or None, windows (T,B,3) or None).
         """
@@ -207,6 +221,9 @@ class Draw(tf.Module):
         # Cast once per run, not once per step: the T steps share each kernel.
         kernels = {name: tf.cast(var, precision) for name, var in
                    [("enc", self.enc_kernel), ("z", self.z_kernel), ("dec", self.dec_kernel), ("out", self.out_kernel)]}
+        kernels["enc_bias"], kernels["dec_bias"] = self.enc_bias, self.dec_bias
+        if self.conditioning is not None:  # the class's row joins the gate biases, once per run
+            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.gate_biases(labels, self.enc_bias, self.dec_bias)
         b = tf.shape(eps)[1]
         canvas = tf.zeros([b, cfg.height, cfg.width])
         h_dec = tf.zeros([b, cfg.dec_size])
@@ -224,7 +241,7 @@ class Draw(tf.Module):
                 lz += kl
             else:
                 z = eps[t]
-            h_dec, c_dec = lstm_step(tf.concat([z, h_dec], 1), c_dec, kernels["dec"], self.dec_bias)
+            h_dec, c_dec = lstm_step(tf.concat([z, h_dec], 1), c_dec, kernels["dec"], kernels["dec_bias"])
             out = dense(h_dec, kernels["out"], self.out_bias)
             w = out[:, :self.write_size]
             delta_canvas, window = self._write(w, out[:, self.write_size:self.write_size + 5] if cfg.attention else None)
@@ -238,7 +255,7 @@ class Draw(tf.Module):
             return canvas, lz, None, None
         return canvas, lz, tf.stack(canvases), (tf.stack(windows) if cfg.attention else None)
 
-    def loss_with_noise(self, x, eps, precision: str = "float32"):
+    def loss_with_noise(self, x, eps, precision: str = "float32", labels=None):
         """Per-image L^x and L^z (nats) for targets x (B,H,W) and noise eps (T,B,z).
 
         precision "bfloat16" does the LSTM and output matmuls (97% of the FLOPs) in
@@ -249,7 +266,7 @@ class Draw(tf.Module):
         bound on cat after 2,000 steps matched float32's within 0.5 nats without it
         (docs/performance.md).
         """
-        logits, lz, _, _ = self._run(x, eps, True, False, precision)
+        logits, lz, _, _ = self._run(x, eps, True, False, precision, labels)
         # BCE from logits: log(1+exp(-|c|)) form, finite for any logit (no log(0)).
         lx = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=[1, 2])
         return lx, lz
@@ -259,12 +276,13 @@ class Draw(tf.Module):
     def noise_shape(self, batch) -> list:
         return [self.cfg.T, batch, self.cfg.z_size]
 
-    def loss(self, x, training: bool = True, seed: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    def loss(self, x, training: bool = True, seed: int | None = None, labels=None) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-image L^x and L^z in nats, shape (B,), for float32 targets x (B,H,W) in [0,1].
 
         The bound is a one-sample estimate. training=True draws fresh noise (from the model's
         own generator) unless `seed` is given; training=False uses seed 0 by default so an
         evaluation is repeatable. DRAW has no dropout or batch norm, so nothing else differs.
+        labels (B,) are the rows' class indices for a conditional model.
         """
         x = tf.convert_to_tensor(x, tf.float32)
         shape = self.noise_shape(tf.shape(x)[0])
@@ -272,7 +290,8 @@ class Draw(tf.Module):
             eps = self.noise.normal(shape)
         else:
             eps = tf.random.stateless_normal(shape, seed=[0 if seed is None else seed, 0])
-        return self._loss_fn(x, eps)
+        y = tf.zeros(tf.shape(x)[:1], tf.int32) if labels is None else tf.cast(labels, tf.int32)
+        return self._loss_fn(x, eps, y)
 
     def _prior_noise(self, n: int, seed: int | None) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -288,15 +307,25 @@ class Draw(tf.Module):
             model_shape=(self.cfg.height, self.cfg.width),
         )
 
-    def reconstruct(self, seeds: np.ndarray, seed: int | None = None) -> Drawing:
-        """Run encoder and decoder on (n,H,W) seed images in [0,1]: a noisy reconstruction."""
+    def labels(self, n: int, category: Category = None) -> np.ndarray:
+        """(n,) class indices for a category name, index or list (qdcore/conditioning.py)."""
+        if self.conditioning is None:
+            return unconditional_labels(n, category)
+        return self.conditioning.labels(n, category)
+
+    def reconstruct(self, seeds: np.ndarray, seed: int | None = None, category: Category = None) -> Drawing:
+        """Run encoder and decoder on (n,H,W) seed images in [0,1]: a noisy reconstruction,
+        steered towards `category` by a conditional model."""
         x = np.asarray(seeds, np.float32)
         expect = (self.cfg.height, self.cfg.width)
         if x.ndim != 3 or x.shape[1:] != expect:
             raise InputError(f"seed images must be (n, {expect[0]}, {expect[1]}), got {x.shape}")
         x = np.clip(x, 0.0, 1.0)
-        return self._drawing(self._reconstruct_fn(x, self._prior_noise(len(x), seed)), "reconstruction")
+        y = self.labels(len(x), category)
+        return self._drawing(self._reconstruct_fn(x, self._prior_noise(len(x), seed), y), "reconstruction")
 
-    def sample(self, n: int, seed: int | None = None) -> Drawing:
-        """Generate n images from the prior: z_t ~ N(0, I), decoder only, no encoder."""
-        return self._drawing(self._sample_fn(self._prior_noise(int(n), seed)), "prior")
+    def sample(self, n: int, seed: int | None = None, category: Category = None) -> Drawing:
+        """Generate n images from the prior: z_t ~ N(0, I), decoder only, no encoder. A
+        conditional model draws `category` (a name), or its categories in turn if None."""
+        y = self.labels(int(n), category)
+        return self._drawing(self._sample_fn(self._prior_noise(int(n), seed), y), "prior")

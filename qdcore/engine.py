@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import paths
-from .errors import InputError, PluginError
+from . import models, paths
+from .errors import InputError, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
 
@@ -48,7 +48,11 @@ class RunResult:
 
 
 def prepare(recipe: Recipe) -> Built:
-    """Instantiate every step; constructors check their parameters (files exist, ...)."""
+    """Instantiate every step; constructors check their parameters (files exist, ...), and a
+    shared model the recipe insists on (`model.from`, if_missing: error) is in the cache."""
+    shared = recipe.shared
+    if shared is not None and shared.if_missing == "error" and not models.is_finished(model_dir(shared.recipe)):
+        raise InputError(f"{shared.where}: {_not_cached(shared)}")
     return Built(
         dataset=recipe.dataset.build(),
         seeds=[s.build() for s in recipe.seeds],
@@ -103,12 +107,64 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
     return data
 
 
-def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False, on_step=None):
+def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False, on_step=None,
+                 log: Log = _quiet_log):
+    """The recipe's trained model: its `model.from` shared model held to the recipe's
+    category when that is cached, else its own (trained now, or reused from the cache)."""
     from . import train  # TensorFlow lives behind this import
 
-    workdir = model_dir(recipe)
-    _describe_model(recipe, workdir)
-    return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
+    category = shared_category(recipe, data, log)
+    if category is None:
+        workdir = model_dir(recipe)
+        _describe_model(recipe, workdir)
+        return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
+    shared = recipe.shared
+    if restart:
+        raise RecipeError(f"this recipe draws {category!r} from the shared model {shared.recipe.name!r}; "
+                          f"to retrain that, run `{shared.build_command()} --restart`", shared.where)
+    from .conditioning import Steered
+
+    trained = train.load(shared.recipe.model, model_dir(shared.recipe))
+    index = int(trained.model.labels(1, category)[0])
+    return replace(trained, model=Steered(trained.model, category), last_batch=trained.last_of(index))
+
+
+def shared_category(recipe: Recipe, data: ImageSet, log: Log = _quiet_log) -> Optional[str]:
+    """The category this recipe draws from its `model.from` model, or None when it trains
+    its own (no `from`, or `if_missing: train` and the shared model cannot serve it)."""
+    shared = recipe.shared
+    if shared is None:
+        return None
+    if not data.classes or len(data.classes) != 1:
+        raise RecipeError(f"a shared model draws one category, and the dataset gives "
+                          f"{len(data.classes) if data.classes else 'no'} category names: name one category", shared.where)
+    category, workdir, name = data.classes[0], model_dir(shared.recipe), shared.recipe.name
+    if not models.is_finished(workdir):
+        problem = _not_cached(shared)
+    elif category not in (models.classes(workdir) or []):
+        known = models.classes(workdir) or []
+        problem = f"the shared model {name!r} was not trained on {category!r} (its {len(known)} categories: {', '.join(known) or 'none'})"
+    else:
+        if (shared.recipe.model.height, shared.recipe.model.width) != (recipe.model.height, recipe.model.width):
+            raise RecipeError(f"the shared model {name!r} draws {shared.recipe.model.height}x{shared.recipe.model.width} images, "
+                              f"this recipe's model is {recipe.model.height}x{recipe.model.width}: make them agree", shared.where)
+        log(f"model: {category!r} from the shared model {name!r}")
+        return category
+    if shared.if_missing == "error":
+        raise InputError(f"{shared.where}: {problem}")
+    log(f"model: {problem}; training this recipe's own model instead (if_missing: train)")
+    return None
+
+
+def trained_recipe(recipe: Recipe, trained) -> Recipe:
+    """The recipe that trained `trained`: `recipe`, or the one its `model.from` names."""
+    shared = recipe.shared
+    return shared.recipe if shared is not None and Path(trained.workdir) == model_dir(shared.recipe) else recipe
+
+
+def _not_cached(shared) -> str:
+    return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}); "
+            f"build it once with `{shared.build_command()}`")
 
 
 def _describe_model(recipe: Recipe, workdir: Path) -> None:
@@ -175,7 +231,7 @@ def run(recipe: Recipe, *, out: Optional[Path] = None, quiet: bool = False, log:
     path = output_path(recipe, built, out)
     data = load_data(recipe, built, quiet)
     log(f"dataset: {built.dataset.describe()} ({len(data.images)} images)")
-    trained = ensure_model(recipe, data, quiet=quiet)
+    trained = ensure_model(recipe, data, quiet=quiet, log=log)
     log(f"model: step {trained.step} in {trained.workdir}")
     seeds = make_seeds(recipe, built, data, trained.last_batch, quiet)
     drawing = generate(recipe, trained.model, seeds)

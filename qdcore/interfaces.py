@@ -23,12 +23,21 @@ class ImageSet:
     into Python objects. `binarize` tells the trainer how to turn greyscale into targets:
     "none" (greyscale targets), "threshold" (x > threshold), "dynamic" (x ~ Bernoulli(x),
     resampled every time an example is seen).
+
+    A set of several categories also gives `labels` (N,) integers indexing `classes`, the
+    category names, and `mix`: how the trainer draws from them, "balanced" (each category
+    equally often, small ones repeated within a cycle) or "proportional" (each drawing once
+    a cycle). A plugin that sets none of them gives one unlabelled category, as before.
+    `images` may then be a qdcore.ImageStack: per-category memmaps seen as one array.
     """
 
     images: np.ndarray
     name: str
     binarize: Literal["none", "threshold", "dynamic"] = "none"
     threshold: float = 0.5
+    labels: Optional[np.ndarray] = None
+    classes: Optional[list[str]] = None
+    mix: Literal["balanced", "proportional"] = "balanced"
 
     def as_float(self, index=slice(None)) -> np.ndarray:
         """Rows `index` as float32 in [0, 1] (before binarization)."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, Optional
 
 import yaml
 
@@ -45,6 +46,20 @@ class Step:
 
 
 @dataclass
+class Shared:
+    """`model: {from: NAME}`: draw this recipe's category with another recipe's trained
+    multi-category model. `if_missing` says what happens when that model is not in the cache
+    or does not know the category: "error", or "train" this recipe's own model."""
+
+    recipe: "Recipe"
+    if_missing: Literal["error", "train"]
+    where: str
+
+    def build_command(self) -> str:
+        return f"qd train {shlex.quote(_shown(self.recipe.path))}"
+
+
+@dataclass
 class Recipe:
     path: Path
     name: str
@@ -58,6 +73,7 @@ class Recipe:
     output: Step
     output_path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    shared: Optional[Shared] = None
 
     @property
     def folder(self) -> Path:
@@ -76,9 +92,15 @@ class Recipe:
     def model_key(self) -> str:
         """Hash of what decides the trained weights: the dataset step, the model and training
         sections. Two recipes that agree on these share one cached model."""
+        # A parameter a component added later (listed in its `key_omits_default`) stays out
+        # of the key while at its default, so models cached before it existed are still found.
+        omitted = getattr(self.dataset.entry.factory, "key_omits_default", ())
+        defaults = params.parameters(self.dataset.entry.factory)
+        dataset = {k: _jsonable(v) for k, v in self.dataset.params.items()
+                   if not (k in omitted and v == defaults[k].default)}
         material = {
             "format": MODEL_FORMAT,
-            "dataset": {"use": self.dataset.use, **{k: _jsonable(v) for k, v in self.dataset.params.items()}},
+            "dataset": {"use": self.dataset.use, **dataset},
             "model": self.model.as_dict(),
             "train": self.train.as_dict(),
         }
@@ -144,7 +166,8 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
     if "dataset" not in data:
         raise RecipeError("missing section `dataset:` (for example `dataset: {use: quickdraw, category: cat}`)", label)
     dataset = _step(data["dataset"], "datasets", "dataset", registry, label, folder)
-    model = _config(ModelConfig, data.get("model"), "model", label)
+    model_raw, shared = _shared(data.get("model"), folder, registry, label)
+    model = _config(ModelConfig, model_raw, "model", label)
     train = _config(TrainConfig, data.get("train"), "train", label)
     generate = _config(GenerateConfig, data.get("generate"), "generate", label)
 
@@ -169,7 +192,45 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
         output_path = params.coerce(out_raw.pop("path"), Path, at("output.path"), folder)
     output = _step(out_raw, "writers", "output", registry, label, folder)
 
-    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data)
+    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data, shared)
+
+
+SHARED_KEYS = ("from", "if_missing")
+
+
+def _shared(model: Any, folder: Path, registry: Registry, label: str) -> tuple[Any, Optional[Shared]]:
+    """Split `model.from` / `model.if_missing` off the model section; load the named recipe.
+
+    `from: zoo-26` names the recipe zoo-26.yaml beside this one; a value ending in .yaml (or
+    .yml) is a path, relative to this recipe's folder. The rest of the section configures
+    this recipe's own model, trained only when `if_missing: train` falls back to it.
+    """
+    if not isinstance(model, dict) or not any(k in model for k in SHARED_KEYS):
+        return model, None
+    rest = {k: v for k, v in model.items() if k not in SHARED_KEYS}
+    where = f"{label}: model.from"
+    if "from" not in model:
+        raise RecipeError("`if_missing` needs `from:` naming a shared model's recipe, for example `from: zoo-26`", f"{label}: model.if_missing")
+    source = model["from"]
+    if not isinstance(source, str) or not source.strip():
+        raise RecipeError(f"{source!r} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where)
+    if_missing = params.coerce(model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing")
+    path = folder / source if source.endswith((".yaml", ".yml")) else folder / f"{source}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"no recipe {source!r}: {path} does not exist. Name a recipe beside this one "
+                          "(zoo-26 for zoo-26.yaml) or give the path to its .yaml", where)
+    shared = load(path, registry)
+    if shared.shared is not None:
+        raise RecipeError(f"{_shown(path)} itself uses `model.from`; name the recipe that trains the model", where)
+    return rest, Shared(shared, if_missing, where)
+
+
+def _shown(path: Path) -> str:
+    """A path as a person would type it: relative to the cwd when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _list(value: Any, where: str, label: str) -> list:

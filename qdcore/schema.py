@@ -118,6 +118,15 @@ def config_schema(cls) -> dict:
     return s
 
 
+def _model_schema() -> dict:
+    """ModelConfig plus `from` / `if_missing`, which draw from a shared model (docs/categories.md)."""
+    s = config_schema(ModelConfig)
+    s["properties"]["from"] = {"type": "string", "description": "a recipe (zoo-26, or a path to its .yaml) whose trained multi-category model draws this recipe's category"}
+    s["properties"]["if_missing"] = {"enum": ["error", "train"], "default": "error",
+                                     "description": "when that model is not cached: stop with an error, or train this recipe's own"}
+    return s
+
+
 def recipe_schema(registry: Registry) -> dict:
     """The whole recipe: every installed plugin's components and their parameters."""
     output = step_schema("writers", registry)
@@ -135,7 +144,7 @@ def recipe_schema(registry: Registry) -> dict:
             "name": {"type": "string", "description": "names the output file and the cached model folder"},
             "seed": {"type": "integer", "default": 0, "description": "random seed of every step"},
             "dataset": {"$ref": "#/$defs/dataset"},
-            "model": config_schema(ModelConfig),
+            "model": _model_schema(),
             "train": config_schema(TrainConfig),
             "generate": config_schema(GenerateConfig),
             "seeds": {"type": "array", "items": {"$ref": "#/$defs/seed_strategy"}, "minItems": 1,

@@ -4,6 +4,8 @@ Everything for one model lives in the `workdir` the engine hands over:
     checkpoints/      tf.train.CheckpointManager (weights, Adam state, step, noise generator)
     last_batch.npy    the last training batch, for the "training-batch last" seed strategy
     finished.json     written atomically only once training reached train_cfg.iterations
+                      (with the class names of a conditional model)
+    last_by_class.npz a conditional model's last training images of each class
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
@@ -24,16 +26,19 @@ import numpy as np
 import tensorflow as tf
 
 from .atomic import atomic_path
+from .conditioning import conditional_classes
 from .config import ModelConfig, TrainConfig
 from .draw import Draw
 from .errors import Cancelled, InputError, QdError, TrainingError
 from .interfaces import ImageSet
 from .plan import Choice, StepPlan
 from . import plan as step_plans
+from .mixing import balanced_groups, cycle_length, cycle_order, last_by_class, split, stream_labels
+from .models import CHECKPOINTS, FINISHED
 
-FINISHED = "finished.json"
 LAST_BATCH = "last_batch.npy"
-CHECKPOINTS = "checkpoints"
+LAST_BY_CLASS = "last_by_class.npz"
+KEEP_PER_CLASS = 16
 
 
 @dataclass
@@ -42,13 +47,16 @@ class TrainedModel:
     step: int
     last_batch: np.ndarray | None
     workdir: Path
+    # A conditional model's last training images of each class: (images, labels), or None.
+    last_by_class: tuple[np.ndarray, np.ndarray] | None = None
 
-
-def split(n: int, train_cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) index arrays, sorted, deterministic from train_cfg.seed."""
-    perm = np.random.default_rng([train_cfg.seed, 0x5B11]).permutation(n)
-    n_held = int(round(n * train_cfg.holdout))
-    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+    def last_of(self, category: int) -> np.ndarray | None:
+        """The last training images of one class, oldest first (None if it has none)."""
+        if self.last_by_class is None:
+            return None
+        images, labels = self.last_by_class
+        mine = images[labels == category]
+        return mine if len(mine) else None
 
 
 def targets(data: ImageSet, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -66,21 +74,26 @@ def describe_targets(data: ImageSet) -> str:
 
 
 class Batches:
-    """Batch k of the cycling stream, computed on demand (numpy gather, no copy of the set)."""
+    """Batch k of the cycling stream, computed on demand (numpy gather, no copy of the set).
+    A labelled set is mixed as its `mix` says (qdcore/mixing.py) and batches carry labels."""
 
     def __init__(self, data: ImageSet, train_idx: np.ndarray, batch_size: int, seed: int):
         self.data, self.train_idx, self.batch_size, self.seed = data, train_idx, batch_size, seed
         self._perms: dict[int, np.ndarray] = {}
+        self.labels = stream_labels(data)
+        self._groups = balanced_groups(data, train_idx)
+        self.cycle_len = cycle_length(self._groups, train_idx)
 
     def _perm(self, cycle: int) -> np.ndarray:
         if cycle not in self._perms:
             if len(self._perms) > 4:  # a batch spans at most a few cycles; keep memory flat
                 self._perms.pop(min(self._perms))
-            self._perms[cycle] = np.random.default_rng([self.seed, 0xC1C1E, cycle]).permutation(self.train_idx)
+            rng = np.random.default_rng([self.seed, 0xC1C1E, cycle])
+            self._perms[cycle] = cycle_order(self._groups, self.train_idx, rng)
         return self._perms[cycle]
 
     def indices(self, k: int) -> np.ndarray:
-        n = len(self.train_idx)
+        n = self.cycle_len
         pos = np.arange(k * self.batch_size, (k + 1) * self.batch_size, dtype=np.int64)
         cycles, within = pos // n, pos % n
         return np.concatenate([self._perm(int(c))[within[cycles == c]] for c in np.unique(cycles)])
@@ -90,13 +103,28 @@ class Batches:
         # Dynamic binarization draws fresh bits every time an example is seen.
         return targets(self.data, self.indices(k), np.random.default_rng([self.seed, 0xB1, k]))
 
+    def labels_of(self, k) -> np.ndarray:
+        """Batch k's class labels (int32; zeros for an unlabelled or one-class set)."""
+        if self.labels is None:
+            return np.zeros(self.batch_size, np.int32)
+        return self.labels[self.indices(int(k))].astype(np.int32)
+
+    def last_by_class(self, last_k: int, keep: int = KEEP_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+        """Each class's last `keep` training images up to batch last_k, and their labels."""
+        rows, labels = last_by_class(self.indices, self.labels, len(self.data.classes), last_k,
+                                     self.batch_size, self.cycle_len, keep)
+        return targets(self.data, rows, np.random.default_rng([self.seed, 0xB1, last_k])), labels
+
     def dataset(self, start: int, stop: int) -> tf.data.Dataset:
+        """(k, images, labels) for batches start..stop-1."""
         h, w = self.data.images.shape[1:3]
 
         def load(k):
             x = tf.numpy_function(self, [k], tf.float32, stateful=False)
             x.set_shape([self.batch_size, h, w])
-            return k, x
+            y = tf.numpy_function(self.labels_of, [k], tf.int32, stateful=False)
+            y.set_shape([self.batch_size])
+            return k, x, y
 
         return tf.data.Dataset.range(start, stop).map(load).prefetch(2)
 
@@ -144,6 +172,11 @@ def learning_rate(step, train_cfg: TrainConfig):
     return lr
 
 
+def _labels(x, y):
+    """The batch's class labels for a conditional model; zeros (ignored) for an unconditional one."""
+    return tf.zeros(tf.shape(x)[:1], tf.int32) if y is None else y
+
+
 def _split_sizes(batch: int, streams: int) -> list[int]:
     return [batch // streams + (1 if i < batch % streams else 0) for i in range(streams)]
 
@@ -180,9 +213,9 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
         # the inter-op threads, so each core runs few, large kernels. Each returns its
         # part's sums and its part of the whole batch's mean-loss gradient.
         @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-        def part(xs, es, inv_batch):
+        def part(xs, es, ys, inv_batch):
             with tf.GradientTape() as tape:
-                lx, lz = model.loss_with_noise(xs, es, plan.precision)
+                lx, lz = model.loss_with_noise(xs, es, plan.precision, ys)
                 lx, lz = tf.reduce_sum(lx), tf.reduce_sum(lz)
                 loss = (lx + lz) * inv_batch
             return lx, lz, tape.gradient(loss, variables)
@@ -190,30 +223,33 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
         compiled_update = tf.function(update, jit_compile=True, autograph=False)
 
         @tf.function(jit_compile=False, reduce_retracing=True, autograph=False)
-        def step(x, k):
+        def step(x, k, y=None):
             with tf.device(device):
+                y = _labels(x, y)
                 batch = x.shape[0]
                 sizes = _split_sizes(batch, min(plan.streams, batch))
                 inv = tf.constant(1.0 / batch)
-                parts = [part(xs, es, inv) for xs, es in zip(tf.split(x, sizes, 0), tf.split(noise(x, k), sizes, 1))]
+                parts = [part(xs, es, ys, inv) for xs, es, ys in
+                         zip(tf.split(x, sizes, 0), tf.split(noise(x, k), sizes, 1), tf.split(y, sizes, 0))]
                 grads = [tf.add_n(list(g)) for g in zip(*[p[2] for p in parts])]
                 return compiled_update(tf.add_n([p[0] for p in parts]) * inv, tf.add_n([p[1] for p in parts]) * inv, grads, k)
         return step
 
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
-    def step(x, k):
+    def step(x, k, y=None):
         with tf.device(device):
+            y = _labels(x, y)
             eps = noise(x, k)
             batch = x.shape[0]
             streams = min(plan.streams, batch) if batch else 1
             with tf.GradientTape() as tape:
                 if streams > 1:
                     sizes = _split_sizes(batch, streams)
-                    parts = [model.loss_with_noise(xs, es, plan.precision)
-                             for xs, es in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1))]
+                    parts = [model.loss_with_noise(xs, es, plan.precision, ys)
+                             for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1), tf.split(y, sizes, 0))]
                     lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
                 else:
-                    lx, lz = model.loss_with_noise(x, eps, plan.precision)
+                    lx, lz = model.loss_with_noise(x, eps, plan.precision, y)
                 lx, lz = tf.reduce_mean(lx), tf.reduce_mean(lz)
                 loss = lx + lz
             return update(lx, lz, tape.gradient(loss, variables), k)
@@ -221,26 +257,8 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
     return step
 
 
-def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None) -> Choice:
-    """This run's step plan (plan.choose: forced, cached or measured) applied to this process."""
-    choice = step_plans.apply(step_plans.choose(model_cfg, train_cfg, say=say))
-    if choice.note:
-        say(choice.note)
-    return choice
-
-
-def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None, say=lambda m: None):
-    """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
-    matters: the plan first, because TensorFlow's threads can only be set before the model's
-    variables start it."""
-    if plan is None:
-        choice = plan_step(model_cfg, train_cfg, say)
-    else:
-        choice = plan if isinstance(plan, Choice) else Choice(plan, "given")
-    with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
-        model = Draw(model_cfg, seed=train_cfg.seed)
-        opt = Adam(model.weights, train_cfg.beta1)
-    return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say, classes=classes)
 
 
 class _Progress:
@@ -313,12 +331,32 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
         return load(model_cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_shape(model_cfg, data)
-    train_idx, _ = split(len(data.images), train_cfg)
+    classes = conditional_classes(data.classes)
+    train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say)
+def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None) -> Choice:
+    """This run's step plan (plan.choose: forced, cached or measured) applied to this process."""
+    choice = step_plans.apply(step_plans.choose(model_cfg, train_cfg, say=say))
+    if choice.note:
+        say(choice.note)
+    return choice
+
+
+def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None,
+                 say=lambda m: None, classes=None):
+    """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
+    matters: the plan first, because TensorFlow's threads can only be set before the model's
+    variables start it. `classes` (2 or more) makes the model class-conditional."""
+    if plan is None:
+        choice = plan_step(model_cfg, train_cfg, say)
+    else:
+        choice = plan if isinstance(plan, Choice) else Choice(plan, "given")
+    with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
+        model = Draw(model_cfg, seed=train_cfg.seed, classes=classes)
+        opt = Adam(model.weights, train_cfg.beta1)
+    return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     ckpt, manager = _checkpointing(model, opt, step_var, workdir)
     if manager.latest_checkpoint:
@@ -334,8 +372,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
             _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
 
     with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({choice.label()})") as progress:
-        for k, x in batches.dataset(start, train_cfg.iterations):
-            lx, lz, gnorm, ok = (v.numpy() for v in train_step(x, k))
+        for k, x, y in batches.dataset(start, train_cfg.iterations):
+            lx, lz, gnorm, ok = (v.numpy() for v in train_step(x, k, y))
             if not ok:
                 kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint had been saved yet"
                 raise TrainingError(
@@ -359,9 +397,21 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     if last_batch is None and (workdir / LAST_BATCH).exists():
         last_batch = np.load(workdir / LAST_BATCH)
     last_batch = None if last_batch is None else np.asarray(last_batch)
+    finished = {"step": int(step_var.numpy()), "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
+    by_class = None
+    if classes:
+        finished["classes"] = classes
+        if finished["step"] > 0:
+            by_class = batches.last_by_class(finished["step"] - 1)
+            with atomic_path(workdir / LAST_BY_CLASS) as tmp:
+                with open(tmp, "wb") as f:
+                    # As 0..255 bytes: a quarter of float32 (4.3 MB at 345 x 16), exact for
+                    # targets made from uint8 images or binarized.
+                    np.savez(f, images=np.round(by_class[0] * 255).astype(np.uint8), labels=by_class[1])
     with atomic_path(workdir / FINISHED) as tmp:
-        tmp.write_text(json.dumps({"step": int(step_var.numpy()), "model": model_cfg.as_dict(), "train": train_cfg.as_dict()}))
-    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last_batch, workdir=workdir)
+        tmp.write_text(json.dumps(finished))
+    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last_batch, workdir=workdir,
+                        last_by_class=by_class)
 
 
 def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
@@ -370,26 +420,47 @@ def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
     manager_dir = workdir / CHECKPOINTS
     if not (workdir / FINISHED).exists() or tf.train.latest_checkpoint(str(manager_dir)) is None:
         raise QdError(f"no finished model in {workdir}: train it first (qd train), or resume an interrupted run")
-    model = Draw(model_cfg)
+    classes = json.loads((workdir / FINISHED).read_text()).get("classes")
+    model = Draw(model_cfg, classes=classes)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     # Adam's state is in the checkpoint too; expect_partial() lets us skip it here.
     tf.train.Checkpoint(model=model, step=step_var).restore(tf.train.latest_checkpoint(str(manager_dir))).expect_partial()
-    last = workdir / LAST_BATCH
-    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=np.load(last) if last.exists() else None, workdir=workdir)
+    last, by_class = workdir / LAST_BATCH, workdir / LAST_BY_CLASS
+    kept = None
+    if by_class.exists():
+        with np.load(by_class) as z:
+            kept = (z["images"].astype(np.float32) / np.float32(255), z["labels"])
+    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=np.load(last) if last.exists() else None,
+                        workdir=workdir, last_by_class=kept)
 
 
 def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500) -> dict:
-    """The held-out bound L^x + L^z in nats per image (one-sample estimate, fixed noise)."""
+    """The held-out bound L^x + L^z in nats per image (one-sample estimate, fixed noise).
+
+    A labelled set is split per class and also gets `per_category` bounds. A conditional
+    model evaluates each image under its own class, by name, so a one-category set (cat.yaml)
+    can be scored by a shared model trained on many.
+    """
     _check_shape(trained.model.cfg, data)
-    _, held = split(len(data.images), train_cfg)
+    labelled = data.labels is not None and data.classes
+    _, held = split(len(data.images), train_cfg, stream_labels(data))
     if len(held) == 0:
         raise QdError("nothing to evaluate: train.holdout is 0, so there are no held-out images")
+    # The model's class index of each of the set's classes.
+    to_model = trained.model.labels(len(data.classes), data.classes) if trained.model.classes else None
     rng = np.random.default_rng([train_cfg.seed, 0xE7A1])
-    lx_sum = lz_sum = 0.0
+    sums = np.zeros((len(data.classes) if labelled else 1, 2))
     for i, lo in enumerate(range(0, len(held), batch_size)):
-        x = targets(data, held[lo:lo + batch_size], rng)
-        lx, lz = trained.model.loss(x, training=False, seed=i)
-        lx_sum += float(tf.reduce_sum(lx))
-        lz_sum += float(tf.reduce_sum(lz))
+        rows = held[lo:lo + batch_size]
+        x = targets(data, rows, rng)
+        own = data.labels[rows].astype(np.int64) if labelled else np.zeros(len(rows), np.int64)
+        lx, lz = trained.model.loss(x, training=False, seed=i, labels=None if to_model is None else to_model[own])
+        np.add.at(sums, own, np.stack([lx.numpy(), lz.numpy()], axis=1))
     n = len(held)
-    return {"bound": (lx_sum + lz_sum) / n, "lx": lx_sum / n, "lz": lz_sum / n, "n_images": n, "targets": describe_targets(data)}
+    lx_sum, lz_sum = sums.sum(axis=0)
+    out = {"bound": float(lx_sum + lz_sum) / n, "lx": float(lx_sum) / n, "lz": float(lz_sum) / n, "n_images": n, "targets": describe_targets(data)}
+    if labelled and len(data.classes) > 1:
+        counts = np.bincount(data.labels[held], minlength=len(data.classes))
+        out["per_category"] = {name: round(float(sums[c].sum() / counts[c]), 3)
+                               for c, name in enumerate(data.classes) if counts[c]}
+    return out

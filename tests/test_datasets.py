@@ -59,7 +59,7 @@ def test_unknown_category_suggests_close_names(wrong, suggestion):
 
 def test_parameters_validate_through_the_recipe_checker():
     out = check(QuickDraw, {"category": ["apple", "cat"], "limit": 10, "binarize": "threshold", "threshold": 0.3}, "dataset")
-    assert out == {"category": ["apple", "cat"], "limit": 10, "binarize": "threshold", "threshold": 0.3}
+    assert out == {"category": ["apple", "cat"], "limit": 10, "binarize": "threshold", "threshold": 0.3, "mix": "balanced"}
     assert check(QuickDrawStrokes, {"category": "windmill"}, "dataset")["supersample"] == 8
     for bad in ({"category": "apple", "limit": 0}, {"category": "apple", "binarize": "otsu"}, {"category": 3}, {}):
         with pytest.raises(RecipeError):

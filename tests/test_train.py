@@ -34,11 +34,11 @@ def _spy_steps(monkeypatch, before_step=None):
     def make(model, opt, cfg, *args, **kw):
         step = real(model, opt, cfg, *args, **kw)
 
-        def wrapped(x, k):
+        def wrapped(x, k, *labels):
             if before_step:
                 before_step(model, int(k))
             taken.append(int(k))
-            return step(x, k)
+            return step(x, k, *labels)
 
         return wrapped
 

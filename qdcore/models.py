@@ -1,0 +1,110 @@
+"""The cache of trained models: what `qd models` lists and what `model: {from: ...}` finds.
+
+Each model is a folder `<cache>/models/<recipe name>-<model key>/` written by qdcore.train:
+checkpoints/, finished.json once training completed (steps, settings, and the class names of
+a conditional model) and, once `qd eval` ran on the recipe that trained it, eval.json (the
+held-out bound). Reading them needs no TensorFlow, so `qd models` is fast.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from .atomic import atomic_path
+
+FINISHED = "finished.json"
+CHECKPOINTS = "checkpoints"
+EVALUATION = "eval.json"
+_KEY = re.compile(r"^(.*)-([0-9a-f]{16})$")
+
+
+def is_finished(workdir: Path) -> bool:
+    return (Path(workdir) / FINISHED).is_file()
+
+
+def _json(path: Path) -> Optional[dict]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def classes(workdir: Path) -> Optional[list[str]]:
+    """The class names of a finished conditional model; None for a one-category model."""
+    finished = _json(Path(workdir) / FINISHED) or {}
+    return finished.get("classes")
+
+
+def record_evaluation(workdir: Path, figures: dict) -> None:
+    """Keep the model's held-out figures beside it, for `qd models`."""
+    with atomic_path(Path(workdir) / EVALUATION) as tmp:
+        tmp.write_text(json.dumps(figures))
+
+
+def _checkpoint_step(workdir: Path) -> Optional[int]:
+    # tf.train.CheckpointManager's index file names the newest checkpoint `ckpt-<step>`.
+    try:
+        text = (workdir / CHECKPOINTS / "checkpoint").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', text, re.M)
+    return int(found.group(1)) if found else None
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def describe(workdir: Path) -> dict:
+    """One cached model: name, key, categories, steps, held-out bound, size, path, status."""
+    workdir = Path(workdir)
+    match = _KEY.match(workdir.name)
+    finished = _json(workdir / FINISHED)
+    evaluation = _json(workdir / EVALUATION) or {}
+    step = finished.get("step") if finished else _checkpoint_step(workdir)
+    return {
+        "name": match.group(1) if match else workdir.name,
+        "key": match.group(2) if match else None,
+        # A one-category model predates (or needs no) class names: it says what it was trained on.
+        "categories": (finished or {}).get("classes") or (finished or {}).get("dataset"),
+        "steps": step,
+        "status": "finished" if finished else ("partial" if step is not None else "empty"),
+        "bound": evaluation.get("bound"),
+        "size_bytes": _size(workdir),
+        "path": str(workdir),
+    }
+
+
+def listing(cache_dir: Path) -> list[dict]:
+    root = Path(cache_dir) / "models"
+    if not root.is_dir():
+        return []
+    return [describe(p) for p in sorted(root.iterdir()) if p.is_dir()]
+
+
+def table(rows: list[dict]) -> str:
+    """`qd models` as a person reads it."""
+    if not rows:
+        return "no trained models in the cache yet (qd train RECIPE makes one)"
+    lines = [f"{'NAME':<20} {'CATEGORIES':<28} {'STEPS':>7} {'BOUND':>8} {'SIZE':>9}  PATH"]
+    for r in rows:
+        cats = r["categories"]
+        if isinstance(cats, list):
+            cats = f"{len(cats)}: {', '.join(cats[:3])}{', ...' if len(cats) > 3 else ''}"
+        steps = "-" if r["steps"] is None else f"{r['steps']}" + ("" if r["status"] == "finished" else "*")
+        bound = "-" if r["bound"] is None else f"{r['bound']:.1f}"
+        lines.append(f"{r['name']:<20} {str(cats or '-'):<28.28} {steps:>7} {bound:>8} {_human(r['size_bytes']):>9}  {r['path']}")
+    if any(r["status"] != "finished" for r in rows):
+        lines.append("* training not finished (resume it with qd train)")
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
