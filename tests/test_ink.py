@@ -124,7 +124,7 @@ def test_drawn_steps_from_the_model_start_blank():
 
 
 def test_ink_validates_its_parameters():
-    assert check(Ink, {}, "f") == {"threshold": "otsu", "width": None, "size": None, "supersample": 4}
+    assert check(Ink, {}, "f") == {"threshold": "otsu", "width": None, "size": None, "supersample": 4, "min_length": None}
     assert check(Ink, {"threshold": 0.3, "width": 2}, "f")["threshold"] == 0.3
     for bad in ({"threshold": "auto"}, {"threshold": 1.5}, {"width": 0}, {"supersample": 0}, {"size": 0}):
         with pytest.raises(RecipeError):
@@ -157,12 +157,13 @@ def test_otsu_keeps_strong_strokes_and_drops_faint_haze():
 def _bar(thickness: int) -> np.ndarray:
     x = np.zeros((1, 28, 28), np.float32)
     x[0, 14 - thickness // 2:14 - thickness // 2 + thickness, 4:24] = 1.0
-    return x
+    x[0, 14 - thickness // 2 - 1:14 - thickness // 2 + thickness + 1, 4:24] += 0.5  # soft edges
+    return np.clip(x, 0, 1)
 
 
 @pytest.mark.parametrize("width", [2.0, 4.0, 7.0])
 def test_pen_width_is_in_output_pixels_whatever_the_stroke(width):
-    for thickness in (3, 6):
+    for thickness in (2, 3):  # DRAW's blurred strokes are 1.5-3 model pixels wide
         out = Ink(width=width, size=112, threshold=0.5).apply(_bar(thickness), ctx())
         assert out.shape == (1, 112, 112)
         column = out[0, :, 56]  # across the bar, in the middle
@@ -188,3 +189,15 @@ def test_ink_keeps_ink_growing_across_step_frames():
     assert out[0].max() == 0.0
     assert np.all(np.diff(out.sum(axis=(1, 2, 3))) >= 0)
     assert out.min() >= 0 and out.max() <= 1 and out.dtype == np.float32
+
+
+def test_pen_follows_a_blurred_outline_instead_of_filling_it():
+    yy, xx = np.mgrid[:28, :28]
+    radius = np.hypot(xx - 13.5, yy - 13.5)
+    ring = np.exp(-((radius - 8) ** 2) / 2)[None].astype(np.float32)  # a soft circle, 8 px radius
+    out = Ink(width=3, size=84, threshold=0.3).apply(ring, ctx())[0]
+    r84 = np.hypot(*(np.mgrid[:84, :84] - 41.5))
+    on_ring = np.abs(r84 - 24) < 1
+    assert out[on_ring].mean() > 0.9  # the pen goes round the circle
+    assert out[r84 < 18].max() == 0.0 and out[r84 > 30].max() == 0.0  # not filled, nothing outside
+    assert 2.0 < out[42, :].sum() / 2 < 4.0  # crossed twice, each time about the pen's width
