@@ -2,7 +2,7 @@
 display chains, every sheet written by qd's own png-sheet writer.
 
     QD_DATA_DIR=../shared/data/quickdraw .venv/bin/python docs/quality_sheets.py \
-        recipes/cat-quality.yaml docs/img --prefix cat
+        recipes/cat-quality.yaml docs/img --prefix cat --iterations 2000
 
 trains the recipe's model if it is not cached yet (as `qd train` would), then writes
 PREFIX-real-*.png (held-out drawings), PREFIX-prior-*.png (prior samples, seed = the
@@ -28,7 +28,7 @@ from qdcore.train import split
 CHAINS = {
     "soft": [("upscale", {"size": 84}), ("invert", {})],  # the shipped recipes before ink
     "otsu": [("ink", {"size": 84}), ("invert", {})],
-    "pen": [("ink", {"size": 84, "width": 2.5}), ("invert", {})],
+    "pen": [("ink", {"size": 84, "width": 3}), ("invert", {})],
 }
 
 
@@ -51,13 +51,14 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--prefix", required=True)
     ap.add_argument("--n", type=int, default=36)
+    ap.add_argument("--iterations", type=int, help="override train.iterations (as qd train --iterations did)")
     ap.add_argument("--chains", default=",".join(CHAINS))
     ap.add_argument("--real", action="store_true", help="also write the held-out real drawings")
     ap.add_argument("--steps", type=int, default=0, help="also write this many samples' drawing steps")
     args = ap.parse_args()
 
     registry = build().registry
-    r = load(args.recipe, registry)
+    r = load(args.recipe, registry).with_overrides(iterations=args.iterations)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet=True)
     trained = engine.ensure_model(r, data, quiet=True)
