@@ -257,8 +257,27 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
     return step
 
 
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say, classes=classes)
+def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None) -> Choice:
+    """This run's step plan (plan.choose: forced, cached or measured) applied to this process."""
+    choice = step_plans.apply(step_plans.choose(model_cfg, train_cfg, say=say))
+    if choice.note:
+        say(choice.note)
+    return choice
+
+
+def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None,
+                 say=lambda m: None, classes=None):
+    """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
+    matters: the plan first, because TensorFlow's threads can only be set before the model's
+    variables start it. `classes` (2 or more) makes the model class-conditional."""
+    if plan is None:
+        choice = plan_step(model_cfg, train_cfg, say)
+    else:
+        choice = plan if isinstance(plan, Choice) else Choice(plan, "given")
+    with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
+        model = Draw(model_cfg, seed=train_cfg.seed, classes=classes)
+        opt = Adam(model.weights, train_cfg.beta1)
+    return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
 
 
 class _Progress:
@@ -336,27 +355,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
-def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None) -> Choice:
-    """This run's step plan (plan.choose: forced, cached or measured) applied to this process."""
-    choice = step_plans.apply(step_plans.choose(model_cfg, train_cfg, say=say))
-    if choice.note:
-        say(choice.note)
-    return choice
-
-
-def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None,
-                 say=lambda m: None, classes=None):
-    """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
-    matters: the plan first, because TensorFlow's threads can only be set before the model's
-    variables start it. `classes` (2 or more) makes the model class-conditional."""
-    if plan is None:
-        choice = plan_step(model_cfg, train_cfg, say)
-    else:
-        choice = plan if isinstance(plan, Choice) else Choice(plan, "given")
-    with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
-        model = Draw(model_cfg, seed=train_cfg.seed, classes=classes)
-        opt = Adam(model.weights, train_cfg.beta1)
-    return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say, classes=classes)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     ckpt, manager = _checkpointing(model, opt, step_var, workdir)
     if manager.latest_checkpoint:

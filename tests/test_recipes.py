@@ -19,7 +19,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 def promised(recipe) -> tuple[int, tuple[int, int], list[int]]:
     """Frame count, (height, width) and durations in ms that the recipe's writer promises."""
     out = recipe.output.params
-    sizes = [f.params["size"] for f in recipe.filters if f.use == "upscale"]
+    sizes = [f.params["size"] for f in recipe.filters if f.use in ("upscale", "ink") and f.params.get("size")]
     cell = sizes[-1] if sizes else recipe.model.height
     n, T = recipe.generate.n, recipe.model.T
     if out["frames"] == "samples":
