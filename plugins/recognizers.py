@@ -25,6 +25,7 @@ from typing import Annotated, Optional
 import numpy as np
 
 from qdcore import Classifier, Context, InputError, Range, Recognizer, hookimpl
+from qdcore.atomic import _umask
 from qdcore.paths import data_dir as env_data_dir
 
 from .datasets import BITMAP_SIDE, _check_categories, categories as known_categories, open_bitmap
@@ -155,6 +156,7 @@ class CNN(Recognizer):
             with open(tmp / WEIGHTS, "wb") as f:
                 np.savez(f, *model.get_weights())
             (tmp / META).write_text(json.dumps(meta, indent=1))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a cache folder is like any other
             os.rename(tmp, folder)
         except OSError:
             if not (folder / META).is_file():  # not "another process finished first": a real failure

@@ -240,7 +240,8 @@ def test_cnn_is_cached_and_reused_and_retrained_when_its_parameters_change(train
 
     spec, clf, cache = trained
     folders = list((cache / "recognizers").iterdir())
-    assert len(folders) == 1 and json.loads((folders[0] / "meta.json").read_text())["classes"] == clf.classes
+    assert len(folders) == 1 and folders[0].stat().st_mode & 0o777 != 0o700
+    assert json.loads((folders[0] / "meta.json").read_text())["classes"] == clf.classes
 
     def no_training(*args):
         raise AssertionError("trained again instead of reusing the cache")
