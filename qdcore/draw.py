@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from .config import ModelConfig
 from .errors import InputError
+from .ink import ink_so_far
 from .interfaces import Drawing
 
 # Attention parameters come out of a linear layer; exp() of an unbounded value overflows
@@ -201,7 +202,8 @@ class Draw(tf.Module):
     def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32"):
         """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
 
-        Returns (logits c_T, L^z per image, canvases (T,B,H,W) or None, windows (T,B,3) or None).
+        Returns (logits c_T, L^z per image, canvas logits c_1..c_T (T,B,H,W) or None,
+        windows (T,B,3) or None).
         """
         cfg = self.cfg
         # Cast once per run, not once per step: the T steps share each kernel.
@@ -232,7 +234,7 @@ class Draw(tf.Module):
             if cfg.attention:
                 read_p = out[:, self.write_size + 5:]
             if keep_steps:
-                canvases.append(tf.sigmoid(canvas))
+                canvases.append(canvas)  # logits: qdcore.ink turns them into frames
                 windows.append(window)
         if not keep_steps:
             return canvas, lz, None, None
@@ -279,9 +281,9 @@ class Draw(tf.Module):
         return rng.standard_normal((self.cfg.T, n, self.cfg.z_size)).astype(np.float32)
 
     def _drawing(self, out, source: str) -> Drawing:
-        canvases, windows = out
+        logits, windows = out
         return Drawing(
-            canvases=np.clip(canvases.numpy(), 0.0, 1.0),
+            canvases=ink_so_far(logits.numpy()),
             windows=None if windows is None else windows.numpy(),
             write_n=self.cfg.write_n if self.cfg.attention else 0,
             source=source,

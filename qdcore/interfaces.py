@@ -42,7 +42,11 @@ class ImageSet:
 class Drawing:
     """What the model drew: every step's canvas, and where the write attention looked.
 
-    canvases: (T, n, H, W) float32 in [0, 1], sigmoid of the accumulated canvas at each step.
+    canvases: (T, n, H, W) float32 in [0, 1], ink bright: one frame per drawing step, the
+        ink laid down so far on a blank page (qdcore/ink.py). The last frame is the model's
+        output sigmoid(c_T) unchanged; an earlier frame t shows that output in the share
+        of its ink-ward writing steps 1..t did, so frames start blank (not the uniform grey
+        sigmoid(0) = 0.5 of DRAW's empty canvas) and never lose ink from one step to the next.
     windows: (T, n, 3) float32 (gx, gy, delta) of the write window in model pixels, as
         zero-based array coordinates (column, row: pixel centres at 0..W-1), or None for the
         no-attention model. The window's box spans gx +- delta * write_n / 2.
