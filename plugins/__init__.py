@@ -7,6 +7,7 @@ group exactly as a third-party package would, and qdcore never imports them dire
 - seeds: training-batch, file-image, prior, sobel-edges, random-pixels
 - filters: sharpen, edge-enhance, anti-alias, upscale, invert
 - writers: gif, png-sheet
+- recognizers: cnn (a small Keras CNN trained on the local bitmaps)
 - rasterize: strokes -> bitmaps the way Google made numpy_bitmap (not a plugin module)
 
 docs/builtins.md lists every parameter.

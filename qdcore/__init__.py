@@ -11,11 +11,12 @@ from .hookspecs import hookimpl
 from .imagestack import ImageStack
 from .interfaces import Context, Dataset, Drawing, Filter, ImageSet, SeedInput, SeedStrategy, Writer
 from .params import Range
+from .recognizer import Classifier, Recognizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "hookimpl", "Range", "Context", "Dataset", "Drawing", "Filter", "ImageSet", "ImageStack", "SeedInput",
     "SeedStrategy", "Writer", "QdError", "RecipeError", "UnknownNameError", "InputError",
-    "PluginError", "TrainingError", "__version__",
+    "PluginError", "TrainingError", "Recognizer", "Classifier", "__version__",
 ]

@@ -55,10 +55,10 @@ def _plugins():
     return build()
 
 
-def _recipe(path: Path, *, iterations=None, seed=None, n=None, sets=()):
+def _recipe(path: Path, *, iterations=None, seed=None, n=None, best_of=None, sets=()):
     from .recipe import load
 
-    return load(path, _plugins().registry, sets or ()).with_overrides(iterations=iterations, seed=seed, n=n)
+    return load(path, _plugins().registry, sets or ()).with_overrides(iterations=iterations, seed=seed, n=n, best_of=best_of)
 
 
 def _log(quiet: bool):
@@ -174,14 +174,15 @@ def sample(
 ):
     """Draw true samples from the prior (decoder only) of the trained model, as a PNG sheet.
 
-    The recipe's filters are applied (an upscale makes the sheet readable); its seeds and
-    writer are not used."""
+    The recipe's filters and generate.best_of are applied (an upscale makes the sheet
+    readable); its seeds and writer are not used."""
     from . import engine
 
     r, built, path = _as_sheet(_recipe(recipe, seed=seed, n=n), out)
     data = engine.load_data(r, built, quiet)
+    engine.check_best_of(r, built, quiet)
     trained = engine.ensure_model(r, data, quiet=quiet)
-    drawing = engine.apply_filters(r, built, engine.generate(r, trained.model, None), quiet)
+    drawing = engine.draw(r, built, trained.model, None, quiet=quiet)
     typer.echo(str(engine.write(r, built, drawing, path, quiet)))
 
 
@@ -203,21 +204,30 @@ def _as_sheet(r, out: Path):
 def evaluate(
     recipe: Path = typer.Argument(..., help="The recipe YAML file."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
+    n: int = typer.Option(500, "--n", help="Prior samples judged by the recognizer, and real drawings in each comparison set."),
+    best_of: Optional[int] = typer.Option(None, "--best-of", help="Override generate.best_of."),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
-    """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model."""
+    """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model, and
+    what the recipe's recognizer makes of n prior samples: the fraction it recognizes, their
+    Frechet distance to real drawings and its real-vs-real floor (docs/quality.md)."""
     from . import engine, models
     from . import train as trainer
 
-    r = _recipe(recipe, iterations=iterations)
+    r = _recipe(recipe, iterations=iterations, n=n, best_of=best_of)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet)
+    category, why_not = engine.eval_category(r, built, quiet)
+    if category is None:
+        warnings.warn(f"no recognizer figures: {why_not}")
     trained = engine.ensure_model(r, data, quiet=quiet, log=_log(quiet))
     owner = engine.trained_recipe(r, trained)
     figures = trainer.evaluate(trained, data, owner.train)
     if owner is r:  # a shared model scored on one category's drawings keeps its own figures
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
+    if category is not None:
+        figures.update(engine.recognition(r, built, trained.model, category, quiet))
     typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
 
 

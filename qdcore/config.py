@@ -69,6 +69,9 @@ class GenerateConfig:
     decided by the `seeds:` chain (a `prior` source, or an image source)."""
 
     n: Annotated[int, Range(1, 10_000)] = 16
+    # Draw best_of x n candidates and keep the n the recipe's recognizer is most confident
+    # show the recipe's category (qdcore/recognizer.py). 1 keeps every picture drawn.
+    best_of: Annotated[int, Range(1, 64)] = 1
 
     def as_dict(self) -> dict:
         return asdict(self)

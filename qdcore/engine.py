@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import models, paths
+from . import models, paths, recognizer as recog
 from .errors import InputError, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
@@ -24,7 +24,7 @@ Log = Callable[[str], None]
 MODEL_RECIPE = "recipe.json"
 
 # Stage numbers keep each step's random stream independent of the others.
-_STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT = 1, 2, 3, 4
+_STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT, _STAGE_RECOGNIZER = 1, 2, 3, 4, 5
 
 
 def _quiet_log(_: str) -> None:
@@ -37,6 +37,7 @@ class Built:
     seeds: list
     filters: list
     writer: object
+    recognizer: object = None  # the recipe's Recognizer, when it has one
 
 
 @dataclass
@@ -58,6 +59,7 @@ def prepare(recipe: Recipe) -> Built:
         seeds=[s.build() for s in recipe.seeds],
         filters=[f.build() for f in recipe.filters],
         writer=recipe.output.build(),
+        recognizer=recipe.recognizer.build() if recipe.recognizer is not None else None,
     )
 
 
@@ -202,10 +204,65 @@ def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optiona
     return seeds
 
 
-def generate(recipe: Recipe, model, seeds: Optional[np.ndarray]) -> Drawing:
+def generate(recipe: Recipe, model, seeds: Optional[np.ndarray], tries: int = 1) -> Drawing:
+    """n pictures; with tries=K, K x n candidates (K tries at each seed image, in runs of K)."""
     if seeds is None:
-        return model.sample(recipe.generate.n, seed=recipe.seed)
-    return model.reconstruct(seeds, seed=recipe.seed)
+        return model.sample(recipe.generate.n * tries, seed=recipe.seed)
+    return model.reconstruct(np.repeat(seeds, tries, axis=0) if tries > 1 else seeds, seed=recipe.seed)
+
+
+def classifier(recipe: Recipe, built: Built, quiet: bool = False):
+    """The recipe's recognizer, trained or loaded from the cache."""
+    if built.recognizer is None:
+        raise InputError("this recipe has no recognizer: add `recognizer: {use: NAME}` naming an installed one")
+    loaded = built.recognizer.load(context(recipe, _STAGE_RECOGNIZER, quiet=quiet))
+    if not isinstance(loaded, recog.Classifier):
+        raise PluginError(f"{_who(recipe.recognizer)} returned {type(loaded).__name__}, not a qdcore.Classifier")
+    return loaded
+
+
+def check_recognizer(recipe: Recipe, built: Built, categories: list[str], quiet: bool = False) -> None:
+    """Fail before training when the recognizer cannot know `categories` (cheap: no training)."""
+    if built.recognizer is None:
+        raise InputError("this recipe has no recognizer: add `recognizer: {use: NAME}` naming an installed one")
+    known = built.recognizer.categories(context(recipe, _STAGE_RECOGNIZER, quiet=quiet))
+    recog.check_known(known, categories, recipe.recognizer.use)
+
+
+def check_best_of(recipe: Recipe, built: Built, quiet: bool = False) -> None:
+    """With generate.best_of, the recognizer must know the recipe's category: checked before training."""
+    if recipe.generate.best_of > 1:
+        check_recognizer(recipe, built, _categories(recipe), quiet)
+
+
+def _categories(recipe: Recipe) -> list[str]:
+    names = recog.categories_of(recipe.dataset.params)
+    if not names:
+        raise InputError(f"best_of keeps the pictures most like the recipe's category, and dataset "
+                         f"{recipe.dataset.use!r} names none")
+    return names
+
+
+def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, quiet: bool = False,
+         categories: Optional[list[str]] = None) -> Drawing:
+    """Generate and filter the recipe's n pictures. With generate.best_of = K, K x n candidates
+    are drawn and the recognizer keeps the n most confident they show `categories` (default:
+    the recipe's dataset's): of all prior samples, or the best try at each seed image. The
+    recognizer judges the final canvas after the recipe's filters, as a person sees it."""
+    k = recipe.generate.best_of
+    if k == 1:
+        return apply_filters(recipe, built, generate(recipe, model, seeds), quiet)
+    wanted = categories or _categories(recipe)
+    judge = classifier(recipe, built, quiet)
+    columns = recog.check_known(judge.classes, wanted, recipe.recognizer.use)
+    candidates = generate(recipe, model, seeds, tries=k)
+    finals = replace(candidates, canvases=candidates.canvases[-1:])
+    shown = recog.to_bitmaps(apply_filters(recipe, built, finals, quiet).canvases[0])
+    probabilities, _ = judge.classify(shown)
+    keep = recog.best_of(recog.confidence(probabilities, columns), recipe.generate.n, None if seeds is None else k)
+    kept = replace(candidates, canvases=candidates.canvases[:, keep],
+                   windows=None if candidates.windows is None else candidates.windows[:, keep])
+    return apply_filters(recipe, built, kept, quiet)
 
 
 def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, quiet: bool = False) -> Drawing:
@@ -231,13 +288,39 @@ def run(recipe: Recipe, *, out: Optional[Path] = None, quiet: bool = False, log:
     path = output_path(recipe, built, out)
     data = load_data(recipe, built, quiet)
     log(f"dataset: {built.dataset.describe()} ({len(data.images)} images)")
+    check_best_of(recipe, built, quiet)
     trained = ensure_model(recipe, data, quiet=quiet, log=log)
     log(f"model: step {trained.step} in {trained.workdir}")
     seeds = make_seeds(recipe, built, data, trained.last_batch, quiet)
-    drawing = generate(recipe, trained.model, seeds)
-    drawing = apply_filters(recipe, built, drawing, quiet)
+    drawing = draw(recipe, built, trained.model, seeds, quiet=quiet)
     written = write(recipe, built, drawing, path, quiet)
     return RunResult(written, trained.workdir, trained.step, time.perf_counter() - start)
+
+
+def eval_category(recipe: Recipe, built: Built, quiet: bool = False) -> tuple[Optional[str], str]:
+    """The category `qd eval` judges, or None and why not (checked before any training)."""
+    if built.recognizer is None:
+        return None, f"no recognizer is installed (the default is {recog.DEFAULT!r}, from qd's built-in `recognizers` plugin)"
+    names = recog.categories_of(recipe.dataset.params)
+    if len(names) != 1:
+        return None, (f"dataset {recipe.dataset.use!r} names {len(names)} categories; the recognizer figures "
+                      "are for a recipe of one category")
+    try:
+        check_recognizer(recipe, built, names, quiet)
+    except InputError as e:
+        return None, str(e)
+    return names[0], ""
+
+
+def recognition(recipe: Recipe, built: Built, model, category: str, quiet: bool = False) -> dict:
+    """qd eval's recognizer figures: generate.n prior samples (best_of applied, through the
+    recipe's filters, scaled back to 28x28) against as many real drawings of `category`."""
+    judge = classifier(recipe, built, quiet)
+    shown = recog.to_bitmaps(draw(recipe, built, model, None, quiet=quiet, categories=[category]).final)
+    rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
+    figures = recog.figures(judge, shown, category, rng, who=recipe.recognizer.use)
+    return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None),
+            "best_of": recipe.generate.best_of, **figures}
 
 
 def _who(step) -> str:

@@ -40,3 +40,12 @@ def qd_register_writers(register):
 
     `factory(**params)` must return a `qdcore.Writer`; a recipe's `output:` names one.
     """
+
+
+@hookspec
+def qd_register_recognizers(register):
+    """Register recognizers: `register(name, factory, description="...")`.
+
+    `factory(**params)` must return a `qdcore.Recognizer`; a recipe's `recognizer:` names one
+    (default `cnn`). `qd eval` and `generate.best_of` use it.
+    """

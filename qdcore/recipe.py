@@ -16,9 +16,10 @@ from . import params
 from .config import GenerateConfig, ModelConfig, TrainConfig
 from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
+from .recognizer import DEFAULT as DEFAULT_RECOGNIZER, categories_of
 from .registry import Entry, Registry
 
-TOP_KEYS = ("name", "seed", "dataset", "model", "train", "generate", "seeds", "filters", "output")
+TOP_KEYS = ("name", "seed", "dataset", "model", "train", "generate", "seeds", "filters", "output", "recognizer")
 DEFAULT_SEEDS = [{"use": "prior"}]
 DEFAULT_OUTPUT = {"use": "gif"}
 # Bumped when a change to the model or trainer makes old cached models wrong to reuse.
@@ -74,12 +75,15 @@ class Recipe:
     output_path: Path | None = None
     raw: dict = field(default_factory=dict, repr=False)
     shared: Optional[Shared] = None
+    # The `recognizer:` step; without that section, the default one when it is installed.
+    recognizer: Step | None = None
 
     @property
     def folder(self) -> Path:
         return self.path.parent
 
-    def with_overrides(self, *, iterations: int | None = None, seed: int | None = None, n: int | None = None) -> "Recipe":
+    def with_overrides(self, *, iterations: int | None = None, seed: int | None = None, n: int | None = None,
+                       best_of: int | None = None) -> "Recipe":
         r = self
         if iterations is not None:
             r = replace(r, train=replace(r.train, iterations=_checked(TrainConfig, "iterations", iterations, "--iterations")))
@@ -87,6 +91,8 @@ class Recipe:
             r = replace(r, seed=seed)
         if n is not None:
             r = replace(r, generate=replace(r.generate, n=_checked(GenerateConfig, "n", n, "--n")))
+        if best_of is not None:
+            r = replace(r, generate=replace(r.generate, best_of=_checked(GenerateConfig, "best_of", best_of, "--best-of")))
         return r
 
     def model_key(self) -> str:
@@ -191,8 +197,10 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
         out_raw = dict(out_raw)
         output_path = params.coerce(out_raw.pop("path"), Path, at("output.path"), folder)
     output = _step(out_raw, "writers", "output", registry, label, folder)
+    recognizer = _recognizer(data, dataset, generate, registry, label, folder)
 
-    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data, shared)
+    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data,
+                  shared=shared, recognizer=recognizer)
 
 
 SHARED_KEYS = ("from", "if_missing")
@@ -233,6 +241,19 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _recognizer(data: dict, dataset: Step, generate: GenerateConfig, registry: Registry, label: str, folder: Path) -> Step | None:
+    """The `recognizer:` step. Without one, the default when it is installed; a recipe that
+    needs a recognizer (best_of) and cannot have one fails here, before any training."""
+    if generate.best_of > 1 and not categories_of(dataset.params):
+        raise RecipeError(f"best_of keeps the pictures most like the recipe's category, and dataset "
+                          f"{dataset.use!r} names none: use a Quick, Draw! dataset, or best_of: 1", f"{label}: generate.best_of")
+    if "recognizer" in data:
+        return _step(data["recognizer"], "recognizers", "recognizer", registry, label, folder)
+    if generate.best_of > 1 or DEFAULT_RECOGNIZER in registry.names("recognizers"):
+        return _step({"use": DEFAULT_RECOGNIZER}, "recognizers", "recognizer", registry, label, folder)
+    return None
+
+
 def _list(value: Any, where: str, label: str) -> list:
     if value is None:
         return []
@@ -266,4 +287,5 @@ def _step(value: Any, kind: str, where: str, registry: Registry, label: str, fol
 
 
 def _example(kind: str) -> str:
-    return {"datasets": "quickdraw", "seed_strategies": "prior", "filters": "sharpen", "writers": "gif"}[kind]
+    return {"datasets": "quickdraw", "seed_strategies": "prior", "filters": "sharpen", "writers": "gif",
+            "recognizers": DEFAULT_RECOGNIZER}[kind]

@@ -13,6 +13,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "seed_strategies": ("qd_register_seed_strategies", "seed strategy"),
     "filters": ("qd_register_filters", "filter"),
     "writers": ("qd_register_writers", "writer"),
+    "recognizers": ("qd_register_recognizers", "recognizer"),
 }
 
 

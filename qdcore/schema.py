@@ -153,11 +153,13 @@ def recipe_schema(registry: Registry) -> dict:
             "filters": {"type": "array", "items": {"$ref": "#/$defs/filter"}, "default": [],
                         "description": "applied in order to every canvas of every step"},
             "output": {"$ref": "#/$defs/writer"},
+            "recognizer": {"$ref": "#/$defs/recognizer"},
         },
         "$defs": {
             "dataset": step_schema("datasets", registry),
             "seed_strategy": step_schema("seed_strategies", registry),
             "filter": step_schema("filters", registry),
             "writer": output,
+            "recognizer": step_schema("recognizers", registry),
         },
     }

@@ -14,7 +14,7 @@ import pytest
 from conftest import write_distribution
 
 QD = str(Path(sys.executable).parent / "qd")
-BUILTINS = "datasets,seeds,filters,writers"
+BUILTINS = "datasets,seeds,filters,writers,recognizers"
 OK = "dataset: {use: quickdraw, category: apple, limit: 50}\n"
 
 
@@ -153,12 +153,13 @@ def test_plugins_json_lists_the_builtins():
     r = qd("plugins", "--json")
     assert r.returncode == 0, r.stderr
     rows = {p["name"]: p for p in json.loads(r.stdout)}
-    assert set(rows) == {"datasets", "seeds", "filters", "writers"}
+    assert set(rows) == {"datasets", "seeds", "filters", "writers", "recognizers"}
     provides = {k: v for row in rows.values() for k, v in row["provides"].items() if v}
     assert {"quickdraw", "quickdraw-strokes", "images"} <= set(provides["datasets"])
     assert {"training-batch", "file-image", "sobel-edges", "random-pixels", "prior"} <= set(provides["seed_strategies"])
     assert {"sharpen", "edge-enhance", "anti-alias", "upscale", "invert"} <= set(provides["filters"])
     assert {"gif", "png-sheet"} <= set(provides["writers"])
+    assert provides["recognizers"] == ["cnn"] and rows["recognizers"]["hooks"] == ["qd_register_recognizers"]
     assert rows["seeds"]["hooks"] == ["qd_register_seed_strategies"]
     assert all(row["version"] for row in rows.values())
     table = qd("plugins").stdout
@@ -183,6 +184,7 @@ dataset: {use: quickdraw, category: cat, limit: 300}
 model: {T: 3, enc_size: 16, dec_size: 16, z_size: 4}
 train: {iterations: 4, batch_size: 32, checkpoint_every: 2}
 filters: [{use: upscale, size: 40}]
+recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs: 1, width: 4, features: 16}
 """)
     env = {"QD_CACHE_DIR": str(tmp_path / "cache"), "QD_DATA_DIR": str(quickdraw_dir)}
     r = qd("train", recipe, "--quiet", env=env)
@@ -192,12 +194,22 @@ filters: [{use: upscale, size: 40}]
     assert r.returncode == 0, r.stderr
     from PIL import Image
     assert Image.open(tmp_path / "s.png").size == (3 * 40 + 2 * 2, 2 * 40 + 2)  # 6 samples on a 3x2 grid
-    r = qd("eval", recipe, "--quiet", env=env)
+    r = qd("eval", recipe, "--quiet", env=env, timeout=900)  # trains the tiny recognizer
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout)
     assert figures["step"] == 4 and figures["targets"] == "greyscale"
     assert figures["bound"] == pytest.approx(figures["lx"] + figures["lz"], rel=1e-4) and figures["lz"] > 0
     assert figures["n_images"] == 30  # the 10% held out of 300
+    # The recognizer's figures: 500 prior samples of cat, upscaled by the recipe and scaled back.
+    assert figures["recognizer"] == "cnn" and figures["category"] == "cat" and figures["n"] == 500
+    assert 0 <= figures["recognized"] <= 1 and 0 < figures["recognized_real"] <= 1
+    assert figures["frechet"] > figures["frechet_floor"] > 0 and figures["best_of"] == 1
+    assert figures["real_held_out"] == 1000  # cat.npy has enough drawings the recognizer never saw
+    assert list((tmp_path / "cache" / "recognizers").iterdir())  # trained once, cached
+    r = qd("eval", recipe, "--quiet", "--n", 20, "--best-of", 2, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    picky = json.loads(r.stdout)
+    assert picky["n"] == 20 and picky["best_of"] == 2 and picky["bound"] == figures["bound"]
 
 
 def test_bench_quality_prints_one_json_line_and_writes_the_sheet(tmp_path, quickdraw_dir):

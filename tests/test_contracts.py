@@ -24,8 +24,9 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 HOOK_DOC = (ROOT / "docs" / "hooks.md").read_text()
 
 
-def test_there_are_four_hooks():
-    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_seed_strategies", "qd_register_writers"]
+def test_there_are_five_hooks():
+    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_recognizers",
+                             "qd_register_seed_strategies", "qd_register_writers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -65,6 +66,19 @@ def test_each_hook_has_an_example_and_every_example_runs(tmp_path, monkeypatch):
     canvases = np.random.default_rng(1).random((3, 2, 12, 12)).astype(np.float32)
     out = reg.get("writers", "npy").factory().write(Drawing(canvases, None, 5, "prior"), tmp_path / "d.npy", ctx)
     assert np.array_equal(np.load(out), canvases)
+    (tmp_path / "numpy_bitmap").mkdir()
+    left, right = np.zeros((6, 28, 28), np.uint8), np.zeros((6, 28, 28), np.uint8)
+    left[:, :, :14], right[:, :, 14:] = 255, 255
+    np.save(tmp_path / "numpy_bitmap" / "left.npy", left.reshape(6, -1))
+    np.save(tmp_path / "numpy_bitmap" / "right.npy", right.reshape(6, -1))
+    ctx = Context((28, 28), np.random.default_rng(0), tmp_path, tmp_path, tmp_path)
+    recognizer = reg.get("recognizers", "mean-drawing").factory()
+    assert recognizer.categories(ctx) == ["left", "right"]
+    classifier = recognizer.load(ctx)
+    probabilities, features = classifier.classify(np.concatenate([right[:2], left[:1]]).astype(np.float32) / 255)
+    assert probabilities.argmax(axis=1).tolist() == [1, 1, 0] and features.shape == (3, 49)
+    unseen, seen = classifier.drawings("left")
+    assert len(unseen) == len(seen) == 3
 
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -100,7 +114,7 @@ def test_every_recipe_key_is_documented():
 
 
 def test_every_builtin_is_documented(monkeypatch):
-    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers")
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,recognizers")
     doc = (ROOT / "docs" / "builtins.md").read_text()
     reg = build().registry
     for kind in reg.entries:
