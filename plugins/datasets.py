@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from qdcore import Context, Dataset, ImageSet, InputError, Range, RecipeError, hookimpl
 from qdcore.atomic import atomic_path
+from qdcore.images import open_image, reading
 from qdcore.paths import data_dir as env_data_dir
 
 from .rasterize import VERSION as RASTER_VERSION, rasterize_many
@@ -349,12 +350,9 @@ def load_image(path: Path, shape: tuple[int, int], invert: str = "auto", fit: st
     normalize stretches the result so the brightest ink is 1, because thin lines drawn on a
     large image fade to faint grey once shrunk to 28 px.
     """
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            grey = _to_grey(im)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise InputError(f"{path} is not a readable image ({e}); give a PNG or JPEG file") from None
+    # qdcore.images holds the one size rule every place that opens a user's image shares.
+    with open_image(path) as im, reading(str(path)):
+        grey = _to_grey(ImageOps.exif_transpose(im))
     if invert == "always" or (invert == "auto" and _light_background(grey)):
         grey = 1.0 - grey
     h, w = shape
