@@ -91,3 +91,141 @@ def test_a_decompression_bomb_is_bad_input_exit_2(bomb, tmp_path, where):
     assert len(errors) == 1 and "too large" in errors[0] and "limit is" in errors[0], r.stderr
     assert "DecompressionBomb" not in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+# --- damaged checkpoints, finished.json and last_batch.npy --------------------------------------
+
+TINY = dict(height=10, width=13, T=2, enc_size=8, dec_size=8, z_size=2, read_n=2, write_n=2)
+
+
+def _tiny_run(**train):
+    from qdcore.config import ModelConfig, TrainConfig
+    from qdcore.interfaces import ImageSet
+
+    rng = np.random.default_rng(0)
+    data = ImageSet((rng.random((40, 10, 13)) > 0.7).astype(np.uint8) * 255, "synthetic")
+    cfg = TrainConfig(**{"iterations": 4, "batch_size": 8, "checkpoint_every": 2, "precision": "bfloat16", **train})
+    return ModelConfig(**TINY), cfg, data
+
+
+def _weights(trained):
+    return [w.numpy() for w in trained.model.weights]
+
+
+def _damage(path: Path, seed: int = 0) -> None:
+    """What a crash or a bad disk leaves: the file overwritten with 100 random bytes."""
+    path.write_bytes(np.random.default_rng(seed).bytes(100))
+
+
+def _data_file(workdir: Path, step: int) -> Path:
+    (found,) = (workdir / "checkpoints").glob(f"ckpt-{step}.data-*")
+    return found
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One trained tiny model (checkpoints at steps 2 and 4), copied fresh for each test."""
+    from qdcore.train import train
+
+    model_cfg, cfg, data = _tiny_run()
+    workdir = tmp_path_factory.mktemp("finished") / "model"
+    trained = train(model_cfg, cfg, data, workdir, quiet=True)
+    return workdir, _weights(trained), trained.last_batch
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(finished[0], copy)
+    return copy
+
+
+def test_a_damaged_newest_checkpoint_falls_back_and_retrains_the_rest(finished, workdir):
+    from qdcore.train import train
+
+    model_cfg, cfg, data = _tiny_run()
+    _damage(_data_file(workdir, 4))
+    with pytest.warns(UserWarning, match=r"ckpt-4 .*damaged.*step 2") as caught:
+        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+    assert len([w for w in caught if "ckpt-4" in str(w.message)]) == 1
+    assert trained.step == 4
+    # Steps 3 and 4 are a pure function of (seed, step): the redone model is the same one.
+    for got, want in zip(_weights(trained), finished[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with warnings_as_errors():  # healed: the next run loads quietly
+        assert train(model_cfg, cfg, data, workdir, quiet=True).step == 4
+
+
+def test_load_falls_back_past_a_damaged_checkpoint(workdir):
+    from qdcore.train import load
+
+    model_cfg, _, _ = _tiny_run()
+    _damage(_data_file(workdir, 4))
+    with pytest.warns(UserWarning, match="ckpt-4"):
+        assert load(model_cfg, workdir).step == 2
+
+
+@pytest.mark.parametrize("part", ["data", "index"])
+def test_every_checkpoint_damaged_retrains_from_scratch(finished, workdir, part):
+    from qdcore.train import train
+
+    model_cfg, cfg, data = _tiny_run()
+    for step in (2, 4):
+        _damage(_data_file(workdir, step) if part == "data" else workdir / "checkpoints" / f"ckpt-{step}.index", step)
+    with pytest.warns(UserWarning, match="damaged"):
+        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+    assert trained.step == 4
+    for got, want in zip(_weights(trained), finished[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"step": 4', b"\xff\xfe", b'["not", "a", "record"]'])
+def test_a_damaged_finished_marker_is_detected(finished, workdir, content):
+    from qdcore.train import train
+
+    model_cfg, cfg, data = _tiny_run()
+    (workdir / "finished.json").write_bytes(content)
+    with pytest.warns(UserWarning, match="finished.json"):
+        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+    assert trained.step == 4
+    assert json_ok(workdir / "finished.json")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "wrong shape", "missing"])
+def test_a_damaged_last_batch_is_rebuilt_exactly(finished, workdir, damage):
+    from qdcore.train import train
+
+    model_cfg, cfg, data = _tiny_run()
+    path = workdir / "last_batch.npy"
+    if damage == "random":
+        _damage(path)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:150])
+    elif damage == "wrong shape":
+        np.save(path, np.zeros((3, 5), np.float32))
+    else:
+        path.unlink()
+    with pytest.warns(UserWarning, match="last_batch.npy"):
+        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+    np.testing.assert_array_equal(trained.last_batch, finished[2])
+    np.testing.assert_array_equal(np.load(path), finished[2])
+
+
+def json_ok(path: Path) -> bool:
+    import json
+
+    return json.loads(path.read_text())["step"] == 4
+
+
+class warnings_as_errors:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
