@@ -7,6 +7,7 @@ TensorFlow is imported only when a model is needed (qdcore.train / qdcore.draw).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -103,8 +104,16 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
 
 def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False):
     from . import train  # TensorFlow lives behind this import
+    from .locks import hold
 
-    return train.train(recipe.model, recipe.train, data, model_dir(recipe), restart=restart, quiet=quiet)
+    # One process trains a model folder at a time; a second run waits, then finds it finished.
+    folder = model_dir(recipe)
+    with hold(folder.with_name(folder.name + ".lock"), "training this model", None if quiet else _stderr):
+        return train.train(recipe.model, recipe.train, data, folder, restart=restart, quiet=quiet)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], quiet: bool = False):
