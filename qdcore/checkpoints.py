@@ -111,3 +111,24 @@ def read_last_batch(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
         problem = f"{type(e).__name__}: {_first_line(e)}"
     warn(f"{path} is damaged ({problem}); rebuilding it from the data")
     return None
+
+
+def save(manager: tf.train.CheckpointManager, step: int, last_saved: int | None) -> None:
+    """manager.save, with a full disk or read-only cache as one TrainingError that says which
+    checkpoint is kept. TensorFlow writes into `ckpt-N_temp/` and renames at the end, so a
+    failed save leaves that folder only; it is removed."""
+    from .errors import TrainingError
+
+    try:
+        manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+        for temp in Path(manager.directory).glob("*_temp"):
+            shutil.rmtree(temp, ignore_errors=True)
+        message = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))
+        reason = message.rsplit("; ", 1)[-1].strip()
+        reason = reason[:1].lower() + reason[1:]
+        kept = f"the checkpoint of step {last_saved} is kept" if last_saved is not None else "no checkpoint had been saved yet"
+        raise TrainingError(
+            f"cannot save the checkpoint of step {step} in {manager.directory}: {reason}; {kept}. "
+            "Free some space or set QD_CACHE_DIR to a writable folder, then run again to resume"
+        ) from None

@@ -358,7 +358,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     last_batch = None
 
     def save():
-        manager.save(checkpoint_number=int(step_var.numpy()))
+        checkpoints.save(manager, int(step_var.numpy()), last_saved)
         if last_batch is not None:
             _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
 

@@ -229,3 +229,113 @@ class warnings_as_errors:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+# --- full disk, read-only cache: one line, exit 1, nothing lost --------------------------------
+# A full or read-only filesystem is simulated at the call that writes, raising exactly what the
+# OS and TensorFlow raise there (measured once on a 256 KB tmpfs: TensorFlow's SaveV2 raises
+# ResourceExhaustedError "...; No space left on device" and leaves a ckpt-N_temp folder).
+
+RECIPE = ("name: faults\ndataset: {use: quickdraw, category: apple, limit: 40}\n"
+          "model: {height: 10, width: 13, T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}\n"
+          "train: {iterations: 4, batch_size: 8, checkpoint_every: 2, precision: bfloat16}\n"
+          "generate: {n: 2}\n")
+
+
+def run_main(*argv, capsys):
+    """qdcore.cli.main in this process: (exit code, stderr lines)."""
+    from qdcore.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*map(str, argv), "--quiet"])
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+def assert_clean_failure(code, err, expected_code, *fragments):
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert code == expected_code, err
+    assert len(errors) == 1, err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in err and "unexpected" not in errors[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".part" in p.name or p.name.endswith("_temp"))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, quickdraw_dir):
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("errno_, words", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_a_failed_gif_write_keeps_the_previous_gif(tmp_path, cache, capsys, monkeypatch, errno_, words):
+    import imageio.v3 as iio
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out" / "x.gif"
+    assert run_main("run", recipe, "-o", out, capsys=capsys)[0] == 0
+    before = out.read_bytes()
+    real = iio.imwrite
+
+    def full_disk(path, *a, **kw):
+        Path(path).write_bytes(b"GIF89a" + b"\0" * 50)  # part of the file made it to disk
+        raise OSError(errno_, words, str(path))
+
+    monkeypatch.setattr(iio, "imwrite", full_disk)
+    code, err = run_main("run", recipe, "-o", out, "--seed", 3, capsys=capsys)
+    assert_clean_failure(code, err, 1, str(out), words.lower())
+    assert out.read_bytes() == before and leftovers(out.parent) == []
+    monkeypatch.setattr(iio, "imwrite", real)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path, cache, capsys, monkeypatch):
+    import tensorflow as tf
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("iterations: 4", "iterations: 6"))
+    real = tf.train.CheckpointManager.save
+    calls = []
+
+    def full_after_first(self, checkpoint_number=None, **kw):
+        calls.append(checkpoint_number)
+        if len(calls) > 1:
+            (Path(self.directory) / f"ckpt-{checkpoint_number}_temp").mkdir()
+            raise tf.errors.ResourceExhaustedError(None, None, f"{self.directory}/ckpt-{checkpoint_number}_temp/part; No space left on device")
+        return real(self, checkpoint_number=checkpoint_number, **kw)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_after_first)
+    out = tmp_path / "x.gif"
+    code, err = run_main("run", recipe, "-o", out, capsys=capsys)
+    assert_clean_failure(code, err, 1, "checkpoint", "no space left on device", "step 2")
+    assert not out.exists() and leftovers(cache) == []
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", real)
+    code, err = run_main("run", recipe, "-o", out, capsys=capsys)  # space freed: resumes at step 2
+    assert code == 0, err
+    from qdcore.train import load
+    from qdcore.config import ModelConfig
+
+    (model,) = (cache / "models").glob("faults-*[!k]")
+    assert load(ModelConfig(**TINY), model).step == 6
+
+
+def test_a_read_only_cache_is_one_line(tmp_path, cache, capsys, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *a, **kw):
+        if cache in self.parents or self == cache:
+            raise OSError(30, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "x.gif"
+    code, err = run_main("run", recipe, "-o", out, capsys=capsys)
+    assert_clean_failure(code, err, 1, "read-only file system", "QD_CACHE_DIR")
+    assert not out.exists() and not cache.exists()
