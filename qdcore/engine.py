@@ -6,6 +6,7 @@ TensorFlow is imported only when a model is needed (qdcore.train / qdcore.draw).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -107,8 +108,12 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
     from .locks import hold
 
     # One process trains a model folder at a time; a second run waits, then finds it finished.
+    # Not under TF_CONFIG: the workers of one multi-worker run train together in lockstep, and
+    # a lock would make them wait for each other forever.
     folder = model_dir(recipe)
-    with hold(folder.with_name(folder.name + ".lock"), "training this model", None if quiet else _stderr):
+    lock = contextlib.nullcontext() if os.environ.get("TF_CONFIG") else \
+        hold(folder.with_name(folder.name + ".lock"), "training this model", None if quiet else _stderr)
+    with lock:
         return train.train(recipe.model, recipe.train, data, folder, restart=restart, quiet=quiet)
 
 

@@ -117,12 +117,20 @@ def test_a_signal_during_training_exits_with_its_code_and_keeps_checkpoints(tmp_
     assert half_written(cache) == []
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_while_generating_leaves_no_gif(tmp_path, quickdraw_dir, sig, code):
-    # Many upscaled samples: generation, filters and the GIF take seconds after the model loads.
-    r = recipe(tmp_path, iterations=2, n=1500, extra="filters: [{use: upscale, size: 96}]\n")
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, quickdraw_dir):
+    """A recipe whose model is trained, with many upscaled samples: generation, filters and
+    the GIF take seconds after the model loads. Shared: the runs below only read the model."""
+    folder = tmp_path_factory.mktemp("generate")
+    r = recipe(folder, iterations=2, n=1500, extra="filters: [{use: upscale, size: 96}]\n")
+    cache = folder / "cache"
     assert subprocess.run([QD, "train", r, "--quiet"], env=env(cache), capture_output=True, timeout=300).returncode == 0
+    return r, cache
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_generating_leaves_no_gif(tmp_path, trained, sig, code):
+    r, cache = trained
     out = tmp_path / "out" / "x.gif"
     out.parent.mkdir()
     proc = start(cache, "run", r, "-o", out)
