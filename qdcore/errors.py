@@ -75,3 +75,9 @@ class WriteError(QdError):
     """A file could not be written: a full disk, a read-only folder. Nothing half-written is left."""
 
     exit_code = 1
+
+
+class Cancelled(QdError):
+    """Training was stopped on request (the studio's Cancel); its last checkpoint is kept."""
+
+    exit_code = 130

@@ -26,7 +26,7 @@ from . import checkpoints
 from .atomic import atomic_path
 from .config import ModelConfig, TrainConfig
 from .draw import Draw
-from .errors import InputError, QdError, TrainingError
+from .errors import Cancelled, InputError, QdError, TrainingError
 from .interfaces import ImageSet
 
 FINISHED = "finished.json"
@@ -323,8 +323,11 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
-          restart: bool = False, quiet: bool = False) -> TrainedModel:
+          restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
     """Train to train_cfg.iterations, resuming from workdir's checkpoints if present.
+
+    on_step(step, total, lx, lz), when given, is called after every step (the studio's
+    progress bar); returning True stops training: a checkpoint is saved and Cancelled raised.
 
     A workdir holding a finished model is loaded and nothing is trained. restart=True
     discards workdir's checkpoints, last batch and finished marker first.
@@ -376,6 +379,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
             last_batch = x
             step = int(k) + 1
             progress.update(step, float(lx), float(lz))
+            if on_step is not None and on_step(step, train_cfg.iterations, float(lx), float(lz)):
+                save()
+                raise Cancelled(f"training stopped at step {step} of {train_cfg.iterations}; the checkpoint is kept "
+                                f"in {workdir} and the next run resumes from it")
             if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
                 save()
                 last_saved = step
