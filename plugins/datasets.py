@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from qdcore import Context, Dataset, ImageSet, ImageStack, InputError, Range, RecipeError, hookimpl
 from qdcore.atomic import atomic_path
+from qdcore.images import open_image, reading
 from qdcore.paths import data_dir as env_data_dir
 
 from .rasterize import VERSION as RASTER_VERSION, rasterize_many
@@ -112,24 +114,77 @@ def locate(kind: str, filename: str, ctx: Context) -> Path:
     return cached
 
 
+# A stalled server is given DOWNLOAD_TIMEOUT seconds per connect or read; a failure that may
+# pass (a 5xx, a dropped connection, a short or damaged body, a stall) is retried
+# DOWNLOAD_ATTEMPTS times in all, waiting DOWNLOAD_BACKOFF, then twice that, ... in between.
+DOWNLOAD_TIMEOUT = 60.0
+DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_BACKOFF = 2.0
+
+
+class _Transient(Exception):
+    """A download failure worth another attempt."""
+
+
 def download(url: str, dest: Path, quiet: bool = False, chunk: int = 1 << 20) -> Path:
-    """Fetch `url` to `dest` atomically; a short read is an error, never a truncated file."""
+    """Fetch `url` to `dest` atomically: a complete, checked file or nothing, never a partial one."""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return _download_once(url, dest, quiet, chunk)
+        except _Transient as e:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise InputError(f"downloading {url} failed: {e} ({DOWNLOAD_ATTEMPTS} attempts)") from None
+            time.sleep(DOWNLOAD_BACKOFF * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _download_once(url: str, dest: Path, quiet: bool, chunk: int) -> Path:
     request = urllib.request.Request(url, headers={"User-Agent": "qd"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
+            if "html" in (response.headers.get("Content-Type") or "").lower():
+                # A portal, proxy or error page answering 200: never a Quick, Draw! file.
+                raise InputError(f"downloading {url} failed: the server answered with an HTML page, not the file")
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with atomic_path(dest) as tmp:
                 written = _copy_with_progress(response, tmp, total, dest.name, quiet, chunk)
                 if total is not None and written != total:
-                    raise InputError(f"downloading {url} stopped after {written} of {total} bytes")
+                    raise _Transient(f"it stopped after {written} of {total} bytes")
+                _check_whole(tmp)
+            _remove_stale_parts(dest)
     except urllib.error.HTTPError as e:
+        if e.code >= 500 or e.code in (408, 429):
+            raise _Transient(f"HTTP {e.code} {e.reason}") from None
         raise InputError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         # A connection cut short raises IncompleteRead (an HTTPException, not an OSError).
         reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-        raise InputError(f"downloading {url} failed: {reason}") from None
+        raise _Transient(str(reason)) from None
     return dest
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Temporary files a killed download left beside `dest` (atomic_path's names). One that
+    is still growing belongs to a download running now, so only old ones go."""
+    cutoff = time.time() - 2 * DOWNLOAD_TIMEOUT
+    for part in dest.parent.glob(f".{dest.stem}.*.part{dest.suffix}"):
+        try:
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove
+
+
+def _check_whole(path: Path) -> None:
+    """A .npy must hold exactly the bytes its header promises: a server that under-reports
+    Content-Length sends a short file that no length check catches."""
+    if path.suffix != ".npy":
+        return
+    try:
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy's ValueError, EOFError, OSError on a short file
+        raise _Transient(f"the file arrived damaged ({type(e).__name__}: {e}; {path.stat().st_size} bytes)") from None
 
 
 def _copy_with_progress(response, tmp: Path, total: Optional[int], label: str, quiet: bool, chunk: int) -> int:
@@ -370,12 +425,9 @@ def load_image(path: Path, shape: tuple[int, int], invert: str = "auto", fit: st
     normalize stretches the result so the brightest ink is 1, because thin lines drawn on a
     large image fade to faint grey once shrunk to 28 px.
     """
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            grey = _to_grey(im)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise InputError(f"{path} is not a readable image ({e}); give a PNG or JPEG file") from None
+    # qdcore.images holds the one size rule every place that opens a user's image shares.
+    with open_image(path) as im, reading(str(path)):
+        grey = _to_grey(ImageOps.exif_transpose(im))
     if invert == "always" or (invert == "auto" and _light_background(grey)):
         grey = 1.0 - grey
     h, w = shape

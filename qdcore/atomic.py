@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import WRITE_ERRNOS, WriteError, os_error_line
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
@@ -16,8 +18,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     temporary name keeps the suffix so libraries that pick a format by extension still work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise WriteError(os_error_line(e, path)) from e
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -25,9 +30,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         # mkstemp makes 0600 files; a written GIF should get the permissions any new file would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # a full disk, a read-only folder
+            raise WriteError(os_error_line(e, path)) from e
         raise
 
 

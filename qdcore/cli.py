@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import warnings
 from enum import Enum
@@ -296,8 +297,32 @@ def _warn_line(message, category, filename, lineno, file=None, line=None):
     print(f"Warning: {message}", file=sys.stderr)
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM, raised like KeyboardInterrupt so every `finally` and atomic write
+    unwinds, but not a KeyboardInterrupt: typer turns that into a silent exit 130."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def _catch_signals() -> dict:
+    """Install _stop for SIGINT and SIGTERM; the handlers they replace. A signal the parent
+    ignored (SIGINT in a background job) stays ignored."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(sig) is not signal.SIG_IGN}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    from .errors import QdError
+    from .errors import QdError, os_error_line
 
     try:  # recent typer vendors click; older releases re-export click's exceptions
         from typer.exceptions import TyperException as UsageProblem
@@ -311,6 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     debug = "--debug" in args or bool(os.environ.get("QD_DEBUG"))
     warnings.showwarning = _warn_line
+    previous = _catch_signals()
     try:
         rv = app(args=args, prog_name="qd", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -329,11 +355,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("Error: interrupted; checkpoints written so far are kept", err=True)
         code = 130
+    except Stopped as e:
+        name = "interrupted" if e.signum == signal.SIGINT else "terminated (SIGTERM)"
+        typer.echo(f"Error: {name}; checkpoints written so far are kept", err=True)
+        code = 128 + e.signum
+    except OSError as e:  # a full disk or read-only folder outside an atomic write
+        if debug:
+            raise
+        typer.echo(f"Error: {os_error_line(e)}", err=True)
+        code = 1
     except Exception as e:  # noqa: BLE001 - the edge: nothing unexplained escapes without --debug
         if debug:
             raise
         typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
         code = 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(code)
 
 

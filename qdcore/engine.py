@@ -6,7 +6,9 @@ TensorFlow is imported only when a model is needed (qdcore.train / qdcore.draw).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -114,12 +116,19 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
     from . import train  # TensorFlow lives behind this import
+    from .locks import hold
 
     category = shared_category(recipe, data, log)
     if category is None:
+        # One process trains a model folder at a time; a second run waits, then finds it finished.
+        # Not under TF_CONFIG: the workers of one multi-worker run train together in lockstep, and
+        # a lock would make them wait for each other forever.
         workdir = model_dir(recipe)
-        _describe_model(recipe, workdir)
-        return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
+        lock = contextlib.nullcontext() if os.environ.get("TF_CONFIG") else \
+            hold(workdir.with_name(workdir.name + ".lock"), "training this model", None if quiet else _stderr)
+        with lock:
+            _describe_model(recipe, workdir)
+            return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
     shared = recipe.shared
     if restart:
         raise RecipeError(f"this recipe draws {category!r} from the shared model {shared.recipe.name!r}; "
@@ -167,6 +176,10 @@ def trained_recipe(recipe: Recipe, trained) -> Recipe:
 def _not_cached(shared) -> str:
     return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}); "
             f"build it once with `{shared.build_command()}`")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _describe_model(recipe: Recipe, workdir: Path) -> None:

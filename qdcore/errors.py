@@ -1,6 +1,8 @@
 """Domain errors. Only cli.py turns them into one `Error: ...` line and an exit code."""
 from __future__ import annotations
 
+import errno
+
 
 class QdError(Exception):
     """Base of every error qd reports to a user. `exit_code` is what the CLI exits with."""
@@ -41,6 +43,36 @@ class PluginError(QdError):
 
 class TrainingError(QdError):
     """Training failed while running, for example a non-finite loss."""
+
+    exit_code = 1
+
+
+# The errors of a write that a user fixes by freeing space or choosing another folder.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def os_error_line(error: OSError, path=None) -> str:
+    """One line for a failed file operation, with the fix a user can make: a full disk, a
+    read-only or forbidden folder. `path` is what the user knows (not a temporary name)."""
+    from pathlib import Path
+
+    from .paths import cache_dir
+
+    path = path or error.filename or "a file"
+    reason = error.strerror or str(error) or type(error).__name__
+    reason = reason[:1].lower() + reason[1:]
+    target = Path(path).absolute()
+    in_cache = cache_dir().absolute() in (target, *target.parents)
+    elsewhere = "set QD_CACHE_DIR to a writable folder with space" if in_cache else "write somewhere else (--out)"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"cannot write {path}: {reason}; free some space or {elsewhere}"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: {reason}; {elsewhere}"
+    return f"{path}: {reason}"
+
+
+class WriteError(QdError):
+    """A file could not be written: a full disk, a read-only folder. Nothing half-written is left."""
 
     exit_code = 1
 

@@ -173,4 +173,6 @@ def check(fn: Callable, given: dict, where: str, base_dir: Path | None = None) -
 
 
 def _join(where: str, key: str) -> str:
+    # A key with a newline or other control character is shown quoted: an error stays one line.
+    key = key if isinstance(key, str) and key.isprintable() else repr(key)
     return f"{where}.{key}" if where else key

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from . import checkpoints
 from .atomic import atomic_path
 from .conditioning import conditional_classes
 from .config import ModelConfig, TrainConfig
@@ -346,12 +347,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
         shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
         for name in (FINISHED, LAST_BATCH):
             (workdir / name).unlink(missing_ok=True)
-    if (workdir / FINISHED).exists():
-        return load(model_cfg, workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     _check_shape(model_cfg, data)
     classes = conditional_classes(data.classes)
     train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
+    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
+    done = _load_finished(model_cfg, workdir, batches)
+    if done is not None:
+        return done
+    workdir.mkdir(parents=True, exist_ok=True)
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
 
@@ -359,15 +362,18 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say, classes=classes)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     ckpt, manager = _checkpointing(model, opt, step_var, workdir)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_consumed()
+    tried = checkpoints.candidates(workdir / CHECKPOINTS)
+    restored = checkpoints.restore_newest(ckpt, workdir / CHECKPOINTS)
+    if tried and restored is None:  # every one was damaged, and a failed restore writes some variables
+        choice, model, opt, train_step = new_training(model_cfg, train_cfg, choice, classes=classes)
+        step_var = tf.Variable(0, dtype=tf.int64, name="step")
+        ckpt, manager = _checkpointing(model, opt, step_var, workdir)
     start = int(step_var.numpy())
-    last_saved = start if manager.latest_checkpoint else None
-    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
+    last_saved = start if restored else None
     last_batch = None
 
     def save():
-        manager.save(checkpoint_number=int(step_var.numpy()))
+        checkpoints.save(manager, int(step_var.numpy()), last_saved)
         if last_batch is not None:
             _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
 
@@ -392,10 +398,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
             if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
                 save()
                 last_saved = step
-    if last_saved != int(step_var.numpy()) or manager.latest_checkpoint is None:
+    if last_saved != int(step_var.numpy()):
         save()
-    if last_batch is None and (workdir / LAST_BATCH).exists():
-        last_batch = np.load(workdir / LAST_BATCH)
+    if last_batch is None and int(step_var.numpy()) > 0:
+        # Nothing trained in this run (it resumed at the end): rebuild the batch rather than
+        # trust a last_batch.npy that a crash may have left from an older checkpoint.
+        last_batch = batches(int(step_var.numpy()) - 1)
+        _save_array(workdir / LAST_BATCH, last_batch)
     last_batch = None if last_batch is None else np.asarray(last_batch)
     finished = {"step": int(step_var.numpy()), "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
     by_class = None
@@ -414,24 +423,45 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
                         last_by_class=by_class)
 
 
+def _load_finished(model_cfg: ModelConfig, workdir: Path, batches: Batches) -> TrainedModel | None:
+    """The finished model in workdir, or None when training must go on: not finished, or
+    damaged so that the newest good checkpoint is older than the finished step."""
+    record = checkpoints.read_finished(workdir / FINISHED)
+    if record is None:
+        return None
+    try:
+        trained = load(model_cfg, workdir)
+    except QdError:
+        trained = None
+    if trained is None or trained.step != record["step"]:
+        (workdir / FINISHED).unlink(missing_ok=True)
+        return None
+    if trained.last_batch is None and trained.step > 0 and len(batches.train_idx):
+        if not (workdir / LAST_BATCH).exists():
+            checkpoints.warn(f"{workdir / LAST_BATCH} is missing; rebuilding it from the data")
+        trained.last_batch = batches(trained.step - 1)
+        _save_array(workdir / LAST_BATCH, trained.last_batch)
+    return trained
+
+
 def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
-    """The finished model in workdir; QdError if training there never completed."""
+    """The finished model in workdir (the newest checkpoint that restores); QdError if
+    training there never completed."""
     workdir = Path(workdir)
-    manager_dir = workdir / CHECKPOINTS
-    if not (workdir / FINISHED).exists() or tf.train.latest_checkpoint(str(manager_dir)) is None:
+    if checkpoints.read_finished(workdir / FINISHED) is None:
         raise QdError(f"no finished model in {workdir}: train it first (qd train), or resume an interrupted run")
     classes = json.loads((workdir / FINISHED).read_text()).get("classes")
     model = Draw(model_cfg, classes=classes)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
-    # Adam's state is in the checkpoint too; expect_partial() lets us skip it here.
-    tf.train.Checkpoint(model=model, step=step_var).restore(tf.train.latest_checkpoint(str(manager_dir))).expect_partial()
-    last, by_class = workdir / LAST_BATCH, workdir / LAST_BY_CLASS
-    kept = None
+    # Adam's state is in the checkpoint too; partial lets us skip it here.
+    if checkpoints.restore_newest(tf.train.Checkpoint(model=model, step=step_var), workdir / CHECKPOINTS, partial=True) is None:
+        raise QdError(f"no checkpoint in {workdir / CHECKPOINTS} restores: train the model again (qd train --restart)")
+    last = checkpoints.read_last_batch(workdir / LAST_BATCH, (model_cfg.height, model_cfg.width))
+    by_class, kept = workdir / LAST_BY_CLASS, None
     if by_class.exists():
         with np.load(by_class) as z:
             kept = (z["images"].astype(np.float32) / np.float32(255), z["labels"])
-    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=np.load(last) if last.exists() else None,
-                        workdir=workdir, last_by_class=kept)
+    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last, workdir=workdir, last_by_class=kept)
 
 
 def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500) -> dict:

@@ -188,7 +188,7 @@ class Studio:
 
     def upload(self, data_url: Any, shape: tuple[int, int]) -> dict:
         """Store an image (a data URL) after decoding it with the file-image rules."""
-        from PIL import Image
+        from ..images import open_image
 
         if not isinstance(data_url, str) or not data_url.startswith("data:image/") or "," not in data_url:
             raise InputError("send the image as a data URL (data:image/png;base64,...)")
@@ -199,7 +199,8 @@ class Studio:
         if len(raw) > MAX_UPLOAD:
             raise HTTPProblem(413, f"Error: the image is {len(raw) / 1e6:.1f} MB; the limit is {MAX_UPLOAD >> 20} MB")
         try:
-            with Image.open(io.BytesIO(raw)) as im:
+            # qdcore.images: the size rule every image qd opens shares; uploads add a stricter one.
+            with open_image(raw, name="the upload") as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise InputError(f"the image is {im.width}x{im.height} pixels; the limit is 4096x4096")
                 im.load()

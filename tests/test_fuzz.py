@@ -1,0 +1,270 @@
+"""A fuzzer that keeps qd's contract (issue 11), with Hypothesis.
+
+Random recipe documents, random seed images and random parameters for every registered
+plugin, drawn from the plugin's own signature (qdcore/params.py). The contract: exit 0, 1 or 2;
+at most one `Error:` line; no traceback; nothing written but the output and the cache.
+In-process and bounded (max_examples below) so the whole fuzzer stays near a minute.
+"""
+from __future__ import annotations
+
+import io
+import math
+import typing
+from pathlib import Path
+from typing import Literal, Union, get_args, get_origin
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qdcore import Context, Drawing, QdError
+from qdcore.params import Range, check, parameters
+
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+# --- random recipe documents ----------------------------------------------------------------------
+
+KEYS = ["name", "seed", "dataset", "model", "train", "generate", "seeds", "filters", "output", "use",
+        "category", "limit", "path", "T", "height", "width", "iterations", "batch_size", "learning_rate",
+        "n", "frames", "duration", "size", "passes", "p_one", "count", "attention", "binarize", "précision", "🎨"]
+NAMES = ["quickdraw", "quickdraw-strokes", "images", "file-image", "training-batch", "prior", "sobel-edges",
+         "random-pixels", "sharpen", "upscale", "anti-alias", "invert", "gif", "png-sheet", "apple", "nope"]
+
+scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1, -1, 1e308, -1e308, 1e-320, float("nan"), float("inf"), 2 ** 63, 28, 0.5]),
+    st.text(max_size=20), st.sampled_from(NAMES),
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner, max_size=5)),
+    max_leaves=25,
+)
+recipe_like = st.fixed_dictionaries(
+    {"dataset": st.one_of(documents, st.fixed_dictionaries({"use": st.sampled_from(NAMES)}, optional={"category": documents, "limit": documents}))},
+    optional={k: documents for k in ["name", "seed", "model", "train", "generate", "seeds", "filters", "output"]},
+)
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("Error:")]
+
+
+def files_in(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    from qdcore.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return e.value.code, out.err
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers")
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("QD_DOWNLOAD_URL", "http://127.0.0.1:9/")  # never leaves the machine
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def assert_contract(code, err, before, after, allowed=()):
+    assert code in (0, 1, 2), err
+    assert len(error_lines(err)) <= 1, err
+    assert "Traceback" not in err and "unexpected" not in err, err
+    assert (code == 0) == (error_lines(err) == []), err
+    assert after - before <= set(allowed), sorted(after - before)
+
+
+@FUZZ
+@given(doc=st.one_of(recipe_like, documents))
+def test_random_recipe_documents_keep_the_contract(sandbox, capsys, doc):
+    recipe = sandbox / "fuzz.yaml"
+    try:
+        text = yaml.safe_dump(doc, allow_unicode=True)
+    except yaml.YAMLError:
+        return
+    recipe.write_text(text, encoding="utf-8")
+    before = files_in(sandbox)
+    code, err = run_cli(["validate", recipe], capsys)
+    assert_contract(code, err, before, files_in(sandbox))
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+                      st.sampled_from(["&a [*a, *a]", "a: &x [1]\nb: *x\n", "!!binary AAAA", "? [a]\n: b",
+                                       "dataset: !!python/name:os.system\n", "%YAML 1.1\n---\n", "\t\x00"])))
+def test_random_recipe_text_keeps_the_contract(sandbox, capsys, text):
+    recipe = sandbox / "fuzz.yaml"
+    recipe.write_bytes(text.encode("utf-8", "surrogatepass"))
+    before = files_in(sandbox)
+    code, err = run_cli(["validate", recipe], capsys)
+    assert_contract(code, err, before, files_in(sandbox))
+    assert code != 0 or text.strip()  # an empty recipe is never valid
+
+
+# --- random seed images ---------------------------------------------------------------------------
+
+MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]
+
+
+@st.composite
+def image_files(draw):
+    from PIL import Image
+
+    mode = draw(st.sampled_from(MODES))
+    w, h = draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    fmt = draw(st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF"]))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+    im = Image.fromarray(pixels, "L").convert(mode)
+    buf = io.BytesIO()
+    try:
+        im.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError):
+        im.convert("RGB").save(buf, format=fmt)
+    data = buf.getvalue()
+    cut = draw(st.one_of(st.just(len(data)), st.integers(0, len(data))))
+    flip = draw(st.one_of(st.none(), st.integers(0, max(len(data) - 1, 0))))
+    data = bytearray(data[:cut])
+    if flip is not None and flip < len(data):
+        data[flip] ^= 0xFF
+    return bytes(data), fmt.lower()
+
+
+@FUZZ
+@given(image=image_files(), shape=st.tuples(st.integers(2, 40), st.integers(2, 40)),
+       invert=st.sampled_from(["auto", "always", "never"]), fit=st.sampled_from(["pad", "stretch"]), normalize=st.booleans())
+def test_random_seed_images_load_or_fail_cleanly(tmp_path, image, shape, invert, fit, normalize):
+    from qdplugins.datasets import load_image
+
+    data, ext = image
+    path = tmp_path / f"seed.{ext}"
+    path.write_bytes(data)
+    try:
+        out = load_image(path, shape, invert, fit, normalize)
+    except QdError as e:
+        assert e.exit_code == 2 and "\n" not in str(e)
+        return
+    assert out.shape == shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+# --- random parameters for every registered plugin, from its signature -----------------------------
+
+def valid_value(tp, name: str):
+    """A strategy of values that `tp` accepts (kept small where a value sets a size)."""
+    origin = get_origin(tp)
+    if origin is typing.Annotated:
+        base, *extra = get_args(tp)
+        rng = next((e for e in extra if isinstance(e, Range)), Range())
+        if base is int:
+            lo = int(rng.lo) if rng.lo is not None else -50
+            hi = int(rng.hi) if rng.hi is not None else lo + 100
+            return st.integers(lo, min(hi, lo + 96))
+        lo = rng.lo if rng.lo is not None else -10.0
+        hi = rng.hi if rng.hi is not None else lo + 100.0
+        return st.floats(lo, hi, allow_nan=False)
+    if origin is Literal:
+        return st.sampled_from(get_args(tp))
+    if origin is Union:
+        return st.one_of([valid_value(a, name) if a is not type(None) else st.none() for a in get_args(tp)])
+    if origin in (list, tuple):
+        return st.lists(valid_value(get_args(tp)[0], name), min_size=1, max_size=3)
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return st.integers(-1000, 1000)
+    if tp is float:
+        return st.floats(-10, 10)
+    if tp is Path:
+        return st.sampled_from(["seed.png", "nowhere.png", "doodles", "*.png", ""])
+    if tp is str:
+        return st.sampled_from(["apple", "cat", "coffee cup", "x"])
+    return scalars
+
+
+@st.composite
+def plugin_params(draw, factory):
+    params = {}
+    for name, p in parameters(factory).items():
+        required = p.default is p.empty
+        if not required and draw(st.booleans()):
+            continue
+        params[name] = draw(st.one_of(valid_value(p.annotation, name), valid_value(p.annotation, name), scalars))
+    if draw(st.integers(0, 9)) == 0:
+        params[draw(st.text(min_size=1, max_size=6))] = draw(scalars)  # an unknown key
+    return params
+
+
+def registered():
+    from qdcore.plugin_manager import build
+
+    reg = build().registry
+    return [(kind, name, reg.get(kind, name).factory) for kind in ("datasets", "seed_strategies", "filters", "writers")
+            for name in reg.names(kind)]
+
+
+def ctx(tmp_path, shape=(12, 12)) -> Context:
+    return Context(shape, np.random.default_rng(0), tmp_path, None, tmp_path / "cache", quiet=True)
+
+
+def drawing(shape=(12, 12), T=2, n=3) -> Drawing:
+    rng = np.random.default_rng(1)
+    windows = np.concatenate([rng.uniform(0, 12, (T, n, 2)), rng.uniform(0.5, 3, (T, n, 1))], axis=2)
+    return Drawing(canvases=rng.random((T, n) + shape, dtype=np.float32), windows=windows.astype(np.float32),
+                   write_n=2, source="prior")
+
+
+@pytest.mark.parametrize("kind, name, factory", registered(), ids=lambda v: v if isinstance(v, str) else "")
+def test_random_plugin_parameters_keep_the_contract(tmp_path, monkeypatch, kind, name, factory):
+    from PIL import Image
+
+    monkeypatch.setenv("QD_DOWNLOAD_URL", "http://127.0.0.1:9/")
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.eye(20, dtype=np.uint8) * 255).save(tmp_path / "seed.png")
+    (tmp_path / "doodles").mkdir(exist_ok=True)
+    Image.fromarray(np.eye(20, dtype=np.uint8) * 255).save(tmp_path / "doodles" / "a.png")
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(params=plugin_params(factory))
+    def one(params):
+        before = files_in(tmp_path)
+        out = tmp_path / "out" / "x.gif"
+        try:
+            component = factory(**check(factory, params, name, tmp_path))
+            c = ctx(tmp_path)
+            if kind == "seed_strategies":
+                from qdcore import ImageSet, SeedInput
+
+                data = ImageSet(np.random.default_rng(2).random((5, 12, 12), dtype=np.float32), "synthetic")
+                source = np.random.default_rng(3).random((3, 12, 12), dtype=np.float32)
+                given_ = SeedInput(n=3, dataset=data, last_batch=source)
+                first = None if getattr(component, "is_source", False) else source
+                seeds = component.apply(first, given_, c)
+                assert seeds is None or (np.asarray(seeds).shape == (3, 12, 12) and np.isfinite(seeds).all())
+            elif kind == "filters":
+                frames = component.apply(np.random.default_rng(4).random((6, 12, 12), dtype=np.float32), c)
+                frames = np.asarray(frames)
+                assert frames.ndim == 3 and frames.shape[0] == 6 and np.isfinite(frames).all()
+            elif kind == "writers":
+                written = Path(component.write(drawing(), out, c) or out)
+                assert written.is_file() and written.stat().st_size > 0
+                written.unlink()
+        except QdError as e:
+            assert e.exit_code in (1, 2) and "\n" not in str(e), e
+        after = files_in(tmp_path)
+        # Nothing left behind but the cache and the output folder (now empty).
+        assert {p for p in after - before if "cache" not in p.parts and p != out.parent} == set()
+
+    one()
