@@ -121,9 +121,12 @@ def save(manager: tf.train.CheckpointManager, step: int, last_saved: int | None)
 
     try:
         manager.save(checkpoint_number=step)
-    except (tf.errors.OpError, OSError) as e:
+    except BaseException as e:
+        # A signal (Ctrl-C, SIGTERM) can land mid-save too: no half-written folder either way.
         for temp in Path(manager.directory).glob("*_temp"):
             shutil.rmtree(temp, ignore_errors=True)
+        if not isinstance(e, (tf.errors.OpError, OSError)):
+            raise
         message = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))
         reason = message.rsplit("; ", 1)[-1].strip()
         reason = reason[:1].lower() + reason[1:]

@@ -362,4 +362,4 @@ def test_qd_studio_warns_when_not_on_loopback_and_bad_recipe_is_one_line(tmp_pat
     r = subprocess.run([qd, "studio", str(bad), "--no-browser"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"Error: {bad}: filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'? "
-                                             "Available: anti-alias, edge-enhance, invert, sharpen, upscale"]
+                                             "Available: anti-alias, edge-enhance, ink, invert, sharpen, upscale"]
