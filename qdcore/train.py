@@ -4,6 +4,8 @@ Everything for one model lives in the `workdir` the engine hands over:
     checkpoints/      tf.train.CheckpointManager (weights, Adam state, step, noise generator)
     last_batch.npy    the last training batch, for the "training-batch last" seed strategy
     finished.json     written atomically only once training reached train_cfg.iterations
+    tensorboard/      TensorBoard summaries (qdcore/summaries.py)
+Under a multi-worker strategy only the chief writes any of these (qdcore/distribute.py).
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
@@ -13,7 +15,6 @@ resumed run picks up exactly where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from . import optimizer
 from .atomic import atomic_path
 from .config import ModelConfig, TrainConfig
 from .draw import Draw
@@ -83,9 +85,20 @@ class Batches:
         return np.concatenate([self._perm(int(c))[within[cycles == c]] for c in np.unique(cycles)])
 
     def __call__(self, k) -> np.ndarray:
-        k = int(k)
-        # Dynamic binarization draws fresh bits every time an example is seen.
-        return targets(self.data, self.indices(k), np.random.default_rng([self.seed, 0xB1, k]))
+        return self.rows(k, 0, self.batch_size)
+
+    def rows(self, k, lo: int, hi: int) -> np.ndarray:
+        """Rows lo:hi of batch k, exactly as they are in the whole batch: a replica of a
+        distributed run loads only its own part (qdcore/distribute.py)."""
+        k, lo, hi = int(k), int(lo), int(hi)
+        index = self.indices(k)[lo:hi]
+        # Dynamic binarization draws fresh bits every time an example is seen; the bits of
+        # the whole batch are drawn and the part's taken, so a part matches the whole.
+        rng = np.random.default_rng([self.seed, 0xB1, k])
+        if self.data.binarize == "dynamic":
+            u = rng.random((self.batch_size,) + self.data.images.shape[1:], dtype=np.float32)[lo:hi]
+            return (u < self.data.as_float(index)).astype(np.float32)
+        return targets(self.data, index, rng)
 
     def dataset(self, start: int, stop: int) -> tf.data.Dataset:
         h, w = self.data.images.shape[1:3]
@@ -96,49 +109,6 @@ class Batches:
             return k, x
 
         return tf.data.Dataset.range(start, stop).map(load).prefetch(2)
-
-
-class Adam(tf.Module):
-    """Adam (Kingma & Ba) with its state in tf.Variables, so it checkpoints with the model and
-    its update compiles into the same XLA cluster as the gradient."""
-
-    def __init__(self, variables: list[tf.Variable], beta1: float, beta2: float = 0.999, epsilon: float = 1e-8):
-        super().__init__(name="adam")
-        self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
-        self.iterations = tf.Variable(0, dtype=tf.int64, name="iterations")
-        self.m = [tf.Variable(tf.zeros_like(v), name="m") for v in variables]
-        self.v = [tf.Variable(tf.zeros_like(v), name="v") for v in variables]
-
-    def apply(self, grads, variables, lr, ok):
-        """One update; where `ok` is False nothing (weights or moments) changes."""
-        t = tf.cast(self.iterations + 1, tf.float32)
-        lr_t = lr * tf.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        for g, var, m, v in zip(grads, variables, self.m, self.v):
-            m_new = self.beta1 * m + (1 - self.beta1) * g
-            v_new = self.beta2 * v + (1 - self.beta2) * tf.square(g)
-            var_new = var - lr_t * m_new / (tf.sqrt(v_new) + self.epsilon)
-            m.assign(tf.where(ok, m_new, m))
-            v.assign(tf.where(ok, v_new, v))
-            var.assign(tf.where(ok, var_new, var))
-        self.iterations.assign_add(tf.cast(ok, tf.int64))
-
-
-def learning_rate(step, train_cfg: TrainConfig):
-    """Linear warmup, then the schedule named by train_cfg.lr_schedule (step is a tensor).
-
-    The schedule is a function of the step alone, so a resumed run continues it exactly.
-    """
-    step = tf.cast(step, tf.float32)
-    lr = train_cfg.learning_rate
-    total = float(max(train_cfg.iterations, 1))
-    if train_cfg.lr_schedule == "cosine":
-        progress = tf.minimum(step / total, 1.0)
-        floor = train_cfg.lr_final_fraction
-        lr = lr * (floor + (1 - floor) * 0.5 * (1 + tf.cos(math.pi * progress)))
-    warmup = min(train_cfg.warmup, train_cfg.iterations // 10)
-    if warmup > 0:
-        lr = lr * tf.minimum(1.0, (step + 1) / warmup)
-    return lr
 
 
 def cpu_has_amx_bf16() -> bool:
@@ -222,52 +192,88 @@ def _split_sizes(batch: int, streams: int) -> list[int]:
     return [batch // streams + (1 if i < batch % streams else 0) for i in range(streams)]
 
 
-def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPlan | None = None):
-    """The compiled step: loss, gradient, global-norm clip, guarded Adam update.
+def step_noise(model: Draw, train_cfg: TrainConfig, k, batch_size: int):
+    """The posterior noise of global batch k, (T, batch_size, z): a function of (seed, k), so
+    a replica holding rows lo:hi of the batch takes eps[:, lo:hi] and sees the same noise
+    its rows would see in a one-process run."""
+    seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), tf.cast(k, tf.int64)])
+    return tf.random.stateless_normal(model.noise_shape(batch_size), seed=seed)
 
+
+def batch_sums(model: Draw, batch: dict, eps, plan: StepPlan):
+    """Summed L^x and L^z over `batch` (a dict: "x" the targets; room for more inputs).
+
+    The streams of a plan only reorder the sums: they are those of the whole batch."""
+    x = batch["x"]
+    n = x.shape[0]
+    streams = min(plan.streams, n) if n else 1
+    if streams > 1:
+        sizes = _split_sizes(n, streams)
+        parts = [model.loss_with_noise(xs, es, plan.precision) for xs, es in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1))]
+        lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
+    else:
+        lx, lz = model.loss_with_noise(x, eps, plan.precision)
+    return tf.reduce_sum(lx), tf.reduce_sum(lz)
+
+
+def clip(grads, loss, train_cfg: TrainConfig):
+    """(clipped grads, global norm, finite?) for the gradient of the whole (global) batch."""
+    gnorm = tf.linalg.global_norm(grads)
+    ok = tf.math.is_finite(loss) & tf.math.is_finite(gnorm)
+    if train_cfg.clip_norm > 0:
+        scale = tf.minimum(1.0, train_cfg.clip_norm / tf.maximum(gnorm, 1e-12))
+        grads = [g * scale for g in grads]
+    return grads, gnorm, ok
+
+
+def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | None = None):
+    """The single-device step, compiled whole: loss, gradient, global-norm clip, guarded Adam update.
+
+    step(batch, k) takes the batch as a dict ({"x": targets}; a bare tensor is taken as x).
     Returns mean L^x, mean L^z, the gradient norm and whether they were finite. A non-finite
-    step changes nothing, so the model in memory stays the last good one too. The streams
-    of a plan only reorder the sums: the loss and gradient are those of the whole batch.
+    step changes nothing, so the model in memory stays the last good one too. The strategy
+    step (qdcore/distribute.py) is built from the same pieces.
     """
     plan = plan or plan_step(train_cfg, configure_threads=False)
     variables = model.weights
 
+    def update(grads):
+        opt.apply(grads, variables)
+        return tf.constant(True)
+
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
-    def step(x, k):
-        seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), k])
-        eps = tf.random.stateless_normal(model.noise_shape(tf.shape(x)[0]), seed=seed)
-        batch = x.shape[0]
-        streams = min(plan.streams, batch) if batch else 1
+    def step(batch, k):
+        batch = batch if isinstance(batch, dict) else {"x": batch}
+        n = tf.shape(batch["x"])[0]
+        eps = step_noise(model, train_cfg, k, n)
+        n = tf.cast(n, tf.float32)
         with tf.GradientTape() as tape:
-            if streams > 1:
-                sizes = _split_sizes(batch, streams)
-                parts = [model.loss_with_noise(xs, es, plan.precision)
-                         for xs, es in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1))]
-                lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
-            else:
-                lx, lz = model.loss_with_noise(x, eps, plan.precision)
-            lx, lz = tf.reduce_mean(lx), tf.reduce_mean(lz)
+            lx, lz = batch_sums(model, batch, eps, plan)
+            lx, lz = lx / n, lz / n
             loss = lx + lz
-        grads = tape.gradient(loss, variables)
-        gnorm = tf.linalg.global_norm(grads)
-        ok = tf.math.is_finite(loss) & tf.math.is_finite(gnorm)
-        if train_cfg.clip_norm > 0:
-            scale = tf.minimum(1.0, train_cfg.clip_norm / tf.maximum(gnorm, 1e-12))
-            grads = [g * scale for g in grads]
-        opt.apply(grads, variables, learning_rate(k, train_cfg), ok)
+        grads, gnorm, ok = clip(tape.gradient(loss, variables), loss, train_cfg)
+        tf.cond(ok, lambda: update(grads), lambda: tf.constant(False))
         return lx, lz, gnorm, ok
 
     return step
 
 
-def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | None = None):
+def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | None = None, strategy=None):
     """(plan, model, optimizer, compiled step) for a fresh run, built in the order that
     matters: the plan first, because TensorFlow's threads can only be set before the model's
-    variables start it."""
+    variables start it. Under a tf.distribute strategy the model and optimizer are created
+    in its scope and the step is the strategy's (qdcore/distribute.py)."""
     plan = plan or plan_step(train_cfg)
-    model = Draw(model_cfg, seed=train_cfg.seed)
-    opt = Adam(model.weights, train_cfg.beta1)
-    return plan, model, opt, make_train_step(model, opt, train_cfg, plan)
+    if strategy is None:
+        model = Draw(model_cfg, seed=train_cfg.seed)
+        opt = optimizer.make(train_cfg, model.weights)
+        return plan, model, opt, make_train_step(model, opt, train_cfg, plan)
+    from .distribute import make_strategy_step
+
+    with strategy.scope():
+        model = Draw(model_cfg, seed=train_cfg.seed)
+        opt = optimizer.make(train_cfg, model.weights)
+    return plan, model, opt, make_strategy_step(model, opt, train_cfg, plan, strategy)
 
 
 class _Progress:
@@ -302,9 +308,21 @@ class _Progress:
             self.bar.stop()
 
 
-def _checkpointing(model: Draw, opt: Adam, step_var: tf.Variable, workdir: Path):
-    ckpt = tf.train.Checkpoint(model=model, opt=opt, step=step_var)
-    return ckpt, tf.train.CheckpointManager(ckpt, str(workdir / CHECKPOINTS), max_to_keep=2)
+def _checkpointing(model: Draw, opt, step_var: tf.Variable, folder: Path):
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
+    return ckpt, tf.train.CheckpointManager(ckpt, str(folder / CHECKPOINTS), max_to_keep=2)
+
+
+def _restore(ckpt, model: Draw, opt, step_var: tf.Variable, path: str) -> None:
+    """Restore a checkpoint, including one written before qd used Keras' Adam: its weights
+    and step load as they are and its Adam moments move into Keras' slots (the same update
+    rule), so an interrupted old run resumes exactly where it stopped."""
+    reader = tf.train.load_checkpoint(path)
+    if optimizer.is_legacy(reader):
+        tf.train.Checkpoint(model=model, step=step_var).restore(path).expect_partial()
+        optimizer.restore_legacy(opt, reader)
+    else:
+        ckpt.restore(path).assert_consumed()
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -329,58 +347,103 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     discards workdir's checkpoints, last batch and finished marker first.
     """
     workdir = Path(workdir)
-    if restart:
+    plan = plan_step(train_cfg)  # first: TensorFlow's threads are set before anything starts it
+    if (workdir / FINISHED).exists() and not restart:
+        return load(model_cfg, workdir)
+    from . import distribute
+
+    placement = distribute.choose(train_cfg)
+    try:
+        return _train(model_cfg, train_cfg, data, workdir, plan, placement, restart, quiet)
+    finally:
+        placement.cleanup()
+
+
+def _train(model_cfg, train_cfg, data, workdir: Path, plan: StepPlan, placement, restart: bool, quiet: bool) -> TrainedModel:
+    from . import distribute
+    from .summaries import Summaries
+
+    chief = placement.chief
+    if restart and chief:
         shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
         for name in (FINISHED, LAST_BATCH):
             (workdir / name).unlink(missing_ok=True)
-    if (workdir / FINISHED).exists():
-        return load(model_cfg, workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     _check_shape(model_cfg, data)
+    distribute.check_batch(train_cfg, placement)
     train_idx, _ = split(len(data.images), train_cfg)
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
+    if chief:
+        workdir.mkdir(parents=True, exist_ok=True)
 
-    plan, model, opt, train_step = new_training(model_cfg, train_cfg)
+    plan, model, opt, train_step = new_training(model_cfg, train_cfg, plan, placement.strategy)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
-    ckpt, manager = _checkpointing(model, opt, step_var, workdir)
+    ckpt, manager = _checkpointing(model, opt, step_var, placement.checkpoint_dir(workdir))
     if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_consumed()
+        _restore(ckpt, model, opt, step_var, manager.latest_checkpoint)
+    last_saved = int(step_var.numpy()) if manager.latest_checkpoint else None
+    multi = placement.workers > 1
+
+    def kept() -> str:
+        where = f"in {workdir}" if chief else "on the chief"
+        return f"the last good checkpoint (step {last_saved}) is kept {where}" if last_saved is not None else "no checkpoint had been saved yet"
+
+    if multi:
+        try:
+            distribute.sync_from_chief(placement, model.weights + list(opt.variables) + [step_var])
+        except tf.errors.OpError as e:
+            raise distribute.lost_peer(e, int(step_var.numpy()), kept()) from e
+        last_saved = int(step_var.numpy()) or last_saved
     start = int(step_var.numpy())
-    last_saved = start if manager.latest_checkpoint else None
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
-    last_batch = None
+    schedule = optimizer.WarmupCosine.from_config_of(train_cfg)
+    summaries = Summaries(workdir, chief, start)
+    if placement.strategy is None:
+        steps = ((int(k), lambda x=x, k=k: train_step(x, k)) for k, x in batches.dataset(start, train_cfg.iterations))
+    else:
+        dist = distribute.dataset(placement, batches, start, train_cfg.iterations)
+        steps = ((start + i, lambda b=b: train_step(b)) for i, b in enumerate(dist))
 
-    def save():
-        manager.save(checkpoint_number=int(step_var.numpy()))
-        if last_batch is not None:
-            _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
+    def save(step: int):
+        manager.save(checkpoint_number=step)
+        if chief and step > 0:
+            _save_array(workdir / LAST_BATCH, batches(step - 1))
+            summaries.samples(step, model)
 
-    with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({plan.describe()})") as progress:
-        for k, x in batches.dataset(start, train_cfg.iterations):
-            lx, lz, gnorm, ok = (v.numpy() for v in train_step(x, k))
-            if not ok:
-                kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint had been saved yet"
-                raise TrainingError(
-                    f"non-finite loss at step {int(k) + 1} (L^x={lx}, L^z={lz}, gradient norm={gnorm}); "
-                    f"the update was not applied and {kept} in {workdir}. "
-                    "Try a lower learning_rate or clip_norm."
-                )
-            step_var.assign(k + 1)
-            last_batch = x
-            step = int(k) + 1
-            progress.update(step, float(lx), float(lz))
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
-                save()
-                last_saved = step
-    if last_saved != int(step_var.numpy()) or manager.latest_checkpoint is None:
-        save()
-    if last_batch is None and (workdir / LAST_BATCH).exists():
-        last_batch = np.load(workdir / LAST_BATCH)
-    last_batch = None if last_batch is None else np.asarray(last_batch)
+    where = "; ".join(filter(None, [plan.describe(), placement.describe()]))
+    step = start
+    try:
+        with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({where})") as progress:
+            for k, run in steps:
+                lx, lz, gnorm, ok = (v.numpy() for v in run())
+                step = k + 1
+                if not ok:
+                    applied = "training stopped there" if placement.strategy is not None else "the update was not applied"
+                    raise TrainingError(
+                        f"non-finite loss at step {step} (L^x={lx}, L^z={lz}, gradient norm={gnorm}); "
+                        f"{applied} and {kept()}. Try a lower learning_rate or clip_norm."
+                    )
+                step_var.assign(step)
+                progress.update(step, float(lx), float(lz))
+                summaries.scalars(step, float(lx), float(lz), float(gnorm), lambda: float(schedule(step - 1)))
+                if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
+                    save(step)
+                    last_saved = step
+        if last_saved != int(step_var.numpy()) or manager.latest_checkpoint is None:
+            save(int(step_var.numpy()))
+    except tf.errors.OpError as e:
+        if not multi:
+            raise
+        raise distribute.lost_peer(e, step + 1, kept()) from e
+    finally:
+        summaries.close()
+    step = int(step_var.numpy())
+    if not chief:
+        return TrainedModel(model=model, step=step, last_batch=None, workdir=workdir)
+    last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
     with atomic_path(workdir / FINISHED) as tmp:
-        tmp.write_text(json.dumps({"step": int(step_var.numpy()), "model": model_cfg.as_dict(), "train": train_cfg.as_dict()}))
-    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last_batch, workdir=workdir)
+        tmp.write_text(json.dumps({"step": step, "model": model_cfg.as_dict(), "train": train_cfg.as_dict()}))
+    return TrainedModel(model=model, step=step, last_batch=last_batch, workdir=workdir)
 
 
 def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:

@@ -11,7 +11,8 @@ from qdcore.config import ModelConfig, TrainConfig
 from qdcore.draw import Draw
 from qdcore.errors import QdError, TrainingError
 from qdcore.interfaces import ImageSet
-from qdcore.train import Adam, Batches, evaluate, load, split, train
+from qdcore import optimizer
+from qdcore.train import Batches, evaluate, load, split, train
 
 TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 
@@ -123,7 +124,11 @@ def test_streams_split_the_batch_without_changing_the_step(precision, rtol, atol
     out = {}
     for streams in (1, 3):
         model = Draw(TINY, seed=1)
-        step = train_mod.make_train_step(model, Adam(model.weights, 0.5), cfg, train_mod.StepPlan(precision, False, streams))
+        opt = optimizer.make(cfg, model.weights)
+        # The learning rate follows the optimizer's step count (Keras' convention): put it
+        # at step 3, the batch this test feeds, as a run reaching that batch would have it.
+        opt.iterations.assign(3)
+        step = train_mod.make_train_step(model, opt, cfg, train_mod.StepPlan(precision, False, streams))
         lx, lz, gnorm, ok = (v.numpy() for v in step(x, k))
         assert ok
         out[streams] = np.array([lx, lz, gnorm]), np.concatenate([w.numpy().ravel() for w in model.weights])
