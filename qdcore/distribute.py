@@ -178,8 +178,8 @@ def make_strategy_step(model, opt, train_cfg: TrainConfig, plan, strategy):
 
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
     def gradients(batch):
-        n = tf.shape(batch["x"])[0]
-        eps = step_noise(model, train_cfg, batch["k"], train_cfg.batch_size)[:, batch["lo"]:batch["lo"] + n]
+        lo = tf.cast(batch["lo"], tf.int32)
+        eps = step_noise(model, train_cfg, batch["k"], train_cfg.batch_size)[:, lo:lo + tf.shape(batch["x"])[0]]
         with tf.GradientTape() as tape:
             lx, lz = batch_sums(model, batch, eps, plan)
             # Per-replica loss scaling: the replicas' gradients add up to the global mean's.
