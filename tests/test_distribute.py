@@ -185,3 +185,31 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path, quickdraw_dir
     recipe = _recipe(tmp_path, "multi-worker", 2, 1)
     code, _, stderr = _finish([_start(recipe, _env(tmp_path / "cache", quickdraw_dir, None))])[0]
     assert code == 2 and "Error: train.distribute is multi-worker but TF_CONFIG is not set" in stderr, stderr[-2000:]
+
+
+# Keys computed by qd before train.distribute existed (commit d06c7d0): a recipe that does not
+# set the new key must find the models cached by earlier versions.
+KEYS_BEFORE_DISTRIBUTE = {
+    "dataset: {use: quickdraw, category: cat}": "d2e21ea1ade04d3a",
+    "dataset: {use: quickdraw, category: cat}\ntrain: {iterations: 2500, batch_size: 100, precision: float32}": "ab249997a54355cd",
+}
+
+
+@pytest.mark.parametrize("text", sorted(KEYS_BEFORE_DISTRIBUTE))
+def test_distribute_leaves_model_keys_unchanged(text):
+    import yaml
+
+    from qdcore.plugin_manager import build
+    from qdcore.recipe import parse
+
+    registry = build().registry
+    recipe = parse(yaml.safe_load(text), Path("/nowhere/r.yaml"), registry)
+    assert recipe.train.distribute == "auto"
+    assert recipe.model_key() == KEYS_BEFORE_DISTRIBUTE[text]
+    for mode in ("none", "mirrored", "multi-worker"):
+        data = yaml.safe_load(text)
+        data.setdefault("train", {})["distribute"] = mode
+        assert parse(data, Path("/nowhere/r.yaml"), registry).model_key() == KEYS_BEFORE_DISTRIBUTE[text]
+    data = yaml.safe_load(text)
+    data.setdefault("train", {})["seed"] = 1  # a setting that does decide the weights still counts
+    assert parse(data, Path("/nowhere/r.yaml"), registry).model_key() != KEYS_BEFORE_DISTRIBUTE[text]

@@ -210,3 +210,40 @@ def test_evaluate_names_binarized_targets(tmp_path):
     assert result["targets"] == "binarized (threshold)" and result["n_images"] == 6
     with pytest.raises(QdError, match="holdout is 0"):
         evaluate(trained, data, _cfg(holdout=0.0))
+
+
+def test_an_old_run_with_the_hand_written_adam_resumes_exactly(tmp_path):
+    """tests/data/legacy-adam: the checkpoint at step 3 of a 6-step run made by qd before it
+    used Keras' Adam (commit d06c7d0), and that version's weights after all 6 steps straight.
+    Resuming it now moves the old Adam moments into Keras' slots and ends on the same weights."""
+    import shutil
+    from pathlib import Path
+
+    legacy = Path(__file__).parent / "data" / "legacy-adam"
+    shutil.copytree(legacy, tmp_path / train_mod.CHECKPOINTS, ignore=shutil.ignore_patterns("*.npz"))
+    data, cfg = _images(), _cfg(iterations=6, checkpoint_every=3)
+    resumed = train(TINY, cfg, data, tmp_path, quiet=True)
+    assert resumed.step == 6
+    expected = np.load(legacy / "expected_weights.npz")
+    for i, w in enumerate(resumed.model.weights):
+        np.testing.assert_allclose(w.numpy(), expected[f"arr_{i}"], rtol=1e-5, atol=1e-6)
+    # Its new checkpoints are Keras' layout: a later resume takes the ordinary path.
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / train_mod.CHECKPOINTS)))
+    assert not optimizer.is_legacy(reader)
+
+
+def test_summaries_hold_losses_learning_rate_and_a_prior_sheet(tmp_path):
+    from qdcore import summaries
+
+    train(TINY, _cfg(iterations=20, checkpoint_every=10), _images(), tmp_path, quiet=True)
+    tags, images = {}, []
+    for f in (tmp_path / summaries.FOLDER).glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "images":
+                    images.append(tf.io.decode_png(tf.make_ndarray(v.tensor)[2]).numpy())
+                else:
+                    tags.setdefault(v.tag, []).append(event.step)
+    assert {"loss/L^x", "loss/L^z", "train/learning_rate", "train/gradient_norm", "train/steps_per_s"} <= set(tags)
+    assert sorted(tags["loss/L^x"]) == [10, 20]
+    assert len(images) == 2 and images[0].shape == (4 * 10, 4 * 13, 1)  # a 4 x 4 sheet at each checkpoint
