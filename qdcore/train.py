@@ -347,11 +347,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     discards workdir's checkpoints, last batch and finished marker first.
     """
     workdir = Path(workdir)
-    plan = plan_step(train_cfg)  # first: TensorFlow's threads are set before anything starts it
     if (workdir / FINISHED).exists() and not restart:
         return load(model_cfg, workdir)
     from . import distribute
 
+    # The plan first (TensorFlow's threads are set before anything starts it), then the
+    # strategy (a multi-worker one must also come before TensorFlow's runtime starts).
+    plan = plan_step(train_cfg)
     placement = distribute.choose(train_cfg)
     try:
         return _train(model_cfg, train_cfg, data, workdir, plan, placement, restart, quiet)
