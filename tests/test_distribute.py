@@ -145,7 +145,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, quick
 
 
 def test_a_dead_worker_stops_the_survivor_and_a_restart_resumes(tmp_path, quickdraw_dir):
-    recipe = _recipe(tmp_path, "multi-worker", 400, 10)
+    recipe = _recipe(tmp_path, "multi-worker", 200, 10)
     caches = [tmp_path / "worker0", tmp_path / "worker1"]
     procs = _workers(recipe, caches, quickdraw_dir)
     try:
@@ -169,11 +169,11 @@ def test_a_dead_worker_stops_the_survivor_and_a_restart_resumes(tmp_path, quickd
 
     chief = _model_dir(caches[0])
     saved = int(tf.train.latest_checkpoint(str(chief / "checkpoints")).rsplit("-", 1)[1])
-    assert 10 <= saved < 400 and not (chief / "finished.json").exists()
+    assert 10 <= saved < 200 and not (chief / "finished.json").exists()
 
     results = _finish(_workers(recipe, caches, quickdraw_dir))
     _check(results, "restarted worker")
-    assert json.loads((chief / "finished.json").read_text())["step"] == 400
+    assert json.loads((chief / "finished.json").read_text())["step"] == 200
     resumed = _scalars(chief, only_newest=True)["loss/L^x"]
     # The restarted run's first summary comes after the checkpoint it resumed from: a run
     # started again from step 0 would write step 10 first.
