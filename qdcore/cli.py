@@ -30,6 +30,8 @@ app.add_typer(bench_app, name="bench")
 
 DebugOpt = typer.Option(False, "--debug", help="Show the full traceback on error.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
+SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
+                      help="Override a recipe key, e.g. -s train.iterations=200 -s filters[0].passes=2 (YAML value).")
 
 
 def _version(value: bool):
@@ -53,10 +55,10 @@ def _plugins():
     return build()
 
 
-def _recipe(path: Path, *, iterations=None, seed=None, n=None):
+def _recipe(path: Path, *, iterations=None, seed=None, n=None, sets=()):
     from .recipe import load
 
-    return load(path, _plugins().registry).with_overrides(iterations=iterations, seed=seed, n=n)
+    return load(path, _plugins().registry, sets or ()).with_overrides(iterations=iterations, seed=seed, n=n)
 
 
 def _log(quiet: bool):
@@ -69,13 +71,14 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: the recipe's output.path, else ./NAME.gif)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+    sets: Optional[List[str]] = SetOpt,
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
     """Run a recipe: train (or reuse the cached model), seed, generate, filter, write."""
     from . import engine
 
-    r = _recipe(recipe, iterations=iterations, seed=seed)
+    r = _recipe(recipe, iterations=iterations, seed=seed, sets=sets)
     result = engine.run(r, out=out, quiet=quiet, log=_log(quiet))
     if not quiet:
         typer.echo(f"wrote {result.path} ({result.seconds:.1f} s)", err=True)
@@ -83,11 +86,12 @@ def run(
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="The recipe YAML file."), debug: bool = DebugOpt):
+def validate(recipe: Path = typer.Argument(..., help="The recipe YAML file."), sets: Optional[List[str]] = SetOpt,
+             debug: bool = DebugOpt):
     """Check a recipe (names, parameters, files) without running anything."""
     from . import engine
 
-    r = _recipe(recipe)
+    r = _recipe(recipe, sets=sets)
     built = engine.prepare(r)
     engine.output_path(r, built, None)
     typer.echo(f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
@@ -116,17 +120,43 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
 
 
 @app.command()
+def schema(debug: bool = DebugOpt):
+    """Print the JSON Schema of a recipe, with every installed plugin's parameters.
+
+    Editors use it for completion: `qd schema > qd-recipe.schema.json`, then start a recipe
+    with `# yaml-language-server: $schema=qd-recipe.schema.json` (docs/recipes.md)."""
+    from .schema import recipe_schema
+
+    typer.echo(json.dumps(recipe_schema(_plugins().registry), indent=2))
+
+
+@app.command()
+def studio(
+    recipe: Optional[Path] = typer.Argument(None, help="A recipe to start from (default: a small cat recipe)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback is reachable by others."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
+    debug: bool = DebugOpt,
+):
+    """Open the studio: a local web page to draw a seed, choose plugins, train and watch DRAW draw."""
+    from .studio.server import serve
+
+    serve(recipe, host=host, port=port, open_browser=not no_browser, plugins=_plugins())
+
+
+@app.command()
 def train(
     recipe: Path = typer.Argument(..., help="The recipe YAML file."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
     restart: bool = typer.Option(False, "--restart", help="Discard this recipe's checkpoints and train from scratch."),
+    sets: Optional[List[str]] = SetOpt,
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
     """Train (or resume training) the recipe's model into the cache."""
     from . import engine
 
-    r = _recipe(recipe, iterations=iterations)
+    r = _recipe(recipe, iterations=iterations, sets=sets)
     built = engine.prepare(r)
     data = engine.load_data(r, built, quiet)
     trained = engine.ensure_model(r, data, restart=restart, quiet=quiet)

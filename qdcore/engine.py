@@ -21,6 +21,8 @@ from .recipe import Recipe
 
 Log = Callable[[str], None]
 
+MODEL_RECIPE = "recipe.json"
+
 # Stage numbers keep each step's random stream independent of the others.
 _STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT = 1, 2, 3, 4
 
@@ -101,10 +103,29 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
     return data
 
 
-def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False):
+def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False, on_step=None):
     from . import train  # TensorFlow lives behind this import
 
-    return train.train(recipe.model, recipe.train, data, model_dir(recipe), restart=restart, quiet=quiet)
+    workdir = model_dir(recipe)
+    _describe_model(recipe, workdir)
+    return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
+
+
+def _describe_model(recipe: Recipe, workdir: Path) -> None:
+    """recipe.json beside the checkpoints: the sections that made this model, so a list of
+    cached models (qd studio) can say what each is and rebuild a recipe that reuses it."""
+    import json
+
+    from .atomic import atomic_path
+
+    target = workdir / MODEL_RECIPE
+    if target.exists():
+        return
+    raw = recipe.raw or {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps({"name": recipe.name, "model_key": recipe.model_key(), "dataset": raw.get("dataset"),
+                                   "model": recipe.model.as_dict(), "train": recipe.train.as_dict()}, default=str))
 
 
 def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], quiet: bool = False):

@@ -43,3 +43,9 @@ class TrainingError(QdError):
     """Training failed while running, for example a non-finite loss."""
 
     exit_code = 1
+
+
+class Cancelled(QdError):
+    """Training was stopped on request (the studio's Cancel); its last checkpoint is kept."""
+
+    exit_code = 130

@@ -7,12 +7,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
 from . import params
 from .config import GenerateConfig, ModelConfig, TrainConfig
+from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
 from .registry import Entry, Registry
 
@@ -98,7 +99,8 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def load(path: Path | str, registry: Registry) -> Recipe:
+def load(path: Path | str, registry: Registry, overrides: Iterable[str] = ()) -> Recipe:
+    """Read, apply `-s key=value` overrides (qdcore/overrides.py), then validate."""
     path = Path(path)
     label = str(path)
     if not path.exists():
@@ -116,6 +118,7 @@ def load(path: Path | str, registry: Registry) -> Recipe:
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(f"invalid YAML: {problem}", where) from e
+    data = apply_overrides(data, overrides)
     return parse(data, path.resolve(), registry, label=label)
 
 

@@ -27,7 +27,7 @@ from . import optimizer
 from .atomic import atomic_path
 from .config import ModelConfig, TrainConfig
 from .draw import Draw
-from .errors import InputError, QdError, TrainingError
+from .errors import Cancelled, InputError, QdError, TrainingError
 from .interfaces import ImageSet
 
 FINISHED = "finished.json"
@@ -340,8 +340,11 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
-          restart: bool = False, quiet: bool = False) -> TrainedModel:
+          restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
     """Train to train_cfg.iterations, resuming from workdir's checkpoints if present.
+
+    on_step(step, total, lx, lz), when given, is called after every step (the studio's
+    progress bar); returning True stops training: a checkpoint is saved and Cancelled raised.
 
     A workdir holding a finished model is loaded and nothing is trained. restart=True
     discards workdir's checkpoints, last batch and finished marker first.
@@ -356,12 +359,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     plan = plan_step(train_cfg)
     placement = distribute.choose(train_cfg)
     try:
-        return _train(model_cfg, train_cfg, data, workdir, plan, placement, restart, quiet)
+        return _train(model_cfg, train_cfg, data, workdir, plan, placement, restart, quiet, on_step)
     finally:
         placement.cleanup()
 
 
-def _train(model_cfg, train_cfg, data, workdir: Path, plan: StepPlan, placement, restart: bool, quiet: bool) -> TrainedModel:
+def _train(model_cfg, train_cfg, data, workdir: Path, plan: StepPlan, placement, restart: bool, quiet: bool, on_step) -> TrainedModel:
     from . import distribute
     from .summaries import Summaries
 
@@ -428,6 +431,10 @@ def _train(model_cfg, train_cfg, data, workdir: Path, plan: StepPlan, placement,
                 step_var.assign(step)
                 progress.update(step, float(lx), float(lz))
                 summaries.scalars(step, float(lx), float(lz), float(gnorm), lambda: float(schedule(step - 1)))
+                if on_step is not None and on_step(step, train_cfg.iterations, float(lx), float(lz)):
+                    save(step)
+                    raise Cancelled(f"training stopped at step {step} of {train_cfg.iterations}; the checkpoint is kept "
+                                    f"in {workdir} and the next run resumes from it")
                 if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
                     save(step)
                     last_saved = step

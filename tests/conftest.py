@@ -63,3 +63,38 @@ def fake_site(tmp_path, monkeypatch):
     yield install
     for name in [m for m in sys.modules if m.startswith("qdtest_")]:
         del sys.modules[name]
+
+
+TINY_RECIPE = """\
+name: tiny
+dataset: {use: quickdraw, category: apple, limit: 200}
+model: {T: 4, enc_size: 32, dec_size: 32, z_size: 4}
+train: {iterations: 30, batch_size: 20, warmup: 0}
+generate: {n: 16}
+output: {use: gif, frames: steps, attention: true, duration: 0.1}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, quickdraw_dir):
+    """A tiny DRAW trained for 30 steps into the tests' shared cache (the studio tests
+    generate with it). Returns the recipe file; the model is in QD_CACHE_DIR's models/."""
+    from qdcore import engine
+    from qdcore.plugin_manager import build
+    from qdcore.recipe import load
+
+    folder = tmp_path_factory.mktemp("tiny")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    saved = os.environ.get("QD_CACHE_DIR")
+    os.environ["QD_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "qd-cache")
+    try:
+        r = load(recipe, build().registry)
+        built = engine.prepare(r)
+        engine.ensure_model(r, engine.load_data(r, built, quiet=True), quiet=True)
+    finally:
+        if saved is None:
+            os.environ.pop("QD_CACHE_DIR", None)
+        else:
+            os.environ["QD_CACHE_DIR"] = saved
+    return recipe

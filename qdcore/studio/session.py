@@ -1,0 +1,386 @@
+"""The studio's state and operations, with no HTTP in sight: recipes from the page, uploads,
+cached models, generations and training jobs. server.py puts them on the web.
+
+Everything goes through the same code as `qd run`: the plugin registry, recipe.parse (the
+same checks, the same one-line errors), engine.py and train.py (with a progress callback).
+The page never names a file: a file parameter may only be `upload:ID` (a file this module
+wrote into its private temporary folder) or a file the starting recipe itself named.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from .. import engine, params, paths
+from ..errors import InputError, QdError, RecipeError
+from ..interfaces import Context, SeedInput
+from ..recipe import Recipe, parse
+from .models import is_trained
+
+MAX_UPLOAD = 4 << 20  # decoded image bytes
+MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
+UPLOAD_PREFIX = "upload:"
+KEEP_GENERATIONS = 8
+KEEP_UPLOADS = 64
+
+# Used when `qd studio` is started without a recipe: small enough to train in minutes.
+DEFAULT_RECIPE = {
+    "name": "studio-cat",
+    "dataset": {"use": "quickdraw", "category": "cat"},
+    "train": {"iterations": 1500, "batch_size": 100, "learning_rate": 0.001},
+    "generate": {"n": 16},
+    "seeds": [{"use": "prior"}],
+    "output": {"use": "gif", "frames": "steps", "attention": True, "duration": 0.15, "hold_last": 1.0},
+}
+
+
+class HTTPProblem(Exception):
+    """An error with an HTTP status; the message is the one line the page shows."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass
+class Job:
+    key: str
+    name: str
+    total: int
+    state: str = "starting"  # starting, running, done, cancelled, failed
+    step: int = 0
+    start_step: Optional[int] = None
+    lx: Optional[float] = None
+    lz: Optional[float] = None
+    error: Optional[str] = None
+    started: float = field(default_factory=time.time)
+    first_step_at: Optional[float] = None
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    thread: Optional[threading.Thread] = field(default=None, repr=False)
+
+    def as_json(self) -> dict:
+        rate = eta = None
+        if self.first_step_at and self.start_step is not None and self.step > self.start_step:
+            elapsed = time.time() - self.first_step_at
+            rate = (self.step - self.start_step) / max(elapsed, 1e-9)
+            eta = (self.total - self.step) / rate if rate > 0 else None
+        return {"key": self.key, "name": self.name, "state": self.state, "step": self.step, "total": self.total,
+                "lx": self.lx, "lz": self.lz, "steps_per_s": rate, "eta_s": eta, "error": self.error,
+                "elapsed_s": time.time() - self.started}
+
+
+@dataclass
+class Generation:
+    recipe: Recipe
+    built: engine.Built
+    drawing: Any
+    uploads: dict  # upload id -> stored path, for "copy as recipe"
+
+
+class Studio:
+    """The server's state: plugins, the starting recipe, a private folder, models, jobs."""
+
+    def __init__(self, plugins, recipe_path: Optional[Path] = None, workdir: Optional[Path] = None):
+        self.plugins = plugins
+        self.registry = plugins.registry
+        self.tmp = Path(workdir or tempfile.mkdtemp(prefix="qd-studio-"))
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.tmp, 0o700)
+        self.uploads = self.tmp / "uploads"
+        self.uploads.mkdir(exist_ok=True)
+        if recipe_path is not None:
+            from ..recipe import load
+
+            loaded = load(recipe_path, self.registry)  # a bad starting recipe fails at startup
+            self.base_data, self.base_path = loaded.raw, loaded.path
+        else:
+            self.base_data, self.base_path = DEFAULT_RECIPE, self.tmp / "studio.yaml"
+        # Files the starting recipe names are the only on-disk paths a page may send back.
+        self.allowed_files = set(self._paths_in(self.base_data))
+        self.lock = threading.Lock()
+        self.models: dict[str, Any] = {}
+        self.datasets: dict[str, Any] = {}
+        self.generations: OrderedDict[str, Generation] = OrderedDict()
+        self.jobs: dict[str, Job] = {}
+        self.upload_order: list[str] = []
+
+    # --- recipes from the page -------------------------------------------------------------
+
+    def _path_params(self, kind: str, use: Any) -> set[str]:
+        if not isinstance(use, str) or use not in self.registry.entries[kind]:
+            return set()
+        fn = self.registry.entries[kind][use].factory
+        return {name for name, p in params.parameters(fn).items() if "path" in params.describe_type(p.annotation)}
+
+    def _steps(self, data: dict):
+        """(kind, where, step dict) of every step that is a mapping."""
+        sections = [("datasets", "dataset", data.get("dataset")), ("writers", "output", data.get("output"))]
+        for kind, key in (("seed_strategies", "seeds"), ("filters", "filters")):
+            if isinstance(data.get(key), list):
+                sections += [(kind, f"{key}[{i}]", s) for i, s in enumerate(data[key])]
+        return [(k, w, s) for k, w, s in sections if isinstance(s, dict)]
+
+    def _paths_in(self, data: dict) -> list[Path]:
+        out = []
+        folder = self.base_path.parent
+        for kind, _, step in self._steps(data):
+            for name in self._path_params(kind, step.get("use")):
+                value = step.get(name)
+                if isinstance(value, str) and value:
+                    p = Path(value).expanduser()
+                    out.append((p if p.is_absolute() else folder / p).resolve())
+        return out
+
+    def intake(self, data: Any) -> tuple[Recipe, dict]:
+        """A recipe sent by the page -> (validated Recipe, uploads it uses). File parameters
+        are rewritten from `upload:ID` to the private copy, or must be the starting recipe's."""
+        if not isinstance(data, dict):
+            raise RecipeError("the request must hold a recipe object (`recipe: {...}`)", "studio")
+        data = json.loads(json.dumps(data))  # a private copy, JSON types only
+        if isinstance(data.get("output"), dict) and "path" in data["output"]:
+            raise RecipeError("the studio does not write where the page says: downloads go to your browser", "studio: output.path")
+        used = {}
+        for kind, where, step in self._steps(data):
+            for name in self._path_params(kind, step.get("use")):
+                if name not in step:
+                    continue
+                value = step[name]
+                if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
+                    uid = value[len(UPLOAD_PREFIX):]
+                    stored = self.upload_path(uid)
+                    step[name] = str(stored)
+                    used[uid] = stored
+                    continue
+                p = Path(str(value)).expanduser()
+                p = (p if p.is_absolute() else self.base_path.parent / p).resolve()
+                if p not in self.allowed_files:
+                    raise RecipeError("the studio does not open files named by the page: upload the image instead",
+                                      f"studio: {where}.{name}")
+        return parse(data, self.base_path, self.registry, label="studio"), used
+
+    def upload_path(self, uid: str) -> Path:
+        if not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
+            raise InputError(f"{uid[:40]!r} is not an upload id: upload the image again")
+        path = self.uploads / f"{uid}.png"
+        if not path.is_file():
+            raise HTTPProblem(404, f"Error: upload {uid} is not on this server (was it restarted?): upload the image again")
+        return path
+
+    # --- uploads ---------------------------------------------------------------------------
+
+    def upload(self, data_url: Any, shape: tuple[int, int]) -> dict:
+        """Store an image (a data URL) after decoding it with the file-image rules."""
+        from PIL import Image
+
+        if not isinstance(data_url, str) or not data_url.startswith("data:image/") or "," not in data_url:
+            raise InputError("send the image as a data URL (data:image/png;base64,...)")
+        try:
+            raw = base64.b64decode(data_url.split(",", 1)[1], validate=True)
+        except ValueError:
+            raise InputError("the image's base64 is corrupt: upload it again") from None
+        if len(raw) > MAX_UPLOAD:
+            raise HTTPProblem(413, f"Error: the image is {len(raw) / 1e6:.1f} MB; the limit is {MAX_UPLOAD >> 20} MB")
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise InputError(f"the image is {im.width}x{im.height} pixels; the limit is 4096x4096")
+                im.load()
+                # Re-encoded as PNG: what is stored is pixels, never the sender's bytes.
+                clean = io.BytesIO()
+                im.save(clean, format="PNG")
+        except QdError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoder failure is bad input
+            raise InputError(f"the upload is not a readable image ({type(e).__name__}); give a PNG or JPEG") from None
+        uid = uuid.uuid4().hex
+        path = self.uploads / f"{uid}.png"
+        from ..atomic import atomic_path
+
+        # The folder stays bounded: the oldest uploads go first (a recipe using one says so).
+        with self.lock:
+            self.upload_order.append(uid)
+            while len(self.upload_order) > KEEP_UPLOADS:
+                (self.uploads / f"{self.upload_order.pop(0)}.png").unlink(missing_ok=True)
+
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(clean.getvalue())
+        # The same rules as a recipe's file-image step decide what the seed looks like.
+        entry = self.registry.get("seed_strategies", "file-image")
+        seed = entry.factory(path=path).apply(None, SeedInput(n=1), Context(
+            image_shape=shape, rng=np.random.default_rng(0), recipe_dir=self.tmp, data_dir=None,
+            cache_dir=paths.cache_dir()))
+        return {"id": uid, "ref": UPLOAD_PREFIX + uid, "preview": png_data_url(np.asarray(seed)[0])}
+
+    # --- models ----------------------------------------------------------------------------
+
+    def dataset(self, r: Recipe, built: engine.Built):
+        key = json.dumps([r.dataset.use, {k: str(v) for k, v in r.dataset.params.items()}, r.model.height, r.model.width])
+        with self.lock:
+            if key not in self.datasets:
+                self.datasets[key] = engine.load_data(r, built, quiet=True)
+            return self.datasets[key]
+
+    def trained(self, r: Recipe):
+        from .. import train
+
+        workdir = engine.model_dir(r)
+        key = str(workdir)
+        with self.lock:
+            if key in self.jobs and self.jobs[key].state in ("starting", "running"):
+                raise HTTPProblem(409, "Error: this model is training right now: wait for it to finish, or cancel it")
+            if not is_trained(workdir):
+                self.models.pop(key, None)
+                raise HTTPProblem(409, f"Error: the model for recipe {r.name!r} is not trained yet: press Train "
+                                       f"(or run `qd train`) first")
+            if key not in self.models:
+                self.models[key] = train.load(r.model, workdir)
+            return self.models[key]
+
+    # --- generate --------------------------------------------------------------------------
+
+    def generate(self, data: Any, n: Optional[int]) -> dict:
+        start = time.perf_counter()
+        r, used = self.intake(data)
+        if n is not None:
+            r = r.with_overrides(n=n)
+        built = engine.prepare(r)
+        trained = self.trained(r)
+        images = self.dataset(r, built)
+        seeds = engine.make_seeds(r, built, images, trained.last_batch, quiet=True)
+        drawing = engine.apply_filters(r, built, engine.generate(r, trained.model, seeds), quiet=True)
+        gid = uuid.uuid4().hex
+        with self.lock:
+            self.generations[gid] = Generation(r, built, drawing, used)
+            while len(self.generations) > KEEP_GENERATIONS:
+                self.generations.popitem(last=False)
+        canvases = np.asarray(drawing.canvases)
+        T, count, h, w = canvases.shape
+        # One PNG strip per step (the samples side by side): small, and lossless.
+        frames = [png_data_url(np.concatenate(list(canvases[t]), axis=1)) for t in range(T)]
+        return {
+            "id": gid, "steps": T, "n": count, "height": h, "width": w, "frames": frames,
+            "windows": None if drawing.windows is None else np.asarray(drawing.windows).round(3).tolist(),
+            "write_n": drawing.write_n, "model_shape": list(drawing.model_shape), "source": drawing.source,
+            "model_step": trained.step, "seconds": time.perf_counter() - start,
+        }
+
+    def download(self, gid: str, kind: str) -> tuple[bytes, str]:
+        with self.lock:
+            g = self.generations.get(gid)
+        if g is None:
+            raise HTTPProblem(404, "Error: that generation is gone (the server keeps the last 8): generate again")
+        name = {"gif": "gif", "png": "png-sheet"}[kind]
+        r = g.recipe
+        # The recipe's own writer settings when it names this writer, so the download is
+        # what `qd run` of "copy as recipe" writes; else the writer's defaults with steps.
+        given = dict(r.output.params) if r.output.use == name else {"frames": "steps", "attention": g.drawing.windows is not None}
+        writer = self.registry.get("writers", name).factory(**given)
+        out = self.tmp / f"{gid}.{kind}"
+        writer.write(g.drawing, out, engine.context(r, 4, quiet=True))
+        try:
+            return out.read_bytes(), f"{engine._slug(r.name)}.{kind}"
+        finally:
+            out.unlink(missing_ok=True)
+
+    def as_yaml(self, data: Any) -> dict:
+        """YAML that reproduces the page's recipe with `qd run`, plus the seed images to save."""
+        r, used = self.intake(data)
+        data = json.loads(json.dumps(data))
+        files = []
+        for kind, _, step in self._steps(data):
+            for name in self._path_params(kind, step.get("use")):
+                value = step.get(name)
+                if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
+                    uid = value[len(UPLOAD_PREFIX):]
+                    step[name] = f"studio-seed-{uid[:8]}.png"
+                    files.append({"name": step[name], "url": f"/api/uploads/{uid}.png"})
+        head = "# Made in qd studio. Run it with: qd run THIS.yaml\n"
+        for f in files:
+            head += f"# Save {f['url']} beside this file as {f['name']}.\n"
+        return {"yaml": head + yaml.safe_dump(data, sort_keys=False), "files": files, "model_key": r.model_key()}
+
+    # --- training --------------------------------------------------------------------------
+
+    def start_training(self, data: Any) -> dict:
+        r, _ = self.intake(data)
+        built = engine.prepare(r)
+        key = str(engine.model_dir(r))
+        with self.lock:
+            old = self.jobs.get(key)
+            if old and old.state in ("starting", "running"):
+                raise HTTPProblem(409, f"Error: {r.name!r} is already training (step {old.step} of {old.total}): "
+                                       "one training job per model")
+            job = Job(key=key, name=r.name, total=r.train.iterations)
+            self.jobs[key] = job
+            self.models.pop(key, None)
+        job.thread = threading.Thread(target=self._train, args=(job, r, built), daemon=True, name=f"qd-train-{r.name}")
+        job.thread.start()
+        return job.as_json()
+
+    def _train(self, job: Job, r: Recipe, built: engine.Built) -> None:
+        from ..errors import Cancelled
+
+        def on_step(step: int, total: int, lx: float, lz: float) -> bool:
+            if job.start_step is None:
+                job.start_step, job.first_step_at = step - 1, time.time()
+            job.state, job.step, job.lx, job.lz = "running", step, lx, lz
+            return job.stop.is_set()
+
+        try:
+            images = self.dataset(r, built)
+            job.state = "running"
+            trained = engine.ensure_model(r, images, quiet=True, on_step=on_step)
+            job.step = trained.step
+            job.state = "done"
+        except Cancelled as e:
+            job.state, job.error = "cancelled", one_line(e)
+        except QdError as e:
+            job.state, job.error = "failed", "Error: " + one_line(e)
+        except Exception as e:  # noqa: BLE001 - a job reports, it never takes the server down
+            job.state, job.error = "failed", f"Error: unexpected {type(e).__name__}: {one_line(e)}"
+
+    def cancel(self, key: str) -> dict:
+        with self.lock:
+            job = self.jobs.get(key)
+        if job is None:
+            raise HTTPProblem(404, "Error: no such training job")
+        if job.state not in ("starting", "running"):
+            raise HTTPProblem(409, f"Error: the job is not running (it is {job.state})")
+        job.stop.set()
+        return job.as_json()
+
+    def close(self) -> None:
+        """Stop: running jobs save a checkpoint at their next step (like Cancel), then the
+        private folder goes."""
+        for job in self.jobs.values():
+            job.stop.set()
+        for job in self.jobs.values():
+            if job.thread is not None:
+                job.thread.join(timeout=60)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def png_data_url(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,365 @@
+"""The studio's HTTP API (Starlette's TestClient): every endpoint, and every error as a 4xx
+with one `Error:` line, never a traceback. Generation uses the tiny model trained once per
+session (conftest.tiny_model); real training and cancelling run in the browser test."""
+from __future__ import annotations
+
+import base64
+import io
+import types
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from qdcore import Filter, hookimpl  # noqa: E402
+from qdcore.plugin_manager import build  # noqa: E402
+from qdcore.studio.server import MAX_BODY, create_app  # noqa: E402
+from qdcore.studio.session import DEFAULT_RECIPE, Job, Studio  # noqa: E402
+
+ORIGIN = "http://testserver"
+
+
+def _glow_plugin():
+    """A third-party plugin made in the test: a filter, and one that crashes."""
+    mod = types.ModuleType("qdtest_studio_glow")
+
+    class Glow(Filter):
+        def __init__(self, radius: float = 2.0):
+            self.radius = radius
+
+        def apply(self, frames, ctx):
+            return frames
+
+    class Boom(Filter):
+        def __init__(self):
+            pass
+
+        def apply(self, frames, ctx):
+            raise RuntimeError("the boom filter always fails\nsecond line")
+
+    @hookimpl
+    def qd_register_filters(register):
+        register("glow", Glow, description="a soft halo (test plugin)")
+        register("boom", Boom, description="always fails (test plugin)")
+
+    mod.qd_register_filters = qd_register_filters
+    return mod
+
+
+@pytest.fixture
+def studio(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("QD_CACHE_DIR", str(tiny_model.parent.parent / "qd-cache"))
+    s = Studio(build(extra=[("glow", _glow_plugin())]), tiny_model, workdir=tmp_path / "studio")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(studio):
+    with TestClient(create_app(studio)) as c:
+        yield c
+
+
+@pytest.fixture
+def recipe(client):
+    return client.get("/api/recipe").json()["recipe"]
+
+
+def png_url(array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def stroke_image() -> np.ndarray:
+    img = np.full((280, 280), 255, np.uint8)
+    img[60:220, 130:150] = 0  # a dark bar on white paper
+    return img
+
+
+def one_error(response, status: int, fragment: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    line = body["error"]
+    assert line.startswith("Error: ") and "\n" not in line and "Traceback" not in line
+    assert fragment in line, line
+    return line
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>qd studio</title>" in page.text
+    assert 'src="http' not in page.text and 'href="http' not in page.text, "no CDN: the page works offline"
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_schema_and_plugins_include_a_plugin_installed_by_the_test(client):
+    schema = client.get("/api/schema").json()
+    titles = [o.get("title") for o in schema["$defs"]["filter"]["anyOf"]]
+    assert "glow" in titles and "sharpen" in titles
+    kinds = client.get("/api/plugins").json()["kinds"]
+    glow = next(f for f in kinds["filters"] if f["name"] == "glow")
+    assert glow == {"name": "glow", "description": "a soft halo (test plugin)", "plugin": "glow"}
+    assert {"datasets", "seed_strategies", "filters", "writers"} <= set(kinds)
+
+
+def test_recipe_is_the_starting_recipe_or_the_default(client, studio, tmp_path):
+    body = client.get("/api/recipe").json()
+    assert body["recipe"]["name"] == "tiny" and body["file"].endswith("tiny.yaml")
+    bare = Studio(studio.plugins, None, workdir=tmp_path / "bare")
+    with TestClient(create_app(bare)) as c:
+        assert c.get("/api/recipe").json() == {"recipe": DEFAULT_RECIPE, "file": None}
+    bare.close()
+
+
+def test_validate_ok_and_says_whether_the_model_is_trained(client, recipe):
+    body = client.post("/api/validate", json={"recipe": recipe}).json()
+    assert body["ok"] and body["trained"] is True and body["name"] == "tiny"
+    other = {**recipe, "train": {**recipe["train"], "iterations": 31}}
+    assert client.post("/api/validate", json={"recipe": other}).json()["trained"] is False
+
+
+@pytest.mark.parametrize("change, status, fragment", [
+    (lambda r: {**r, "filters": [{"use": "sharpen", "passes": 20}]}, 400, "studio: filters[0].passes: 20 is out of range: must be between 1 and 10"),
+    (lambda r: {**r, "filters": [{"use": "sharpn"}]}, 400, "Can't find filter 'sharpn'. Did you mean 'sharpen'"),
+    (lambda r: {**r, "filters": [{"use": "glow", "radius": "big"}]}, 400, "filters[0].radius: 'big' is not a number"),
+    (lambda r: {**r, "seeds": [{"use": "sobel-edges"}]}, 400, "needs a source before it"),
+    (lambda r: {**r, "bogus": 1}, 400, "unknown section 'bogus'"),
+    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "/etc/passwd"}]}, 400,
+     "studio: seeds[0].path: the studio does not open files named by the page"),
+    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "../../tiny.yaml"}]}, 400, "does not open files named by the page"),
+    (lambda r: {**r, "dataset": {"use": "images", "path": "/etc"}}, 400, "studio: dataset.path: the studio does not open files"),
+    (lambda r: {**r, "output": {"use": "gif", "path": "/tmp/x.gif"}}, 400, "does not write where the page says"),
+    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "upload:" + "0" * 32}]}, 404, "is not on this server"),
+    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "upload:../../etc/passwd"}]}, 400, "is not an upload id"),
+    (lambda r: "not a recipe", 400, "the request must hold a recipe object"),
+])
+def test_validate_errors_are_one_line(client, recipe, change, status, fragment):
+    one_error(client.post("/api/validate", json={"recipe": change(recipe)}), status, fragment)
+
+
+def test_bad_bodies(client):
+    one_error(client.post("/api/validate", content=b"{nope"), 400, "not JSON")
+    one_error(client.post("/api/validate", json=[1, 2]), 400, "must be a JSON object")
+    one_error(client.post("/api/validate", content=b"x" * (MAX_BODY + 1)), 413, "limit")
+    one_error(client.get("/api/nothing-here"), 404, "no endpoint GET /api/nothing-here")
+    one_error(client.get("/api/validate"), 404, "no endpoint GET /api/validate")
+
+
+def test_foreign_origin_is_refused_and_own_origin_accepted(client, recipe):
+    one_error(client.post("/api/validate", json={"recipe": recipe}, headers={"Origin": "http://evil.example"}), 403,
+              "requests from another site (http://evil.example) are refused")
+    one_error(client.get("/api/schema", headers={"Origin": "http://127.0.0.1.evil.example"}), 403, "refused")
+    assert client.post("/api/validate", json={"recipe": recipe}, headers={"Origin": ORIGIN}).status_code == 200
+
+
+def test_bound_to_loopback_only_loopback_host_names_are_served(studio, recipe):
+    from qdcore.studio.server import LOOPBACK_NAMES
+
+    with TestClient(create_app(studio, LOOPBACK_NAMES), base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/api/recipe").status_code == 200
+        assert c.get("/api/recipe", headers={"Host": "localhost:8765"}).status_code == 200
+        assert c.get("/api/recipe", headers={"Host": "[::1]:8765"}).status_code == 200
+        # DNS rebinding: evil.example now resolves to 127.0.0.1, and its page is same-origin
+        one_error(c.post("/api/validate", json={"recipe": recipe},
+                         headers={"Host": "evil.example:8765", "Origin": "http://evil.example:8765"}), 403,
+                  "requests for host 'evil.example:8765' are refused")
+
+
+def test_upload_goes_through_the_file_image_rules(client, studio):
+    res = client.post("/api/upload", json={"image": png_url(stroke_image())})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["ref"] == "upload:" + body["id"]
+    stored = list(studio.uploads.iterdir())
+    assert [p.name for p in stored] == [body["id"] + ".png"]
+    assert stored[0].parent.parent == studio.tmp and (studio.tmp.stat().st_mode & 0o777) == 0o700
+    preview = iio.imread(base64.b64decode(body["preview"].split(",", 1)[1]))
+    assert preview.shape == (28, 28)
+    # file-image's invert=auto: dark ink on white paper becomes bright ink on black
+    assert preview[14, 14] > 200 and preview[0, 0] < 30
+    served = client.get(f"/api/uploads/{body['id']}.png")
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("image, status, fragment", [
+    ("hello", 400, "as a data URL"),
+    ("data:image/png;base64,!!!not-base64", 400, "base64 is corrupt"),
+    ("data:image/png;base64," + base64.b64encode(b"not an image at all").decode(), 400, "not a readable image"),
+    (None, 400, "as a data URL"),
+])
+def test_upload_errors(client, image, status, fragment):
+    one_error(client.post("/api/upload", json={"image": image}), status, fragment)
+
+
+def test_upload_limits(client, monkeypatch):
+    import qdcore.studio.session as server
+
+    big = png_url(np.zeros((2000, 2000), np.uint8))
+    monkeypatch.setattr(server, "MAX_PIXELS", 1000 * 1000)
+    one_error(client.post("/api/upload", json={"image": big}), 400, "the image is 2000x2000 pixels")
+    monkeypatch.setattr(server, "MAX_UPLOAD", 1000)
+    noisy = png_url(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8))
+    one_error(client.post("/api/upload", json={"image": noisy}), 413, "the limit is")
+
+
+def test_uploads_folder_keeps_the_newest(client, studio, monkeypatch):
+    import qdcore.studio.session as server
+
+    monkeypatch.setattr(server, "KEEP_UPLOADS", 3)
+    ids = [client.post("/api/upload", json={"image": png_url(stroke_image())}).json()["id"] for _ in range(5)]
+    assert sorted(p.stem for p in studio.uploads.iterdir()) == sorted(ids[-3:])
+
+
+def test_upload_file_errors(client):
+    one_error(client.get("/api/uploads/..%2F..%2Fetc%2Fpasswd"), 404, "no endpoint")
+    one_error(client.get("/api/uploads/..passwd.png"), 400, "is not an upload id")
+    one_error(client.get("/api/uploads/" + "a" * 32 + ".png"), 404, "is not on this server")
+
+
+def test_models_lists_the_cached_model(client, recipe):
+    body = client.get("/api/models").json()
+    tiny = [m for m in body["models"] if m["folder"].startswith("tiny-")]
+    assert tiny and tiny[0]["finished"] and tiny[0]["step"] == 30
+    assert tiny[0]["recipe"]["dataset"] == recipe["dataset"] and tiny[0]["recipe"]["model"]["T"] == 4
+
+
+def test_generate_prior_plays_every_step_with_write_windows(client, recipe):
+    res = client.post("/api/generate", json={"recipe": recipe, "n": 5})
+    assert res.status_code == 200, res.text
+    g = res.json()
+    assert (g["steps"], g["n"], g["height"], g["width"]) == (4, 5, 28, 28) and g["source"] == "prior"
+    assert len(g["frames"]) == 4 and np.asarray(g["windows"]).shape == (4, 5, 3) and g["write_n"] == 5
+    strip = iio.imread(base64.b64decode(g["frames"][-1].split(",", 1)[1]))
+    assert strip.shape == (28, 28 * 5)
+
+
+def test_generate_from_an_upload_with_filters_and_download(client, recipe):
+    ref = client.post("/api/upload", json={"image": png_url(stroke_image())}).json()["ref"]
+    r = {**recipe, "seeds": [{"use": "file-image", "path": ref}, {"use": "random-pixels"}],
+         "filters": [{"use": "glow"}, {"use": "upscale", "size": 56}]}
+    g = client.post("/api/generate", json={"recipe": r, "n": 3}).json()
+    assert g["source"] == "reconstruction" and (g["height"], g["width"]) == (56, 56)
+    gif = client.get(f"/api/generations/{g['id']}.gif")
+    assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif"
+    assert 'filename="tiny.gif"' in gif.headers["content-disposition"]
+    frames = iio.imread(gif.content, index=None)
+    assert frames.shape[0] >= 2 and frames.shape[-1] == 3, "steps with red attention boxes"
+    sheet = client.get(f"/api/generations/{g['id']}.png")
+    assert sheet.status_code == 200 and iio.imread(sheet.content).ndim >= 2
+    copied = client.post("/api/recipe.yaml", json={"recipe": r}).json()
+    data = yaml.safe_load(copied["yaml"])
+    assert data["seeds"][0]["path"].startswith("studio-seed-") and data["filters"] == r["filters"]
+    assert copied["files"][0]["url"] == f"/api/uploads/{ref[7:]}.png"
+    assert copied["model_key"] == client.post("/api/validate", json={"recipe": recipe}).json()["model_key"]
+
+
+def test_generate_errors(client, recipe, studio):
+    untrained = {**recipe, "train": {**recipe["train"], "iterations": 31}}
+    one_error(client.post("/api/generate", json={"recipe": untrained}), 409, "is not trained yet: press Train")
+    one_error(client.post("/api/generate", json={"recipe": recipe, "n": "many"}), 400, "n must be a whole number")
+    one_error(client.post("/api/generate", json={"recipe": recipe, "n": 0}), 400, "--n: 0 is out of range")
+    one_error(client.post("/api/generate", json={"recipe": {**recipe, "filters": ["boom"]}}), 500,
+              "Error: unexpected RuntimeError: the boom filter always fails second line")
+    one_error(client.get("/api/generations/" + "f" * 32 + ".gif"), 404, "that generation is gone")
+    g = client.post("/api/generate", json={"recipe": recipe, "n": 2}).json()
+    one_error(client.get(f"/api/generations/{g['id']}.jpg"), 404, "downloads are .gif or .png")
+
+
+def test_one_training_job_per_model(client, recipe, studio):
+    from qdcore import engine
+    from qdcore.recipe import parse
+
+    key = str(engine.model_dir(parse(recipe, studio.base_path, studio.registry)))
+    studio.jobs[key] = Job(key=key, name="tiny", total=30, state="running", step=3)
+    one_error(client.post("/api/train", json={"recipe": recipe}), 409, "is already training (step 3 of 30): one training job per model")
+    one_error(client.post("/api/generate", json={"recipe": recipe}), 409, "training right now")
+    assert client.post("/api/validate", json={"recipe": recipe}).json()["training"] is True
+    jobs = client.get("/api/jobs").json()["jobs"]
+    assert [j["state"] for j in jobs] == ["running"] and jobs[0]["key"] == key
+    assert client.post("/api/jobs/cancel", json={"key": key}).json()["state"] == "running"
+    assert studio.jobs[key].stop.is_set(), "the trainer's on_step sees the request and stops"
+    studio.jobs[key].state = "cancelled"
+    one_error(client.post("/api/jobs/cancel", json={"key": key}), 409, "the job is not running (it is cancelled)")
+    one_error(client.post("/api/jobs/cancel", json={"key": "nope"}), 404, "no such training job")
+    one_error(client.post("/api/train", json={"recipe": {**recipe, "model": {"T": 0}}}), 400, "model.T: 0 is out of range")
+
+
+def test_a_finished_model_trains_nothing_and_the_job_reports_done(client, recipe):
+    res = client.post("/api/train", json={"recipe": recipe})
+    assert res.status_code == 202 and res.json()["total"] == 30
+    import time
+
+    for _ in range(200):
+        job = client.get("/api/jobs").json()["jobs"][0]
+        if job["state"] not in ("starting", "running"):
+            break
+        time.sleep(0.05)
+    assert job["state"] == "done" and job["step"] == 30 and job["error"] is None
+
+
+def test_serve_refuses_a_port_in_use_with_one_line(studio):
+    import socket
+
+    from qdcore.errors import InputError
+    from qdcore.studio.server import is_loopback, serve
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve(None, host="127.0.0.1", port=port, open_browser=False, plugins=studio.plugins)
+
+
+def test_the_studio_page_never_waits_for_tensorflow():
+    """Listing models and validating must not import TensorFlow (seconds at startup)."""
+    import subprocess
+    import sys
+
+    from qdcore import train
+    from qdcore.studio import models
+
+    assert models.FINISHED == train.FINISHED
+    code = ("import sys; from qdcore.plugin_manager import build; from qdcore.studio.server import Studio, create_app; "
+            "from starlette.testclient import TestClient; s = Studio(build(), None); c = TestClient(create_app(s)); "
+            "r = c.get('/api/recipe').json()['recipe']; assert c.post('/api/validate', json={'recipe': r}).status_code == 200; "
+            "c.get('/api/models'); c.get('/api/schema'); c.get('/api/plugins'); s.close(); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_qd_studio_warns_when_not_on_loopback_and_bad_recipe_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    qd = str(Path(sys.executable).parent / "qd")
+    p = subprocess.Popen([qd, "studio", "--host", "0.0.0.0", "--port", "0", "--no-browser"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        warning = p.stderr.readline()
+        address = p.stdout.readline()
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    assert warning.startswith("Warning: qd studio is listening on 0.0.0.0, reachable from other machines")
+    assert address.startswith("qd studio: http://0.0.0.0:")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: {use: quickdraw, category: cat}\nfilters: [sharpn]\n")
+    import os
+
+    env = {**os.environ, "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers"}
+    r = subprocess.run([qd, "studio", str(bad), "--no-browser"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"Error: {bad}: filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'? "
+                                             "Available: anti-alias, edge-enhance, invert, sharpen, upscale"]
