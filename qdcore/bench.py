@@ -405,13 +405,64 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
                     for op, ms in kinds.most_common(top)]}
 
 
+# -- one worker against two (python -m qdcore.bench workers) ------------------------------------
+
+def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400) -> dict:
+    """Images/s of `qd train` as one process, then as two MultiWorkerMirroredStrategy workers
+    on localhost, at the same global batch: the chief's own steps/s summaries (train/steps_per_s)
+    after the first 20 steps (tracing, compilation). Needs QD_DATA_DIR (real data).
+    One configuration at a time, each in fresh processes."""
+    import os
+    import socket
+
+    from .summaries import FOLDER
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="qd-bench-workers-") as tmp:
+        tmp = Path(tmp)
+        for workers in (1, 2):
+            recipe = tmp / f"w{workers}.yaml"
+            recipe.write_text(f"name: w{workers}\ndataset: {{use: quickdraw, category: {category}}}\n"
+                              f"train: {{iterations: {steps}, batch_size: {batch_size}, checkpoint_every: {steps}, "
+                              f"distribute: {'none' if workers == 1 else 'multi-worker'}}}\n")
+            socks = [socket.socket() for _ in range(workers)]
+            for sock in socks:
+                sock.bind(("localhost", 0))
+            hosts = [f"localhost:{sock.getsockname()[1]}" for sock in socks]
+            for sock in socks:
+                sock.close()
+            procs = []
+            for i in range(workers):
+                env = {**os.environ, "QD_CACHE_DIR": str(tmp / f"cache{workers}-{i}"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+                env.pop("TF_CONFIG", None)
+                if workers > 1:
+                    env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
+                procs.append(subprocess.Popen([sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
+                                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for p in procs:
+                _, err = p.communicate()
+                if p.returncode:
+                    raise TrainingError(f"worker failed: {err.strip().splitlines()[-1:]}")
+            events = next((tmp / f"cache{workers}-0" / "models").glob(f"*/{FOLDER}/events.out.tfevents.*"))
+            rates = [float(tf.make_ndarray(v.tensor)) for e in tf.compat.v1.train.summary_iterator(str(events))
+                     for v in e.summary.value if v.tag == "train/steps_per_s" and e.step > 20]
+            steps_per_s = sum(rates) / len(rates)
+            rows[f"{workers}_worker{'s' if workers > 1 else ''}"] = {
+                "steps_per_s": round(steps_per_s, 3), "images_per_s": round(steps_per_s * batch_size, 1)}
+            print(rows, file=sys.stderr, flush=True)
+    rows["ratio_2_over_1"] = round(rows["2_workers"]["images_per_s"] / rows["1_worker"]["images_per_s"], 3)
+    return {"category": category, "batch_size": batch_size, "steps": steps, **rows}
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["side"]:  # one measurement, for plan.run_child()
         print(json.dumps(_side(json.loads(sys.argv[2]))))
     elif sys.argv[1:2] == ["ablation"]:
         print(json.dumps(ablation()))
+    elif sys.argv[1:2] == ["workers"]:
+        print(json.dumps(bench_workers()))
     elif sys.argv[1:2] == ["profile"]:
         print(json.dumps(profile(*sys.argv[2:3])))
     else:
-        print("usage: python -m qdcore.bench ablation | profile [auto|float32|bfloat16]", file=sys.stderr)
+        print("usage: python -m qdcore.bench ablation | workers | profile [auto|float32|bfloat16]", file=sys.stderr)
         sys.exit(2)

@@ -45,19 +45,23 @@ def _number(prefix: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, directory: Path, *, partial: bool = False) -> str | None:
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: Path, *, partial: bool = False, restore=None) -> str | None:
     """Restore the newest checkpoint in `directory` that reads back whole; its prefix, or None.
 
     A checkpoint that fails is moved aside with one warning, so the next run does not trip
     on it again. After None the variables may hold parts of a failed restore: build fresh ones.
     `partial=True` allows objects the checkpoint has that `checkpoint` does not (Adam's
-    state, when only the model is wanted).
+    state, when only the model is wanted). `restore(prefix)`, when given, restores instead
+    (the trainer's, which also reads checkpoints written before qd used Keras' Adam).
     """
     found = candidates(Path(directory))
     for i, prefix in enumerate(found):
         try:
-            status = checkpoint.restore(prefix)
-            status.expect_partial() if partial else status.assert_consumed()
+            if restore is not None:
+                restore(prefix)
+            else:
+                status = checkpoint.restore(prefix)
+                status.expect_partial() if partial else status.assert_consumed()
             return prefix
         except Exception as e:  # noqa: BLE001 - TF raises DataLossError, IndexError, ValueError, ...
             nxt = f"trying {Path(found[i + 1]).name}" if i + 1 < len(found) else "no older checkpoint is left"

@@ -58,9 +58,22 @@ class TrainConfig:
     # fastest here, of either arithmetic. Evaluation and generation are always float32.
     # See docs/performance.md.
     precision: Literal["auto", "bfloat16", "float32"] = "auto"
+    # Where the step runs (docs/distributed.md): "auto" uses every local GPU through
+    # MirroredStrategy when TensorFlow sees more than one, else the single-device step above;
+    # "none" always the single-device step; "mirrored" MirroredStrategy over local devices;
+    # "multi-worker" MultiWorkerMirroredStrategy configured by TF_CONFIG.
+    distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
+
+    # Settings that choose how a run executes, not what it learns: they stay out of the
+    # model's cache key, so a run started on one machine can be resumed on several.
+    EXECUTION_ONLY = ("distribute",)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def key_dict(self) -> dict:
+        """as_dict() without EXECUTION_ONLY settings: what a cached model's key hashes."""
+        return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_ONLY}
 
 
 @dataclass(frozen=True)

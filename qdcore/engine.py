@@ -189,9 +189,11 @@ def _describe_model(recipe: Recipe, workdir: Path) -> None:
 
     from .atomic import atomic_path
 
+    from .distribute import writes_here
+
     target = workdir / MODEL_RECIPE
-    if target.exists():
-        return
+    if target.exists() or not writes_here(recipe.train):
+        return  # only a multi-worker run's chief writes the model folder (docs/distributed.md)
     raw = recipe.raw or {}
     workdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:

@@ -108,7 +108,7 @@ class Recipe:
             "format": MODEL_FORMAT,
             "dataset": {"use": self.dataset.use, **dataset},
             "model": self.model.as_dict(),
-            "train": self.train.as_dict(),
+            "train": self.train.key_dict(),
         }
         blob = json.dumps(material, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

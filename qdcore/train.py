@@ -6,6 +6,8 @@ Everything for one model lives in the `workdir` the engine hands over:
     finished.json     written atomically only once training reached train_cfg.iterations
                       (with the class names of a conditional model)
     last_by_class.npz a conditional model's last training images of each class
+    tensorboard/      TensorBoard summaries (qdcore/summaries.py)
+Under a multi-worker strategy only the chief writes any of these (qdcore/distribute.py).
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
@@ -15,7 +17,6 @@ resumed run picks up exactly where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import checkpoints
+from . import optimizer
 from .atomic import atomic_path
 from .conditioning import conditional_classes
 from .config import ModelConfig, TrainConfig
@@ -100,9 +102,20 @@ class Batches:
         return np.concatenate([self._perm(int(c))[within[cycles == c]] for c in np.unique(cycles)])
 
     def __call__(self, k) -> np.ndarray:
-        k = int(k)
-        # Dynamic binarization draws fresh bits every time an example is seen.
-        return targets(self.data, self.indices(k), np.random.default_rng([self.seed, 0xB1, k]))
+        return self.rows(k, 0, self.batch_size)
+
+    def rows(self, k, lo: int, hi: int) -> np.ndarray:
+        """Rows lo:hi of batch k, exactly as they are in the whole batch: a replica of a
+        distributed run loads only its own part (qdcore/distribute.py)."""
+        k, lo, hi = int(k), int(lo), int(hi)
+        index = self.indices(k)[lo:hi]
+        # Dynamic binarization draws fresh bits every time an example is seen; the bits of
+        # the whole batch are drawn and the part's taken, so a part matches the whole.
+        rng = np.random.default_rng([self.seed, 0xB1, k])
+        if self.data.binarize == "dynamic":
+            u = rng.random((self.batch_size,) + self.data.images.shape[1:], dtype=np.float32)[lo:hi]
+            return (u < self.data.as_float(index)).astype(np.float32)
+        return targets(self.data, index, rng)
 
     def labels_of(self, k) -> np.ndarray:
         """Batch k's class labels (int32; zeros for an unlabelled or one-class set)."""
@@ -130,49 +143,6 @@ class Batches:
         return tf.data.Dataset.range(start, stop).map(load).prefetch(2)
 
 
-class Adam(tf.Module):
-    """Adam (Kingma & Ba) with its state in tf.Variables, so it checkpoints with the model and
-    its update compiles into the same XLA cluster as the gradient."""
-
-    def __init__(self, variables: list[tf.Variable], beta1: float, beta2: float = 0.999, epsilon: float = 1e-8):
-        super().__init__(name="adam")
-        self.beta1, self.beta2, self.epsilon = beta1, beta2, epsilon
-        self.iterations = tf.Variable(0, dtype=tf.int64, name="iterations")
-        self.m = [tf.Variable(tf.zeros_like(v), name="m") for v in variables]
-        self.v = [tf.Variable(tf.zeros_like(v), name="v") for v in variables]
-
-    def apply(self, grads, variables, lr, ok):
-        """One update; where `ok` is False nothing (weights or moments) changes."""
-        t = tf.cast(self.iterations + 1, tf.float32)
-        lr_t = lr * tf.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        for g, var, m, v in zip(grads, variables, self.m, self.v):
-            m_new = self.beta1 * m + (1 - self.beta1) * g
-            v_new = self.beta2 * v + (1 - self.beta2) * tf.square(g)
-            var_new = var - lr_t * m_new / (tf.sqrt(v_new) + self.epsilon)
-            m.assign(tf.where(ok, m_new, m))
-            v.assign(tf.where(ok, v_new, v))
-            var.assign(tf.where(ok, var_new, var))
-        self.iterations.assign_add(tf.cast(ok, tf.int64))
-
-
-def learning_rate(step, train_cfg: TrainConfig):
-    """Linear warmup, then the schedule named by train_cfg.lr_schedule (step is a tensor).
-
-    The schedule is a function of the step alone, so a resumed run continues it exactly.
-    """
-    step = tf.cast(step, tf.float32)
-    lr = train_cfg.learning_rate
-    total = float(max(train_cfg.iterations, 1))
-    if train_cfg.lr_schedule == "cosine":
-        progress = tf.minimum(step / total, 1.0)
-        floor = train_cfg.lr_final_fraction
-        lr = lr * (floor + (1 - floor) * 0.5 * (1 + tf.cos(math.pi * progress)))
-    warmup = min(train_cfg.warmup, train_cfg.iterations // 10)
-    if warmup > 0:
-        lr = lr * tf.minimum(1.0, (step + 1) / warmup)
-    return lr
-
-
 def _labels(x, y):
     """The batch's class labels for a conditional model; zeros (ignored) for an unconditional one."""
     return tf.zeros(tf.shape(x)[:1], tf.int32) if y is None else y
@@ -182,13 +152,54 @@ def _split_sizes(batch: int, streams: int) -> list[int]:
     return [batch // streams + (1 if i < batch % streams else 0) for i in range(streams)]
 
 
-def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPlan | None = None):
-    """The compiled step: loss, gradient, global-norm clip, guarded Adam update.
+def step_noise(model: Draw, train_cfg: TrainConfig, k, batch_size: int):
+    """The posterior noise of global batch k, (T, batch_size, z): a function of (seed, k), so
+    a replica holding rows lo:hi of the batch takes eps[:, lo:hi] and sees the same noise
+    its rows would see in a one-process run."""
+    seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), tf.cast(k, tf.int64)])
+    return tf.random.stateless_normal(model.noise_shape(batch_size), seed=seed)
 
+
+def batch_sums(model: Draw, batch: dict, eps, plan: StepPlan):
+    """Summed L^x and L^z over `batch` (a dict: "x" the targets, "y" their class labels, absent
+    for an unconditional model's zeros).
+
+    The streams of a plan only reorder the sums: they are those of the whole batch."""
+    x = batch["x"]
+    y = _labels(x, batch.get("y"))
+    n = x.shape[0]
+    streams = min(plan.streams, n) if n else 1
+    if streams > 1:
+        sizes = _split_sizes(n, streams)
+        parts = [model.loss_with_noise(xs, es, plan.precision, ys)
+                 for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1), tf.split(y, sizes, 0))]
+        lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
+    else:
+        lx, lz = model.loss_with_noise(x, eps, plan.precision, y)
+    return tf.reduce_sum(lx), tf.reduce_sum(lz)
+
+
+def clip(grads, loss, train_cfg: TrainConfig):
+    """(clipped grads, global norm, finite?) for the gradient of the whole (global) batch."""
+    gnorm = tf.linalg.global_norm(grads)
+    ok = tf.math.is_finite(loss) & tf.math.is_finite(gnorm)
+    if train_cfg.clip_norm > 0:
+        scale = tf.minimum(1.0, train_cfg.clip_norm / tf.maximum(gnorm, 1e-12))
+        grads = [g * scale for g in grads]
+    return grads, gnorm, ok
+
+
+def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | None = None):
+    """The single-device step, compiled whole: loss, gradient, global-norm clip, guarded Adam update.
+
+    step(x, k, y=None) takes the targets x (or a batch dict {"x", "y"}), the batch index k
+    and the batch's class labels y (None: an unconditional model's zeros).
     Returns mean L^x, mean L^z, the gradient norm and whether they were finite. A non-finite
     step changes nothing, so the model in memory stays the last good one too. The streams
     of a plan only reorder the sums: the loss and gradient are those of the whole batch.
     Without a plan: train_cfg.precision's plain step (float32: XLA; bfloat16: uncompiled).
+    The strategy step (qdcore/distribute.py) is built from the same pieces. Adam is Keras'
+    (qdcore/optimizer.py); its learning rate follows its own step count.
     """
     if plan is None:
         precision = "bfloat16" if train_cfg.precision == "bfloat16" else "float32"
@@ -197,16 +208,22 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
     device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
 
     def noise(x, k):
-        seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), k])
-        return tf.random.stateless_normal(model.noise_shape(tf.shape(x)[0]), seed=seed)
+        return step_noise(model, train_cfg, k, tf.shape(x)[0])
+
+    def unpack(x, y):
+        # A batch dict ({"x": targets, "y": labels}) or the targets themselves.
+        if isinstance(x, dict):
+            return x["x"], _labels(x["x"], x.get("y", y))
+        return x, _labels(x, y)
 
     def update(lx, lz, grads, k):
-        gnorm = tf.linalg.global_norm(grads)
-        ok = tf.math.is_finite(lx + lz) & tf.math.is_finite(gnorm)
-        if train_cfg.clip_norm > 0:
-            scale = tf.minimum(1.0, train_cfg.clip_norm / tf.maximum(gnorm, 1e-12))
-            grads = [g * scale for g in grads]
-        opt.apply(grads, variables, learning_rate(k, train_cfg), ok)
+        grads, gnorm, ok = clip(grads, lx + lz, train_cfg)
+
+        def apply():
+            opt.apply(grads, variables)
+            return tf.constant(True)
+
+        tf.cond(ok, apply, lambda: tf.constant(False))
         return lx, lz, gnorm, ok
 
     if plan.jit_compile and plan.streams > 1:
@@ -226,7 +243,7 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
         @tf.function(jit_compile=False, reduce_retracing=True, autograph=False)
         def step(x, k, y=None):
             with tf.device(device):
-                y = _labels(x, y)
+                x, y = unpack(x, y)
                 batch = x.shape[0]
                 sizes = _split_sizes(batch, min(plan.streams, batch))
                 inv = tf.constant(1.0 / batch)
@@ -239,7 +256,7 @@ def make_train_step(model: Draw, opt: Adam, train_cfg: TrainConfig, plan: StepPl
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
     def step(x, k, y=None):
         with tf.device(device):
-            y = _labels(x, y)
+            x, y = unpack(x, y)
             eps = noise(x, k)
             batch = x.shape[0]
             streams = min(plan.streams, batch) if batch else 1
@@ -267,18 +284,27 @@ def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None
 
 
 def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None,
-                 say=lambda m: None, classes=None):
+                 say=lambda m: None, classes=None, strategy=None):
     """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
     matters: the plan first, because TensorFlow's threads can only be set before the model's
-    variables start it. `classes` (2 or more) makes the model class-conditional."""
+    variables start it. `classes` (2 or more) makes the model class-conditional. Under a
+    tf.distribute strategy the model and optimizer are created in its scope and the step is
+    the strategy's (qdcore/distribute.py); otherwise on the plan's device."""
     if plan is None:
         choice = plan_step(model_cfg, train_cfg, say)
     else:
         choice = plan if isinstance(plan, Choice) else Choice(plan, "given")
-    with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
+    if strategy is None:
+        with tf.device("/GPU:0" if choice.plan.device == "gpu" else "/CPU:0"):
+            model = Draw(model_cfg, seed=train_cfg.seed, classes=classes)
+            opt = optimizer.make(train_cfg, model.weights)
+        return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
+    from .distribute import make_strategy_step
+
+    with strategy.scope():
         model = Draw(model_cfg, seed=train_cfg.seed, classes=classes)
-        opt = Adam(model.weights, train_cfg.beta1)
-    return choice, model, opt, make_train_step(model, opt, train_cfg, choice.plan)
+        opt = optimizer.make(train_cfg, model.weights)
+    return choice, model, opt, make_strategy_step(model, opt, train_cfg, choice.plan, strategy)
 
 
 class _Progress:
@@ -313,9 +339,21 @@ class _Progress:
             self.bar.stop()
 
 
-def _checkpointing(model: Draw, opt: Adam, step_var: tf.Variable, workdir: Path):
-    ckpt = tf.train.Checkpoint(model=model, opt=opt, step=step_var)
-    return ckpt, tf.train.CheckpointManager(ckpt, str(workdir / CHECKPOINTS), max_to_keep=2)
+def _checkpointing(model: Draw, opt, step_var: tf.Variable, folder: Path):
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
+    return ckpt, tf.train.CheckpointManager(ckpt, str(folder / CHECKPOINTS), max_to_keep=2)
+
+
+def _restore(ckpt, model: Draw, opt, step_var: tf.Variable, path: str) -> None:
+    """Restore a checkpoint, including one written before qd used Keras' Adam: its weights
+    and step load as they are and its Adam moments move into Keras' slots (the same update
+    rule), so an interrupted old run resumes exactly where it stopped."""
+    reader = tf.train.load_checkpoint(path)
+    if optimizer.is_legacy(reader):
+        tf.train.Checkpoint(model=model, step=step_var).restore(path).expect_partial()
+        optimizer.restore_legacy(opt, reader)
+    else:
+        ckpt.restore(path).assert_consumed()
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -343,75 +381,124 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     discards workdir's checkpoints, last batch and finished marker first.
     """
     workdir = Path(workdir)
-    if restart:
+    if not restart and checkpoints.read_finished(workdir / FINISHED) is not None:
+        train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
+        done = _load_finished(model_cfg, workdir, Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed))
+        if done is not None:
+            return done
+    from . import distribute
+
+    # The plan first (TensorFlow's threads are set before anything starts it), then the
+    # strategy (a multi-worker one must also come before TensorFlow's runtime starts).
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    choice = plan_step(model_cfg, train_cfg, say)
+    placement = distribute.choose(train_cfg)
+    try:
+        return _train(model_cfg, train_cfg, data, workdir, choice, placement, restart, quiet, on_step)
+    finally:
+        placement.cleanup()
+
+
+def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step) -> TrainedModel:
+    from . import distribute
+    from .summaries import Summaries
+
+    chief = placement.chief
+    if restart and chief:
         shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-        for name in (FINISHED, LAST_BATCH):
+        for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS):
             (workdir / name).unlink(missing_ok=True)
     _check_shape(model_cfg, data)
     classes = conditional_classes(data.classes)
+    distribute.check_batch(train_cfg, placement)
     train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
-    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
-    done = _load_finished(model_cfg, workdir, batches)
-    if done is not None:
-        return done
-    workdir.mkdir(parents=True, exist_ok=True)
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
+    if chief:
+        workdir.mkdir(parents=True, exist_ok=True)
 
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    choice, model, opt, train_step = new_training(model_cfg, train_cfg, say=say, classes=classes)
+    choice, model, opt, train_step = new_training(model_cfg, train_cfg, choice, classes=classes,
+                                                  strategy=placement.strategy)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
-    ckpt, manager = _checkpointing(model, opt, step_var, workdir)
-    tried = checkpoints.candidates(workdir / CHECKPOINTS)
-    restored = checkpoints.restore_newest(ckpt, workdir / CHECKPOINTS)
+    ckpt, manager = _checkpointing(model, opt, step_var, placement.checkpoint_dir(workdir))
+    ckpt_dir = Path(manager.directory)
+    tried = checkpoints.candidates(ckpt_dir)
+    restored = checkpoints.restore_newest(ckpt, ckpt_dir, restore=lambda p: _restore(ckpt, model, opt, step_var, p))
     if tried and restored is None:  # every one was damaged, and a failed restore writes some variables
-        choice, model, opt, train_step = new_training(model_cfg, train_cfg, choice, classes=classes)
+        choice, model, opt, train_step = new_training(model_cfg, train_cfg, choice, classes=classes,
+                                                      strategy=placement.strategy)
         step_var = tf.Variable(0, dtype=tf.int64, name="step")
-        ckpt, manager = _checkpointing(model, opt, step_var, workdir)
+        ckpt, manager = _checkpointing(model, opt, step_var, placement.checkpoint_dir(workdir))
+    last_saved = int(step_var.numpy()) if restored else None
+    multi = placement.workers > 1
+
+    def kept() -> str:
+        where = f"in {workdir}" if chief else "on the chief"
+        return f"the last good checkpoint (step {last_saved}) is kept {where}" if last_saved is not None else "no checkpoint had been saved yet"
+
+    if multi:
+        try:
+            distribute.sync_from_chief(placement, model.weights + list(opt.variables) + [step_var])
+        except tf.errors.OpError as e:
+            raise distribute.lost_peer(e, int(step_var.numpy()), kept()) from e
+        last_saved = int(step_var.numpy()) or last_saved
     start = int(step_var.numpy())
-    last_saved = start if restored else None
-    last_batch = None
+    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
+    schedule = optimizer.WarmupCosine.from_config_of(train_cfg)
+    summaries = Summaries(workdir, chief, start)
+    if placement.strategy is None:
+        steps = ((int(k), lambda x=x, k=k, y=y: train_step(x, k, y)) for k, x, y in batches.dataset(start, train_cfg.iterations))
+    else:
+        dist = distribute.dataset(placement, batches, start, train_cfg.iterations)
+        steps = ((start + i, lambda b=b: train_step(b)) for i, b in enumerate(dist))
 
-    def save():
-        checkpoints.save(manager, int(step_var.numpy()), last_saved)
-        if last_batch is not None:
-            _save_array(workdir / LAST_BATCH, np.asarray(last_batch))
+    def save(step: int):
+        checkpoints.save(manager, step, last_saved)
+        if chief and step > 0:
+            _save_array(workdir / LAST_BATCH, batches(step - 1))
+            summaries.samples(step, model)
 
-    with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({choice.label()})") as progress:
-        for k, x, y in batches.dataset(start, train_cfg.iterations):
-            lx, lz, gnorm, ok = (v.numpy() for v in train_step(x, k, y))
-            if not ok:
-                kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint had been saved yet"
-                raise TrainingError(
-                    f"non-finite loss at step {int(k) + 1} (L^x={lx}, L^z={lz}, gradient norm={gnorm}); "
-                    f"the update was not applied and {kept} in {workdir}. "
-                    "Try a lower learning_rate or clip_norm."
-                )
-            step_var.assign(k + 1)
-            last_batch = x
-            step = int(k) + 1
-            progress.update(step, float(lx), float(lz))
-            if on_step is not None and on_step(step, train_cfg.iterations, float(lx), float(lz)):
-                save()
-                raise Cancelled(f"training stopped at step {step} of {train_cfg.iterations}; the checkpoint is kept "
-                                f"in {workdir} and the next run resumes from it")
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
-                save()
-                last_saved = step
-    if last_saved != int(step_var.numpy()):
-        save()
-    if last_batch is None and int(step_var.numpy()) > 0:
-        # Nothing trained in this run (it resumed at the end): rebuild the batch rather than
-        # trust a last_batch.npy that a crash may have left from an older checkpoint.
-        last_batch = batches(int(step_var.numpy()) - 1)
-        _save_array(workdir / LAST_BATCH, last_batch)
-    last_batch = None if last_batch is None else np.asarray(last_batch)
-    finished = {"step": int(step_var.numpy()), "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
+    where = "; ".join(filter(None, [choice.label(), placement.describe()]))
+    step = start
+    try:
+        with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({where})") as progress:
+            for k, run in steps:
+                lx, lz, gnorm, ok = (v.numpy() for v in run())
+                step = k + 1
+                if not ok:
+                    applied = "training stopped there" if placement.strategy is not None else "the update was not applied"
+                    raise TrainingError(
+                        f"non-finite loss at step {step} (L^x={lx}, L^z={lz}, gradient norm={gnorm}); "
+                        f"{applied} and {kept()}. Try a lower learning_rate or clip_norm."
+                    )
+                step_var.assign(step)
+                progress.update(step, float(lx), float(lz))
+                summaries.scalars(step, float(lx), float(lz), float(gnorm), lambda: float(schedule(step - 1)))
+                if on_step is not None and on_step(step, train_cfg.iterations, float(lx), float(lz)):
+                    save(step)
+                    raise Cancelled(f"training stopped at step {step} of {train_cfg.iterations}; the checkpoint is kept "
+                                    f"in {workdir} and the next run resumes from it")
+                if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
+                    save(step)
+                    last_saved = step
+        if last_saved != int(step_var.numpy()) or manager.latest_checkpoint is None:
+            save(int(step_var.numpy()))
+    except tf.errors.OpError as e:
+        if not multi:
+            raise
+        raise distribute.lost_peer(e, step + 1, kept()) from e
+    finally:
+        summaries.close()
+    step = int(step_var.numpy())
+    if not chief:
+        return TrainedModel(model=model, step=step, last_batch=None, workdir=workdir)
+    last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
+    finished = {"step": step, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
     by_class = None
     if classes:
         finished["classes"] = classes
-        if finished["step"] > 0:
-            by_class = batches.last_by_class(finished["step"] - 1)
+        if step > 0:
+            by_class = batches.last_by_class(step - 1)
             with atomic_path(workdir / LAST_BY_CLASS) as tmp:
                 with open(tmp, "wb") as f:
                     # As 0..255 bytes: a quarter of float32 (4.3 MB at 345 x 16), exact for
@@ -419,8 +506,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
                     np.savez(f, images=np.round(by_class[0] * 255).astype(np.uint8), labels=by_class[1])
     with atomic_path(workdir / FINISHED) as tmp:
         tmp.write_text(json.dumps(finished))
-    return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last_batch, workdir=workdir,
-                        last_by_class=by_class)
+    return TrainedModel(model=model, step=step, last_batch=last_batch, workdir=workdir, last_by_class=by_class)
 
 
 def _load_finished(model_cfg: ModelConfig, workdir: Path, batches: Batches) -> TrainedModel | None:

@@ -9,7 +9,8 @@ import tensorflow as tf
 from qdcore import InputError
 from qdcore.config import ModelConfig, TrainConfig
 from qdcore.draw import Draw
-from qdcore.train import Adam, make_train_step
+from qdcore import optimizer
+from qdcore.train import make_train_step
 
 TINY = ModelConfig(T=3, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 CLASSES = ["cat", "apple", "fish"]
@@ -68,8 +69,8 @@ def test_labels_reach_the_loss_and_only_their_classes_rows_learn():
     as_cat = model.loss(x, training=False, labels=np.zeros(8, np.int32))[0].numpy()
     as_fish = model.loss(x, training=False, labels=np.full(8, 2, np.int32))[0].numpy()
     assert not np.allclose(as_cat, as_fish)
-    opt = Adam(model.weights, 0.5)
-    step = make_train_step(model, opt, TrainConfig(iterations=10, batch_size=8, warmup=0))
+    cfg = TrainConfig(iterations=10, batch_size=8, warmup=0)
+    step = make_train_step(model, optimizer.make(cfg, model.weights), cfg)
     before = model.conditioning.enc_table.numpy().copy()
     *_, ok = step(x, tf.constant(0, tf.int64), tf.constant(np.full(8, 2, np.int32)))
     after = model.conditioning.enc_table.numpy()

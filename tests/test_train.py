@@ -11,8 +11,9 @@ from qdcore.config import ModelConfig, TrainConfig
 from qdcore.draw import Draw
 from qdcore.errors import QdError, TrainingError
 from qdcore.interfaces import ImageSet
+from qdcore import optimizer
 from qdcore.plan import candidates as plan_candidates, cpu_count
-from qdcore.train import Adam, Batches, evaluate, load, split, train
+from qdcore.train import Batches, evaluate, load, split, train
 
 TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 
@@ -131,7 +132,11 @@ def test_streams_split_the_batch_without_changing_the_step(precision, xla, rtol,
     for streams in (1, 3):
         model = Draw(TINY, seed=1)
         plan = train_mod.StepPlan(precision, xla and streams > 1, streams)
-        step = train_mod.make_train_step(model, Adam(model.weights, 0.5), cfg, plan)
+        opt = optimizer.make(cfg, model.weights)
+        # The learning rate follows the optimizer's step count (Keras' convention): put it
+        # at step 3, the batch this test feeds, as a run reaching that batch would have it.
+        opt.iterations.assign(3)
+        step = train_mod.make_train_step(model, opt, cfg, plan)
         lx, lz, gnorm, ok = (v.numpy() for v in step(x, k))
         assert ok
         out[streams] = np.array([lx, lz, gnorm]), np.concatenate([w.numpy().ravel() for w in model.weights])
@@ -213,3 +218,99 @@ def test_evaluate_names_binarized_targets(tmp_path):
     assert result["targets"] == "binarized (threshold)" and result["n_images"] == 6
     with pytest.raises(QdError, match="holdout is 0"):
         evaluate(trained, data, _cfg(holdout=0.0))
+
+
+def test_an_old_run_with_the_hand_written_adam_resumes_exactly(tmp_path):
+    """tests/data/legacy-adam: the checkpoint at step 3 of a 6-step run made by qd before it
+    used Keras' Adam (commit d06c7d0), and that version's weights after all 6 steps straight.
+    Resuming it now moves the old Adam moments into Keras' slots and ends on the same weights."""
+    import shutil
+    from pathlib import Path
+
+    legacy = Path(__file__).parent / "data" / "legacy-adam"
+    shutil.copytree(legacy, tmp_path / train_mod.CHECKPOINTS, ignore=shutil.ignore_patterns("*.npz"))
+    data, cfg = _images(), _cfg(iterations=6, checkpoint_every=3)
+    resumed = train(TINY, cfg, data, tmp_path, quiet=True)
+    assert resumed.step == 6
+    expected = np.load(legacy / "expected_weights.npz")
+    for i, w in enumerate(resumed.model.weights):
+        np.testing.assert_allclose(w.numpy(), expected[f"arr_{i}"], rtol=1e-5, atol=1e-6)
+    # Its new checkpoints are Keras' layout: a later resume takes the ordinary path.
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / train_mod.CHECKPOINTS)))
+    assert not optimizer.is_legacy(reader)
+
+
+def test_summaries_hold_losses_learning_rate_and_a_prior_sheet(tmp_path):
+    from qdcore import summaries
+
+    train(TINY, _cfg(iterations=20, checkpoint_every=10), _images(), tmp_path, quiet=True)
+    tags, images = {}, []
+    for f in (tmp_path / summaries.FOLDER).glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "images":
+                    images.append(tf.io.decode_png(tf.make_ndarray(v.tensor)[2]).numpy())
+                else:
+                    tags.setdefault(v.tag, []).append(event.step)
+    assert {"loss/L^x", "loss/L^z", "train/learning_rate", "train/gradient_norm", "train/steps_per_s"} <= set(tags)
+    assert sorted(tags["loss/L^x"]) == [10, 20]
+    assert len(images) == 2 and images[0].shape == (4 * 10, 4 * 13, 1)  # a 4 x 4 sheet at each checkpoint
+
+
+def test_mirrored_strategy_trains_like_the_single_device_step(tmp_path):
+    """train.distribute: mirrored runs the strategy step (sharded dataset, all-reduce, Keras
+    Adam on mirrored variables); over this machine's one device it must agree with the
+    single-device step to float32 rounding."""
+    data = _images()
+    plain = train(TINY, _cfg(iterations=4, distribute="none"), data, tmp_path / "none", quiet=True)
+    mirrored = train(TINY, _cfg(iterations=4, distribute="mirrored"), data, tmp_path / "mirrored", quiet=True)
+    assert mirrored.step == plain.step == 4
+    for a, b in zip(plain.model.weights, mirrored.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.load(tmp_path / "none" / train_mod.LAST_BATCH), np.load(tmp_path / "mirrored" / train_mod.LAST_BATCH))
+
+
+def _labelled(n=60, classes=("cat", "dog", "fish"), seed=0):
+    data = _images(n, seed=seed)
+    labels = (np.arange(n) % len(classes)).astype(np.int64)
+    return ImageSet(data.images, "labelled", labels=labels, classes=list(classes))
+
+
+def test_each_replica_gets_its_rows_labels():
+    """Under a strategy a replica loads rows lo:lo+B/R of batch k: its labels must be those
+    same rows' labels, so every replica conditions its part of the batch on the right classes."""
+    from qdcore import distribute
+
+    data = _labelled(n=30)
+    batches = Batches(data, np.arange(30), batch_size=6, seed=2)
+
+    class TwoReplicas:  # what the strategy does with the per-pipeline function, for 2 local replicas
+        num_replicas_in_sync = 2
+
+        def distribute_datasets_from_function(self, fn):
+            return fn(tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2))
+
+    elements = list(distribute.dataset(distribute.Placement("mirrored", TwoReplicas()), batches, 1, 4))
+    assert len(elements) == 6  # 3 batches x 2 replicas
+    for e in elements:
+        k, lo = int(e["k"]), int(e["lo"])
+        assert lo in (0, 3)
+        np.testing.assert_array_equal(e["x"].numpy(), batches(k)[lo:lo + 3])
+        np.testing.assert_array_equal(e["y"].numpy(), batches.labels_of(k)[lo:lo + 3])
+    assert any(e["y"].numpy().any() for e in elements)  # real labels, not an unlabelled set's zeros
+
+
+def test_mirrored_strategy_trains_a_conditional_model_like_the_single_device_step(tmp_path):
+    """Labels travel with the strategy's batches: a class-conditional model trained by the
+    strategy step ends where the single-device step does, conditioning rows included, and
+    its finished.json names the classes."""
+    import json
+
+    data = _labelled()
+    plain = train(TINY, _cfg(iterations=4, distribute="none"), data, tmp_path / "none", quiet=True)
+    mirrored = train(TINY, _cfg(iterations=4, distribute="mirrored"), data, tmp_path / "mirrored", quiet=True)
+    assert plain.model.classes and mirrored.model.classes
+    for a, b in zip(plain.model.weights, mirrored.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "mirrored" / "finished.json").read_text())["classes"] == ["cat", "dog", "fish"]
+    assert mirrored.last_by_class is not None
