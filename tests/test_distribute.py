@@ -92,7 +92,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float = DEADLINE) -> list[tu
 
 
 def _model_dir(cache: Path) -> Path:
-    (found,) = (cache / "models").iterdir()
+    (found,) = [p for p in (cache / "models").iterdir() if p.is_dir()]  # not the training lock beside it
     return found
 
 
