@@ -258,17 +258,10 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
         with tf.device(device):
             x, y = unpack(x, y)
             eps = noise(x, k)
-            batch = x.shape[0]
-            streams = min(plan.streams, batch) if batch else 1
+            inv = 1.0 / tf.cast(tf.shape(x)[0], tf.float32)
             with tf.GradientTape() as tape:
-                if streams > 1:
-                    sizes = _split_sizes(batch, streams)
-                    parts = [model.loss_with_noise(xs, es, plan.precision, ys)
-                             for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1), tf.split(y, sizes, 0))]
-                    lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
-                else:
-                    lx, lz = model.loss_with_noise(x, eps, plan.precision, y)
-                lx, lz = tf.reduce_mean(lx), tf.reduce_mean(lz)
+                lx, lz = batch_sums(model, {"x": x, "y": y}, eps, plan)
+                lx, lz = lx * inv, lz * inv
                 loss = lx + lz
             return update(lx, lz, tape.gradient(loss, variables), k)
 
