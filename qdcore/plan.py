@@ -43,7 +43,7 @@ MIN_STREAM = 50
 MEASURE_STEPS = 10
 # Measuring costs roughly half a minute per candidate at the default model; a run shorter
 # than this many steps would spend more time measuring than it could save, so it takes the
-# cached winner if there is one and the first candidate otherwise.
+# cached winner if there is one, and otherwise `short_run_plan`.
 MEASURE_MIN_ITERATIONS = 500
 
 
@@ -239,6 +239,18 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
         return None
 
 
+def short_run_plan(plans: list[StepPlan]) -> StepPlan:
+    """The plan of a short run with nothing cached: on a CPU, the first candidate's arithmetic
+    uncompiled, in one stream, at TensorFlow's default threads. XLA compiling the default
+    model's step takes about 6 s more than TensorFlow's first uncompiled step (11.7 s against
+    5.4 s here), and later steps ran at the same speed (0.21 s at batch 400), so for a few
+    hundred steps compiling cannot pay (docs/performance.md)."""
+    first = plans[0]
+    if first.device != "cpu":
+        return first
+    return StepPlan(first.precision, False, name=first.precision)
+
+
 def save(path: Path, fields: dict, winner: StepPlan, rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({"key": fields, "winner": winner.name, "plan": winner.as_dict(), "rows": rows}, indent=1))
@@ -282,7 +294,7 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
     if cached:
         return Choice(cached[0], "cached", cached[1], path)
     if train_cfg.iterations < MEASURE_MIN_ITERATIONS:
-        return Choice(plans[0], "unmeasured", [], path)
+        return Choice(short_run_plan(plans), "unmeasured", [], path)
     if path.exists():
         say(f"step plan cache {path} is unreadable; measuring again")
     say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "

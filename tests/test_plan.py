@@ -163,7 +163,10 @@ def test_a_plan_that_fails_to_run_loses():
 def test_short_runs_forced_plans_and_single_candidates_measure_nothing(monkeypatch):
     never = FakeMeasure({})
     short = choose(TrainConfig(iterations=P.MEASURE_MIN_ITERATIONS - 1), measure=never)
-    assert short.how == "unmeasured" and short.plan.name == "float32-xla"
+    # Nothing compiled for a short run: XLA's compile costs more than it saves there.
+    assert short.how == "unmeasured" and short.plan == P.StepPlan("float32", False, name="float32")
+    gpu_short = choose(TrainConfig(iterations=10), measure=never, gpus=["/physical_device:GPU:0"])
+    assert gpu_short.how == "unmeasured" and gpu_short.plan.name == "gpu-float32-xla"
     assert choose(TrainConfig(iterations=10_000, precision="bfloat16"), measure=never).how == "only"
     assert choose(info=F32_ONLY, measure=FakeMeasure({"float32-xla": 1, "float32-xla-streams": 2, "float32-streams": 3})
                   ).plan.name == "float32-streams"
