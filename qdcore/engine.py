@@ -258,23 +258,33 @@ def _categories(recipe: Recipe) -> list[str]:
     return names
 
 
+def _finals(drawing: Drawing) -> Drawing:
+    return replace(drawing, canvases=drawing.canvases[-1:],
+                   windows=None if drawing.windows is None else drawing.windows[-1:])
+
+
 def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, quiet: bool = False,
-         categories: Optional[list[str]] = None) -> Drawing:
+         categories: Optional[list[str]] = None, final_only: bool = False) -> Drawing:
     """Generate and filter the recipe's n pictures. With generate.best_of = K, K x n candidates
     are drawn and the recognizer keeps the n most confident they show `categories` (default:
     the recipe's dataset's): of all prior samples, or the best try at each seed image. The
-    recognizer judges the final canvas after the recipe's filters, as a person sees it."""
+    recognizer judges the final canvas after the recipe's filters, as a person sees it.
+    `final_only` filters just the last step's canvas (one frame per picture instead of T):
+    enough for whoever looks only at the finished drawings."""
     k = recipe.generate.best_of
     if k == 1:
-        return apply_filters(recipe, built, generate(recipe, model, seeds), quiet)
+        drawn = generate(recipe, model, seeds)
+        return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, quiet)
     wanted = categories or _categories(recipe)
     judge = classifier(recipe, built, quiet)
     columns = recog.check_known(judge.classes, wanted, recipe.recognizer.use)
     candidates = generate(recipe, model, seeds, tries=k)
-    finals = replace(candidates, canvases=candidates.canvases[-1:])
-    shown = recog.to_bitmaps(apply_filters(recipe, built, finals, quiet).canvases[0])
-    probabilities, _ = judge.classify(shown)
+    filtered = apply_filters(recipe, built, _finals(candidates), quiet)
+    probabilities, _ = judge.classify(recog.to_bitmaps(filtered.canvases[0]))
     keep = recog.best_of(recog.confidence(probabilities, columns), recipe.generate.n, None if seeds is None else k)
+    if final_only:
+        return replace(filtered, canvases=filtered.canvases[:, keep],
+                       windows=None if filtered.windows is None else filtered.windows[:, keep])
     kept = replace(candidates, canvases=candidates.canvases[:, keep],
                    windows=None if candidates.windows is None else candidates.windows[:, keep])
     return apply_filters(recipe, built, kept, quiet)
@@ -331,7 +341,7 @@ def recognition(recipe: Recipe, built: Built, model, category: str, quiet: bool 
     """qd eval's recognizer figures: generate.n prior samples (best_of applied, through the
     recipe's filters, scaled back to 28x28) against as many real drawings of `category`."""
     judge = classifier(recipe, built, quiet)
-    shown = recog.to_bitmaps(draw(recipe, built, model, None, quiet=quiet, categories=[category]).final)
+    shown = recog.to_bitmaps(draw(recipe, built, model, None, quiet=quiet, categories=[category], final_only=True).final)
     rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
     figures = recog.figures(judge, shown, category, rng, who=recipe.recognizer.use)
     return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None),
