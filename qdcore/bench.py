@@ -235,6 +235,9 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
                                   gpus, precision)
     if not plans:
         raise InputError(f"--precision {precision} with --no-bf16 leaves no step plan to measure: drop one of the two")
+    busy = step_plans.machine_busy(cores)
+    if busy:
+        say("the machine is busy (load average above half a core per core): figures and auto's choice may be off")
     say("numpy matmul peak ...")
     peak = numpy_matmul_peak(cfg, batch)
     say(f"reference at batch 100, {iterations} steps ...")
@@ -252,7 +255,7 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
     winner = step_plans.best(measured, plans)
     fields = step_plans.key_fields(cfg, batch, plans, info, cores, tf.__version__, gpus)
     path = step_plans.cache_path(fields)
-    step_plans.save(path, fields, winner, measured)
+    step_plans.save(path, fields, winner, measured, busy)
     default = next(r for r in rows if r["plan"] == winner.name)
     if not quiet:
         say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
@@ -270,6 +273,7 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
         "default": default,
         "images_per_s_ratio_default_over_reference": default["ratio_to_reference"],
         "plan_cache": str(path),
+        "busy": busy,
     }
 
 

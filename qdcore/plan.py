@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from . import locks
 from .atomic import atomic_path
 from .config import ModelConfig, TrainConfig
 from .errors import TrainingError
@@ -45,6 +46,12 @@ MEASURE_STEPS = 10
 # than this many steps would spend more time measuring than it could save, so it takes the
 # cached winner if there is one, and otherwise `short_run_plan`.
 MEASURE_MIN_ITERATIONS = 500
+# Other work on the cores while the candidates are timed can rank them wrongly: two trainings
+# started together here each timed bfloat16-streams at 2,116 img/s, below float32-streams'
+# 2,322, where a quiet machine gives 3,250 and 2,257. When the 1-minute load average per core
+# exceeds this before measuring, the winner is cached as measured on a busy machine, and the
+# next long run that starts on a quiet one measures again.
+BUSY_LOAD_PER_CORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -223,8 +230,17 @@ class Choice:
         return f"{self.plan.name or self.plan.describe()}, {self.how}"
 
 
-def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]] | None:
-    """The cached winner, or None when absent; a file that is not what we wrote is None too."""
+def machine_busy(cores: int) -> bool:
+    """True when the 1-minute load average says other work keeps the cores busy."""
+    try:
+        return os.getloadavg()[0] / max(cores, 1) > BUSY_LOAD_PER_CORE
+    except (OSError, AttributeError):  # not available (Windows): trust the measurement
+        return False
+
+
+def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict], bool] | None:
+    """(cached winner, its rows, measured on a busy machine?), or None when absent; a file
+    that is not what we wrote is None too."""
     try:
         data = json.loads(path.read_text())
         by_name = {p.name: p for p in plans}
@@ -232,7 +248,7 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
         rows = [{"name": str(r["name"]), "images_per_s": float(r["images_per_s"])} for r in data["rows"]]
         if StepPlan.from_dict(data["plan"]) != winner:
             return None
-        return winner, rows
+        return winner, rows, bool(data.get("busy", False))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -251,9 +267,10 @@ def short_run_plan(plans: list[StepPlan]) -> StepPlan:
     return StepPlan(first.precision, False, name=first.precision)
 
 
-def save(path: Path, fields: dict, winner: StepPlan, rows: list[dict]) -> None:
+def save(path: Path, fields: dict, winner: StepPlan, rows: list[dict], busy: bool = False) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"key": fields, "winner": winner.name, "plan": winner.as_dict(), "rows": rows}, indent=1))
+        tmp.write_text(json.dumps({"key": fields, "winner": winner.name, "plan": winner.as_dict(), "rows": rows,
+                                   "busy": busy}, indent=1))
 
 
 def best(rows: list[dict], plans: list[StepPlan]) -> StepPlan:
@@ -263,11 +280,11 @@ def best(rows: list[dict], plans: list[StepPlan]) -> StepPlan:
 
 def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str], None] = lambda m: None,
            measure: Callable[..., dict] | None = None, info: dict | None = None, cores: int | None = None,
-           gpus: list[str] | None = None, tf_version: str | None = None) -> Choice:
+           gpus: list[str] | None = None, tf_version: str | None = None, busy: bool | None = None) -> Choice:
     """The plan for this training run: forced, the only candidate, cached, or measured now.
 
     The keyword arguments after `measure` replace what would be read from this machine
-    (tests fake a GPU or a CPU without bfloat16 through them).
+    (tests fake a GPU, a CPU without bfloat16 or a busy machine through them).
     """
     info = cpu_info() if info is None else info
     cores = cpu_count() if cores is None else cores
@@ -290,29 +307,45 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         return Choice(plans[0], "only")
     fields = key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf_version, gpus)
     path = cache_path(fields)
+    busy = machine_busy(cores) if busy is None else busy
+
+    def usable(cached) -> bool:  # a busy machine's ranking is redone once the machine is quiet
+        return cached is not None and (not cached[2] or busy)
+
     cached = _read_cache(path, plans)
-    if cached:
+    if usable(cached) or (cached and train_cfg.iterations < MEASURE_MIN_ITERATIONS):
         return Choice(cached[0], "cached", cached[1], path)
     if train_cfg.iterations < MEASURE_MIN_ITERATIONS:
         return Choice(short_run_plan(plans), "unmeasured", [], path)
-    if path.exists():
-        say(f"step plan cache {path} is unreadable; measuring again")
-    say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
-        f"this happens once, the winner is cached in {path.parent}")
-    measure = measure or time_plan
-    rows = []
-    for p in plans:
-        try:
-            r = measure(p, model_cfg, train_cfg.batch_size)
-            rows.append({"name": p.name, "images_per_s": float(r["images_per_s_median"])})
-        except TrainingError as e:  # a plan that cannot run here (say, no XLA for this GPU) just loses
-            say(f"step plan {p.name} failed to run and is left out: {e}")
-    if not rows:
-        raise TrainingError("no step plan could run on this machine; run `qd bench train` for the details")
-    winner = best(rows, plans)
-    save(path, fields, winner, rows)
-    say("step plans: " + ", ".join(f"{r['name']} {r['images_per_s']:.0f} img/s" for r in rows) + f"; using {winner.name}")
-    return Choice(winner, "measured", rows, path)
+    # One measurement at a time per key: a second run started meanwhile waits for it and
+    # takes its winner, instead of timing the plans against the first one's measuring.
+    with locks.hold(path.with_suffix(".lock"), "measuring the step plans", say):
+        cached = _read_cache(path, plans)
+        if usable(cached):
+            return Choice(cached[0], "cached", cached[1], path)
+        if cached:
+            say("the cached step plan was measured on a busy machine; measuring again now that it is quiet")
+        elif path.exists():
+            say(f"step plan cache {path} is unreadable; measuring again")
+        if busy:
+            say("the machine is busy (load average above half a core per core): the plan measured now may "
+                "not be the fastest; the next run on a quiet machine measures again")
+        say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
+            f"this happens once, the winner is cached in {path.parent}")
+        measure = measure or time_plan
+        rows = []
+        for p in plans:
+            try:
+                r = measure(p, model_cfg, train_cfg.batch_size)
+                rows.append({"name": p.name, "images_per_s": float(r["images_per_s_median"])})
+            except TrainingError as e:  # a plan that cannot run here (say, no XLA for this GPU) just loses
+                say(f"step plan {p.name} failed to run and is left out: {e}")
+        if not rows:
+            raise TrainingError("no step plan could run on this machine; run `qd bench train` for the details")
+        winner = best(rows, plans)
+        save(path, fields, winner, rows, busy)
+        say("step plans: " + ", ".join(f"{r['name']} {r['images_per_s']:.0f} img/s" for r in rows) + f"; using {winner.name}")
+        return Choice(winner, "measured", rows, path)
 
 
 # -- applying a plan in this process --------------------------------------------------------

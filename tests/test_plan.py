@@ -34,9 +34,9 @@ class FakeMeasure:
         return {"images_per_s_median": self.rates[plan.name]}
 
 
-def choose(train_cfg=LONG, model_cfg=TINY, info=EPYC, gpus=(), measure=None, say=None):
+def choose(train_cfg=LONG, model_cfg=TINY, info=EPYC, gpus=(), measure=None, say=None, busy=False):
     return P.choose(model_cfg, train_cfg, measure=measure, info=info, cores=2, gpus=list(gpus),
-                    tf_version="2.21.0", say=say or (lambda m: None))
+                    tf_version="2.21.0", say=say or (lambda m: None), busy=busy)
 
 
 @pytest.fixture(autouse=True)
@@ -126,6 +126,52 @@ def test_auto_measures_once_then_reuses_the_cache():
     second = choose(measure=again, say=said.append)
     assert again.calls == [] and second.how == "cached" and second.plan == first.plan
     assert "cached" in second.label() and "bfloat16-streams" in second.label()
+
+
+def test_a_busy_machines_choice_is_measured_again_once_it_is_quiet():
+    rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 90}
+    said = []
+    first = choose(measure=FakeMeasure(rates), say=said.append, busy=True)
+    assert first.how == "measured" and json.loads(first.path.read_text())["busy"] is True
+    assert any("busy" in m and "measures again" in m for m in said)
+    # Still busy, or a short run: the busy machine's choice serves.
+    assert choose(measure=FakeMeasure({}), busy=True).how == "cached"
+    assert choose(TrainConfig(iterations=10), measure=FakeMeasure({})).how == "cached"
+    # Quiet now: measured again (this time bfloat16 wins), and cached as a quiet measurement.
+    said, again = [], FakeMeasure({**rates, "bfloat16-streams": 400})
+    quiet = choose(measure=again, say=said.append)
+    assert quiet.how == "measured" and quiet.plan.name == "bfloat16-streams" and len(again.calls) == 4
+    assert any("measured on a busy machine" in m for m in said)
+    assert json.loads(quiet.path.read_text())["busy"] is False
+    assert choose(measure=FakeMeasure({})).how == "cached"
+
+
+def test_a_run_that_starts_while_another_measures_waits_and_takes_its_winner():
+    import threading
+    import time
+
+    from qdcore import locks
+
+    rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 90}
+    path = choose(measure=FakeMeasure(rates)).path
+    winner = path.read_text()
+    path.unlink()
+    held, said = threading.Event(), []
+
+    def other_process():  # holds the measuring lock, then writes its winner
+        with locks.hold(path.with_suffix(".lock"), "measuring"):
+            held.set()
+            time.sleep(0.5)
+            path.write_text(winner)
+
+    t = threading.Thread(target=other_process)
+    t.start()
+    held.wait()
+    never = FakeMeasure({})
+    c = choose(measure=never, say=said.append)
+    t.join()
+    assert c.how == "cached" and c.plan.name == "float32-xla-streams" and never.calls == []
+    assert any("waiting for another qd process" in m for m in said)
 
 
 def test_a_new_batch_or_shape_is_measured_anew():
