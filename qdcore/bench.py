@@ -235,9 +235,9 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
                                   gpus, precision)
     if not plans:
         raise InputError(f"--precision {precision} with --no-bf16 leaves no step plan to measure: drop one of the two")
-    busy = step_plans.machine_busy(cores)
+    busy = step_plans.machine_busy()
     if busy:
-        say("the machine is busy (load average above half a core per core): figures and auto's choice may be off")
+        say("other work keeps the cores busy: the figures and auto's choice may be off")
     say("numpy matmul peak ...")
     peak = numpy_matmul_peak(cfg, batch)
     say(f"reference at batch 100, {iterations} steps ...")

@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -48,10 +49,13 @@ MEASURE_STEPS = 10
 MEASURE_MIN_ITERATIONS = 500
 # Other work on the cores while the candidates are timed can rank them wrongly: two trainings
 # started together here each timed bfloat16-streams at 2,116 img/s, below float32-streams'
-# 2,322, where a quiet machine gives 3,250 and 2,257. When the 1-minute load average per core
-# exceeds this before measuring, the winner is cached as measured on a busy machine, and the
-# next long run that starts on a quiet one measures again.
-BUSY_LOAD_PER_CORE = 0.5
+# 2,322, where a quiet machine gives 3,250 and 2,257. When other processes keep more than
+# this share of the cores busy as measuring starts (sampled for BUSY_SAMPLE_SECONDS, while
+# this process waits), the winner is cached as measured on a busy machine, and the next long
+# run that starts on a quiet one measures again. Not the load average: it lags a minute, so
+# it calls the machine busy just after the previous qd run ended.
+BUSY_SHARE = 0.25
+BUSY_SAMPLE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -230,12 +234,29 @@ class Choice:
         return f"{self.plan.name or self.plan.describe()}, {self.how}"
 
 
-def machine_busy(cores: int) -> bool:
-    """True when the 1-minute load average says other work keeps the cores busy."""
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all cores since boot, from Linux's /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user..steal
+
+
+def busy_share(seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
+    """The share of all cores other processes keep busy, sampled over `seconds` (this process
+    only sleeps meanwhile); None where the kernel does not say (not Linux)."""
     try:
-        return os.getloadavg()[0] / max(cores, 1) > BUSY_LOAD_PER_CORE
-    except (OSError, AttributeError):  # not available (Windows): trust the measurement
-        return False
+        idle0, total0 = _cpu_times()
+        time.sleep(seconds)
+        idle1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def machine_busy() -> bool:
+    """True when other work keeps more than BUSY_SHARE of the cores busy right now."""
+    share = busy_share()
+    return share is not None and share > BUSY_SHARE
 
 
 def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict], bool] | None:
@@ -307,7 +328,7 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         return Choice(plans[0], "only")
     fields = key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf_version, gpus)
     path = cache_path(fields)
-    busy = machine_busy(cores) if busy is None else busy
+    busy = machine_busy() if busy is None else busy
 
     def usable(cached) -> bool:  # a busy machine's ranking is redone once the machine is quiet
         return cached is not None and (not cached[2] or busy)
@@ -328,8 +349,8 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         elif path.exists():
             say(f"step plan cache {path} is unreadable; measuring again")
         if busy:
-            say("the machine is busy (load average above half a core per core): the plan measured now may "
-                "not be the fastest; the next run on a quiet machine measures again")
+            say("other work keeps the cores busy: the plan measured now may not be the fastest; "
+                "the next run that starts on a quiet machine measures again")
         say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
             f"this happens once, the winner is cached in {path.parent}")
         measure = measure or time_plan

@@ -146,6 +146,22 @@ def test_a_busy_machines_choice_is_measured_again_once_it_is_quiet():
     assert choose(measure=FakeMeasure({})).how == "cached"
 
 
+def test_busy_share_sees_other_processes_on_every_core():
+    import subprocess
+    import sys
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(P.cpu_count())]
+    try:
+        import time
+        time.sleep(0.3)  # let them start
+        share = P.busy_share(0.5)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert share is not None and share > 0.6
+
+
 def test_a_run_that_starts_while_another_measures_waits_and_takes_its_winner():
     import threading
     import time
