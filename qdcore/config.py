@@ -35,8 +35,8 @@ class TrainConfig:
     """Cycling trainer settings. Defaults are qd's (see docs/performance.md for why)."""
 
     iterations: Annotated[int, Range(0, 10_000_000)] = 10_000
-    # 4x the blog's batch with 2x its learning rate: with `precision` below, 2.6-2.7x the
-    # images/s of a plain TF2 version of the blog's model at batch 100 (1.4x in float32),
+    # 4x the blog's batch with 2x its learning rate: with `precision` below, 2.6-2.8x the
+    # images/s of a plain TF2 version of the blog's model at batch 100 (1.8-1.9x float32-only),
     # and a better held-out bound per minute (docs/performance.md).
     batch_size: Annotated[int, Range(1, 100_000)] = 400
     learning_rate: Annotated[float, Range(1e-7, 1.0)] = 2e-3
