@@ -189,6 +189,19 @@ def test_engine_best_of_keeps_the_candidates_the_recognizer_likes_best(registry,
     assert drawing.windows[0, :, 0].tolist() == [0, 1, 2]
 
 
+def test_final_only_filters_just_the_finished_drawings(registry, tmp_path):
+    """qd eval judges finished drawings: filtering only the last step gives what the full
+    drawing's last frame shows (for a filter that treats frames alike), with or without best_of."""
+    for best_of in (1, 4):
+        r = recipe(registry, tmp_path, generate={"n": 3, "best_of": best_of}, recognizer="ink", filters=[{"use": "invert"}])
+        built = engine.prepare(r)
+        full = engine.draw(r, built, StubModel(), None, quiet=True)
+        final = engine.draw(r, built, StubModel(), None, quiet=True, final_only=True)
+        assert final.canvases.shape == (1, 3, 28, 28) and final.windows.shape == (1, 3, 3)
+        np.testing.assert_array_equal(final.canvases[0], full.canvases[-1])
+        np.testing.assert_array_equal(final.windows[0], full.windows[-1])
+
+
 def test_best_of_fails_before_training_when_the_recognizer_cannot_know_the_category(registry, tmp_path):
     r = recipe(registry, tmp_path, generate={"best_of": 2}, recognizer={"use": "ink", "knows": ["apple", "dog"]})
     with pytest.raises(InputError, match="recognizer 'ink' knows no category 'cat'"):
