@@ -64,7 +64,10 @@ def server(tiny_model, tmp_path_factory):
     """`qd studio tiny.yaml` with a third-party plugin installed just for this test."""
     site = write_distribution(tmp_path_factory.mktemp("site"), "qdtest-glow", {"qdtest_glow": GLOW}, {"glow": "qdtest_glow"})
     env = {**os.environ, "QD_CACHE_DIR": str(tiny_model.parent.parent / "qd-cache"),
-           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           # The page's long training run would first time every step plan in fresh processes
+           # (half a minute; tests/test_plan.py covers that): the page is the subject here.
+           "QD_STEP_PLAN": "float32-xla"}
     env.pop("QD_LOAD_PLUGINS", None)
     start = time.perf_counter()
     proc = subprocess.Popen([QD, "studio", str(tiny_model), "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
