@@ -328,16 +328,19 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         return Choice(plans[0], "only")
     fields = key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf_version, gpus)
     path = cache_path(fields)
+    cached = _read_cache(path, plans)
+    if cached and (not cached[2] or train_cfg.iterations < MEASURE_MIN_ITERATIONS):
+        return Choice(cached[0], "cached", cached[1], path)
+    if train_cfg.iterations < MEASURE_MIN_ITERATIONS:
+        return Choice(short_run_plan(plans), "unmeasured", [], path)
+    # Sampled only now (it takes half a second): a cached quiet measurement needs no look.
     busy = machine_busy() if busy is None else busy
 
     def usable(cached) -> bool:  # a busy machine's ranking is redone once the machine is quiet
         return cached is not None and (not cached[2] or busy)
 
-    cached = _read_cache(path, plans)
-    if usable(cached) or (cached and train_cfg.iterations < MEASURE_MIN_ITERATIONS):
+    if usable(cached):
         return Choice(cached[0], "cached", cached[1], path)
-    if train_cfg.iterations < MEASURE_MIN_ITERATIONS:
-        return Choice(short_run_plan(plans), "unmeasured", [], path)
     # One measurement at a time per key: a second run started meanwhile waits for it and
     # takes its winner, instead of timing the plans against the first one's measuring.
     with locks.hold(path.with_suffix(".lock"), "measuring the step plans", say):
