@@ -278,6 +278,36 @@ def bench_quality(
     typer.echo(json.dumps({**figures, "sheet": str(written)}))
 
 
+@bench_app.command("frontier")
+def bench_frontier(
+    recipe: Path = typer.Argument(..., help="The recipe whose configuration the candidates change (e.g. recipes/cat-quality.yaml)."),
+    minutes: float = typer.Option(8.0, "--minutes", min=0.01, help="Each candidate's budget: minutes of this machine at its measured speed."),
+    candidate: Optional[List[str]] = typer.Option(None, "--candidate", help="Only these candidates (repeat; default: all)."),
+    n: int = typer.Option(500, "--n", min=2, help="Prior samples scored per candidate (qd eval --n)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Trainings at once (equal steps: the result does not depend on it)."),
+    retime: bool = typer.Option(False, "--retime", help="Time the candidates' steps again instead of using the cached figures."),
+    time_only: bool = typer.Option(False, "--time-only", help="Time the steps and print the budgets; train nothing."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
+    quiet: bool = QuietOpt,
+    debug: bool = DebugOpt,
+):
+    """The quality frontier: candidate DRAW configurations trained for the same compute
+    (minutes of this machine at each one's measured step speed) and scored by qd eval.
+    Prints a Markdown table, best Frechet/floor first (docs/quality.md)."""
+    from . import bench_frontier as bf
+
+    r = _recipe(recipe)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = bf.frontier(recipe, r.model, r.train, minutes, candidate, n=n, jobs=jobs, retime=retime,
+                         time_only=time_only, say=say)
+    if out is not None:
+        from .atomic import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+    typer.echo(bf.table(result))
+
+
 @bench_app.command("data")
 def bench_data(
     recipe: Path = typer.Argument(..., help="A recipe naming the dataset (e.g. recipes/zoo-26.yaml)."),
