@@ -81,13 +81,33 @@ def load_json(body: bytes | str, label: str, limit: int = MAX_RECIPE_BYTES) -> A
     if len(body) > limit:
         raise RecipeError(f"is over {limit >> 10} KiB", label)
     try:
-        data = json.loads(body or "{}")
+        # NaN and Infinity are Python's extension, not JSON: refused like any other non-JSON.
+        data = json.loads(body or "{}", object_pairs_hook=_unique, parse_constant=_not_json)
     except RecursionError:
         raise too_deep(label) from None
+    except _DuplicateKey as e:
+        raise RecipeError(str(e), label) from None
     except ValueError:
         raise RecipeError("is not JSON", label) from None
     check_shape(data, label)
     return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"gives the key {shown(key)} twice (JSON would keep only the last one)")
+        out[key] = value
+    return out
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def too_deep(label: str) -> RecipeError:
