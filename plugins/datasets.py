@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from qdcore import Context, Dataset, ImageSet, ImageStack, InputError, Range, RecipeError, hookimpl
-from qdcore.atomic import atomic_path
+from qdcore.atomic import atomic_path, remove_stale_parts
 from qdcore.images import open_image, reading
 from qdcore.paths import data_dir as env_data_dir
 
@@ -167,13 +167,7 @@ def _download_once(url: str, dest: Path, quiet: bool, chunk: int) -> Path:
 def _remove_stale_parts(dest: Path) -> None:
     """Temporary files a killed download left beside `dest` (atomic_path's names). One that
     is still growing belongs to a download running now, so only old ones go."""
-    cutoff = time.time() - 2 * DOWNLOAD_TIMEOUT
-    for part in dest.parent.glob(f".{dest.stem}.*.part{dest.suffix}"):
-        try:
-            if part.stat().st_mtime < cutoff:
-                part.unlink()
-        except OSError:
-            pass  # gone already, or not ours to remove
+    remove_stale_parts(dest, 2 * DOWNLOAD_TIMEOUT)
 
 
 def _check_whole(path: Path) -> None:
@@ -332,7 +326,19 @@ class QuickDraw(_Categories):
 
 def _is_stroke(stroke) -> bool:
     return (isinstance(stroke, list) and len(stroke) >= 2 and isinstance(stroke[0], list)
-            and isinstance(stroke[1], list) and len(stroke[0]) == len(stroke[1]))
+            and isinstance(stroke[1], list) and len(stroke[0]) == len(stroke[1])
+            and all(_is_coordinate(v) for v in stroke[0]) and all(_is_coordinate(v) for v in stroke[1]))
+
+
+def _is_coordinate(v) -> bool:
+    # A number the rasterizer can place: not a string, a list, a boolean, NaN or 1e300.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_COORDINATE
+
+
+# Google's strokes are 0..255 (simplified) or screen pixels (raw); far beyond is not a drawing.
+MAX_COORDINATE = 1e6
+# One ndjson record; Google's longest simplified drawings are a few tens of KB.
+MAX_RECORD_BYTES = 1 << 20
 
 
 def read_strokes(path: Path, limit: Optional[int], ctx: Context) -> Iterator[list]:
@@ -341,16 +347,18 @@ def read_strokes(path: Path, limit: Optional[int], ctx: Context) -> Iterator[lis
     try:
         with open(path, "r", encoding="utf-8") as f:
             count = 0
-            for number, line in enumerate(f, start=1):
+            for number, line in enumerate(iter(lambda: f.readline(MAX_RECORD_BYTES + 1), ""), start=1):
                 if limit is not None and count >= limit:
                     break
                 if not line.strip():
                     continue
                 try:
+                    if len(line) > MAX_RECORD_BYTES:
+                        raise ValueError(f"a record longer than {MAX_RECORD_BYTES >> 10} KiB")
                     drawing = json.loads(line)["drawing"]
                     if not isinstance(drawing, list) or not all(_is_stroke(s) for s in drawing):
-                        raise TypeError("`drawing` is not a list of strokes [[x...], [y...]]")
-                except (ValueError, KeyError, TypeError) as e:
+                        raise TypeError("`drawing` is not a list of strokes [[x...], [y...]] of numbers")
+                except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
                     raise InputError(f"{path}, line {number}: not a Quick, Draw! ndjson record ({e}); {fix}") from None
                 count += 1
                 yield drawing

@@ -14,6 +14,8 @@ import numpy as np
 
 from qdcore import Context, InputError, Range, RecipeError, SeedInput, SeedStrategy, hookimpl
 
+from qdcore.images import open_image, reading
+
 from .datasets import Fit, Invert, load_image
 
 Probability = Annotated[float, Range(0.0, 1.0)]
@@ -89,6 +91,9 @@ class FileImage(SeedStrategy):
         # Checked here, when the recipe is built, so a typo fails before any training.
         if not Path(path).is_file():
             raise InputError(f"seeds: file-image: {path} does not exist; give a PNG or JPEG file")
+        # Its header too (format, size limit): a file that cannot be opened fails `qd validate`.
+        with open_image(path), reading(str(path)):
+            pass
         self.path = path
         self.invert = invert
         self.fit = fit

@@ -142,6 +142,11 @@ class Gif(_GridWriter):
         self.loop = loop
         self.sample = sample
 
+    def check(self, n: int) -> None:
+        if self.sample is not None and self.frames == "steps" and self.sample >= n:
+            raise RecipeError(f"gif: `sample: {self.sample}` but generate.n draws {n} samples (0..{n - 1}): "
+                              f"choose one of those, or raise generate.n")
+
     def images(self, drawing: Drawing) -> list[np.ndarray]:
         """The GIF's frames as uint8 arrays, (H, W) greyscale or (H, W, 3) with boxes."""
         canvases = _canvases(drawing)
@@ -181,14 +186,18 @@ class Gif(_GridWriter):
 
         frames = self.images(drawing)
         path = Path(path)
+        # Identical consecutive frames are merged by Pillow with their delays summed, so the
+        # animation plays the same; the file then holds fewer frames.
+        durations = self.durations_ms(len(frames))
+        # Pillow's single-frame GIF path takes one number, not a list.
+        duration = durations[0] if len(durations) == 1 else durations
+        # Encoded in memory, then written in one call: a full disk fails that call only. Given
+        # the file, imageio's writer failed mid-GIF and flushed again when garbage-collected,
+        # printing a second traceback after qd's one Error line.
+        blob = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", plugin="pillow", is_batch=True,
+                           duration=duration, loop=self.loop)
         with atomic_path(path) as tmp:
-            # Identical consecutive frames are merged by Pillow with their delays summed, so the
-            # animation plays the same; the file then holds fewer frames.
-            durations = self.durations_ms(len(frames))
-            # Pillow's single-frame GIF path takes one number, not a list.
-            duration = durations[0] if len(durations) == 1 else durations
-            iio.imwrite(tmp, np.stack(frames), extension=".gif", plugin="pillow", is_batch=True,
-                        duration=duration, loop=self.loop)
+            tmp.write_bytes(blob)
         return path
 
 

@@ -24,6 +24,23 @@ def warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
+def set_aside_damaged_state(directory: Path) -> None:
+    """Move a `checkpoint` state file TensorFlow cannot read to damaged/, with one warning.
+    CheckpointManager's constructor reads that file and raises (UnicodeDecodeError on binary
+    garbage), so it must be gone before a manager is built; candidates() then finds the
+    checkpoints from their files."""
+    state = Path(directory) / "checkpoint"
+    if not state.is_file():
+        return
+    try:
+        tf.train.get_checkpoint_state(str(directory))
+    except Exception as e:  # noqa: BLE001 - UnicodeDecodeError, a protobuf ParseError, ...
+        warn(f"{state} is damaged ({type(e).__name__}); moved it to {DAMAGED}/ and looking at the checkpoint files instead")
+        aside = state.parent / DAMAGED
+        aside.mkdir(exist_ok=True)
+        shutil.move(str(state), aside / state.name)
+
+
 def candidates(directory: Path) -> list[str]:
     """The checkpoint prefixes CheckpointManager recorded in `directory`, newest first, that
     still have an index file. A kill while TensorFlow writes a checkpoint leaves only a

@@ -11,6 +11,10 @@ from typing import Annotated, Literal
 
 from .params import Range
 
+# A random seed: numpy's generators and TensorFlow's stateless ops take any of these; a
+# negative one is refused when the recipe is checked, not by numpy after the data loaded.
+Seed = Annotated[int, Range(0, 2**63 - 1)]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -44,7 +48,7 @@ class TrainConfig:
     clip_norm: Annotated[float, Range(0.0, 1e6)] = 5.0
     holdout: Annotated[float, Range(0.0, 0.9)] = 0.1
     checkpoint_every: Annotated[int, Range(1, 10_000_000)] = 1000
-    seed: int = 0
+    seed: Seed = 0
     # Learning-rate schedule: linear warmup over `warmup` steps (at most a tenth of
     # `iterations`), then constant, or a cosine decay to lr_final_fraction * learning_rate
     # at `iterations`. The warmup keeps the larger learning rate from upsetting Adam's

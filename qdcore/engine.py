@@ -56,13 +56,20 @@ def prepare(recipe: Recipe) -> Built:
     shared = recipe.shared
     if shared is not None and shared.if_missing == "error" and not models.is_finished(model_dir(shared.recipe)):
         raise InputError(f"{shared.where}: {_not_cached(shared)}")
-    return Built(
+    built = Built(
         dataset=recipe.dataset.build(),
         seeds=[s.build() for s in recipe.seeds],
         filters=[f.build() for f in recipe.filters],
         writer=recipe.output.build(),
         recognizer=recipe.recognizer.build() if recipe.recognizer is not None else None,
     )
+    check = getattr(built.writer, "check", None)  # Writer.check: optional, before any training
+    if check is not None:
+        try:
+            check(recipe.generate.n)
+        except RecipeError as e:
+            raise RecipeError(str(e), f"{recipe.output.label}: output") from None
+    return built
 
 
 def context(recipe: Recipe, stage: int, index: int = 0, quiet: bool = False) -> Context:

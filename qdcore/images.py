@@ -64,7 +64,9 @@ def open_image(source: Source, name: str | None = None) -> Iterator["Image.Image
 
 
 def unreadable(name: str, error: BaseException) -> InputError:
-    return InputError(f"{name} is not a readable image ({type(error).__name__}: {error}); give a PNG or JPEG file")
+    # Pillow names a file object by its repr (`<_io.BytesIO object at 0x7f...>`): say `name`.
+    detail = re.sub(r"<[^<>]*? at 0x[0-9a-fA-F]+>", name, str(error))
+    return InputError(f"{name} is not a readable image ({type(error).__name__}: {detail}); give a PNG or JPEG file")
 
 
 @contextlib.contextmanager

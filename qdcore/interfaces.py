@@ -139,5 +139,10 @@ class Writer:
 
     suffix = ".gif"
 
+    def check(self, n: int) -> None:
+        """Called when the recipe is checked, before any training, with the number of pictures
+        the recipe draws (generate.n): raise qdcore.RecipeError for a setting that cannot fit
+        them. Optional."""
+
     def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
         raise NotImplementedError

@@ -8,11 +8,15 @@ held-out bound). Reading them needs no TensorFlow, so `qd models` is fast.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from pathlib import Path
 from typing import Optional
 
+from . import limits
 from .atomic import atomic_path
+from .errors import QdError
 
 FINISHED = "finished.json"
 CHECKPOINTS = "checkpoints"
@@ -26,8 +30,8 @@ def is_finished(workdir: Path) -> bool:
 
 def _json(path: Path) -> Optional[dict]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = json.loads(limits.read_text(path, limits.MAX_JSON_FILE_BYTES, "not one of qd's records"))
+    except (OSError, ValueError, RecursionError, QdError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -47,15 +51,35 @@ def record_evaluation(workdir: Path, figures: dict) -> None:
 def _checkpoint_step(workdir: Path) -> Optional[int]:
     # tf.train.CheckpointManager's index file names the newest checkpoint `ckpt-<step>`.
     try:
-        text = (workdir / CHECKPOINTS / "checkpoint").read_text(encoding="utf-8")
-    except OSError:
-        return None
+        text = limits.read_text(workdir / CHECKPOINTS / "checkpoint", limits.MAX_JSON_FILE_BYTES, "not a checkpoint record")
+    except (OSError, ValueError, QdError):
+        return None  # a damaged record: the row says "empty" rather than losing the table
     found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', text, re.M)
     return int(found.group(1)) if found else None
 
 
 def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """Bytes under `folder`, never following a symlink (one could point across the disk)."""
+    total = 0
+    for root, _, files in os.walk(folder):  # followlinks=False
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed while we looked
+    return total
+
+
+def _number(value) -> Optional[float]:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def _names(value):
+    """Categories as recorded: one name or a list of names; anything else is not shown."""
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return value
+    return None
 
 
 def describe(workdir: Path) -> dict:
@@ -64,15 +88,17 @@ def describe(workdir: Path) -> dict:
     match = _KEY.match(workdir.name)
     finished = _json(workdir / FINISHED)
     evaluation = _json(workdir / EVALUATION) or {}
+    # Each value is checked: a damaged record loses its own cell, never the whole table.
     step = finished.get("step") if finished else _checkpoint_step(workdir)
+    step = step if isinstance(step, int) and not isinstance(step, bool) else None
     return {
         "name": match.group(1) if match else workdir.name,
         "key": match.group(2) if match else None,
         # A one-category model predates (or needs no) class names: it says what it was trained on.
-        "categories": (finished or {}).get("classes") or (finished or {}).get("dataset"),
+        "categories": _names((finished or {}).get("classes")) or _names((finished or {}).get("dataset")),
         "steps": step,
         "status": "finished" if finished else ("partial" if step is not None else "empty"),
-        "bound": evaluation.get("bound"),
+        "bound": _number(evaluation.get("bound")),
         "size_bytes": _size(workdir),
         "path": str(workdir),
     }
@@ -82,7 +108,8 @@ def listing(cache_dir: Path) -> list[dict]:
     root = Path(cache_dir) / "models"
     if not root.is_dir():
         return []
-    return [describe(p) for p in sorted(root.iterdir()) if p.is_dir()]
+    # A symlink in the cache is not a model qd made: listing it could walk the whole disk.
+    return [describe(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.is_symlink()]
 
 
 def table(rows: list[dict]) -> str:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-import yaml
-
 from .errors import RecipeError
+from .limits import load_yaml
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_\-]*"
 _PATH = re.compile(rf"{_NAME}(?:\.{_NAME}|\[\d+\])*")
@@ -33,11 +32,7 @@ def split(item: str) -> tuple[str, Any]:
         raise RecipeError(f"{item!r} is not KEY=VALUE: write it like -s train.iterations=200", "-s")
     key, text = item.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise RecipeError(f"the value {text!r} is not valid YAML: {getattr(e, 'problem', e)}", f"-s {key}") from e
-    return key, value
+    return key, (load_yaml(text, f"-s {key}") if text.strip() else "")
 
 
 def apply(data: Any, items: Iterable[str]) -> Any:

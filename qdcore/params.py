@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args, get_origin
 
 from .errors import RecipeError
+from .limits import shown
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,13 @@ def coerce(value: Any, tp: Any, where: str, base_dir: Path | None = None) -> Any
         out = coerce(value, base, where, base_dir)
         for e in extra:
             if isinstance(e, Range) and not e.contains(out):
-                raise RecipeError(f"{out!r} is out of range: must be {e.describe()}", where)
+                raise RecipeError(f"{shown(out)} is out of range: must be {e.describe()}", where)
         return out
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
             raise RecipeError(
-                f"{value!r} is not allowed: must be one of " + ", ".join(repr(a) for a in allowed), where
+                f"{shown(value)} is not allowed: must be one of " + ", ".join(repr(a) for a in allowed), where
             )
         return value
     if origin is Union:
@@ -89,10 +90,10 @@ def coerce(value: Any, tp: Any, where: str, base_dir: Path | None = None) -> Any
                 return coerce(value, a, where, base_dir)
             except RecipeError as e:
                 errors.append(e)
-        raise RecipeError(f"{value!r} is not {describe_type(tp)}", where)
+        raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{value!r} is not {describe_type(tp)}", where)
+            raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
         args = [a for a in get_args(tp) if a is not Ellipsis]
         item = args[0] if args else Any
         out = [coerce(v, item, f"{where}[{i}]", base_dir) for i, v in enumerate(value)]
@@ -100,16 +101,16 @@ def coerce(value: Any, tp: Any, where: str, base_dir: Path | None = None) -> Any
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise RecipeError(f"{value!r} is not a boolean: use true or false", where)
+        raise RecipeError(f"{shown(value)} is not a boolean: use true or false", where)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise RecipeError(f"{value!r} is not an integer", where)
+            raise RecipeError(f"{shown(value)} is not an integer", where)
         return value
     if tp is float:
         if isinstance(value, bool):
-            raise RecipeError(f"{value!r} is not a number", where)
+            raise RecipeError(f"{shown(value)} is not a number", where)
         if isinstance(value, (int, float)):
             return float(value)
         # YAML 1.1 reads "1e-3" as a string; accept what a person clearly meant.
@@ -118,21 +119,21 @@ def coerce(value: Any, tp: Any, where: str, base_dir: Path | None = None) -> Any
                 return float(value)
             except ValueError:
                 pass
-        raise RecipeError(f"{value!r} is not a number", where)
+        raise RecipeError(f"{shown(value)} is not a number", where)
     if tp is str:
         if isinstance(value, str):
             return value
-        raise RecipeError(f"{value!r} is not a string", where)
+        raise RecipeError(f"{shown(value)} is not a string", where)
     if tp is Path:
         if not isinstance(value, str) or not value:
-            raise RecipeError(f"{value!r} is not a path", where)
+            raise RecipeError(f"{shown(value)} is not a path", where)
         p = Path(value).expanduser()
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
         return p
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise RecipeError(f"{value!r} is not {describe_type(tp)}", where)
+    raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
 
 
 def parameters(fn: Callable) -> dict[str, inspect.Parameter]:
@@ -159,7 +160,7 @@ def check(fn: Callable, given: dict, where: str, base_dir: Path | None = None) -
     for key in given:
         if key not in params:
             allowed = ", ".join(params) or "(no parameters)"
-            raise RecipeError(f"unknown key {key!r}. Allowed: {allowed}", _join(where, key))
+            raise RecipeError(f"unknown key {shown(key)}. Allowed: {allowed}", _join(where, key))
     out = {}
     for name, p in params.items():
         sub = _join(where, name)

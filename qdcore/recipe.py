@@ -10,10 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
-import yaml
-
-from . import params
-from .config import GenerateConfig, ModelConfig, TrainConfig
+from . import limits, params
+from .config import GenerateConfig, ModelConfig, Seed, TrainConfig
 from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
 from .recognizer import DEFAULT as DEFAULT_RECOGNIZER, categories_of
@@ -88,7 +86,7 @@ class Recipe:
         if iterations is not None:
             r = replace(r, train=replace(r.train, iterations=_checked(TrainConfig, "iterations", iterations, "--iterations")))
         if seed is not None:
-            r = replace(r, seed=seed)
+            r = replace(r, seed=params.coerce(seed, Seed, "--seed"))
         if n is not None:
             r = replace(r, generate=replace(r.generate, n=_checked(GenerateConfig, "n", n, "--n")))
         if best_of is not None:
@@ -127,8 +125,10 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def load(path: Path | str, registry: Registry, overrides: Iterable[str] = ()) -> Recipe:
-    """Read, apply `-s key=value` overrides (qdcore/overrides.py), then validate."""
+def load(path: Path | str, registry: Registry, overrides: Iterable[str] = (), *, shared_by: str | None = None) -> Recipe:
+    """Read, apply `-s key=value` overrides (qdcore/overrides.py), then validate.
+    `shared_by`: the `model.from` (a location) that names this recipe, which may not use
+    `model.from` itself: refused before it loads another recipe, so a cycle never recurses."""
     path = Path(path)
     label = str(path)
     if not path.exists():
@@ -136,21 +136,14 @@ def load(path: Path | str, registry: Registry, overrides: Iterable[str] = ()) ->
     if path.is_dir():
         raise RecipeError("is a folder, not a recipe file: name a .yaml file", label)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = limits.read_text(path, limits.MAX_RECIPE_BYTES, "a recipe is a few lines")
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read the recipe: {e}", label) from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"invalid YAML: {problem}", where) from e
-    data = apply_overrides(data, overrides)
-    return parse(data, path.resolve(), registry, label=label)
+    data = apply_overrides(limits.load_yaml(text, label), overrides)
+    return parse(data, path.resolve(), registry, label=label, shared_by=shared_by)
 
 
-def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None) -> Recipe:
+def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None, shared_by: str | None = None) -> Recipe:
     label = label or str(path)
     if data is None:
         raise RecipeError("the recipe is empty: it needs at least `dataset:` (see docs/recipes.md)", label)
@@ -167,12 +160,12 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
         raise RecipeError("must be a non-empty string", at("name"))
-    seed = params.coerce(data.get("seed", 0), int, at("seed"))
+    seed = params.coerce(data.get("seed", 0), Seed, at("seed"))
 
     if "dataset" not in data:
         raise RecipeError("missing section `dataset:` (for example `dataset: {use: quickdraw, category: cat}`)", label)
     dataset = _step(data["dataset"], "datasets", "dataset", registry, label, folder)
-    model_raw, shared = _shared(data.get("model"), folder, registry, label)
+    model_raw, shared = _shared(data.get("model"), folder, registry, label, path, shared_by)
     model = _config(ModelConfig, model_raw, "model", label)
     train = _config(TrainConfig, data.get("train"), "train", label)
     generate = _config(GenerateConfig, data.get("generate"), "generate", label)
@@ -206,7 +199,8 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
 SHARED_KEYS = ("from", "if_missing")
 
 
-def _shared(model: Any, folder: Path, registry: Registry, label: str) -> tuple[Any, Optional[Shared]]:
+def _shared(model: Any, folder: Path, registry: Registry, label: str, here: Path,
+            shared_by: str | None = None) -> tuple[Any, Optional[Shared]]:
     """Split `model.from` / `model.if_missing` off the model section; load the named recipe.
 
     `from: zoo-26` names the recipe zoo-26.yaml beside this one; a value ending in .yaml (or
@@ -217,19 +211,21 @@ def _shared(model: Any, folder: Path, registry: Registry, label: str) -> tuple[A
         return model, None
     rest = {k: v for k, v in model.items() if k not in SHARED_KEYS}
     where = f"{label}: model.from"
+    if shared_by is not None:
+        raise RecipeError(f"{_shown(Path(label))} itself uses `model.from`; name the recipe that trains the model", shared_by)
     if "from" not in model:
         raise RecipeError("`if_missing` needs `from:` naming a shared model's recipe, for example `from: zoo-26`", f"{label}: model.if_missing")
     source = model["from"]
     if not isinstance(source, str) or not source.strip():
-        raise RecipeError(f"{source!r} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where)
+        raise RecipeError(f"{limits.shown(source)} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where)
     if_missing = params.coerce(model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing")
     path = folder / source if source.endswith((".yaml", ".yml")) else folder / f"{source}.yaml"
     if not path.is_file():
         raise RecipeError(f"no recipe {source!r}: {path} does not exist. Name a recipe beside this one "
                           "(zoo-26 for zoo-26.yaml) or give the path to its .yaml", where)
-    shared = load(path, registry)
-    if shared.shared is not None:
-        raise RecipeError(f"{_shown(path)} itself uses `model.from`; name the recipe that trains the model", where)
+    if path.resolve() == here.resolve():
+        raise RecipeError(f"{source!r} is this recipe itself; name the recipe that trains the shared model", where)
+    shared = load(path, registry, shared_by=where)
     return rest, Shared(shared, if_missing, where)
 
 
@@ -276,7 +272,7 @@ def _step(value: Any, kind: str, where: str, registry: Registry, label: str, fol
         raise RecipeError("missing `use:` naming the plugin component, for example `use: " + _example(kind) + "`", full)
     use = value["use"]
     if not isinstance(use, str):
-        raise RecipeError(f"`use:` must be a name, got {use!r}", f"{full}.use")
+        raise RecipeError(f"`use:` must be a name, got {limits.shown(use)}", f"{full}.use")
     try:
         entry = registry.get(kind, use)
     except UnknownNameError as e:

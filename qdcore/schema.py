@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from . import params
-from .config import GenerateConfig, ModelConfig, TrainConfig
+from .config import GenerateConfig, ModelConfig, Seed, TrainConfig
 from .params import Range
 from .registry import KINDS, Registry
 
@@ -142,7 +142,7 @@ def recipe_schema(registry: Registry) -> dict:
         "required": ["dataset"],
         "properties": {
             "name": {"type": "string", "description": "names the output file and the cached model folder"},
-            "seed": {"type": "integer", "default": 0, "description": "random seed of every step"},
+            "seed": {**type_schema(Seed), "default": 0, "description": "random seed of every step"},
             "dataset": {"$ref": "#/$defs/dataset"},
             "model": _model_schema(),
             "train": config_schema(TrainConfig),

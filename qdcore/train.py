@@ -334,6 +334,7 @@ class _Progress:
 
 def _checkpointing(model: Draw, opt, step_var: tf.Variable, folder: Path):
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
+    checkpoints.set_aside_damaged_state(folder / CHECKPOINTS)  # the manager would re-read it and crash
     return ckpt, tf.train.CheckpointManager(ckpt, str(folder / CHECKPOINTS), max_to_keep=2)
 
 

@@ -292,7 +292,12 @@ def test_raster_cache_follows_the_source(data):
     "text, expect",
     [("", "holds no drawings"), ('{"word": "x", "drawing": [[[0, 1], [0, 1]]]}\n{not json\n', "line 2"),
      ('{"word": "x"}\n', "line 1"), ('{"drawing": [[[0, 1, 2], [0, 1]]]}\n', "line 1"),
-     ('{"drawing": [[0, 1]]}\n', "line 1")],
+     ('{"drawing": [[0, 1]]}\n', "line 1"),
+     # issue 17: odd coordinates were exit 1 "unexpected ValueError" with no file or line
+     ('{"drawing": [[[0, 1], [0, 1]]]}\n{"drawing": [[["a", "b"], [0, 1]]]}\n', "line 2"),
+     ('{"drawing": [[[[0], [1]], [0, 1]]]}\n', "line 1"), ('{"drawing": [[[true, 1], [0, 1]]]}\n', "line 1"),
+     ('{"drawing": [[[1e300, 1], [0, 1]]]}\n', "line 1"), ('{"drawing": [[[NaN, 1], [0, 1]]]}\n', "line 1"),
+     ('[1, 2]\n', "line 1"), ('"drawing"\n', "line 1"), ('{"drawing": ' + "[" * 5000 + "]" * 5000 + '}\n', "line 1")],
 )
 def test_bad_ndjson_is_an_input_error(data, text, expect):
     path = data / "simplified" / "hexagon.ndjson"

@@ -8,6 +8,7 @@ In-process and bounded (max_examples below) so the whole fuzzer stays near a min
 from __future__ import annotations
 
 import io
+import json
 import math
 import typing
 from pathlib import Path
@@ -268,3 +269,193 @@ def test_random_plugin_parameters_keep_the_contract(tmp_path, monkeypatch, kind,
         assert {p for p in after - before if "cache" not in p.parts and p != out.parent} == set()
 
     one()
+
+
+# --- whole documents (issue 17): YAML recipes and JSON bodies, hostile at every key ----------------
+#
+# A valid recipe, with the value at one key (any depth) replaced by a hostile fragment written as
+# text: an alias bomb, nesting thousands deep, numbers beyond any range, every odd type, a key
+# given twice, or a path to an odd file. Written as text, not dumped, so the document holds
+# exactly what an attacker would type (PyYAML's emitter would recurse on deep nesting itself).
+
+BASE = {
+    "name": "tiny", "seed": 3,
+    "dataset": {"use": "quickdraw", "category": "apple", "limit": 200},
+    "model": {"T": 4, "enc_size": 32, "dec_size": 32, "z_size": 4},
+    "train": {"iterations": 30, "batch_size": 20, "warmup": 0},
+    "generate": {"n": 2, "best_of": 1},
+    "seeds": [{"use": "prior"}],
+    "filters": [{"use": "sharpen", "passes": 1}, {"use": "anti-alias"}],
+    "output": {"use": "gif", "frames": "steps", "sample": 0, "attention": True, "duration": 0.1},
+}
+ODD_FILES = ["odd/folder", "odd/empty.png", "odd/text.png", "odd/cut.png", "odd/loop.png", "odd/fifo.png",
+             "/dev/zero", "/dev/null", "/proc/self/environ", "../../../../etc/passwd", "odd/secret.yaml", "odd/secret"]
+
+
+def key_paths(value, prefix=()):
+    """Every key path in `value`, at every depth (list items by index)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for k, v in items:
+        yield prefix + (k,)
+        yield from key_paths(v, prefix + (k,))
+
+
+PATHS = list(key_paths(BASE)) + [("model", "from"), ("seeds", 0, "path"), ("output", "path"), ("dataset", "path"),
+                                 ("recognizer",), ("zzz",), ("train", "seed"), ("generate", "zzz")]
+# The keys a `qd run` fuzz may change without training a new model (the model key is the
+# name, dataset, model and train sections).
+RUN_PATHS = [p for p in PATHS if p[0] not in ("name", "dataset", "model", "train")]
+EDGES = ["-1", "-9223372036854775809", "9223372036854775808", str(2 ** 70), "1e308", "-1e308", "0", "-0.0"]
+
+
+def deep(depth: int, kind: str) -> str:
+    return ("[" * depth + "1" + "]" * depth) if kind == "list" else ("{a: " * depth + "1" + "}" * depth)
+
+
+def bomb(levels: int, width: int) -> str:
+    return "[" + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "x"] * width) + "]" for i in range(levels)) + "]"
+
+
+yaml_fragments = st.one_of(
+    st.sampled_from(EDGES + [".nan", ".inf", "-.inf", "~", "true", "[]", "{}", "''", "'x'", "!!binary AAAA",
+                             "!!python/name:os.system", "{use: prior, use: gif}", "[prior, {use: sharpen, passes: 1, passes: 2}]"]),
+    st.integers(-3, 3).map(str),
+    st.text(max_size=30).map(lambda t: json.dumps(t)),
+    st.sampled_from(ODD_FILES).map(json.dumps),
+    st.builds(deep, st.integers(1, 3000), st.sampled_from(["list", "map"])),
+    st.builds(bomb, st.integers(1, 10), st.integers(2, 10)),
+)
+json_fragments = st.one_of(
+    st.sampled_from(EDGES + ["1e400", "-1e400", "NaN", "Infinity", "null", "true", "[]", "{}", '""',
+                             '{"use": "prior", "use": "gif"}', '[{"use": "sharpen", "passes": 1, "passes": 2}]']),
+    st.integers(-3, 3).map(str),
+    st.text(max_size=30).map(lambda t: json.dumps(t)),
+    st.sampled_from(ODD_FILES).map(json.dumps),
+    st.integers(1, 20000).map(lambda d: "[" * d + "]" * d),
+    st.integers(1, 3000).map(lambda d: '{"a": ' * d + "1" + "}" * d),
+)
+HOLE = "QD-FUZZ-HOLE"
+
+
+def with_hole(path) -> dict:
+    doc = json.loads(json.dumps(BASE))
+    node = doc
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = HOLE
+    return doc
+
+
+def yaml_document(path, fragment: str, twice: bool) -> str:
+    """BASE with `fragment` at `path`, in block style, the hole filled with flow YAML text."""
+    text = yaml.safe_dump(with_hole(path), sort_keys=False)
+    text = text.replace(HOLE, fragment.replace("\n", " "))
+    if twice:  # the first section again: a duplicate key at the top
+        text += text.splitlines()[0] + "\n"
+    return text
+
+
+def json_body(path, fragment: str, twice: bool) -> str:
+    text = json.dumps({"recipe": with_hole(path)}).replace(json.dumps(HOLE), fragment)
+    return text.replace('{"recipe": {', '{"recipe": {"seed": 1, ', 1) if twice else text
+
+
+@pytest.fixture
+def odd_files(tmp_path):
+    import os
+
+    odd = tmp_path / "odd"
+    (odd / "folder").mkdir(parents=True)
+    (odd / "empty.png").write_bytes(b"")
+    (odd / "text.png").write_text("not an image\n")
+    (odd / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    (odd / "loop.png").symlink_to(odd / "loop.png")
+    os.mkfifo(odd / "fifo.png")  # opening it to read would wait forever for a writer
+    (odd / "secret.yaml").write_text('dataset: {use: "SECRET"}\n')
+    return odd
+
+
+DOCS = settings(max_examples=120, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def assert_refused_or_ok(code, err, before, after, allowed=()):
+    """Issue 17's rule: whatever the document, exit 0 or 2, one line, never "unexpected"."""
+    assert code in (0, 2), err
+    assert_contract(code, err, before, after, allowed)
+
+
+@DOCS
+@given(path=st.sampled_from(PATHS), fragment=yaml_fragments, twice=st.booleans())
+def test_whole_yaml_documents_against_qd_validate(sandbox, odd_files, capsys, path, fragment, twice):
+    recipe = sandbox / "fuzz.yaml"
+    recipe.write_text(yaml_document(path, fragment, twice), encoding="utf-8")
+    before = files_in(sandbox)
+    code, err = run_cli(["validate", recipe], capsys)
+    assert_refused_or_ok(code, err, before, files_in(sandbox))
+    if twice:
+        assert code == 2  # the duplicate key, unless something before it is refused first
+
+
+@pytest.fixture
+def run_sandbox(sandbox, tiny_model, monkeypatch):
+    """The sandbox, with the tests' cache holding the tiny model BASE describes."""
+    monkeypatch.setenv("QD_CACHE_DIR", str(tiny_model.parent.parent / "qd-cache"))
+    assert yaml.safe_load(tiny_model.read_text())["model"] == BASE["model"]
+    return sandbox
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(RUN_PATHS), fragment=yaml_fragments, twice=st.booleans())
+def test_whole_yaml_documents_against_qd_run_with_a_tiny_model(run_sandbox, odd_files, capsys, path, fragment, twice):
+    recipe = run_sandbox / "fuzz.yaml"
+    recipe.write_text(yaml_document(path, fragment, twice), encoding="utf-8")
+    out = run_sandbox / "out.gif"
+    out.unlink(missing_ok=True)
+    before = files_in(run_sandbox)
+    code, err = run_cli(["run", recipe, "--quiet", "--out", out], capsys)
+    assert_refused_or_ok(code, err, before, files_in(run_sandbox), allowed={out})
+
+
+@pytest.fixture
+def studio_client(tmp_path, tiny_model, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from qdcore.plugin_manager import build
+    from qdcore.studio.server import create_app
+    from qdcore.studio.session import Studio
+
+    monkeypatch.setenv("QD_CACHE_DIR", str(tiny_model.parent.parent / "qd-cache"))
+    monkeypatch.setenv("QD_DOWNLOAD_URL", "http://127.0.0.1:9/")
+    studio = Studio(build(), tiny_model, workdir=tmp_path / "studio")
+    # A recipe the page may train starts a job; the job's body is training (not what is fuzzed).
+    monkeypatch.setattr(studio, "_train", lambda job, r, built: setattr(job, "state", "done"))
+    with TestClient(create_app(studio)) as client:
+        yield client, studio
+    studio.close()
+
+
+ENDPOINTS = ["/api/validate", "/api/generate", "/api/recipe.yaml", "/api/upload", "/api/train", "/api/jobs/cancel"]
+
+
+@DOCS
+@given(endpoint=st.sampled_from(ENDPOINTS), path=st.sampled_from(PATHS), fragment=json_fragments, twice=st.booleans(),
+       extra=st.sampled_from([None, ("n", "-1"), ("n", "1e400"), ("n", '"2"'), ("image", '"data:image/png;base64,AAAA"'),
+                              ("key", "[[[]]]"), ("image", "[" * 5000 + "]" * 5000)]))
+def test_json_bodies_against_every_studio_endpoint(studio_client, odd_files, endpoint, path, fragment, twice, extra):
+    client, studio = studio_client
+    body = json_body(path, fragment, twice)
+    if extra is not None:
+        body = body[:-1] + f', "{extra[0]}": {extra[1]}' + "}"
+    before = {p for p in files_in(studio.tmp) if "uploads" not in p.parts and "shared" not in p.parts}
+    res = client.post(endpoint, content=body.encode(), headers={"Content-Type": "application/json"})
+    assert res.status_code in (200, 202, 400, 404, 409, 413), res.text
+    if res.status_code >= 400:
+        error = res.json()["error"]
+        assert set(res.json()) == {"error"} and error.startswith("Error: ") and "\n" not in error, res.text
+        assert "unexpected" not in error and " at 0x" not in error and "SECRET" not in error, error
+    if twice:
+        assert res.status_code == 400  # the duplicate key, unless something before it is refused first
+    after = {p for p in files_in(studio.tmp) if "uploads" not in p.parts and "shared" not in p.parts}
+    assert after <= before, sorted(after - before)

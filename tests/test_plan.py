@@ -282,6 +282,9 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(P, "time_plan", fake)
     monkeypatch.setattr(P, "MEASURE_MIN_ITERATIONS", 6)
     monkeypatch.setattr(P, "cpu_count", lambda: 2)  # the same four candidates on any machine
+    # A quiet machine, whatever else runs: the busy rule (its own tests above) would re-measure
+    # when the first run's look at /proc/stat finds the cores busy and the second's does not.
+    monkeypatch.setattr(P, "machine_busy", lambda: False)
     rng = np.random.default_rng(0)
     data = ImageSet((rng.random((40, 10, 13)) > 0.7).astype(np.uint8) * 255, "synthetic")
     cfg = TrainConfig(iterations=6, batch_size=4, checkpoint_every=10_000, warmup=0)

@@ -101,7 +101,7 @@ def test_overrides_set_yaml_typed_values(item, expected):
     ("filters[5].passes=2", "filters has 1 step: the index may be 0 to 1"),
     ("name.first=x", "name is not a mapping"),
     ("train[0]=x", "train is not a list"),
-    ("train.iterations=[1", "is not valid YAML"),
+    ("train.iterations=[1", "invalid YAML"),
 ])
 def test_bad_overrides_name_the_path(item, fragment):
     with pytest.raises(RecipeError, match=None) as e:

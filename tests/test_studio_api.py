@@ -264,7 +264,8 @@ def test_generate_errors(client, recipe, studio):
     untrained = {**recipe, "train": {**recipe["train"], "iterations": 31}}
     one_error(client.post("/api/generate", json={"recipe": untrained}), 409, "is not trained yet: press Train")
     one_error(client.post("/api/generate", json={"recipe": recipe, "n": "many"}), 400, "n must be a whole number")
-    one_error(client.post("/api/generate", json={"recipe": recipe, "n": 0}), 400, "--n: 0 is out of range")
+    line = one_error(client.post("/api/generate", json={"recipe": recipe, "n": 0}), 400, "studio: generate.n: 0 is out of range")
+    assert "--" not in line, "the page has no command-line flags"
     one_error(client.post("/api/generate", json={"recipe": {**recipe, "filters": ["boom"]}}), 500,
               "Error: unexpected RuntimeError: the boom filter always fails second line")
     one_error(client.get("/api/generations/" + "f" * 32 + ".gif"), 404, "that generation is gone")
@@ -363,3 +364,74 @@ def test_qd_studio_warns_when_not_on_loopback_and_bad_recipe_is_one_line(tmp_pat
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"Error: {bad}: filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'? "
                                              "Available: anti-alias, edge-enhance, ink, invert, sharpen, upscale"]
+
+
+# --- issue 17: the studio reads nothing it was not given; no "unexpected" error from a page ----
+
+
+def test_model_from_never_opens_a_recipe_the_page_names(client, recipe, tmp_path):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text('dataset: {use: "SECRET"}\n')
+    for source in (str(secret), "../" * 12 + str(secret)[1:], str(secret.with_suffix("")), "zoo-26", 7, None):
+        body = {**recipe, "model": {**recipe["model"], "from": source}}
+        line = one_error(client.post("/api/validate", json={"recipe": body}), 400,
+                         "studio: model.from: the studio does not open recipes named by the page")
+        assert "SECRET" not in line
+
+
+def test_model_from_may_name_a_model_in_the_cache(client, recipe, studio):
+    folder = next(m["folder"] for m in client.get("/api/models").json()["models"] if m["folder"].startswith("tiny-"))
+    for source in (folder, "tiny"):
+        body = {**recipe, "model": {"from": source}}
+        res = client.post("/api/validate", json={"recipe": body})
+        assert res.status_code == 200 and res.json()["ok"], res.text
+    # The rebuilt recipe lives in the studio's private folder, never beside a page-named path.
+    assert [p.name for p in (studio.tmp / "shared").iterdir()] == [f"{folder}.yaml"]
+
+
+def test_model_from_of_the_starting_recipe_is_allowed(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("QD_CACHE_DIR", str(tiny_model.parent.parent / "qd-cache"))
+    (tmp_path / "tiny.yaml").write_text(tiny_model.read_text())
+    start = tmp_path / "apple.yaml"
+    start.write_text("dataset: {use: quickdraw, category: apple, limit: 200}\nmodel: {from: tiny, if_missing: train}\n")
+    s = Studio(build(), start, workdir=tmp_path / "studio")
+    try:
+        with TestClient(create_app(s)) as c:
+            given = c.get("/api/recipe").json()["recipe"]
+            assert c.post("/api/validate", json={"recipe": given}).status_code == 200
+            other = {**given, "model": {"from": "../tiny", "if_missing": "train"}}
+            one_error(c.post("/api/validate", json={"recipe": other}), 400, "does not open recipes named by the page")
+    finally:
+        s.close()
+
+
+def test_a_cmyk_jpeg_upload_is_accepted(client):
+    buf = io.BytesIO()
+    Image.fromarray(stroke_image()).convert("CMYK").save(buf, format="JPEG")
+    res = client.post("/api/upload", json={"image": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()})
+    assert res.status_code == 200, res.text
+    preview = iio.imread(base64.b64decode(res.json()["preview"].split(",", 1)[1]))
+    assert preview.max() > 200, "the bar survives as ink"
+
+
+def test_deep_json_and_negative_seeds_are_400(client, recipe):
+    deep = b'{"recipe": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    one_error(client.post("/api/validate", content=deep), 400, "the request body: is nested more than 32 levels deep")
+    value = 1
+    for _ in range(40):
+        value = [value]
+    nested = {"recipe": {**recipe, "generate": {"n": value}}}
+    one_error(client.post("/api/validate", json=nested), 400, "nested more than 32 levels deep")
+    one_error(client.post("/api/validate", json={"recipe": {**recipe, "seed": -1}}), 400, "studio: seed: -1 is out of range")
+    one_error(client.post("/api/generate", json={"recipe": {**recipe, "seed": -1}}), 400, "studio: seed: -1 is out of range")
+    train = {**recipe, "train": {**recipe["train"], "seed": -1}}
+    one_error(client.post("/api/train", json={"recipe": train}), 400, "studio: train.seed: -1 is out of range")
+
+
+def test_error_lines_carry_no_object_reprs(client):
+    line = one_error(client.post("/api/upload", json={"image": "data:image/png;base64," + base64.b64encode(b"GIF89a junk").decode()}),
+                     400, "not a readable image")
+    assert " at 0x" not in line and "<_io" not in line
+    from qdcore.studio.session import one_line
+
+    assert one_line("cannot read <_io.BytesIO object at 0x7f3a2c1b9e50>\nnext") == "cannot read the data next"

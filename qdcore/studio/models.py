@@ -8,7 +8,8 @@ import json
 
 from pathlib import Path
 
-from .. import paths
+from .. import limits, paths
+from ..errors import QdError
 
 # train.FINISHED, named here too so that listing models never imports TensorFlow
 # (tests/test_studio_api.py checks they agree).
@@ -26,13 +27,16 @@ def list_models() -> list[dict]:
     rows = []
     if not root.is_dir():
         return rows
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    # A symlink in the cache is not a model qd made (the same rule as `qd models`).
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         row = {"folder": folder.name, "finished": False, "step": None, "recipe": None}
         for name, key in ((FINISHED, "finished"), ("recipe.json", "recipe")):
             try:
-                data = json.loads((folder / name).read_text())
-            except (OSError, ValueError):
+                data = json.loads(limits.read_text(folder / name, limits.MAX_JSON_FILE_BYTES, "not one of qd's records"))
+            except (OSError, ValueError, RecursionError, QdError):
                 continue
+            if not isinstance(data, dict):
+                continue  # damaged: the row shows what is known
             if key == "finished":
                 row["finished"], row["step"] = True, data.get("step")
             else:

@@ -8,10 +8,10 @@ line, never a traceback.
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import engine, paths
 from ..errors import InputError, QdError, RecipeError, UnknownNameError
+from ..limits import load_json, shown
 from ..registry import KINDS
 from ..schema import recipe_schema
 from .models import is_trained, list_models
@@ -51,10 +52,7 @@ async def _json(request: Request) -> dict:
         body += chunk
         if len(body) > MAX_BODY:
             raise HTTPProblem(413, f"Error: the request is over {MAX_BODY >> 20} MB")
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise HTTPProblem(400, "Error: the request body is not JSON") from None
+    data = load_json(body, "the request body", MAX_BODY)
     if not isinstance(data, dict):
         raise HTTPProblem(400, "Error: the request body must be a JSON object")
     return data
@@ -94,6 +92,9 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
             except QdError as e:
                 return _error(_status(e), str(e))
             except Exception as e:  # noqa: BLE001 - the edge: one line, never a traceback
+                # A bug (a plugin's, or qd's), not bad input: the terminal running qd studio
+                # gets the traceback; the page one line, with object reprs cut out (one_line).
+                traceback.print_exc(file=sys.stderr)
                 return _error(500, f"unexpected {type(e).__name__}: {e}")
         return endpoint
 
@@ -140,7 +141,7 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
         body = await _json(request)
         n = body.get("n")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
-            raise HTTPProblem(400, f"Error: n must be a whole number, got {n!r}")
+            raise HTTPProblem(400, f"Error: n must be a whole number, got {shown(n)}")
         return JSONResponse(await run_in_threadpool(studio.generate, body.get("recipe"), n))
 
     async def download(request):

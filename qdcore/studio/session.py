@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -29,11 +30,12 @@ from .. import engine, params, paths
 from ..errors import InputError, QdError, RecipeError
 from ..interfaces import Context, SeedInput
 from ..recipe import Recipe, parse
-from .models import is_trained
+from .models import is_trained, list_models
 
 MAX_UPLOAD = 4 << 20  # decoded image bytes
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
 UPLOAD_PREFIX = "upload:"
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
 KEEP_GENERATIONS = 8
 KEEP_UPLOADS = 64
 
@@ -56,8 +58,13 @@ class HTTPProblem(Exception):
         self.status = status
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """The line the page shows: one line, and no Python object reprs (`<... at 0x7f...>`),
+    which say nothing to a user and something about the server."""
+    return _OBJECT_REPR.sub("the data", " ".join(str(text).split()))
 
 
 @dataclass
@@ -115,6 +122,10 @@ class Studio:
             self.base_data, self.base_path = DEFAULT_RECIPE, self.tmp / "studio.yaml"
         # Files the starting recipe names are the only on-disk paths a page may send back.
         self.allowed_files = set(self._paths_in(self.base_data))
+        # The same for `model.from`: the starting recipe's own value (a recipe the server was
+        # given), or a model in the cache (see _shared_source). Nothing else is ever opened.
+        base_model = self.base_data.get("model") if isinstance(self.base_data, dict) else None
+        self.base_from = base_model.get("from") if isinstance(base_model, dict) else None
         self.lock = threading.Lock()
         self.models: dict[str, Any] = {}
         self.datasets: dict[str, Any] = {}
@@ -157,6 +168,8 @@ class Studio:
         data = json.loads(json.dumps(data))  # a private copy, JSON types only
         if isinstance(data.get("output"), dict) and "path" in data["output"]:
             raise RecipeError("the studio does not write where the page says: downloads go to your browser", "studio: output.path")
+        if isinstance(data.get("model"), dict) and "from" in data["model"]:
+            data["model"]["from"] = self._shared_source(data["model"]["from"])
         used = {}
         for kind, where, step in self._steps(data):
             for name in self._path_params(kind, step.get("use")):
@@ -175,6 +188,26 @@ class Studio:
                     raise RecipeError("the studio does not open files named by the page: upload the image instead",
                                       f"studio: {where}.{name}")
         return parse(data, self.base_path, self.registry, label="studio"), used
+
+    def _shared_source(self, source: Any) -> Any:
+        """`model.from` as the recipe loader may resolve it: the starting recipe's own value,
+        or the recipe (rebuilt into the private folder from its recipe.json) of a model in
+        the cache, named by its name or folder. Never a path or name the page made up."""
+        if isinstance(source, str) and source == self.base_from:
+            return source
+        if isinstance(source, str):
+            for row in list_models():
+                made = row["recipe"]
+                if row["finished"] and isinstance(made, dict) and source in (row["folder"], made.get("name")):
+                    sections = {k: made.get(k) for k in ("name", "dataset", "model", "train") if made.get(k) is not None}
+                    target = self.tmp / "shared" / f"{row['folder']}.yaml"
+                    target.parent.mkdir(exist_ok=True)
+                    target.write_text(yaml.safe_dump(sections, sort_keys=False))
+                    return str(target)
+        known = [repr(self.base_from)] if isinstance(self.base_from, str) else []
+        known += [repr(r["folder"]) for r in list_models() if r["finished"] and r["recipe"]]
+        raise RecipeError("the studio does not open recipes named by the page: `from` may name "
+                          + (", ".join(known[:8]) if known else "no model yet (train one first)"), "studio: model.from")
 
     def upload_path(self, uid: str) -> Path:
         if not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
@@ -204,7 +237,11 @@ class Studio:
                 if im.width * im.height > MAX_PIXELS:
                     raise InputError(f"the image is {im.width}x{im.height} pixels; the limit is 4096x4096")
                 im.load()
-                # Re-encoded as PNG: what is stored is pixels, never the sender's bytes.
+                # Re-encoded as PNG: what is stored is pixels, never the sender's bytes. PNG
+                # holds fewer modes than JPEG or TIFF (CMYK, YCbCr, LAB, float): those become RGB(A),
+                # as file-image would read them.
+                if im.mode not in PNG_MODES:
+                    im = im.convert("RGBA" if {"A", "a"} & set(im.getbands()) else "RGB")
                 clean = io.BytesIO()
                 im.save(clean, format="PNG")
         except QdError:
@@ -259,9 +296,11 @@ class Studio:
 
     def generate(self, data: Any, n: Optional[int]) -> dict:
         start = time.perf_counter()
+        generate = data.get("generate") or {} if isinstance(data, dict) else None
+        if n is not None and isinstance(generate, dict):
+            # The page's count is checked as the recipe's generate.n (the line names that key).
+            data = {**data, "generate": {**generate, "n": n}}
         r, used = self.intake(data)
-        if n is not None:
-            r = r.with_overrides(n=n)
         built = engine.prepare(r)
         trained = self.trained(r)
         images = self.dataset(r, built)
