@@ -63,10 +63,10 @@ class TrainConfig:
     # "none" always the single-device step; "mirrored" MirroredStrategy over local devices;
     # "multi-worker" MultiWorkerMirroredStrategy configured by TF_CONFIG.
     distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
-    # When to stop before `iterations` (qdcore/stopping.py, docs/recipes.md#stop): "plateau"
-    # stops once `patience` checks, every `check_every` steps, in a row have not brought the
-    # held-out bound (the training loss where fewer than 300 images are held out) `min_gain`
-    # nats per image below its best; "budget" always trains `iterations` steps.
+    # When to stop before `iterations` (qdcore/stopping.py; docs/recipes.md, "When training
+    # stops"): "plateau" stops once `patience` checks in a row, every `check_every` steps,
+    # have not brought the held-out bound (the training loss where fewer than 300 images are
+    # held out) `min_gain` nats per image below its best; "budget" trains all `iterations`.
     stop: Literal["plateau", "budget"] = "plateau"
     check_every: Annotated[int, Range(1, 10_000_000)] = 100
     patience: Annotated[int, Range(1, 10_000)] = 5

@@ -112,9 +112,9 @@ def needs_more(finished: dict, cfg: TrainConfig) -> bool:
 def describe(cfg: TrainConfig, signal: str) -> str:
     if cfg.stop == "budget":
         return "trains the whole budget (stop: budget)"
-    what = "mean training loss over the check" if signal == TRAINING else "held-out bound"
+    what = f"training loss (mean of each {cfg.check_every} steps)" if signal == TRAINING else "held-out bound"
     return (f"stops earlier when the {what} gains less than {cfg.min_gain:g} nats/image in "
-            f"{cfg.patience} checks of {cfg.check_every} steps (stop: plateau)")
+            f"{cfg.patience} checks, one every {cfg.check_every} steps (stop: plateau)")
 
 
 def budget_eta(steps: int, batch_size: int, images_per_s: float | None) -> str:
