@@ -109,9 +109,11 @@ def needs_more(finished: dict, cfg: TrainConfig) -> bool:
     return isinstance(stopped, dict) and stopped.get("rule") != rule_of(cfg)
 
 
-def describe(cfg: TrainConfig, signal: str) -> str:
+def describe(cfg: TrainConfig, signal: str, multi_worker: bool = False) -> str:
     if cfg.stop == "budget":
         return "trains the whole budget (stop: budget)"
+    if multi_worker:
+        return "trains the whole budget (a multi-worker run does not stop early)"
     what = f"training loss (mean of each {cfg.check_every} steps)" if signal == TRAINING else "held-out bound"
     return (f"stops earlier when the {what} gains less than {cfg.min_gain:g} nats/image in "
             f"{cfg.patience} checks, one every {cfg.check_every} steps (stop: plateau)")

@@ -457,7 +457,9 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
             _save_array(workdir / LAST_BATCH, batches(step - 1))
             summaries.samples(step, model)
 
-    rule = stopping.rule_of(train_cfg)
+    # Workers of a multi-worker run would each have to make the same decision from their own
+    # record, and a resumed one may lack it: they train the budget.
+    rule = stopping.rule_of(train_cfg) if placement.workers == 1 else None
     signal = stopping.signal_for(len(held_idx), placement.strategy is None)
     plateau = stopping.Plateau.resumed(train_cfg, signal, stopping.read_state(workdir), start) if rule else None
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -549,7 +551,7 @@ def _plan_line(choice: Choice, placement, train_cfg: TrainConfig, start: int, si
     budget = f"{left:,} steps" if start == 0 else f"its last {left:,} of {train_cfg.iterations:,} steps"
     speed = f", {rate:,.0f} img/s" if rate and placement.strategy is None else ""
     return (f"plan: {choice.label()}{speed}; full budget {budget} of {train_cfg.batch_size} images"
-            f"{': ' + eta if eta else ''}; {stopping.describe(train_cfg, signal)}")
+            f"{': ' + eta if eta else ''}; {stopping.describe(train_cfg, signal, placement.workers > 1)}")
 
 
 def _load_finished(model_cfg: ModelConfig, workdir: Path, batches: Batches) -> TrainedModel | None:
