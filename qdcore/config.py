@@ -67,10 +67,21 @@ class TrainConfig:
     # "none" always the single-device step; "mirrored" MirroredStrategy over local devices;
     # "multi-worker" MultiWorkerMirroredStrategy configured by TF_CONFIG.
     distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
+    # When to stop before `iterations` (qdcore/stopping.py; docs/recipes.md, "When training
+    # stops"): "plateau" stops once `patience` checks in a row, every `check_every` steps,
+    # have not brought the held-out bound (the training loss where fewer than 300 images are
+    # held out) `min_gain` nats per image below its best; "budget" trains all `iterations`.
+    stop: Literal["plateau", "budget"] = "plateau"
+    check_every: Annotated[int, Range(1, 10_000_000)] = 100
+    patience: Annotated[int, Range(1, 10_000)] = 5
+    min_gain: Annotated[float, Range(0.0, 1e6)] = 1.0
 
     # Settings that choose how a run executes, not what it learns: they stay out of the
-    # model's cache key, so a run started on one machine can be resumed on several.
-    EXECUTION_ONLY = ("distribute",)
+    # model's cache key, so a run started on one machine can be resumed on several. The
+    # stop rule is among them: it only decides where a run ends on one trajectory (batch k,
+    # its noise and the learning rate at k depend on neither), so a run stopped early and
+    # one trained to the budget share a folder, and keys from before the rule existed hold.
+    EXECUTION_ONLY = ("distribute", "stop", "check_every", "patience", "min_gain")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -3,8 +3,10 @@
 Everything for one model lives in the `workdir` the engine hands over:
     checkpoints/      tf.train.CheckpointManager (weights, Adam state, step, noise generator)
     last_batch.npy    the last training batch, for the "training-batch last" seed strategy
-    finished.json     written atomically only once training reached train_cfg.iterations
-                      (with the class names of a conditional model)
+    finished.json     written atomically only once training reached train_cfg.iterations,
+                      or stopped by the stop rule ("stopped": step, reason, rule), with
+                      the class names of a conditional model
+    stop.json         the stop rule's checks so far, replayed on resume (qdcore/stopping.py)
     last_by_class.npz a conditional model's last training images of each class
     tensorboard/      TensorBoard summaries (qdcore/summaries.py)
 Under a multi-worker strategy only the chief writes any of these (qdcore/distribute.py).
@@ -28,6 +30,7 @@ import tensorflow as tf
 
 from . import checkpoints
 from . import optimizer
+from . import stopping
 from .atomic import atomic_path
 from .conditioning import conditional_classes
 from .config import ModelConfig, TrainConfig
@@ -366,16 +369,19 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
           restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
-    """Train to train_cfg.iterations, resuming from workdir's checkpoints if present.
+    """Train to train_cfg.iterations or until the stop rule stops it (qdcore/stopping.py),
+    resuming from workdir's checkpoints if present.
 
     on_step(step, total, lx, lz), when given, is called after every step (the studio's
     progress bar); returning True stops training: a checkpoint is saved and Cancelled raised.
 
-    A workdir holding a finished model is loaded and nothing is trained. restart=True
-    discards workdir's checkpoints, last batch and finished marker first.
+    A workdir holding a finished model is loaded and nothing is trained, unless it was
+    stopped early by another stop rule than train_cfg's: then it trains on from the stop.
+    restart=True discards workdir's checkpoints, last batch, stop record and finished marker first.
     """
     workdir = Path(workdir)
-    if not restart and checkpoints.read_finished(workdir / FINISHED) is not None:
+    record = None if restart else checkpoints.read_finished(workdir / FINISHED)
+    if record is not None and not stopping.needs_more(record, train_cfg):
         train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
         done = _load_finished(model_cfg, workdir, Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed))
         if done is not None:
@@ -400,12 +406,12 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
     chief = placement.chief
     if restart and chief:
         shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-        for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS):
+        for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE):
             (workdir / name).unlink(missing_ok=True)
     _check_shape(model_cfg, data)
     classes = conditional_classes(data.classes)
     distribute.check_batch(train_cfg, placement)
-    train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
+    train_idx, held_idx = split(len(data.images), train_cfg, stream_labels(data))
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
     if chief:
@@ -452,6 +458,34 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
             _save_array(workdir / LAST_BATCH, batches(step - 1))
             summaries.samples(step, model)
 
+    # Workers of a multi-worker run would each have to make the same decision from their own
+    # record, and a resumed one may lack it: they train the budget.
+    rule = stopping.rule_of(train_cfg) if placement.workers == 1 else None
+    signal = stopping.signal_for(len(held_idx), placement.strategy is None)
+    plateau = stopping.Plateau.resumed(train_cfg, signal, stopping.read_state(workdir), start) if rule else None
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say(_plan_line(choice, placement, train_cfg, start, signal))
+    stopped = None
+    if plateau is not None and plateau.flat >= plateau.patience:  # stopped before, the record was lost
+        stopped = {"step": start, "reason": plateau.reason(), "rule": rule}
+        steps = iter(())
+    lsum, ln = 0.0, 0  # training loss since the last check
+
+    def check(step: int, lx: float, lz: float) -> bool:
+        nonlocal lsum, ln
+        lsum, ln = lsum + lx + lz, ln + 1
+        if step % train_cfg.check_every or step >= train_cfg.iterations:
+            return False
+        if signal == stopping.HELDOUT:
+            value = evaluate(TrainedModel(model, step, None, workdir), data, train_cfg, limit=stopping.HELDOUT_CAP)["bound"]
+        else:
+            value = lsum / ln
+        lsum, ln = 0.0, 0
+        halt = plateau.observe(step, value)
+        if chief:
+            stopping.write_state(workdir, plateau.to_dict(rule))
+        return halt
+
     where = "; ".join(filter(None, [choice.label(), placement.describe()]))
     step = start
     try:
@@ -475,6 +509,9 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
                 if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
                     save(step)
                     last_saved = step
+                if plateau is not None and check(step, float(lx), float(lz)):
+                    stopped = {"step": step, "reason": plateau.reason(), "rule": rule}
+                    break
         if last_saved != int(step_var.numpy()) or manager.latest_checkpoint is None:
             save(int(step_var.numpy()))
     except tf.errors.OpError as e:
@@ -488,6 +525,9 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
         return TrainedModel(model=model, step=step, last_batch=None, workdir=workdir)
     last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
     finished = {"step": step, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
+    if stopped is not None:
+        finished["stopped"] = stopped
+        say(f"stopped at step {step:,} of {train_cfg.iterations:,}: {stopped['reason']}")
     by_class = None
     if classes:
         finished["classes"] = classes
@@ -501,6 +541,18 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
     with atomic_path(workdir / FINISHED) as tmp:
         tmp.write_text(json.dumps(finished))
     return TrainedModel(model=model, step=step, last_batch=last_batch, workdir=workdir, last_by_class=by_class)
+
+
+def _plan_line(choice: Choice, placement, train_cfg: TrainConfig, start: int, signal: str) -> str:
+    """What this run will do: its step plan, the time of the (rest of the) full budget at the
+    plan's measured img/s, and the stop rule."""
+    left = train_cfg.iterations - start
+    rate = next((r["images_per_s"] for r in choice.rows if r["name"] == choice.plan.name), None)
+    eta = stopping.budget_eta(left, train_cfg.batch_size, rate) if placement.strategy is None else ""
+    budget = f"{left:,} steps" if start == 0 else f"its last {left:,} of {train_cfg.iterations:,} steps"
+    speed = f", {rate:,.0f} img/s" if rate and placement.strategy is None else ""
+    return (f"plan: {choice.label()}{speed}; full budget {budget} of {train_cfg.batch_size} images"
+            f"{': ' + eta if eta else ''}; {stopping.describe(train_cfg, signal, placement.workers > 1)}")
 
 
 def _load_finished(model_cfg: ModelConfig, workdir: Path, batches: Batches) -> TrainedModel | None:
@@ -544,8 +596,10 @@ def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
     return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last, workdir=workdir, last_by_class=kept)
 
 
-def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500) -> dict:
-    """The held-out bound L^x + L^z in nats per image (one-sample estimate, fixed noise).
+def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500,
+             limit: int | None = None) -> dict:
+    """The held-out bound L^x + L^z in nats per image (one-sample estimate, fixed noise), over
+    the first `limit` held-out images (all when None).
 
     A labelled set is split per class and also gets `per_category` bounds. A conditional
     model evaluates each image under its own class, by name, so a one-category set (cat.yaml)
@@ -554,6 +608,7 @@ def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batc
     _check_shape(trained.model.cfg, data)
     labelled = data.labels is not None and data.classes
     _, held = split(len(data.images), train_cfg, stream_labels(data))
+    held = held[:limit]
     if len(held) == 0:
         raise QdError("nothing to evaluate: train.holdout is 0, so there are no held-out images")
     # The model's class index of each of the set's classes.
