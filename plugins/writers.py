@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from qdcore import Context, Drawing, InputError, Range, RecipeError, Writer, hookimpl
 from qdcore.atomic import atomic_path
+from qdcore.ink import two_inks
 
 Frames = Literal["samples", "steps"]
 Seconds = Annotated[float, Range(0.01, 655.35)]  # a GIF stores a frame's delay in 1/100 s, 16 bits
@@ -24,9 +25,6 @@ Spacing = Annotated[int, Range(0, 256)]
 Shade = Annotated[float, Range(0.0, 1.0)]
 
 BOX_COLOUR = (255, 48, 48)
-# The model's ink where it finishes a person's drawing (mode: complete): a blue that stands
-# apart from grey ink on a white page and on a black one.
-MODEL_INK = np.array([40, 110, 235], np.float32) / 255.0
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -99,19 +97,6 @@ def draw_boxes(image: np.ndarray, layout: Layout, windows: np.ndarray, write_n: 
         y0, y1 = np.clip([y0, y1], 0, layout.h - 1) + top
         draw.rectangle([round(x0), round(y0), round(x1), round(y1)], outline=BOX_COLOUR, width=width)
     return np.asarray(rgb)
-
-
-def two_inks(given: np.ndarray, canvases: np.ndarray) -> np.ndarray:
-    """A person's partial drawings (k, h, w) and the model's canvases (k, h, w) that finish
-    them -> (k, h, w, 3): the person's ink as it is, the ink the model added in MODEL_INK.
-
-    Filters may have inverted the page, so ink is measured as distance from the page colour
-    (the median of each partial drawing, which is mostly page)."""
-    page = np.median(given.reshape(len(given), -1), axis=1)[:, None, None]
-    person = np.abs(given - page)
-    added = np.clip(np.abs(canvases - page) - person, 0.0, 1.0)[..., None]
-    grey = given[..., None] * np.ones(3, np.float32)
-    return np.clip(grey * (1 - added) + MODEL_INK * added, 0.0, 1.0).astype(np.float32)
 
 
 def compose_rgb(layout: "Layout", cells: np.ndarray, shade: float) -> np.ndarray:

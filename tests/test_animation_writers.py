@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from qdcore import Context, Drawing, InputError
-from qdplugins.writers import MODEL_INK, Gif, Mp4, PngSheet, WebP, two_inks
+from qdcore.ink import MODEL_INK, two_inks
+from qdplugins.writers import Gif, Mp4, PngSheet, WebP
 
 T, N, H, W = 4, 2, 28, 28
 
