@@ -211,6 +211,31 @@ class RandomPixels(SeedStrategy):
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+class RemoveInk(SeedStrategy):
+    """Keeps one part of each drawing and blanks the rest: the half of its ink on one side
+    (`keep: top` keeps the rows above the middle of the ink's extent), for a `complete` mode
+    to finish. The cut sits at the middle of each drawing's own ink, not of the page."""
+
+    def __init__(self, keep: Literal["top", "bottom", "left", "right"] = "top", ink: Annotated[float, Range(0.0, 1.0)] = 0.1):
+        self.keep = keep
+        self.ink = ink
+
+    def apply(self, seeds, given: SeedInput, ctx: Context):
+        x = _need_seeds(seeds, "remove-ink").copy()
+        rows = self.keep in ("top", "bottom")
+        for image in x:
+            page = image if rows else image.T  # a view: blanking its rows blanks the image's columns
+            lines = np.flatnonzero((page >= self.ink).any(axis=1))
+            if len(lines) == 0:
+                continue  # a blank drawing stays blank; `complete` names it
+            middle = (lines[0] + lines[-1] + 1) // 2
+            if self.keep in ("top", "left"):
+                page[middle:] = 0.0
+            else:
+                page[:middle] = 0.0
+        return x
+
+
 @hookimpl
 def qd_register_seed_strategies(register):
     register("training-batch", TrainingBatch,
@@ -219,3 +244,4 @@ def qd_register_seed_strategies(register):
     register("prior", Prior, description="source: no seed image, sample from the model's prior")
     register("sobel-edges", SobelEdges, description="perturbation: random rules on pixels along Sobel edges")
     register("random-pixels", RandomPixels, description="perturbation: set or jitter small random neighbourhoods")
+    register("remove-ink", RemoveInk, description="perturbation: blank one half of each drawing's ink, for `mode: complete`")

@@ -1,6 +1,7 @@
-"""Built-in writers: an animated GIF, or one PNG contact sheet.
+"""Built-in writers: an animated GIF (or the same animation as WebP or MP4), or one PNG
+contact sheet.
 
-Both write through qdcore.atomic.atomic_path, so the output is complete or absent. The
+All write through qdcore.atomic.atomic_path, so the output is complete or absent. The
 frames they receive are already filtered (maybe upscaled, maybe inverted); the write
 attention, given in model pixels, is scaled to whatever size the frames have now.
 """
@@ -15,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from qdcore import Context, Drawing, InputError, Range, RecipeError, Writer, hookimpl
 from qdcore.atomic import atomic_path
+from qdcore.ink import two_inks
 
 Frames = Literal["samples", "steps"]
 Seconds = Annotated[float, Range(0.01, 655.35)]  # a GIF stores a frame's delay in 1/100 s, 16 bits
@@ -81,17 +83,40 @@ def attention_box(window: np.ndarray, write_n: int, model_shape: tuple[int, int]
 
 def draw_boxes(image: np.ndarray, layout: Layout, windows: np.ndarray, write_n: int,
                model_shape: tuple[int, int]) -> np.ndarray:
-    """Greyscale (H, W) float -> RGB (H, W, 3) uint8 with one box per cell, clipped to it."""
+    """Greyscale (H, W) or RGB (H, W, 3) float -> RGB (H, W, 3) uint8 with one box per cell,
+    clipped to it; a NaN window (a completion's partial drawing, no step drew it) has none."""
     rgb = Image.fromarray(_uint8(image)).convert("RGB")
     draw = ImageDraw.Draw(rgb)
     width = max(1, round(min(layout.h, layout.w) / 64))
     for i, window in enumerate(windows):
+        if np.isnan(window).any():
+            continue
         top, left = layout.origin(i)
         x0, y0, x1, y1 = attention_box(window, write_n, model_shape, (layout.h, layout.w))
         x0, x1 = np.clip([x0, x1], 0, layout.w - 1) + left
         y0, y1 = np.clip([y0, y1], 0, layout.h - 1) + top
         draw.rectangle([round(x0), round(y0), round(x1), round(y1)], outline=BOX_COLOUR, width=width)
     return np.asarray(rgb)
+
+
+def compose_rgb(layout: "Layout", cells: np.ndarray, shade: float) -> np.ndarray:
+    """Layout.compose, channel by channel: (k, h, w, 3) -> (H, W, 3)."""
+    return np.stack([layout.compose(cells[..., c], shade) for c in range(3)], axis=-1)
+
+
+def step_frames(drawing: Drawing) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(T', n, h, w) greyscale or (T', n, h, w, 3) colour frames for a `steps` writer, and
+    the windows (T', n, 3) they go with (None where a frame has no window). A completion
+    starts with the person's drawing alone, then each step in two inks."""
+    canvases = _canvases(drawing)
+    windows = None if drawing.windows is None else np.asarray(drawing.windows, np.float32)
+    if drawing.given is None:
+        return canvases, windows
+    given = np.asarray(drawing.given, np.float32)
+    frames = np.stack([two_inks(given, c) for c in np.concatenate([given[None], canvases])])
+    if windows is not None:
+        windows = np.concatenate([np.full((1,) + windows.shape[1:], np.nan, np.float32), windows])
+    return frames, windows
 
 
 class _GridWriter(Writer):
@@ -148,24 +173,28 @@ class Gif(_GridWriter):
                               f"choose one of those, or raise generate.n")
 
     def images(self, drawing: Drawing) -> list[np.ndarray]:
-        """The GIF's frames as uint8 arrays, (H, W) greyscale or (H, W, 3) with boxes."""
+        """The GIF's frames as uint8 arrays, (H, W) greyscale or (H, W, 3) with boxes or two inks."""
         canvases = _canvases(drawing)
         steps, n, h, w = canvases.shape
         if self.frames == "samples":
-            return [_uint8(f) for f in canvases[-1]]
-        windows = _windows(drawing, "gif") if self.attention else None
+            last = canvases[-1] if drawing.given is None else two_inks(np.asarray(drawing.given, np.float32), canvases[-1])
+            return [_uint8(f) for f in last]
+        if self.attention:
+            _windows(drawing, self.who)
+        frames, windows = step_frames(drawing)
         if self.sample is not None:
             if self.sample >= n:
-                raise RecipeError(f"gif: `sample: {self.sample}` but only {n} samples were drawn (0..{n - 1})")
+                raise RecipeError(f"{self.who}: `sample: {self.sample}` but only {n} samples were drawn (0..{n - 1})")
             chosen = [self.sample]
         else:
             chosen = list(range(n))
         cols = grid_columns(len(chosen), self.columns)
         layout = Layout(math.ceil(len(chosen) / cols), cols, h, w, self.spacing)
         out = []
-        for t in range(steps):
-            image = layout.compose(canvases[t, chosen], self.shade)
-            if windows is None:
+        for t in range(len(frames)):
+            cells = frames[t, chosen]
+            image = layout.compose(cells, self.shade) if cells.ndim == 3 else compose_rgb(layout, cells, self.shade)
+            if not self.attention:
                 out.append(_uint8(image))
             else:
                 out.append(draw_boxes(image, layout, windows[t, chosen], drawing.write_n, drawing.model_shape))
@@ -201,6 +230,74 @@ class Gif(_GridWriter):
         return path
 
 
+class WebP(Gif):
+    """An animated WebP: the GIF's frames and timing, in full colour and lossless (no
+    256-colour palette), which chat apps and browsers play like a GIF."""
+
+    suffix = ".webp"
+    who = "webp"
+
+    def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
+        frames = [Image.fromarray(f).convert("RGB") for f in self.images(drawing)]
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], lossless=True,
+                           duration=self.durations_ms(len(frames)), loop=self.loop)
+        return path
+
+
+class Mp4(Gif):
+    """An H.264 MP4 of the GIF's frames and timing, through imageio-ffmpeg (the optional
+    `mp4` extra: pip install "qd[mp4]"). A video has one frame rate, so each frame is shown
+    for a whole number of ticks of the largest tick that divides every frame's delay."""
+
+    suffix = ".mp4"
+    who = "mp4"
+
+    def __init__(self, frames: Frames = "samples", duration: Seconds = 0.12, hold_last: Optional[Seconds] = None,
+                 sample: Optional[Annotated[int, Range(0, None)]] = None, attention: bool = False,
+                 columns: Columns = None, spacing: Spacing = 2, spacing_shade: Shade = 0.5):
+        encoder()  # missing encoder: fail while the recipe is checked, before any training
+        super().__init__(frames, duration, hold_last, 0, sample, attention, columns, spacing, spacing_shade)
+
+    def ticks(self, count: int) -> tuple[float, list[int]]:
+        """(frames per second, how many ticks each frame lasts) for the GIF's delays."""
+        delays = self.durations_ms(count)
+        tick = math.gcd(*delays)
+        return 1000.0 / tick, [d // tick for d in delays]
+
+    def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
+        ffmpeg = encoder()
+        frames = [np.asarray(Image.fromarray(f).convert("RGB")) for f in self.images(drawing)]
+        h, w = frames[0].shape[:2]
+        # H.264's 4:2:0 colour needs even sides: pad with the grid's gap shade.
+        pad = ((0, h % 2), (0, w % 2), (0, 0))
+        fill = int(round(self.shade * 255))
+        fps, repeats = self.ticks(len(frames))
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            writer = ffmpeg.write_frames(str(tmp), (w + w % 2, h + h % 2), fps=fps, codec="libx264", quality=8,
+                                         macro_block_size=1, pix_fmt_out="yuv420p", ffmpeg_log_level="error",
+                                         output_params=["-f", "mp4"])
+            writer.send(None)
+            for frame, times in zip(frames, repeats):
+                padded = np.ascontiguousarray(np.pad(frame, pad, constant_values=fill))
+                for _ in range(times):
+                    writer.send(padded)
+            writer.close()
+        return path
+
+
+def encoder():
+    """imageio_ffmpeg, or InputError saying how to install it."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise InputError('the mp4 writer needs imageio-ffmpeg, which is not installed: pip install "qd[mp4]" '
+                         "(or pip install imageio-ffmpeg), or use `output: {use: gif}` or `webp`") from None
+    return imageio_ffmpeg
+
+
 class PngSheet(_GridWriter):
     """One PNG: a grid of the samples' final canvases, or of every step (rows = samples,
     columns = steps)."""
@@ -227,13 +324,17 @@ class PngSheet(_GridWriter):
             cols = grid_columns(n, self.columns)
             layout = Layout(math.ceil(n / cols), cols, h, w, self.spacing)
             return _uint8(layout.compose(canvases[-1], self.shade))
+        frames, windows = step_frames(drawing)
+        steps = len(frames)
         layout = Layout(n, steps, h, w, self.spacing)
-        cells = canvases.transpose(1, 0, 2, 3).reshape(n * steps, h, w)  # row-major: sample, then step
-        image = layout.compose(cells, self.shade)
+        # row-major: sample, then step
+        cells = np.swapaxes(frames, 0, 1).reshape((n * steps,) + frames.shape[2:])
+        image = layout.compose(cells, self.shade) if cells.ndim == 3 else compose_rgb(layout, cells, self.shade)
         if not self.attention:
             return _uint8(image)
-        windows = _windows(drawing, "png-sheet").transpose(1, 0, 2).reshape(n * steps, 3)
-        return draw_boxes(image, layout, windows, drawing.write_n, drawing.model_shape)
+        _windows(drawing, "png-sheet")
+        boxes = np.swapaxes(windows, 0, 1).reshape(n * steps, 3)
+        return draw_boxes(image, layout, boxes, drawing.write_n, drawing.model_shape)
 
     def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
         image = Image.fromarray(self.image(drawing))
@@ -247,3 +348,5 @@ class PngSheet(_GridWriter):
 def qd_register_writers(register):
     register("gif", Gif, description="animated GIF: one frame per sample, or one per drawing step")
     register("png-sheet", PngSheet, description="one PNG grid of samples, or of samples x steps")
+    register("webp", WebP, description="animated WebP: the GIF's frames and timing, lossless colour")
+    register("mp4", Mp4, description="H.264 MP4 video of the GIF's frames and timing (needs imageio-ffmpeg)")

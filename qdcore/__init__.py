@@ -9,7 +9,7 @@ Importing qdcore does not import TensorFlow.
 from .errors import InputError, PluginError, QdError, RecipeError, TrainingError, UnknownNameError
 from .hookspecs import hookimpl
 from .imagestack import ImageStack
-from .interfaces import Context, Dataset, Drawing, Filter, ImageSet, SeedInput, SeedStrategy, Writer
+from .interfaces import Context, Dataset, Drawing, Filter, Generator, ImageSet, SeedInput, SeedStrategy, Writer
 from .params import Range
 from .recognizer import Classifier, Recognizer
 
@@ -17,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "hookimpl", "Range", "Context", "Dataset", "Drawing", "Filter", "ImageSet", "ImageStack", "SeedInput",
-    "SeedStrategy", "Writer", "QdError", "RecipeError", "UnknownNameError", "InputError",
+    "SeedStrategy", "Writer", "Generator", "QdError", "RecipeError", "UnknownNameError", "InputError",
     "PluginError", "TrainingError", "Recognizer", "Classifier", "__version__",
 ]

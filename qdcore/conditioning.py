@@ -50,6 +50,11 @@ class ClassConditioning(tf.Module):
         """(B, 4*enc) and (B, 4*dec) biases for class labels (B,) int32."""
         return enc_bias + tf.gather(self.enc_table, labels), dec_bias + tf.gather(self.dec_table, labels)
 
+    def blended_biases(self, weights, enc_bias, dec_bias):
+        """As gate_biases for a category vector that is a blend (B, C) of one-hots: the
+        one-hot input's rows, mixed (a morph from one category into another)."""
+        return enc_bias + tf.matmul(weights, self.enc_table), dec_bias + tf.matmul(weights, self.dec_table)
+
     def labels(self, n: int, category: Category) -> np.ndarray:
         """(n,) int32 class indices: one named class for all n, a list of n, or (None) the
         classes in turn, so a sheet of a conditional model shows every category."""
@@ -103,6 +108,15 @@ class Steered:
 
     def reconstruct(self, seeds, seed: Optional[int] = None, category: Category = None):
         return self.model.reconstruct(seeds, seed=seed, category=self.category if category is None else category)
+
+    def complete(self, partial, k: int, seed: Optional[int] = None, category: Category = None):
+        return self.model.complete(partial, k, seed=seed, category=self.category if category is None else category)
+
+    def encode(self, images, category: Category = None):
+        return self.model.encode(images, category=self.category if category is None else category)
+
+    def decode(self, z, category: Category = None, towards: Category = None, amount=None):
+        return self.model.decode(z, category=self.category if category is None else category, towards=towards, amount=amount)
 
     def __getattr__(self, name):
         return getattr(self.model, name)

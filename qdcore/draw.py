@@ -161,9 +161,16 @@ class Draw(tf.Module):
         spec_x = tf.TensorSpec([None, H, W], tf.float32)
         spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
         spec_y = tf.TensorSpec([None], tf.int32)
-        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:], autograph=False, input_signature=[spec_eps, spec_y])
+        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4], autograph=False, input_signature=[spec_eps, spec_y])
         self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y), autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        # Beyond reconstruction (docs/generation.md): the encoder for the first k steps only, the
+        # latents of an encoder pass, and the decoder on given latents under a blend of categories.
+        spec_k = tf.TensorSpec([], tf.int32)
+        spec_w = tf.TensorSpec([None, len(self.classes) if self.classes else 1], tf.float32)
+        self._complete_fn = tf.function(lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4], autograph=False, input_signature=[spec_x, spec_eps, spec_y, spec_k])
+        self._encode_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._decode_fn = tf.function(lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4], autograph=False, input_signature=[spec_eps, spec_w])
 
     @property
     def weights(self) -> list[tf.Variable]:
@@ -212,19 +219,25 @@ class Draw(tf.Module):
         z = mu + tf.exp(log_sigma) * eps_t
         return z, h_enc, c_enc, gaussian_kl(mu, log_sigma)
 
-    def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None):
+    def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None,
+             follow=None, weights=None):
         """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
-        labels (B,) int32: the class of each row (ignored by an unconditional model).
+        labels (B,) int32: the class of each row (ignored by an unconditional model);
+        weights (B, C) float32 instead: a blend of the classes' rows (a morph between them).
+        follow: when encoding, only steps 1..follow read x; later steps take z_t = eps[t]
+        from the prior, so the decoder carries on from what the encoder made it draw.
 
         Returns (logits c_T, L^z per image, canvas logits c_1..c_T (T,B,H,W) or None,
-        windows (T,B,3) or None).
+        windows (T,B,3) or None, latents z_1..z_T (T,B,z) or None).
         """
         cfg = self.cfg
         # Cast once per run, not once per step: the T steps share each kernel.
         kernels = {name: tf.cast(var, precision) for name, var in
                    [("enc", self.enc_kernel), ("z", self.z_kernel), ("dec", self.dec_kernel), ("out", self.out_kernel)]}
         kernels["enc_bias"], kernels["dec_bias"] = self.enc_bias, self.dec_bias
-        if self.conditioning is not None:  # the class's row joins the gate biases, once per run
+        if self.conditioning is not None and weights is not None:
+            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.blended_biases(weights, self.enc_bias, self.dec_bias)
+        elif self.conditioning is not None:  # the class's row joins the gate biases, once per run
             kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.gate_biases(labels, self.enc_bias, self.dec_bias)
         b = tf.shape(eps)[1]
         canvas = tf.zeros([b, cfg.height, cfg.width])
@@ -235,11 +248,14 @@ class Draw(tf.Module):
         # The first read window comes from h_dec_0 = 0, i.e. from the output bias alone.
         read_p = tf.zeros([b, 5]) + self.out_bias[self.write_size + 5:] if cfg.attention else None
         lz = tf.zeros([b])
-        canvases, windows = [], []
+        canvases, windows, zs = [], [], []
         for t in range(cfg.T):  # unrolled on purpose: T is a small static number
             if encode:
                 x_hat = x - tf.sigmoid(canvas)
                 z, h_enc, c_enc, kl = self._encode(x, x_hat, read_p, h_dec, h_enc, c_enc, eps[t], kernels)
+                if follow is not None:  # past step `follow` the prior takes over (complete)
+                    z = tf.where(t < follow, z, eps[t])
+                    kl = tf.where(t < follow, kl, tf.zeros_like(kl))
                 lz += kl
             else:
                 z = eps[t]
@@ -253,9 +269,10 @@ class Draw(tf.Module):
             if keep_steps:
                 canvases.append(canvas)  # logits: qdcore.ink turns them into frames
                 windows.append(window)
+                zs.append(z)
         if not keep_steps:
-            return canvas, lz, None, None
-        return canvas, lz, tf.stack(canvases), (tf.stack(windows) if cfg.attention else None)
+            return canvas, lz, None, None, None
+        return canvas, lz, tf.stack(canvases), (tf.stack(windows) if cfg.attention else None), tf.stack(zs)
 
     def loss_with_noise(self, x, eps, precision: str = "float32", labels=None):
         """Per-image L^x and L^z (nats) for targets x (B,H,W) and noise eps (T,B,z).
@@ -268,7 +285,7 @@ class Draw(tf.Module):
         bound on cat after 2,000 steps matched float32's within 0.5 nats without it
         (docs/performance.md).
         """
-        logits, lz, _, _ = self._run(x, eps, True, False, precision, labels)
+        logits, lz = self._run(x, eps, True, False, precision, labels)[:2]
         # BCE from logits: log(1+exp(-|c|)) form, finite for any logit (no log(0)).
         lx = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=[1, 2])
         return lx, lz
@@ -331,3 +348,54 @@ class Draw(tf.Module):
         conditional model draws `category` (a name), or its categories in turn if None."""
         y = self.labels(int(n), category)
         return self._drawing(self._sample_fn(self._prior_noise(int(n), seed), y), "prior")
+
+    # -- beyond reconstruction (docs/generation.md) ---------------------------------------
+
+    def _images(self, images: np.ndarray, what: str) -> np.ndarray:
+        x = np.asarray(images, np.float32)
+        expect = (self.cfg.height, self.cfg.width)
+        if x.ndim != 3 or x.shape[1:] != expect:
+            raise InputError(f"{what} must be (n, {expect[0]}, {expect[1]}), got {x.shape}")
+        return np.clip(x, 0.0, 1.0)
+
+    def complete(self, partial: np.ndarray, k: int, seed: int | None = None, category: Category = None) -> Drawing:
+        """Continue (n,H,W) partial drawings: glimpses 1..k follow the encoder on the partial
+        drawing, glimpses k+1..T come from the prior, so the decoder adds strokes to what its
+        first k steps drew. Each row's prior noise is its own: repeat a drawing for several
+        different completions of it."""
+        x = self._images(partial, "partial drawings")
+        if not 1 <= int(k) <= self.cfg.T:
+            raise InputError(f"complete: k = {k} glimpses is outside 1..{self.cfg.T}, this model's T: "
+                             f"give k from 1 (the prior does almost everything) to {self.cfg.T} (a reconstruction)")
+        y = self.labels(len(x), category)
+        out = self._complete_fn(x, self._prior_noise(len(x), seed), y, tf.constant(int(k), tf.int32))
+        return self._drawing(out, "completion")
+
+    def encode(self, images: np.ndarray, category: Category = None) -> np.ndarray:
+        """The latent sequences z_1..z_T (T, n, z_size) of (n,H,W) images: the posterior
+        means (no noise), so decode(encode(x)) is the mean reconstruction of x."""
+        x = self._images(images, "images to encode")
+        zero = np.zeros(self.noise_shape(len(x)), np.float32)
+        return self._encode_fn(x, zero, self.labels(len(x), category)).numpy()
+
+    def decode(self, z: np.ndarray, category: Category = None, towards: Category = None, amount=None) -> Drawing:
+        """Decoder only, on given latents z (T, n, z_size): sample() with z chosen, not drawn.
+
+        A conditional model draws `category` (as in sample); with `towards` and `amount` (n,)
+        in [0, 1], row i's category vector is (1 - amount_i) y(category) + amount_i y(towards):
+        the point of a morph between two categories.
+        """
+        z = np.asarray(z, np.float32)
+        if z.ndim != 3 or z.shape[0] != self.cfg.T or z.shape[2] != self.cfg.z_size:
+            raise InputError(f"latents must be (T={self.cfg.T}, n, z_size={self.cfg.z_size}), got {z.shape}")
+        n = z.shape[1]
+        start = self.labels(n, category)
+        if self.conditioning is None:
+            if towards is not None:
+                self.labels(n, towards)  # refuses: this model knows no categories
+            return self._drawing(self._sample_fn(z, start), "prior")
+        end = start if towards is None else self.labels(n, towards)
+        mix = np.zeros(n, np.float32) if amount is None else np.broadcast_to(np.asarray(amount, np.float32), (n,))
+        eye = np.eye(len(self.classes), dtype=np.float32)
+        weights = (1.0 - mix)[:, None] * eye[start] + mix[:, None] * eye[end]
+        return self._drawing(self._decode_fn(z, weights), "prior")

@@ -26,7 +26,7 @@ Log = Callable[[str], None]
 MODEL_RECIPE = "recipe.json"
 
 # Stage numbers keep each step's random stream independent of the others.
-_STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT, _STAGE_RECOGNIZER = 1, 2, 3, 4, 5
+_STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT, _STAGE_RECOGNIZER, _STAGE_MODE = 1, 2, 3, 4, 5, 6
 
 
 def _quiet_log(_: str) -> None:
@@ -40,6 +40,7 @@ class Built:
     filters: list
     writer: object
     recognizer: object = None  # the recipe's Recognizer, when it has one
+    mode: object = None  # the recipe's Generator (`mode:`), when it has one
 
 
 @dataclass
@@ -62,6 +63,7 @@ def prepare(recipe: Recipe) -> Built:
         filters=[f.build() for f in recipe.filters],
         writer=recipe.output.build(),
         recognizer=recipe.recognizer.build() if recipe.recognizer is not None else None,
+        mode=recipe.mode.build() if recipe.mode is not None else None,
     )
     check = getattr(built.writer, "check", None)  # Writer.check: optional, before any training
     if check is not None:
@@ -279,6 +281,9 @@ def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, qu
     `final_only` filters just the last step's canvas (one frame per picture instead of T):
     enough for whoever looks only at the finished drawings."""
     k = recipe.generate.best_of
+    if built.mode is not None:
+        drawn = generate_mode(recipe, built, model, seeds, quiet)
+        return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, quiet)
     if k == 1:
         drawn = generate(recipe, model, seeds)
         return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, quiet)
@@ -297,16 +302,35 @@ def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, qu
     return apply_filters(recipe, built, kept, quiet)
 
 
+def generate_mode(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], quiet: bool = False) -> Drawing:
+    """The recipe's `mode:` generator makes the pictures (docs/generation.md)."""
+    drawn = built.mode.generate(model, seeds, recipe.generate.n, recipe.seed, context(recipe, _STAGE_MODE, quiet=quiet))
+    who = _who(recipe.mode)
+    if not isinstance(drawn, Drawing):
+        raise PluginError(f"{who} returned {type(drawn).__name__}, not a qdcore.Drawing")
+    c = np.asarray(drawn.canvases)
+    if c.ndim != 4 or 0 in c.shape or not np.all(np.isfinite(c)):
+        raise PluginError(f"{who} returned canvases shaped {c.shape} (or not finite); expected finite (T, n, H, W)")
+    if drawn.given is not None and np.shape(drawn.given) != c.shape[1:]:
+        raise PluginError(f"{who} returned `given` shaped {np.shape(drawn.given)}; expected {c.shape[1:]}")
+    return drawn
+
+
 def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, quiet: bool = False) -> Drawing:
-    """Filters see every canvas of every step as one stack of frames."""
+    """Filters see every canvas of every step as one stack of frames (and a completion's
+    partial drawing as n more, so it stays in register with the canvases)."""
     T, n = drawing.canvases.shape[:2]
     frames = drawing.canvases.reshape((T * n,) + drawing.canvases.shape[2:])
+    if drawing.given is not None:
+        frames = np.concatenate([frames, np.asarray(drawing.given, np.float32)])
+    count = len(frames)
     for i, (step, f) in enumerate(zip(recipe.filters, built.filters)):
         frames = np.asarray(f.apply(frames, context(recipe, _STAGE_FILTERS, i, quiet)), dtype=np.float32)
-        if frames.ndim != 3 or frames.shape[0] != T * n:
-            raise PluginError(f"{_who(step)} returned frames shaped {frames.shape}; expected ({T * n}, H, W)")
+        if frames.ndim != 3 or frames.shape[0] != count:
+            raise PluginError(f"{_who(step)} returned frames shaped {frames.shape}; expected ({count}, H, W)")
     frames = np.clip(frames, 0.0, 1.0)
-    return replace(drawing, canvases=frames.reshape((T, n) + frames.shape[1:]))
+    given = None if drawing.given is None else frames[T * n:]
+    return replace(drawing, canvases=frames[:T * n].reshape((T, n) + frames.shape[1:]), given=given)
 
 
 def write(recipe: Recipe, built: Built, drawing: Drawing, path: Path, quiet: bool = False) -> Path:

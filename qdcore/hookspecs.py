@@ -49,3 +49,12 @@ def qd_register_recognizers(register):
     `factory(**params)` must return a `qdcore.Recognizer`; a recipe's `recognizer:` names one
     (default `cnn`). `qd eval` and `generate.best_of` use it.
     """
+
+
+@hookspec
+def qd_register_generators(register):
+    """Register generation modes: `register(name, factory, description="...")`.
+
+    `factory(**params)` must return a `qdcore.Generator`; a recipe's `mode:` names one
+    (for example `complete` or `morph`); without `mode:` the model samples or reconstructs.
+    """

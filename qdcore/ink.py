@@ -49,3 +49,21 @@ def ink_so_far(logits: np.ndarray) -> np.ndarray:
     share = np.divide(laid, total, out=np.zeros_like(laid), where=total > 0)
     share[-1] = 1.0  # exact, also where nothing was written towards ink (total == 0)
     return np.clip(final * share, 0.0, 1.0).astype(np.float32)
+
+
+# The model's ink where it finishes a person's drawing (mode: complete): a blue that stands
+# apart from grey ink on a white page and on a black one.
+MODEL_INK = np.array([40, 110, 235], np.float32) / 255.0
+
+
+def two_inks(given: np.ndarray, canvases: np.ndarray) -> np.ndarray:
+    """A person's partial drawings (k, h, w) and the model's canvases (k, h, w) that finish
+    them -> (k, h, w, 3): the person's ink as it is, the ink the model added in MODEL_INK.
+
+    Filters may have inverted the page, so ink is measured as distance from the page colour
+    (the median of each partial drawing, which is mostly page)."""
+    page = np.median(given.reshape(len(given), -1), axis=1)[:, None, None]
+    person = np.abs(given - page)
+    added = np.clip(np.abs(canvases - page) - person, 0.0, 1.0)[..., None]
+    grey = given[..., None] * np.ones(3, np.float32)
+    return np.clip(grey * (1 - added) + MODEL_INK * added, 0.0, 1.0).astype(np.float32)

@@ -60,14 +60,19 @@ class Drawing:
         zero-based array coordinates (column, row: pixel centres at 0..W-1), or None for the
         no-attention model. The window's box spans gx +- delta * write_n / 2.
     write_n: filter count of the write window (to draw its box).
-    source: "prior" (true samples, decoder only) or "reconstruction" (seeded, encoder run).
+    source: "prior" (true samples, decoder only), "reconstruction" (seeded, encoder run),
+        "completion" (encoder on a partial drawing for the first steps, then the prior) or
+        "morph" (each frame t is one point on a path between two latent sequences).
+    given: (n, H, W) the person's partial drawing each completion continues, filtered like
+        the canvases, or None: a `steps` writer shows it first and the model's ink after.
     """
 
     canvases: np.ndarray
     windows: Optional[np.ndarray]
     write_n: int
-    source: Literal["prior", "reconstruction"]
+    source: Literal["prior", "reconstruction", "completion", "morph"]
     model_shape: tuple[int, int] = (28, 28)
+    given: Optional[np.ndarray] = None
 
     @property
     def final(self) -> np.ndarray:
@@ -145,4 +150,20 @@ class Writer:
         them. Optional."""
 
     def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
+        raise NotImplementedError
+
+
+class Generator:
+    """Registered with `qd_register_generators`: how pictures are made from a trained model,
+    beyond sampling and reconstruction. A recipe's `mode:` names one; without `mode:` a recipe
+    samples from the prior, or reconstructs its seed images, as always.
+
+    `generate` gets the trained model (qdcore.draw.Draw, or one held to a category), the seed
+    chain's images (n, H, W) or None, the recipe's n and seed, and returns a Drawing. It
+    speaks to the model only through its public methods (sample, reconstruct, complete,
+    encode, decode, labels, cfg, classes), so a plugin never imports TensorFlow. Raise
+    qdcore.InputError for input the model cannot use (a blank drawing, an unknown category).
+    """
+
+    def generate(self, model, seeds: Optional[np.ndarray], n: int, seed: int, ctx: Context) -> Drawing:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from .errors import QdError, RecipeError, UnknownNameError
 from .recognizer import DEFAULT as DEFAULT_RECOGNIZER, categories_of
 from .registry import Entry, Registry
 
-TOP_KEYS = ("name", "seed", "dataset", "model", "train", "generate", "seeds", "filters", "output", "recognizer")
+TOP_KEYS = ("name", "seed", "dataset", "model", "train", "generate", "mode", "seeds", "filters", "output", "recognizer")
 DEFAULT_SEEDS = [{"use": "prior"}]
 DEFAULT_OUTPUT = {"use": "gif"}
 # Bumped when a change to the model or trainer makes old cached models wrong to reuse.
@@ -75,6 +75,8 @@ class Recipe:
     shared: Optional[Shared] = None
     # The `recognizer:` step; without that section, the default one when it is installed.
     recognizer: Step | None = None
+    # The `mode:` step (a registered generator: complete, morph, ...); None samples or reconstructs.
+    mode: Step | None = None
 
     @property
     def folder(self) -> Path:
@@ -191,9 +193,15 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
         output_path = params.coerce(out_raw.pop("path"), Path, at("output.path"), folder)
     output = _step(out_raw, "writers", "output", registry, label, folder)
     recognizer = _recognizer(data, dataset, generate, registry, label, folder)
+    mode = None
+    if data.get("mode") is not None:
+        mode = _step(data["mode"], "generators", "mode", registry, label, folder)
+        if generate.best_of > 1:
+            raise RecipeError(f"best_of picks among samples or reconstructions; mode {mode.use!r} makes its own "
+                              "pictures: use best_of: 1, or leave `mode:` out", at("generate.best_of"))
 
     return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data,
-                  shared=shared, recognizer=recognizer)
+                  shared=shared, recognizer=recognizer, mode=mode)
 
 
 SHARED_KEYS = ("from", "if_missing")
@@ -284,4 +292,4 @@ def _step(value: Any, kind: str, where: str, registry: Registry, label: str, fol
 
 def _example(kind: str) -> str:
     return {"datasets": "quickdraw", "seed_strategies": "prior", "filters": "sharpen", "writers": "gif",
-            "recognizers": DEFAULT_RECOGNIZER}[kind]
+            "recognizers": DEFAULT_RECOGNIZER, "generators": "complete"}[kind]

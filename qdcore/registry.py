@@ -14,6 +14,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "filters": ("qd_register_filters", "filter"),
     "writers": ("qd_register_writers", "writer"),
     "recognizers": ("qd_register_recognizers", "recognizer"),
+    "generators": ("qd_register_generators", "generation mode"),
 }
 
 

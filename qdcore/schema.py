@@ -154,6 +154,7 @@ def recipe_schema(registry: Registry) -> dict:
                         "description": "applied in order to every canvas of every step"},
             "output": {"$ref": "#/$defs/writer"},
             "recognizer": {"$ref": "#/$defs/recognizer"},
+            "mode": {"$ref": "#/$defs/generator"},
         },
         "$defs": {
             "dataset": step_schema("datasets", registry),
@@ -161,5 +162,6 @@ def recipe_schema(registry: Registry) -> dict:
             "filter": step_schema("filters", registry),
             "writer": output,
             "recognizer": step_schema("recognizers", registry),
+            "generator": step_schema("generators", registry),
         },
     }

@@ -14,7 +14,7 @@ import pytest
 from conftest import write_distribution
 
 QD = str(Path(sys.executable).parent / "qd")
-BUILTINS = "datasets,seeds,filters,writers,recognizers"
+BUILTINS = "datasets,seeds,filters,writers,recognizers,generators"
 OK = "dataset: {use: quickdraw, category: apple, limit: 50}\n"
 
 
@@ -153,7 +153,8 @@ def test_plugins_json_lists_the_builtins():
     r = qd("plugins", "--json")
     assert r.returncode == 0, r.stderr
     rows = {p["name"]: p for p in json.loads(r.stdout)}
-    assert set(rows) == {"datasets", "seeds", "filters", "writers", "recognizers"}
+    assert set(rows) == {"datasets", "seeds", "filters", "writers", "recognizers", "generators"}
+    assert rows["generators"]["provides"]["generators"] == ["complete", "morph"]
     provides = {k: v for row in rows.values() for k, v in row["provides"].items() if v}
     assert {"quickdraw", "quickdraw-strokes", "images"} <= set(provides["datasets"])
     assert {"training-batch", "file-image", "sobel-edges", "random-pixels", "prior"} <= set(provides["seed_strategies"])

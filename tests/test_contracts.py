@@ -24,9 +24,9 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 HOOK_DOC = (ROOT / "docs" / "hooks.md").read_text()
 
 
-def test_there_are_five_hooks():
-    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_recognizers",
-                             "qd_register_seed_strategies", "qd_register_writers"]
+def test_there_are_six_hooks():
+    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_generators",
+                             "qd_register_recognizers", "qd_register_seed_strategies", "qd_register_writers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -114,7 +114,7 @@ def test_every_recipe_key_is_documented():
 
 
 def test_every_builtin_is_documented(monkeypatch):
-    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,recognizers")
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,recognizers,generators")
     doc = (ROOT / "docs" / "builtins.md").read_text()
     reg = build().registry
     for kind in reg.entries:

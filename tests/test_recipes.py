@@ -26,6 +26,11 @@ def promised(recipe) -> tuple[int, tuple[int, int], list[int]]:
     sizes = [f.params["size"] for f in recipe.filters if f.use in ("upscale", "ink") and f.params.get("size")]
     cell = sizes[-1] if sizes else recipe.model.height
     n, T = recipe.generate.n, recipe.model.T
+    mode = recipe.mode.params if recipe.mode is not None else {}
+    if recipe.mode is not None and recipe.mode.use == "complete":  # the partial drawings, then T steps
+        n, T = n * mode["tries"], T + 1
+    elif recipe.mode is not None and recipe.mode.use == "morph":  # there and back, each end once
+        T = 2 * mode["frames"] - 2 if mode["forth_and_back"] else mode["frames"]
     if out["frames"] == "samples":
         count, size = n, (cell, cell)
     else:
@@ -42,7 +47,7 @@ def promised(recipe) -> tuple[int, tuple[int, int], list[int]]:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_writes_the_gif_it_promises(path, tmp_path, monkeypatch, quickdraw_dir):
-    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers")
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators")
     recipe = load(path, build().registry)
     # At most 3 pictures: the promised layout follows from generate.n either way, and inking
     # zoo-345's 345 samples (or any recipe's 16 x T frames) would cost more than the rest.

@@ -14,7 +14,7 @@ from qdcore.interfaces import Context
 from qdcore.plugin_manager import build
 from qdcore.recipe import parse
 
-BUILTINS = "datasets,seeds,filters,writers,recognizers"
+BUILTINS = "datasets,seeds,filters,writers,recognizers,generators"
 TINY = {"categories": ["cat", "apple", "rainbow", "banana"], "per_class": 400, "holdout": 300, "epochs": 3,
         "width": 8, "features": 32}
 

@@ -185,15 +185,20 @@ def test_draw_choose_filter_generate_play_download(page, server, shots, tmp_path
     page.wait_for_selector("#yaml:not([hidden])")
     text = page.locator("#yaml").input_value()
     assert "use: sharpen" in text and "passes: 2" in text and "use: file-image" in text
+    assert run_copied(text, server, tmp_path) == gif.read_bytes()
+
+
+def run_copied(text: str, server, folder: Path) -> bytes:
+    """`qd run` the page's copied recipe, with the seed image it says to save beside it: the GIF."""
     seed = re.search(r"# Save (/api/uploads/\w+\.png) beside this file as (studio-seed-\w+\.png)", text)
     with urllib.request.urlopen(server["url"].rstrip("/") + seed.group(1)) as r:
-        (tmp_path / seed.group(2)).write_bytes(r.read())
-    (tmp_path / "copied.yaml").write_text(text)
+        (folder / seed.group(2)).write_bytes(r.read())
+    (folder / "copied.yaml").write_text(text)
     env = {**os.environ, "QD_CACHE_DIR": str(server["cache"])}
-    run = subprocess.run([QD, "run", "copied.yaml", "--out", "again.gif", "-q"], cwd=tmp_path, env=env,
+    run = subprocess.run([QD, "run", "copied.yaml", "--out", "again.gif", "-q"], cwd=folder, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "again.gif").read_bytes() == gif.read_bytes()
+    return (folder / "again.gif").read_bytes()
 
 
 def test_upload_an_image_as_seed(page, tmp_path):

@@ -28,6 +28,7 @@ import yaml
 
 from .. import engine, params, paths
 from ..errors import InputError, QdError, RecipeError
+from ..ink import two_inks
 from ..interfaces import Context, SeedInput
 from ..recipe import Recipe, parse
 from .models import is_trained, list_models
@@ -143,7 +144,8 @@ class Studio:
 
     def _steps(self, data: dict):
         """(kind, where, step dict) of every step that is a mapping."""
-        sections = [("datasets", "dataset", data.get("dataset")), ("writers", "output", data.get("output"))]
+        sections = [("datasets", "dataset", data.get("dataset")), ("writers", "output", data.get("output")),
+                    ("generators", "mode", data.get("mode"))]
         for kind, key in (("seed_strategies", "seeds"), ("filters", "filters")):
             if isinstance(data.get(key), list):
                 sections += [(kind, f"{key}[{i}]", s) for i, s in enumerate(data[key])]
@@ -305,19 +307,28 @@ class Studio:
         trained = self.trained(r)
         images = self.dataset(r, built)
         seeds = engine.make_seeds(r, built, images, trained.last_batch, quiet=True)
-        drawing = engine.apply_filters(r, built, engine.generate(r, trained.model, seeds), quiet=True)
+        # A `mode:` (Finish my drawing, Morph) makes the pictures as `qd run` would.
+        drawn = engine.generate(r, trained.model, seeds) if built.mode is None else \
+            engine.generate_mode(r, built, trained.model, seeds, quiet=True)
+        drawing = engine.apply_filters(r, built, drawn, quiet=True)
         gid = uuid.uuid4().hex
         with self.lock:
             self.generations[gid] = Generation(r, built, drawing, used)
             while len(self.generations) > KEEP_GENERATIONS:
                 self.generations.popitem(last=False)
         canvases = np.asarray(drawing.canvases)
-        T, count, h, w = canvases.shape
+        _, count, h, w = canvases.shape
+        windows = None if drawing.windows is None else np.asarray(drawing.windows).round(3).tolist()
+        if drawing.given is not None:
+            # A completion: the person's drawing alone first, then each step, the model's ink in blue.
+            given = np.asarray(drawing.given, np.float32)
+            canvases = np.stack([two_inks(given, c) for c in [given, *canvases]])
+            windows = None if windows is None else [None, *windows]
         # One PNG strip per step (the samples side by side): small, and lossless.
-        frames = [png_data_url(np.concatenate(list(canvases[t]), axis=1)) for t in range(T)]
+        frames = [png_data_url(np.concatenate(list(step), axis=1)) for step in canvases]
         return {
-            "id": gid, "steps": T, "n": count, "height": h, "width": w, "frames": frames,
-            "windows": None if drawing.windows is None else np.asarray(drawing.windows).round(3).tolist(),
+            "id": gid, "steps": len(frames), "n": count, "height": h, "width": w, "frames": frames,
+            "windows": windows,
             "write_n": drawing.write_n, "model_shape": list(drawing.model_shape), "source": drawing.source,
             "model_step": trained.step, "seconds": time.perf_counter() - start,
         }
@@ -332,6 +343,8 @@ class Studio:
         # The recipe's own writer settings when it names this writer, so the download is
         # what `qd run` of "copy as recipe" writes; else the writer's defaults with steps.
         given = dict(r.output.params) if r.output.use == name else {"frames": "steps", "attention": g.drawing.windows is not None}
+        if g.drawing.windows is None:
+            given["attention"] = False  # a morph's frames have no write window to box
         writer = self.registry.get("writers", name).factory(**given)
         out = self.tmp / f"{gid}.{kind}"
         writer.write(g.drawing, out, engine.context(r, 4, quiet=True))

@@ -281,13 +281,27 @@ function setupPad() {
 const padDataURL = () => $("#pad").toDataURL("image/png");
 
 // ---- generate and play ----------------------------------------------------------------------
-async function generate() {
+// The generation modes the plugins registered (docs/generation.md), as the two buttons ask.
+function modeRecipe(recipe, which) {
+  const tries = Number($("#n").value) || 4;
+  if (which === "complete") return { ...recipe, generate: { ...recipe.generate, n: 1 }, mode: { use: "complete", tries } };
+  const morph = { use: "morph" };
+  for (const [key, id] of [["start", "#morph-start"], ["end", "#morph-end"]]) if ($(id).value.trim()) morph[key] = $(id).value.trim();
+  // A morph's frames are decoded drawings, not steps: no write window to box.
+  const output = "attention" in recipe.output ? { ...recipe.output, attention: false } : recipe.output;
+  return { ...recipe, output, mode: morph };
+}
+
+const SOURCES = { prior: "prior samples", reconstruction: "reconstructions of the seed",
+  completion: "completions of the seed (its ink grey, the model's blue)", morph: "morphs" };
+
+async function generate(which) {
   const button = $("#generate");
   button.disabled = true; status("generating…");
   const t0 = performance.now();
   try {
     const ref = await seedRef();
-    const recipe = recipeWith(ref);
+    const recipe = which ? modeRecipe(recipeWith(ref), which) : recipeWith(ref);
     const res = await api("/api/generate", { recipe, n: recipe.generate.n });
     S.genRecipe = recipe;
     await play(res);
@@ -300,7 +314,7 @@ async function generate() {
       a.setAttribute("download", `${recipe.name}.${kind}`);
     }
     $("#copy-yaml").disabled = false;
-    showError(null); status(`drew ${res.n} ${res.source === "prior" ? "prior samples" : "reconstructions of the seed"}`);
+    showError(null); status(`drew ${res.n} ${SOURCES[res.source] || res.source}`);
   } catch (e) { showError(e.message); status(""); } finally { button.disabled = false; }
 }
 
@@ -332,7 +346,7 @@ function drawStep(t) {
   player.querySelectorAll("canvas").forEach((c, i) => {
     const ctx = c.getContext("2d"); ctx.imageSmoothingEnabled = false;
     ctx.drawImage(g.strips[t], i * g.width, 0, g.width, g.height, 0, 0, c.width, c.height);
-    if (!g.windows) return;
+    if (!g.windows || !g.windows[t]) return; // a completion's first frame is the person's drawing
     // The write window, as plugins/writers.py's attention_box computes it.
     const [gx, gy, delta] = g.windows[t][i], half = delta * g.write_n / 2;
     const sx = c.width / g.model_shape[1], sy = c.height / g.model_shape[0];
@@ -427,7 +441,9 @@ async function start() {
   });
   $("#name").addEventListener("change", changed);
   $("#n").addEventListener("change", changed);
-  $("#generate").addEventListener("click", generate);
+  $("#generate").addEventListener("click", () => generate());
+  $("#finish").addEventListener("click", () => generate("complete"));
+  $("#morph").addEventListener("click", () => generate("morph"));
   $("#play").addEventListener("click", () => { S.playing = !S.playing; $("#play").textContent = S.playing ? "Pause" : "Play"; });
   $("#scrub").addEventListener("input", (ev) => { S.playing = false; $("#play").textContent = "Play"; drawStep(Number(ev.target.value)); });
   $("#copy-yaml").addEventListener("click", copyYaml);
