@@ -49,3 +49,13 @@ def qd_register_recognizers(register):
     `factory(**params)` must return a `qdcore.Recognizer`; a recipe's `recognizer:` names one
     (default `cnn`). `qd eval` and `generate.best_of` use it.
     """
+
+
+@hookspec
+def qd_register_models(register):
+    """Register trained models: `register(name, pack, description="...")`.
+
+    `pack` is the path (str or os.PathLike) of a model pack file, `NAME.qdpack` as
+    `qd models export` writes it; `name` must be the name in its manifest. A recipe's
+    `model: {from: NAME}` draws from it when no model of that name is in the user's cache.
+    """
