@@ -232,13 +232,47 @@ def evaluate(
     typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
 
 
-@app.command("models")
-def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), debug: bool = DebugOpt):
-    """List the trained models in the cache: name, categories, steps, held-out bound, size, path."""
-    from . import models, paths
+models_app = typer.Typer(help="List trained models and model packs; move them between machines (docs/packs.md).")
+app.add_typer(models_app, name="models")
 
-    rows = models.listing(paths.cache_dir())
+
+@models_app.callback(invoke_without_command=True)
+def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+                debug: bool = DebugOpt):
+    """List the trained models in the cache, then imported and installed model packs: name,
+    categories, steps, held-out bound, size, where each comes from, path."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import models, packs, paths
+
+    rows = models.listing(paths.cache_dir()) + packs.listing(paths.cache_dir(), _plugins().registry.entries["models"])
     typer.echo(json.dumps(rows, indent=2) if as_json else models.table(rows))
+
+
+@models_app.command("export")
+def export_model(
+    name: str = typer.Argument(..., help="A model `qd models` lists (a cached model's name, or its folder name)."),
+    file: Path = typer.Argument(..., help="The pack file to write, e.g. zoo-26.qdpack."),
+    debug: bool = DebugOpt,
+):
+    """Write a trained model as one pack file (manifest + weights, no optimizer state)."""
+    from . import packs, paths
+
+    pack = packs.export(name, file, paths.cache_dir(), _plugins().registry.entries["models"])
+    typer.echo(f"wrote {file} ({pack.name}, {file.stat().st_size / 2**20:.1f} MB)")
+
+
+@models_app.command("import")
+def import_model(
+    file: Path = typer.Argument(..., help="A pack file written by `qd models export`."),
+    force: bool = typer.Option(False, "--force", help="Replace an imported model of the same name."),
+    debug: bool = DebugOpt,
+):
+    """Check a pack file (checksums, members, size) and add it to the cache, whole or not at all."""
+    from . import packs, paths
+
+    pack = packs.import_pack(file, paths.cache_dir(), force=force)
+    typer.echo(f"imported {pack.name!r} into {pack.path}")
 
 
 @bench_app.command("train")

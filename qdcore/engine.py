@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import models, paths, recognizer as recog
+from . import models, packs, paths, recognizer as recog
 from .errors import InputError, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
@@ -55,7 +55,7 @@ def prepare(recipe: Recipe) -> Built:
     """Instantiate every step; constructors check their parameters (files exist, ...), and a
     shared model the recipe insists on (`model.from`, if_missing: error) is in the cache."""
     shared = recipe.shared
-    if shared is not None and shared.if_missing == "error" and not models.is_finished(model_dir(shared.recipe)):
+    if shared is not None and shared.if_missing == "error" and shared_source(shared) is None:
         raise InputError(f"{shared.where}: {_not_cached(shared)}")
     built = Built(
         dataset=recipe.dataset.build(),
@@ -127,7 +127,7 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
     from . import train  # TensorFlow lives behind this import
     from .locks import hold
 
-    category = shared_category(recipe, data, log)
+    category, source = shared_category(recipe, data, log)
     if category is None:
         # One process trains a model folder at a time; a second run waits, then finds it finished.
         # Not under TF_CONFIG: the workers of one multi-worker run train together in lockstep, and
@@ -140,51 +140,116 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
             return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
     shared = recipe.shared
     if restart:
-        raise RecipeError(f"this recipe draws {category!r} from the shared model {shared.recipe.name!r}; "
+        raise RecipeError(f"this recipe draws {category!r} from {source.label}; "
                           f"to retrain that, run `{shared.build_command()} --restart`", shared.where)
     from .conditioning import Steered
 
-    trained = train.load(shared.recipe.model, model_dir(shared.recipe))
+    if source.pack is not None:
+        trained = packs.load(source.pack)
+        return replace(trained, model=Steered(trained.model, category)) if source.pack.conditional else trained
+    trained = train.load(shared.recipe.model, source.workdir)
     index = int(trained.model.labels(1, category)[0])
     return replace(trained, model=Steered(trained.model, category), last_batch=trained.last_of(index))
 
 
-def shared_category(recipe: Recipe, data: ImageSet, log: Log = _quiet_log) -> Optional[str]:
-    """The category this recipe draws from its `model.from` model, or None when it trains
-    its own (no `from`, or `if_missing: train` and the shared model cannot serve it)."""
+@dataclass
+class SharedSource:
+    """Where a recipe's `model.from` name was found: a model trained into this cache from the
+    recipe of that name (`workdir`), or a model pack imported into the cache or installed."""
+
+    label: str
+    categories: list
+    size: tuple
+    workdir: Optional[Path] = None
+    pack: Optional[packs.Pack] = None
+
+
+def shared_source(shared) -> Optional[SharedSource]:
+    """The user's cache first (a model trained from the named recipe, then an imported pack),
+    then the packs installed plugins provide; None when the name is in none of them."""
+    if shared.recipe is not None and models.is_finished(model_dir(shared.recipe)):
+        cfg = shared.recipe.model
+        return SharedSource(f"the shared model {shared.recipe.name!r}", models.classes(model_dir(shared.recipe)) or [],
+                            (cfg.height, cfg.width), workdir=model_dir(shared.recipe))
+    pack = packs.find(paths.cache_dir(), shared.name, shared.pack)
+    if pack is None:
+        return None
+    return SharedSource(pack.label, pack.categories, pack.size, pack=pack)
+
+
+def shared_category(recipe: Recipe, data: ImageSet, log: Log = _quiet_log) -> tuple[Optional[str], Optional[SharedSource]]:
+    """The category this recipe draws from its `model.from` model, and where that model is;
+    (None, None) when it trains its own (no `from`, or `if_missing: train` and no shared model
+    or pack can serve it)."""
     shared = recipe.shared
     if shared is None:
-        return None
+        return None, None
     if not data.classes or len(data.classes) != 1:
         raise RecipeError(f"a shared model draws one category, and the dataset gives "
                           f"{len(data.classes) if data.classes else 'no'} category names: name one category", shared.where)
-    category, workdir, name = data.classes[0], model_dir(shared.recipe), shared.recipe.name
-    if not models.is_finished(workdir):
+    category, source = data.classes[0], shared_source(shared)
+    if source is None:
         problem = _not_cached(shared)
-    elif category not in (models.classes(workdir) or []):
-        known = models.classes(workdir) or []
-        problem = f"the shared model {name!r} was not trained on {category!r} (its {len(known)} categories: {', '.join(known) or 'none'})"
+    elif category not in source.categories:
+        known = source.categories
+        problem = f"{source.label} was not trained on {category!r} (its {len(known)} categories: {', '.join(known) or 'none'})"
     else:
-        if (shared.recipe.model.height, shared.recipe.model.width) != (recipe.model.height, recipe.model.width):
-            raise RecipeError(f"the shared model {name!r} draws {shared.recipe.model.height}x{shared.recipe.model.width} images, "
+        if tuple(source.size) != (recipe.model.height, recipe.model.width):
+            raise RecipeError(f"{source.label} draws {source.size[0]}x{source.size[1]} images, "
                               f"this recipe's model is {recipe.model.height}x{recipe.model.width}: make them agree", shared.where)
-        log(f"model: {category!r} from the shared model {name!r}")
-        return category
+        log(f"model: {category!r} from {source.label}")
+        return category, source
     if shared.if_missing == "error":
         raise InputError(f"{shared.where}: {problem}")
-    log(f"model: {problem}; training this recipe's own model instead (if_missing: train)")
-    return None
+    log(f"model: {problem}; {own_model_plan(recipe)}")
+    return None, None
+
+
+def own_model_plan(recipe: Recipe) -> str:
+    """What training a recipe's own model will cost, said before it starts: the steps left,
+    the images they are, and the time at this machine's measured speed when it was measured."""
+    workdir = model_dir(recipe)
+    if models.is_finished(workdir):
+        return f"using this recipe's own model, trained before ({workdir})"
+    done = (models.describe(workdir)["steps"] or 0) if workdir.is_dir() else 0
+    left = max(recipe.train.iterations - done, 0)
+    images = left * recipe.train.batch_size
+    what = (f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
+            f"{recipe.train.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
+    from .plan import known_speed  # reads the step-plan cache; nothing is measured here
+
+    speed = known_speed(recipe.model, recipe.train)
+    if not speed:
+        return what + "; this machine's speed is measured as training starts"
+    return what + f", about {_duration(images / speed)} at the {speed:,.0f} images/s measured here for this model"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def trained_recipe(recipe: Recipe, trained) -> Recipe:
-    """The recipe that trained `trained`: `recipe`, or the one its `model.from` names."""
+    """The recipe that trained `trained`: `recipe`, or the one its `model.from` names; for a
+    model pack, `recipe` with the pack's model and train settings (its held-out split)."""
     shared = recipe.shared
-    return shared.recipe if shared is not None and Path(trained.workdir) == model_dir(shared.recipe) else recipe
+    if getattr(trained, "pack", None) is not None:
+        from .packs import Pack
+
+        pack = Pack(trained.pack["name"], Path(trained.workdir), trained.pack)
+        return replace(recipe, model=pack.model_config, train=pack.train_config)
+    return shared.recipe if shared is not None and shared.recipe is not None and \
+        Path(trained.workdir) == model_dir(shared.recipe) else recipe
 
 
 def _not_cached(shared) -> str:
-    return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}); "
-            f"build it once with `{shared.build_command()}`")
+    if shared.recipe is None:
+        return f"no model named {shared.name!r} is in the cache or the installed packs; import one with `{shared.build_command()}`"
+    return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}) and no model "
+            f"pack of that name is imported or installed; build it once with `{shared.build_command()}`")
 
 
 def _stderr(message: str) -> None:

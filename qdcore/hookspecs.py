@@ -58,3 +58,13 @@ def qd_register_generators(register):
     `factory(**params)` must return a `qdcore.Generator`; a recipe's `mode:` names one
     (for example `complete` or `morph`); without `mode:` the model samples or reconstructs.
     """
+
+
+@hookspec
+def qd_register_models(register):
+    """Register trained models: `register(name, pack, description="...")`.
+
+    `pack` is the path (str or os.PathLike) of a model pack file, `NAME.qdpack` as
+    `qd models export` writes it; `name` must be the name in its manifest. A recipe's
+    `model: {from: NAME}` draws from it when no model of that name is in the user's cache.
+    """

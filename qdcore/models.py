@@ -101,6 +101,7 @@ def describe(workdir: Path) -> dict:
         "bound": _number(evaluation.get("bound")),
         "size_bytes": _size(workdir),
         "path": str(workdir),
+        "source": "cache",
     }
 
 
@@ -116,17 +117,27 @@ def table(rows: list[dict]) -> str:
     """`qd models` as a person reads it."""
     if not rows:
         return "no trained models in the cache yet (qd train RECIPE makes one)"
-    lines = [f"{'NAME':<20} {'CATEGORIES':<28} {'STEPS':>7} {'BOUND':>8} {'SIZE':>9}  PATH"]
+    lines = [f"{'NAME':<20} {'CATEGORIES':<28} {'STEPS':>7} {'BOUND':>8} {'SIZE':>9}  {'FROM':<22} PATH"]
     for r in rows:
         cats = r["categories"]
         if isinstance(cats, list):
             cats = f"{len(cats)}: {', '.join(cats[:3])}{', ...' if len(cats) > 3 else ''}"
         steps = "-" if r["steps"] is None else f"{r['steps']}" + ("" if r["status"] == "finished" else "*")
         bound = "-" if r["bound"] is None else f"{r['bound']:.1f}"
-        lines.append(f"{r['name']:<20} {str(cats or '-'):<28.28} {steps:>7} {bound:>8} {_human(r['size_bytes']):>9}  {r['path']}")
-    if any(r["status"] != "finished" for r in rows):
+        lines.append(f"{r['name']:<20} {str(cats or '-'):<28.28} {steps:>7} {bound:>8} {_human(r['size_bytes']):>9}  "
+                     f"{_source(r):<22} {r['path']}")
+    if any(r["status"] not in ("finished", "damaged") for r in rows):
         lines.append("* training not finished (resume it with qd train)")
+    for r in rows:
+        if r["status"] == "damaged":
+            lines.append(f"! {r['name']}: {r['error']}")
     return "\n".join(lines)
+
+
+def _source(row: dict) -> str:
+    """Where a row's model comes from: trained here, imported (qd models import), or a plugin's pack."""
+    source = row.get("source", "cache")
+    return f"pack ({row['plugin']})" if source == "plugin" else {"cache": "cache", "imported": "pack (imported)"}.get(source, source)
 
 
 def _human(n: int) -> str:

@@ -372,6 +372,23 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         return Choice(winner, "measured", rows, path)
 
 
+def known_speed(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float | None:
+    """The images/s at which the cached winner ran this model and batch here, without
+    measuring anything: None when nothing was measured yet (or a plan is forced)."""
+    import tensorflow as tf
+
+    if os.environ.get(FORCE_ENV, "").strip():
+        return None
+    info, cores, gpus = cpu_info(), cpu_count(), gpu_names()
+    plans = candidates(train_cfg.batch_size, cores, train_cfg.precision == "bfloat16" or bf16_allowed(info), gpus,
+                       train_cfg.precision)
+    cached = _read_cache(cache_path(key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf.__version__, gpus)), plans)
+    if cached is None:
+        return None
+    winner, rows, _ = cached
+    return next((r["images_per_s"] for r in rows if r["name"] == winner.name), None)
+
+
 # -- applying a plan in this process --------------------------------------------------------
 
 def apply(choice: Choice) -> Choice:

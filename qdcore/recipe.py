@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
-from . import limits, params
+from . import limits, packs, params, paths
 from .config import GenerateConfig, ModelConfig, Seed, TrainConfig
 from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
@@ -47,14 +47,19 @@ class Step:
 @dataclass
 class Shared:
     """`model: {from: NAME}`: draw this recipe's category with another recipe's trained
-    multi-category model. `if_missing` says what happens when that model is not in the cache
-    or does not know the category: "error", or "train" this recipe's own model."""
+    multi-category model, or with a model pack of that name (qdcore/packs.py). `if_missing`
+    says what happens when neither is there or it does not know the category: "error", or
+    "train" this recipe's own model."""
 
-    recipe: "Recipe"
+    recipe: Optional["Recipe"]  # the recipe NAME.yaml beside this one; None when NAME is only a pack
     if_missing: Literal["error", "train"]
     where: str
+    name: str = ""
+    pack: Optional[Entry] = None  # the installed pack of that name, if a plugin registered one
 
     def build_command(self) -> str:
+        if self.recipe is None:
+            return f"qd models import FILE (a pack of {self.name!r} made by `qd models export`)"
         return f"qd train {shlex.quote(_shown(self.recipe.path))}"
 
 
@@ -227,14 +232,22 @@ def _shared(model: Any, folder: Path, registry: Registry, label: str, here: Path
     if not isinstance(source, str) or not source.strip():
         raise RecipeError(f"{limits.shown(source)} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where)
     if_missing = params.coerce(model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing")
-    path = folder / source if source.endswith((".yaml", ".yml")) else folder / f"{source}.yaml"
+    is_path = source.endswith((".yaml", ".yml"))
+    path = folder / source if is_path else folder / f"{source}.yaml"
+    installed = registry.entries["models"]
     if not path.is_file():
-        raise RecipeError(f"no recipe {source!r}: {path} does not exist. Name a recipe beside this one "
-                          "(zoo-26 for zoo-26.yaml) or give the path to its .yaml", where)
+        # Not a recipe: a model pack of that name, imported into the cache or installed.
+        if not is_path and (source in installed or packs.imported(paths.cache_dir(), source) is not None):
+            return rest, Shared(None, if_missing, where, source, installed.get(source))
+        raise RecipeError(f"no recipe {limits.shown(source)}: {path} does not exist, and no model pack of that name is "
+                          "imported or installed. Name a recipe beside this one (zoo-26 for zoo-26.yaml), give the path "
+                          "to its .yaml, or name a model `qd models` lists", where)
     if path.resolve() == here.resolve():
-        raise RecipeError(f"{source!r} is this recipe itself; name the recipe that trains the shared model", where)
+        raise RecipeError(f"{limits.shown(source)} is this recipe itself; name the recipe that trains the shared model", where)
+    # load() refuses a named recipe that itself uses `model.from` (shared_by), so no chain or cycle is followed.
     shared = load(path, registry, shared_by=where)
-    return rest, Shared(shared, if_missing, where)
+    # The recipe's model exported and imported elsewhere is a pack under the recipe's name.
+    return rest, Shared(shared, if_missing, where, shared.name, installed.get(shared.name))
 
 
 def _shown(path: Path) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,7 +16,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "writers": ("qd_register_writers", "writer"),
     "recognizers": ("qd_register_recognizers", "recognizer"),
     "generators": ("qd_register_generators", "generation mode"),
+    "models": ("qd_register_models", "model pack"),
 }
+# Kinds whose registered object is a file (a model pack), not a factory to call.
+FILE_KINDS = ("models",)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,11 @@ class Registry:
         table = self.entries[kind]
         if not isinstance(entry.name, str) or not entry.name:
             raise PluginError(f"plugin {entry.plugin!r} registered a {KINDS[kind][1]} with an empty or non-string name")
-        if not callable(entry.factory):
+        if kind in FILE_KINDS:
+            if not isinstance(entry.factory, (str, os.PathLike)):
+                raise PluginError(f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} with a "
+                                  f"{type(entry.factory).__name__}: register the path of its .qdpack file")
+        elif not callable(entry.factory):
             raise PluginError(
                 f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} with a {type(entry.factory).__name__}, "
                 "which is not callable: register a class or function that builds it"

@@ -55,6 +55,8 @@ class TrainedModel:
     workdir: Path
     # A conditional model's last training images of each class: (images, labels), or None.
     last_by_class: tuple[np.ndarray, np.ndarray] | None = None
+    # The manifest of the model pack it came from (qdcore/packs.py); None: trained into the cache.
+    pack: dict | None = None
 
     def last_of(self, category: int) -> np.ndarray | None:
         """The last training images of one class, oldest first (None if it has none)."""
@@ -524,7 +526,8 @@ def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement,
     if not chief:
         return TrainedModel(model=model, step=step, last_batch=None, workdir=workdir)
     last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
-    finished = {"step": step, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name}
+    finished = {"step": step, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name,
+                "data": _counts(data, train_idx)}
     if stopped is not None:
         finished["stopped"] = stopped
         say(f"stopped at step {step:,} of {train_cfg.iterations:,}: {stopped['reason']}")
@@ -553,6 +556,15 @@ def _plan_line(choice: Choice, placement, train_cfg: TrainConfig, start: int, si
     speed = f", {rate:,.0f} img/s" if rate and placement.strategy is None else ""
     return (f"plan: {choice.label()}{speed}; full budget {budget} of {train_cfg.batch_size} images"
             f"{': ' + eta if eta else ''}; {stopping.describe(train_cfg, signal, placement.workers > 1)}")
+
+
+def _counts(data: ImageSet, train_idx: np.ndarray) -> dict:
+    """What the model saw, for a model pack's manifest: training images in all and per class."""
+    out = {"images": int(len(data.images)), "train_images": int(len(train_idx))}
+    if data.labels is not None and data.classes:
+        seen = np.bincount(data.labels[train_idx], minlength=len(data.classes))
+        out["per_category"] = {name: int(n) for name, n in zip(data.classes, seen)}
+    return out
 
 
 def _load_finished(model_cfg: ModelConfig, workdir: Path, batches: Batches) -> TrainedModel | None:

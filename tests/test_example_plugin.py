@@ -35,7 +35,8 @@ def test_qd_plugins_lists_the_installed_example(spiral_site, tmp_path):
     assert r.returncode == 0, r.stderr
     spiral = [p for p in json.loads(r.stdout) if p["name"] == "spiral"]
     assert spiral == [{"name": "spiral", "version": "0.1.0", "hooks": ["qd_register_seed_strategies"],
-                       "provides": {"datasets": [], "seed_strategies": ["spiral"], "filters": [], "writers": [], "recognizers": [], "generators": []}}]
+                       "provides": {"datasets": [], "seed_strategies": ["spiral"], "filters": [], "writers": [], "recognizers": [],
+                                    "generators": [], "models": []}}]
 
 
 def test_a_recipe_uses_the_example_by_name(spiral_site, tmp_path, quickdraw_dir):
