@@ -131,8 +131,9 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
             return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
     shared = recipe.shared
     if restart:
-        raise RecipeError(f"this recipe draws {category!r} from {source.label}; "
-                          f"to retrain that, run `{shared.build_command()} --restart`", shared.where)
+        fix = (f"to retrain that, run `{shared.build_command()} --restart`" if source.pack is None else
+               "a pack is not retrained here: train the recipe that made it, or drop `model.from`")
+        raise RecipeError(f"this recipe draws {category!r} from {source.label}; {fix}", shared.where)
     from .conditioning import Steered
 
     if source.pack is not None:

@@ -19,7 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from qdcore import InputError, PluginError, engine, packs
+from qdcore import InputError, PluginError, RecipeError, engine, packs
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
 
@@ -134,6 +134,10 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     original = train.load(load(exported["recipe"], build().registry).model, exported["workdir"]).model
     expect = np.round(original.sample(4, seed=cat.seed, category="cat").final * 255)
     assert frames.shape[:3] == (4, 28, 28) and np.abs(frames[..., 0].astype(float) - expect).mean() < 1
+
+    # `qd train --restart` does not retrain a pack.
+    with pytest.raises(RecipeError, match="a pack is not retrained"):
+        engine.ensure_model(cat, engine.load_data(cat, engine.prepare(cat)), restart=True)
 
     # A recipe that names the zoo's recipe finds its pack when the cache has no trained zoo.
     (tmp_path / "zoo.yaml").write_text(ZOO)
