@@ -99,9 +99,7 @@ class Pack:
 
     @property
     def train_config(self) -> TrainConfig:
-        # Settings a newer qd added are left out: they describe how it trained, not the weights.
-        known = params.parameters(TrainConfig)
-        return TrainConfig(**{k: v for k, v in self.manifest["train"].items() if k in known})
+        return TrainConfig(**self.manifest["train"])
 
 
 # -- reading and checking -------------------------------------------------------------------
@@ -200,15 +198,18 @@ def check_manifest(where, raw: bytes) -> dict:
     cats = m.get("categories")
     if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats) or not isinstance(m.get("conditional"), bool):
         raise _refuse(where, "its manifest lacks `categories` (a list of names) or `conditional`")
-    if m["conditional"] and len(cats) < 2:
-        raise _refuse(where, "its manifest says conditional but names fewer than 2 categories")
+    if m["conditional"] != (len(cats) > 1):
+        raise _refuse(where, "its manifest's `conditional` does not agree with its number of categories")
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
         if not isinstance(m.get(section), dict):
             raise _refuse(where, f"its manifest lacks the `{section}` settings")
-    try:
-        params.check(ModelConfig, m["model"], "model")
-    except RecipeError as e:
-        raise _refuse(where, f"its manifest's model settings do not fit this qd ({e})") from None
+        # Checked like a recipe's section (types, ranges, defaults for keys it predates); train
+        # settings a newer qd added describe how it trained, not the weights, and are dropped.
+        given = m[section] if cls is ModelConfig else {k: v for k, v in m[section].items() if k in params.parameters(cls)}
+        try:
+            m[section] = params.check(cls, given, section)
+        except RecipeError as e:
+            raise _refuse(where, f"its manifest's {section} settings do not fit this qd ({e})") from None
     if not isinstance(m.get("steps"), int):
         raise _refuse(where, "its manifest lacks `steps`")
     weights = (m.get("files") or {}).get(WEIGHTS) if isinstance(m.get("files"), dict) else None

@@ -348,3 +348,18 @@ def test_a_recipe_without_a_pack_says_why_and_how_long_it_trains(tmp_path, monke
     assert "training this recipe's own model instead (if_missing: train): 2 steps of 30 = 60 images" in line
     # Nothing was measured for this tiny model here, so no time is promised.
     assert "measured as training starts" in line
+
+
+def test_qd_models_lists_a_damaged_import_without_failing(exported, tmp_path):
+    cache = tmp_path / "cache"
+    packs.import_pack(exported["file"], cache)
+    broken = cache / "packs" / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    r = qd("models", "--json", cache=cache)
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["tiny-zoo"]["status"] == "finished"
+    assert rows["broken"]["status"] == "damaged" and "not JSON" in rows["broken"]["error"]
+    table = qd("models", cache=cache).stdout
+    assert "! broken:" in table and "not JSON" in table
