@@ -452,9 +452,13 @@ def _cached(cache_dir: Path, name: str) -> Optional[Path]:
     return found[0] if found else None
 
 
-def export(name: str, file: Path, cache_dir: Path, installed: dict) -> Pack:
+def export(name: str, file: Path, cache_dir: Path, installed: dict, *, description: Optional[str] = None,
+           figures: Optional[Path] = None) -> Pack:
     """Write the model `name` as a pack archive at `file`: a model trained into the cache
-    (by name, or by folder name when several share one), else an imported or installed pack."""
+    (by name, or by folder name when several share one), else an imported or installed pack.
+    `description` and `figures` (a JSON file: recognizer figures measured by whoever made the
+    model, e.g. per category) replace the manifest's."""
+    extra = _figures(figures) if figures is not None else None
     from .errors import UnknownNameError
 
     workdir = _cached(cache_dir, name)
@@ -477,5 +481,20 @@ def export(name: str, file: Path, cache_dir: Path, installed: dict) -> Pack:
                                    f"Available: {', '.join(names) or '(none)'}")
         checked, weights = read(found.path, found.name, found.plugin)
         manifest = checked.manifest
+    if description is not None:
+        manifest["description"] = description
+    if extra is not None:
+        manifest["recognizer"] = extra
     write(file, manifest, weights)
     return Pack(manifest["name"], Path(file), manifest)
+
+
+def _figures(path: Path) -> dict:
+    try:
+        raw = Path(path).read_bytes()[: MANIFEST_LIMIT + 1]
+        value = json.loads(raw.decode("utf-8")) if len(raw) <= MANIFEST_LIMIT else None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: cannot read it as JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: the figures must be one JSON object of at most 1 MB, for example qd eval's output")
+    return value

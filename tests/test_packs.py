@@ -363,3 +363,17 @@ def test_qd_models_lists_a_damaged_import_without_failing(exported, tmp_path):
     assert rows["broken"]["status"] == "damaged" and "not JSON" in rows["broken"]["error"]
     table = qd("models", cache=cache).stdout
     assert "! broken:" in table and "not JSON" in table
+
+
+def test_export_takes_a_description_and_recognizer_figures(exported, tmp_path):
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps({"cat": {"recognized": 0.5, "frechet": 12.0, "frechet_floor": 1.0}}))
+    out = tmp_path / "described.qdpack"
+    r = qd("models", "export", "tiny-zoo", out, "--description", "6 steps on 300 drawings", "--figures", figures,
+           cache=exported["cache"])
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(_members(out)["manifest.json"])
+    assert manifest["description"] == "6 steps on 300 drawings" and manifest["recognizer"]["cat"]["recognized"] == 0.5
+    figures.write_text("[1, 2]")
+    bad = qd("models", "export", "tiny-zoo", tmp_path / "no.qdpack", "--figures", figures, cache=exported["cache"])
+    assert bad.returncode == 2 and "one JSON object" in bad.stderr and not (tmp_path / "no.qdpack").exists()
