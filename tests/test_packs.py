@@ -200,12 +200,20 @@ def test_a_plugin_must_register_a_path(fake_site, monkeypatch):
         build()
 
 
-def test_the_builtin_plugin_registers_nothing_without_a_pack_file():
+def test_the_builtin_plugin_registers_each_shipped_pack_file_and_nothing_else(tmp_path, monkeypatch):
     from qdplugins import packs as builtin
 
-    names = []
-    builtin.qd_register_models(lambda name, pack, description="": names.append((name, pack)))
-    assert names == [(p.stem, p) for p in sorted(builtin.FOLDER.glob("*.qdpack"))]
+    def registered():
+        names = []
+        builtin.qd_register_models(lambda name, pack, description="": names.append((name, pack)))
+        return names
+
+    assert registered() == [(p.stem, p) for p in sorted(builtin.FOLDER.glob("*.qdpack"))]
+    monkeypatch.setattr(builtin, "FOLDER", tmp_path)
+    assert registered() == []  # no pack file: nothing registered
+    (tmp_path / "zoo-26.qdpack").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a pack")
+    assert registered() == [("zoo-26", tmp_path / "zoo-26.qdpack")]
 
 
 # -- refusals ---------------------------------------------------------------------------------
