@@ -212,7 +212,7 @@ def own_model_plan(recipe: Recipe) -> str:
 
     speed = known_speed(recipe.model, recipe.train)
     if not speed:
-        return what + "; this machine's speed is measured as training starts"
+        return what + "; no training speed of this model is measured here yet to say how long"
     return what + f", about {_duration(images / speed)} at the {speed:,.0f} images/s measured here for this model"
 
 
