@@ -50,6 +50,8 @@ FOLDER = "packs"  # under the cache: imported packs
 LIMIT_ENV = "QD_PACK_LIMIT_MB"
 DEFAULT_LIMIT_MB = 256
 MANIFEST_LIMIT = 1 << 20
+# A temporary import folder older than this was left by a killed import.
+STALE_SECONDS = 3600
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Zip entries carry the Unix mode in the top half of external_attr.
 _S_IFLNK = stat.S_IFLNK
@@ -417,6 +419,7 @@ def import_pack(file: Path, cache_dir: Path, force: bool = False) -> Pack:
                          "add --force to replace it")
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    _sweep(root)
     temp = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
     old = None
     try:
@@ -438,6 +441,19 @@ def import_pack(file: Path, cache_dir: Path, force: bool = False) -> Pack:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return read(target, pack.name, verify=False)[0]
+
+
+def _sweep(root: Path, age: float = STALE_SECONDS) -> None:
+    """Remove the temporary folders a killed import left (hidden, so never listed); a recent
+    one may be another import at work and is kept."""
+    import time
+
+    for folder in list(root.glob(".import-*")) + list(root.glob(".replaced-*")):
+        try:
+            if time.time() - folder.stat().st_mtime > age:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
 
 
 # -- export ---------------------------------------------------------------------------------

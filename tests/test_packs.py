@@ -385,3 +385,15 @@ def test_export_takes_a_description_and_recognizer_figures(exported, tmp_path):
     figures.write_text("[1, 2]")
     bad = qd("models", "export", "tiny-zoo", tmp_path / "no.qdpack", "--figures", figures, cache=exported["cache"])
     assert bad.returncode == 2 and "one JSON object" in bad.stderr and not (tmp_path / "no.qdpack").exists()
+
+
+def test_an_import_a_kill_interrupted_leaves_nothing_that_lasts(exported, tmp_path):
+    root = tmp_path / "cache" / "packs"
+    old, fresh = root / ".import-old", root / ".import-fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "weights.npz").write_bytes(b"half")
+    os.utime(old, (0, 0))
+    packs.import_pack(exported["file"], tmp_path / "cache")
+    assert not old.exists() and fresh.exists()  # a recent one may be another import at work
+    assert [r["name"] for r in packs.listing(tmp_path / "cache", {})] == ["tiny-zoo"]
