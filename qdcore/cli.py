@@ -253,12 +253,15 @@ def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
 def export_model(
     name: str = typer.Argument(..., help="A model `qd models` lists (a cached model's name, or its folder name)."),
     file: Path = typer.Argument(..., help="The pack file to write, e.g. zoo-26.qdpack."),
+    description: Optional[str] = typer.Option(None, "--description", help="One line for the manifest: what made it."),
+    figures: Optional[Path] = typer.Option(None, "--figures", help="A JSON object of recognizer figures (e.g. qd eval's output) for the manifest."),
     debug: bool = DebugOpt,
 ):
     """Write a trained model as one pack file (manifest + weights, no optimizer state)."""
     from . import packs, paths
 
-    pack = packs.export(name, file, paths.cache_dir(), _plugins().registry.entries["models"])
+    pack = packs.export(name, file, paths.cache_dir(), _plugins().registry.entries["models"],
+                        description=description, figures=figures)
     typer.echo(f"wrote {file} ({pack.name}, {file.stat().st_size / 2**20:.1f} MB)")
 
 

@@ -140,8 +140,9 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
             return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
     shared = recipe.shared
     if restart:
-        raise RecipeError(f"this recipe draws {category!r} from {source.label}; "
-                          f"to retrain that, run `{shared.build_command()} --restart`", shared.where)
+        fix = (f"to retrain that, run `{shared.build_command()} --restart`" if source.pack is None else
+               "a pack is not retrained here: train the recipe that made it, or drop `model.from`")
+        raise RecipeError(f"this recipe draws {category!r} from {source.label}; {fix}", shared.where)
     from .conditioning import Steered
 
     if source.pack is not None:
@@ -220,7 +221,7 @@ def own_model_plan(recipe: Recipe) -> str:
 
     speed = known_speed(recipe.model, recipe.train)
     if not speed:
-        return what + "; this machine's speed is measured as training starts"
+        return what + "; no training speed of this model is measured here yet to say how long"
     return what + f", about {_duration(images / speed)} at the {speed:,.0f} images/s measured here for this model"
 
 

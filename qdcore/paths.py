@@ -18,6 +18,8 @@ def cache_dir() -> Path:
     """$QD_CACHE_DIR, else $XDG_CACHE_HOME/qd, else ~/.cache/qd."""
     value = os.environ.get(CACHE_ENV)
     if value:
-        return Path(value).expanduser()
+        # Absolute: TensorFlow's checkpoint state names checkpoints by a path it joins to a
+        # relative folder itself, and a relative cache then made finished models unreadable.
+        return Path(value).expanduser().absolute()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "qd"

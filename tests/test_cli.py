@@ -167,7 +167,7 @@ def test_plugins_json_lists_the_builtins():
     assert "sobel-edges" in table and "datasets" in table
 
 
-@pytest.mark.parametrize("argv", [["plugins", "--json"], ["validate", "recipes/apple.yaml"]])
+@pytest.mark.parametrize("argv", [["plugins", "--json"], ["validate", "recipes/apple.yaml"], ["models", "--json"]])
 def test_fast_commands_never_import_tensorflow(argv):
     root = Path(__file__).resolve().parents[1]
     code = ("import sys\nfrom qdcore.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"

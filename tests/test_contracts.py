@@ -24,8 +24,8 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 HOOK_DOC = (ROOT / "docs" / "hooks.md").read_text()
 
 
-def test_there_are_six_hooks():
-    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_generators",
+def test_there_are_seven_hooks():
+    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_generators", "qd_register_models",
                              "qd_register_recognizers", "qd_register_seed_strategies", "qd_register_writers"]
 
 
@@ -52,7 +52,7 @@ def test_each_hook_has_an_example_and_every_example_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("QD_LOAD_PLUGINS", "")
     modules = []
     for i, code in enumerate(examples):
-        ns: dict = {}
+        ns: dict = {"__file__": str(tmp_path / f"example{i}.py")}  # as a plugin module has
         exec(compile(code, f"docs/hooks.md example {i}", "exec"), ns)
         modules.append((f"example{i}", type("M", (), {k: staticmethod(v) for k, v in ns.items() if k.startswith("qd_")})()))
     reg = build(extra=modules).registry
@@ -79,6 +79,8 @@ def test_each_hook_has_an_example_and_every_example_runs(tmp_path, monkeypatch):
     assert probabilities.argmax(axis=1).tolist() == [1, 1, 0] and features.shape == (3, 49)
     unseen, seen = classifier.drawings("left")
     assert len(unseen) == len(seen) == 3
+    # A pack is registered by path; reading it waits until a recipe or `qd models` asks.
+    assert [(n, str(reg.get("models", n).factory)) for n in reg.names("models")] == [("doodles", str(tmp_path / "doodles.qdpack"))]
 
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

@@ -19,7 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from qdcore import InputError, PluginError, engine, packs
+from qdcore import InputError, PluginError, RecipeError, engine, packs
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
 
@@ -135,6 +135,10 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     expect = np.round(original.sample(4, seed=cat.seed, category="cat").final * 255)
     assert frames.shape[:3] == (4, 28, 28) and np.abs(frames[..., 0].astype(float) - expect).mean() < 1
 
+    # `qd train --restart` does not retrain a pack.
+    with pytest.raises(RecipeError, match="a pack is not retrained"):
+        engine.ensure_model(cat, engine.load_data(cat, engine.prepare(cat)), restart=True)
+
     # A recipe that names the zoo's recipe finds its pack when the cache has no trained zoo.
     (tmp_path / "zoo.yaml").write_text(ZOO)
     fish = load(_write(tmp_path, "fish.yaml", CAT % ("fish", "zoo", "error")), build().registry)
@@ -196,12 +200,20 @@ def test_a_plugin_must_register_a_path(fake_site, monkeypatch):
         build()
 
 
-def test_the_builtin_plugin_registers_nothing_without_a_pack_file():
+def test_the_builtin_plugin_registers_each_shipped_pack_file_and_nothing_else(tmp_path, monkeypatch):
     from qdplugins import packs as builtin
 
-    names = []
-    builtin.qd_register_models(lambda name, pack, description="": names.append((name, pack)))
-    assert names == [(p.stem, p) for p in sorted(builtin.FOLDER.glob("*.qdpack"))]
+    def registered():
+        names = []
+        builtin.qd_register_models(lambda name, pack, description="": names.append((name, pack)))
+        return names
+
+    assert registered() == [(p.stem, p) for p in sorted(builtin.FOLDER.glob("*.qdpack"))]
+    monkeypatch.setattr(builtin, "FOLDER", tmp_path)
+    assert registered() == []  # no pack file: nothing registered
+    (tmp_path / "zoo-26.qdpack").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a pack")
+    assert registered() == [("zoo-26", tmp_path / "zoo-26.qdpack")]
 
 
 # -- refusals ---------------------------------------------------------------------------------
@@ -343,4 +355,45 @@ def test_a_recipe_without_a_pack_says_why_and_how_long_it_trains(tmp_path, monke
     assert line.startswith("model: the shared model 'tiny-zoo' is not in the cache") and "no model pack of that name" in line
     assert "training this recipe's own model instead (if_missing: train): 2 steps of 30 = 60 images" in line
     # Nothing was measured for this tiny model here, so no time is promised.
-    assert "measured as training starts" in line
+    assert "no training speed of this model is measured here yet" in line
+
+
+def test_qd_models_lists_a_damaged_import_without_failing(exported, tmp_path):
+    cache = tmp_path / "cache"
+    packs.import_pack(exported["file"], cache)
+    broken = cache / "packs" / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    r = qd("models", "--json", cache=cache)
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["tiny-zoo"]["status"] == "finished"
+    assert rows["broken"]["status"] == "damaged" and "not JSON" in rows["broken"]["error"]
+    table = qd("models", cache=cache).stdout
+    assert "! broken:" in table and "not JSON" in table
+
+
+def test_export_takes_a_description_and_recognizer_figures(exported, tmp_path):
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps({"cat": {"recognized": 0.5, "frechet": 12.0, "frechet_floor": 1.0}}))
+    out = tmp_path / "described.qdpack"
+    r = qd("models", "export", "tiny-zoo", out, "--description", "6 steps on 300 drawings", "--figures", figures,
+           cache=exported["cache"])
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(_members(out)["manifest.json"])
+    assert manifest["description"] == "6 steps on 300 drawings" and manifest["recognizer"]["cat"]["recognized"] == 0.5
+    figures.write_text("[1, 2]")
+    bad = qd("models", "export", "tiny-zoo", tmp_path / "no.qdpack", "--figures", figures, cache=exported["cache"])
+    assert bad.returncode == 2 and "one JSON object" in bad.stderr and not (tmp_path / "no.qdpack").exists()
+
+
+def test_an_import_a_kill_interrupted_leaves_nothing_that_lasts(exported, tmp_path):
+    root = tmp_path / "cache" / "packs"
+    old, fresh = root / ".import-old", root / ".import-fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "weights.npz").write_bytes(b"half")
+    os.utime(old, (0, 0))
+    packs.import_pack(exported["file"], tmp_path / "cache")
+    assert not old.exists() and fresh.exists()  # a recent one may be another import at work
+    assert [r["name"] for r in packs.listing(tmp_path / "cache", {})] == ["tiny-zoo"]

@@ -172,7 +172,7 @@ function renderRecipeForms() {
 
 function renderPlugins(data) {
   const box = $("#plugins"); box.replaceChildren();
-  const titles = { datasets: "Datasets", seed_strategies: "Seed strategies", filters: "Filters", writers: "Writers" };
+  const titles = { datasets: "Datasets", seed_strategies: "Seed strategies", filters: "Filters", writers: "Writers", models: "Model packs" };
   for (const [kind, rows] of Object.entries(data.kinds)) {
     const ul = el("ul");
     rows.forEach((r) => ul.append(el("li", { "data-name": r.name }, el("code", { text: r.name }), ` from ${r.plugin}`, el("small", { text: r.description }))));
