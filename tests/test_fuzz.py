@@ -3,6 +3,8 @@
 Random recipe documents, random seed images and random parameters for every registered
 plugin, drawn from the plugin's own signature (qdcore/params.py). The contract: exit 0, 1 or 2;
 at most one `Error:` line; no traceback; nothing written but the output and the cache.
+Whole YAML documents and JSON bodies (issue 17) against `qd validate`, `qd run` with the
+tests' tiny model and every studio POST endpoint: there, exit 0 or 2 (a 4xx) only.
 In-process and bounded (max_examples below) so the whole fuzzer stays near a minute.
 """
 from __future__ import annotations
