@@ -25,13 +25,19 @@ class Range:
 
     def describe(self) -> str:
         if self.lo is not None and self.hi is not None:
-            return f"between {self.lo:g} and {self.hi:g}"
+            return f"between {_bound(self.lo)} and {_bound(self.hi)}"
         if self.lo is not None:
-            return f">= {self.lo:g}"
-        return f"<= {self.hi:g}"
+            return f">= {_bound(self.lo)}"
+        return f"<= {_bound(self.hi)}"
 
     def contains(self, value: float) -> bool:
         return (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
+
+
+def _bound(v: float) -> str:
+    """Short (1e+07) when that is exact; else every digit (a seed's 9,223,372,036,854,775,807)."""
+    short = f"{v:g}"
+    return short if float(short) == v else f"{v:,}"
 
 
 _MISSING = object()

@@ -3,6 +3,8 @@
 Random recipe documents, random seed images and random parameters for every registered
 plugin, drawn from the plugin's own signature (qdcore/params.py). The contract: exit 0, 1 or 2;
 at most one `Error:` line; no traceback; nothing written but the output and the cache.
+Whole YAML documents and JSON bodies (issue 17) against `qd validate`, `qd run` with the
+tests' tiny model and every studio POST endpoint: there, exit 0 or 2 (a 4xx) only.
 In-process and bounded (max_examples below) so the whole fuzzer stays near a minute.
 """
 from __future__ import annotations
@@ -288,8 +290,10 @@ BASE = {
     "filters": [{"use": "sharpen", "passes": 1}, {"use": "anti-alias"}],
     "output": {"use": "gif", "frames": "steps", "sample": 0, "attention": True, "duration": 0.1},
 }
-ODD_FILES = ["odd/folder", "odd/empty.png", "odd/text.png", "odd/cut.png", "odd/loop.png", "odd/fifo.png",
-             "/dev/zero", "/dev/null", "/proc/self/environ", "../../../../etc/passwd", "odd/secret.yaml", "odd/secret"]
+# ODD is replaced by the absolute path of the odd_files fixture's folder.
+ODD_FILES = ["ODD/secret.yaml", "ODD/secret", "ODD/folder", "ODD/empty.png", "ODD/text.png", "ODD/cut.png",
+             "ODD/loop.png", "ODD/fifo.png", "/dev/zero", "/dev/null", "/proc/self/environ", "../../../../etc/passwd",
+             "odd/text.png", "odd/secret"]
 
 
 def key_paths(value, prefix=()):
@@ -334,7 +338,22 @@ json_fragments = st.one_of(
     st.integers(1, 20000).map(lambda d: "[" * d + "]" * d),
     st.integers(1, 3000).map(lambda d: '{"a": ' * d + "1" + "}" * d),
 )
+# Keys that name a file, each with the fragment that names one there; half of the examples
+# aim an odd file at one of them (a page must never make the studio open any).
+FILE_KEYS = {("model", "from"): "{}", ("seeds", 0): '{{"use": "file-image", "path": {}}}',
+             ("dataset",): '{{"use": "images", "path": {}}}', ("output", "path"): "{}"}
+file_holes = st.tuples(st.sampled_from(list(FILE_KEYS)), st.sampled_from(ODD_FILES)).map(
+    lambda kf: (kf[0], FILE_KEYS[kf[0]].format(json.dumps(kf[1]))))
+
+
+def holes(paths, fragments):
+    """(key path, fragment): a hostile value at any key, or an odd file at a key naming one."""
+    return st.one_of(st.tuples(st.sampled_from(paths), fragments),
+                     file_holes.filter(lambda h: h[0] in paths or h[0][0] in {p[0] for p in paths}))
+
+
 HOLE = "QD-FUZZ-HOLE"
+sometimes = st.sampled_from([False, False, False, True])  # a duplicate key hides what follows it
 
 
 def with_hole(path) -> dict:
@@ -346,17 +365,17 @@ def with_hole(path) -> dict:
     return doc
 
 
-def yaml_document(path, fragment: str, twice: bool) -> str:
+def yaml_document(path, fragment: str, twice: bool, odd: Path) -> str:
     """BASE with `fragment` at `path`, in block style, the hole filled with flow YAML text."""
     text = yaml.safe_dump(with_hole(path), sort_keys=False)
-    text = text.replace(HOLE, fragment.replace("\n", " "))
+    text = text.replace(HOLE, fragment.replace("\n", " ").replace("ODD/", f"{odd}/"))
     if twice:  # the first section again: a duplicate key at the top
         text += text.splitlines()[0] + "\n"
     return text
 
 
-def json_body(path, fragment: str, twice: bool) -> str:
-    text = json.dumps({"recipe": with_hole(path)}).replace(json.dumps(HOLE), fragment)
+def json_body(path, fragment: str, twice: bool, odd: Path) -> str:
+    text = json.dumps({"recipe": with_hole(path)}).replace(json.dumps(HOLE), fragment.replace("ODD/", f"{odd}/"))
     return text.replace('{"recipe": {', '{"recipe": {"seed": 1, ', 1) if twice else text
 
 
@@ -386,10 +405,11 @@ def assert_refused_or_ok(code, err, before, after, allowed=()):
 
 
 @DOCS
-@given(path=st.sampled_from(PATHS), fragment=yaml_fragments, twice=st.booleans())
-def test_whole_yaml_documents_against_qd_validate(sandbox, odd_files, capsys, path, fragment, twice):
+@given(hole=holes(PATHS, yaml_fragments), twice=sometimes)
+def test_whole_yaml_documents_against_qd_validate(sandbox, odd_files, capsys, hole, twice):
+    path, fragment = hole
     recipe = sandbox / "fuzz.yaml"
-    recipe.write_text(yaml_document(path, fragment, twice), encoding="utf-8")
+    recipe.write_text(yaml_document(path, fragment, twice, odd_files), encoding="utf-8")
     before = files_in(sandbox)
     code, err = run_cli(["validate", recipe], capsys)
     assert_refused_or_ok(code, err, before, files_in(sandbox))
@@ -407,10 +427,11 @@ def run_sandbox(sandbox, tiny_model, monkeypatch):
 
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(RUN_PATHS), fragment=yaml_fragments, twice=st.booleans())
-def test_whole_yaml_documents_against_qd_run_with_a_tiny_model(run_sandbox, odd_files, capsys, path, fragment, twice):
+@given(hole=holes(RUN_PATHS, yaml_fragments), twice=sometimes)
+def test_whole_yaml_documents_against_qd_run_with_a_tiny_model(run_sandbox, odd_files, capsys, hole, twice):
+    path, fragment = hole
     recipe = run_sandbox / "fuzz.yaml"
-    recipe.write_text(yaml_document(path, fragment, twice), encoding="utf-8")
+    recipe.write_text(yaml_document(path, fragment, twice, odd_files), encoding="utf-8")
     out = run_sandbox / "out.gif"
     out.unlink(missing_ok=True)
     before = files_in(run_sandbox)
@@ -440,12 +461,13 @@ ENDPOINTS = ["/api/validate", "/api/generate", "/api/recipe.yaml", "/api/upload"
 
 
 @DOCS
-@given(endpoint=st.sampled_from(ENDPOINTS), path=st.sampled_from(PATHS), fragment=json_fragments, twice=st.booleans(),
+@given(endpoint=st.sampled_from(ENDPOINTS), hole=holes(PATHS, json_fragments), twice=sometimes,
        extra=st.sampled_from([None, ("n", "-1"), ("n", "1e400"), ("n", '"2"'), ("image", '"data:image/png;base64,AAAA"'),
                               ("key", "[[[]]]"), ("image", "[" * 5000 + "]" * 5000)]))
-def test_json_bodies_against_every_studio_endpoint(studio_client, odd_files, endpoint, path, fragment, twice, extra):
+def test_json_bodies_against_every_studio_endpoint(studio_client, odd_files, endpoint, hole, twice, extra):
     client, studio = studio_client
-    body = json_body(path, fragment, twice)
+    path, fragment = hole
+    body = json_body(path, fragment, twice, odd_files)
     if extra is not None:
         body = body[:-1] + f', "{extra[0]}": {extra[1]}' + "}"
     before = {p for p in files_in(studio.tmp) if "uploads" not in p.parts and "shared" not in p.parts}

@@ -158,8 +158,7 @@ class Studio:
             for name in self._path_params(kind, step.get("use")):
                 value = step.get(name)
                 if isinstance(value, str) and value:
-                    p = Path(value).expanduser()
-                    out.append((p if p.is_absolute() else folder / p).resolve())
+                    out.append(_resolved(value, folder))
         return out
 
     def intake(self, data: Any) -> tuple[Recipe, dict]:
@@ -184,9 +183,8 @@ class Studio:
                     step[name] = str(stored)
                     used[uid] = stored
                     continue
-                p = Path(str(value)).expanduser()
-                p = (p if p.is_absolute() else self.base_path.parent / p).resolve()
-                if p not in self.allowed_files:
+                p = _resolved(str(value), self.base_path.parent)
+                if p is None or p not in self.allowed_files:
                     raise RecipeError("the studio does not open files named by the page: upload the image instead",
                                       f"studio: {where}.{name}")
         return parse(data, self.base_path, self.registry, label="studio"), used
@@ -429,6 +427,16 @@ class Studio:
             if job.thread is not None:
                 job.thread.join(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _resolved(value: str, folder: Path) -> Optional[Path]:
+    """The real path `value` names (relative to `folder`), or None when it has none: a
+    symlink loop (RuntimeError on Python 3.11), a name the OS refuses (a NUL byte)."""
+    try:
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else folder / p).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def png_data_url(image: np.ndarray) -> str:
