@@ -373,7 +373,14 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+# The signal being handled, if any. Raised inside a callback from TensorFlow's C++ code,
+# Stopped can come back out of it as another exception (TensorFlow re-raises what its
+# callback raised as its own kind); main() still reports that as the signal, not as a bug.
+_received: list[int] = []
+
+
 def _stop(signum, frame):
+    _received.append(signum)
     raise Stopped(signum)
 
 
@@ -386,6 +393,12 @@ def _catch_signals() -> dict:
         return {}
     return {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)
             if signal.getsignal(sig) is not signal.SIG_IGN}
+
+
+def _stopped_line(signum: int) -> int:
+    name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    typer.echo(f"Error: {name}; checkpoints written so far are kept", err=True)
+    return 128 + signum
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -404,6 +417,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = "--debug" in args or bool(os.environ.get("QD_DEBUG"))
     warnings.showwarning = _warn_line
     previous = _catch_signals()
+    _received.clear()
     try:
         rv = app(args=args, prog_name="qd", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -423,19 +437,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         typer.echo("Error: interrupted; checkpoints written so far are kept", err=True)
         code = 130
     except Stopped as e:
-        name = "interrupted" if e.signum == signal.SIGINT else "terminated (SIGTERM)"
-        typer.echo(f"Error: {name}; checkpoints written so far are kept", err=True)
-        code = 128 + e.signum
+        code = _stopped_line(e.signum)
     except OSError as e:  # a full disk or read-only folder outside an atomic write
         if debug:
             raise
         typer.echo(f"Error: {os_error_line(e)}", err=True)
         code = 1
     except Exception as e:  # noqa: BLE001 - the edge: nothing unexplained escapes without --debug
-        if debug:
+        if _received:
+            code = _stopped_line(_received[0])
+        elif debug:
             raise
-        typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
-        code = 1
+        else:
+            typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
+            code = 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -145,3 +145,21 @@ def test_a_signal_while_generating_leaves_no_gif(tmp_path, trained, sig, code):
     assert proc.returncode == code, err
     assert len([line for line in err.splitlines() if line.startswith("Error:")]) == 1 and "Traceback" not in err
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_signal_that_comes_back_as_another_exception_is_still_the_signal(monkeypatch, capsys):
+    """SIGTERM raised inside a TensorFlow callback can come back out of TensorFlow's C++ code
+    as another exception; it is still reported as the signal (exit 143), not as a bug."""
+    from qdcore import cli
+
+    def app(**kwargs):
+        try:
+            cli._stop(signal.SIGTERM, None)
+        except cli.Stopped as e:
+            raise TypeError("an exception in a callback, as TensorFlow re-raises it") from e
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["run", "recipe.yaml"])
+    assert stop.value.code == 143
+    assert capsys.readouterr().err.splitlines() == ["Error: terminated (SIGTERM); checkpoints written so far are kept"]
