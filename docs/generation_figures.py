@@ -3,13 +3,16 @@
     QD_DATA_DIR=../shared/data/quickdraw .venv/bin/python docs/generation_figures.py \
         zoo-26-short.yaml --iterations 2000 --categories cat,dog,apple --out docs/img
 
-ZOO is a class-conditional recipe (a copy of recipes/zoo-26.yaml) whose model is trained and
-in the cache. For each category: real drawings neither DRAW (its held-out split) nor the
-recognizer (its unseen rows) trained on; the same drawings with the lower half of their ink
-erased (the `remove-ink` seed step, keep: top); and those halves completed by the built-in
-`complete` mode at several k. Prints one JSON line per category with the recognizer's
-recognized fraction of each set, and writes a sheet of completions (partial drawing, then the
-steps, the model's ink in blue) per category.
+ZOO is a recipe whose model is trained and in the cache: a class-conditional one (a copy of
+recipes/zoo-26.yaml; each category's completions are conditioned on it), or a one-category
+one (recipes/cat-quality.yaml with --categories cat --morph ''). For each category: real
+drawings neither DRAW (its held-out split) nor the recognizer (its unseen rows) trained on;
+the same drawings with the lower half of their ink erased (the `remove-ink` seed step, keep:
+top); those halves completed by the model's `complete` (what the built-in mode calls) at
+several k, judged as the model drew them and with the person's strokes kept on top (what the
+GIF shows); and as many prior samples, drawn from scratch. Prints one JSON line per category
+with the recognizer's recognized fraction of each set, and writes a sheet of completions
+(partial drawing, then the steps, the model's ink in blue) per category, and a morph sheet.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--ks", default="2,5,8,10")
     ap.add_argument("--out", type=Path, default=Path("docs/img"))
-    ap.add_argument("--morph", default="cat,dog", help="START,END categories of the morph sheet")
+    ap.add_argument("--morph", default="cat,dog", help="START,END categories of the morph sheet ('' for none)")
+    ap.add_argument("--prefix", default="", help="put before the completion sheets' names")
     args = ap.parse_args()
 
     registry = build().registry
@@ -71,27 +75,31 @@ def main() -> None:
         sheet(**check(sheet, {"frames": "steps"}, "output")).write(shown, path, ctx)
         print(path, flush=True)
 
-    start, end = args.morph.split(",")
-    morph = registry.get("generators", "morph").factory(frames=8, start=start, end=end, forth_and_back=False)
-    write_sheet(morph.generate(model, None, 4, r.seed, ctx), f"morph-{start}-{end}.png")
+    if args.morph:
+        start, end = args.morph.split(",")
+        morph = registry.get("generators", "morph").factory(frames=8, start=start, end=end, forth_and_back=False)
+        write_sheet(morph.generate(model, None, 4, r.seed, ctx), f"morph-{start}-{end}.png")
 
     def rate(images: np.ndarray, category: str) -> float:
         p, _ = judge.classify(recog.to_bitmaps(images))
         return float(recog.recognized(p, recog.check_known(judge.classes, [category], "cnn")).mean())
 
-    for category in args.categories.split(","):
-        real = held_out_real(category, r, judge, args.n)
+    for name in args.categories.split(","):
+        category = name if model.classes else None  # a one-category model is asked for none
+        real = held_out_real(name, r, judge, args.n)
         partial = remove.apply(real, None, ctx)
-        row = {"category": category, "n": len(real), "real": rate(real, category), "partial": rate(partial, category),
-               "prior": rate(model.sample(len(real), seed=r.seed, category=category).final, category)}
+        row = {"category": name, "n": len(real), "real": rate(real, name), "partial": rate(partial, name),
+               "prior": rate(model.sample(len(real), seed=r.seed, category=category).final, name)}
         for k in (int(k) for k in args.ks.split(",")):
             done = model.complete(partial, k, seed=r.seed, category=category)
-            row[f"completed_k{k}"] = rate(done.final, category)
+            row[f"completed_k{k}"] = rate(done.final, name)
+            # What the GIF shows: the person's strokes kept, the model's ink added to them.
+            row[f"kept_k{k}"] = rate(np.maximum(partial, done.final), name)
         print(json.dumps(row), flush=True)
 
-        # The sheet: 4 half-drawings, each completed at k = T/2, as the finish-cat recipe shows them.
-        done = model.complete(partial[:4], model.cfg.T // 2, seed=r.seed, category=category)
-        write_sheet(Drawing(done.canvases, None, 0, "completion", given=partial[:4]), f"complete-{category.replace(' ', '-')}.png")
+        # The sheet: 4 half-drawings, each completed at the `complete` mode's default k (T/5).
+        done = model.complete(partial[:4], max(1, model.cfg.T // 5), seed=r.seed, category=category)
+        write_sheet(Drawing(done.canvases, None, 0, "completion", given=partial[:4]), f"complete-{args.prefix}{name.replace(' ', '-')}.png")
 
 
 if __name__ == "__main__":
