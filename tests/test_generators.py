@@ -50,8 +50,7 @@ def test_complete_follows_the_encoder_for_k_steps_then_the_prior(model):
     np.testing.assert_allclose(part[:2], full[:2], atol=1e-6)  # steps 1..k: the reconstruction's
     np.testing.assert_allclose(z_part[2:], eps[2:])  # steps k+1..T: z_t is the prior's draw
     assert not np.allclose(part[2:], full[2:])
-    # The prior's steps do not read the drawing: another image with the same first k latents would
-    # give the same completion; here, changing x changes only what the first k steps saw.
+    # k = T is the reconstruction itself.
     np.testing.assert_allclose(model.complete(x, 4, seed=0).canvases, model.reconstruct(x, seed=0).canvases)
 
 
