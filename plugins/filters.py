@@ -207,10 +207,14 @@ class Ink(Filter):
         size: Optional[Annotated[int, Range(1, 4096)]] = None,
         supersample: Annotated[int, Range(1, 16)] = 4,
         min_length: Optional[Annotated[float, Range(0.0, 4096.0)]] = None,
+        softness: Annotated[float, Range(0.0, 1.0)] = 0.0,
     ):
         if min_length is not None and width is None:
             raise RecipeError("ink: `min_length` applies to pen strokes: set `width` too")
+        if softness and width is not None:
+            raise RecipeError("ink: `softness` shapes the cut's edge, and a pen draws its own: set one of `softness`, `width`")
         self.threshold = threshold
+        self.softness = softness
         self.width = width
         self.min_length = 3 * width if min_length is None and width is not None else min_length
         self.size = size
@@ -241,6 +245,8 @@ class Ink(Filter):
             if self.width is not None and mask.any():
                 centres = drop_specks(stroke_centres(big, sigma) & mask, self.min_length * ss)
                 mask = ndimage.distance_transform_edt(~centres) <= self.width * ss / 2
+            elif self.softness:
+                mask = np.clip((big - cut) / self.softness + 0.5, 0.0, 1.0)
             out[i] = mask.reshape(oh, ss, ow, ss).mean(axis=(1, 3))
         return out
 
