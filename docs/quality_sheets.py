@@ -28,7 +28,8 @@ from qdcore.train import split
 CHAINS = {
     "soft": [("upscale", {"size": 84}), ("invert", {})],  # the shipped recipes before ink
     "otsu": [("ink", {"size": 84}), ("invert", {})],
-    "pen": [("ink", {"size": 84, "width": 3}), ("invert", {})],
+    "pen": [("ink", {"size": 84, "width": 3}), ("invert", {})],  # the shipped recipes before issue 15
+    "weight": [("ink", {"size": 84, "threshold": 0.55, "softness": 0.5}), ("invert", {})],  # and after
 }
 
 
