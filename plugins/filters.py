@@ -185,10 +185,12 @@ def drop_specks(mask: np.ndarray, min_pixels: float) -> np.ndarray:
 
 
 class Ink(Filter):
-    """Crisp pen strokes from DRAW's soft canvas, drawn at the output size.
+    """Crisp strokes from DRAW's soft canvas, drawn at the output size.
 
     Each frame is resized smoothly (bicubic) to `supersample` times the output size and cut
-    at `threshold` (ink where brighter). With `width` null that shape is the ink. With a
+    at `threshold` (ink where brighter; with `softness`, a linear ramp that wide in
+    brightness, so a stroke keeps the anti-aliased greys of Google's bitmaps and, measured on
+    real drawings, its weight: docs/quality.md). With `width` null that shape is the ink. With a
     `width`, the ink is redrawn with a round pen `width` output pixels wide along the centre
     lines of the strokes above the cut (where the brightness peaks across a stroke, found
     on the image smoothed by half an input pixel), leaving out pieces shorter than
@@ -258,4 +260,4 @@ def qd_register_filters(register):
     register("anti-alias", AntiAlias, description="upscale by a factor and back down to smooth jagged edges")
     register("upscale", Upscale, description="resize to a target pixel size (nearest or lanczos)")
     register("invert", Invert, description="dark ink on white (1 - x)")
-    register("ink", Ink, description="crisp anti-aliased pen strokes: threshold (Otsu), optional pen width, at the output size")
+    register("ink", Ink, description="crisp anti-aliased strokes at the output size: a (soft) threshold, optional pen width")
