@@ -6,7 +6,8 @@ display chains, every sheet written by qd's own png-sheet writer.
 
 trains the recipe's model if it is not cached yet (as `qd train` would), then writes
 PREFIX-real-*.png (held-out drawings), PREFIX-prior-*.png (prior samples, seed = the
-recipe's) and PREFIX-steps-*.png (drawing steps, before and after the blank-page frames).
+recipe's) and PREFIX-steps-*.png (drawing steps, before and after the blank-page frames, and
+through the pen and the shipped chain).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from qdcore.train import split
 CHAINS = {
     "soft": [("upscale", {"size": 84}), ("invert", {})],  # the shipped recipes before ink
     "otsu": [("ink", {"size": 84}), ("invert", {})],
-    "pen": [("ink", {"size": 84, "width": 3}), ("invert", {})],
+    "pen": [("ink", {"size": 84, "width": 3}), ("invert", {})],  # the shipped recipes before issue 15
+    "weight": [("ink", {"size": 84, "threshold": 0.55, "softness": 0.5}), ("invert", {})],  # and after
 }
 
 
@@ -92,6 +94,8 @@ def main() -> None:
         for name, drawing in [("steps-grey", grey), ("steps-blank", few)]:
             write(_apply(_filters(registry, [("upscale", {"size": 56}), ("invert", {})]), drawing, ctx), name, frames="steps")
         write(_apply(_filters(registry, [("ink", {"size": 56, "width": 2}), ("invert", {})]), few, ctx), "steps-pen", frames="steps")
+        weight = [("ink", {"size": 56, "threshold": 0.55, "softness": 0.5}), ("invert", {})]
+        write(_apply(_filters(registry, weight), few, ctx), "steps-weight", frames="steps")
 
 
 if __name__ == "__main__":

@@ -185,10 +185,12 @@ def drop_specks(mask: np.ndarray, min_pixels: float) -> np.ndarray:
 
 
 class Ink(Filter):
-    """Crisp pen strokes from DRAW's soft canvas, drawn at the output size.
+    """Crisp strokes from DRAW's soft canvas, drawn at the output size.
 
     Each frame is resized smoothly (bicubic) to `supersample` times the output size and cut
-    at `threshold` (ink where brighter). With `width` null that shape is the ink. With a
+    at `threshold` (ink where brighter; with `softness`, a linear ramp that wide in
+    brightness, so a stroke keeps the anti-aliased greys of Google's bitmaps and, measured on
+    real drawings, its weight: docs/quality.md). With `width` null that shape is the ink. With a
     `width`, the ink is redrawn with a round pen `width` output pixels wide along the centre
     lines of the strokes above the cut (where the brightness peaks across a stroke, found
     on the image smoothed by half an input pixel), leaving out pieces shorter than
@@ -207,10 +209,14 @@ class Ink(Filter):
         size: Optional[Annotated[int, Range(1, 4096)]] = None,
         supersample: Annotated[int, Range(1, 16)] = 4,
         min_length: Optional[Annotated[float, Range(0.0, 4096.0)]] = None,
+        softness: Annotated[float, Range(0.0, 1.0)] = 0.0,
     ):
         if min_length is not None and width is None:
             raise RecipeError("ink: `min_length` applies to pen strokes: set `width` too")
+        if softness and width is not None:
+            raise RecipeError("ink: `softness` shapes the cut's edge, and a pen draws its own: set one of `softness`, `width`")
         self.threshold = threshold
+        self.softness = softness
         self.width = width
         self.min_length = 3 * width if min_length is None and width is not None else min_length
         self.size = size
@@ -241,6 +247,8 @@ class Ink(Filter):
             if self.width is not None and mask.any():
                 centres = drop_specks(stroke_centres(big, sigma) & mask, self.min_length * ss)
                 mask = ndimage.distance_transform_edt(~centres) <= self.width * ss / 2
+            elif self.softness:
+                mask = np.clip((big - cut) / self.softness + 0.5, 0.0, 1.0)
             out[i] = mask.reshape(oh, ss, ow, ss).mean(axis=(1, 3))
         return out
 
@@ -252,4 +260,4 @@ def qd_register_filters(register):
     register("anti-alias", AntiAlias, description="upscale by a factor and back down to smooth jagged edges")
     register("upscale", Upscale, description="resize to a target pixel size (nearest or lanczos)")
     register("invert", Invert, description="dark ink on white (1 - x)")
-    register("ink", Ink, description="crisp anti-aliased pen strokes: threshold (Otsu), optional pen width, at the output size")
+    register("ink", Ink, description="crisp anti-aliased strokes at the output size: a (soft) threshold, optional pen width")

@@ -207,17 +207,28 @@ def evaluate(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
     n: int = typer.Option(500, "--n", help="Prior samples judged by the recognizer, and real drawings in each comparison set."),
     best_of: Optional[int] = typer.Option(None, "--best-of", help="Override generate.best_of."),
+    real: bool = typer.Option(False, "--real", help="Judge the recipe's filters on n real drawings instead (raw beside filtered); no model is trained."),
+    sets: Optional[List[str]] = SetOpt,
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
     """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model, and
     what the recipe's recognizer makes of n prior samples: the fraction it recognizes, their
-    Frechet distance to real drawings and its real-vs-real floor (docs/quality.md)."""
+    Frechet distance to real drawings and its real-vs-real floor (docs/quality.md). With
+    --real, the same figures for n real drawings the recognizer never trained on, as they are
+    and after the recipe's filters: a display chain should leave them as recognizable."""
     from . import engine, models
     from . import train as trainer
+    from .errors import InputError
 
-    r = _recipe(recipe, iterations=iterations, n=n, best_of=best_of)
+    r = _recipe(recipe, iterations=iterations, n=n, best_of=best_of, sets=sets or ())
     built = engine.prepare(r)
+    if real:
+        category, why_not = engine.eval_category(r, built, quiet)
+        if category is None:
+            raise InputError(f"--real needs the recognizer figures, and there are none: {why_not}")
+        typer.echo(json.dumps({"recipe": str(recipe), **engine.real_recognition(r, built, category, quiet)}))
+        return
     data = engine.load_data(r, built, quiet)
     category, why_not = engine.eval_category(r, built, quiet)
     if category is None:

@@ -445,6 +445,25 @@ def recognition(recipe: Recipe, built: Built, model, category: str, quiet: bool 
             "best_of": recipe.generate.best_of, **figures}
 
 
+def real_recognition(recipe: Recipe, built: Built, category: str, quiet: bool = False) -> dict:
+    """`qd eval --real`: the recipe's filters judged on generate.n real drawings of `category`
+    the recognizer never trained on, beside the same drawings raw (no model is needed). The
+    real sets are those `recognition` compares samples with."""
+    judge = classifier(recipe, built, quiet)
+    rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
+    figures = recog.real_figures(judge, category, recipe.generate.n, rng,
+                                 lambda images: filtered_bitmaps(recipe, built, images, quiet), who=recipe.recognizer.use)
+    return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None), **figures}
+
+
+def filtered_bitmaps(recipe: Recipe, built: Built, images: np.ndarray, quiet: bool = False) -> np.ndarray:
+    """(n, H, W) ink-bright drawings through the recipe's filters, as one frame each, and
+    scaled back to what a recognizer reads: how the display chain changes a drawing."""
+    images = np.asarray(images, np.float32)
+    drawing = Drawing(images[None], None, 0, "reconstruction", images.shape[1:])
+    return recog.to_bitmaps(apply_filters(recipe, built, drawing, quiet).final)
+
+
 def _who(step) -> str:
     return f"{step.where} ({step.use!r} from plugin {step.entry.plugin!r})"
 

@@ -206,3 +206,30 @@ def figures(classifier: Classifier, generated: np.ndarray, category: str, rng: n
         "frechet_over_floor": fd / floor if floor > 0 else float("inf"),
         "real_held_out": real.held_out,
     }
+
+
+def real_figures(classifier: Classifier, category: str, n: int, rng: np.random.Generator, show,
+                 who: str = DEFAULT) -> dict:
+    """A display chain judged on real drawings: the figures of `figures` for n real drawings
+    as they are (`raw`) and after `show` ((n, 28, 28) ink bright -> the same after the
+    recipe's filters, scaled back to 28x28), against the same other n real drawings. A
+    chain that keeps drawings looking like themselves keeps both close to raw. Raw is the
+    floor's own set, so its distance is the floor; `ink` is the mean brightness at 28x28
+    (how much ink the chain adds or takes away)."""
+    columns = check_known(classifier.classes, [category], who)
+    real = real_sets(classifier, category, n, rng)
+    shown = np.asarray(show(real.b), np.float32)
+    if shown.shape != real.b.shape:
+        raise QdError(f"the display chain returned drawings shaped {shown.shape}; expected {real.b.shape}")
+    _, f_a = classifier.classify(real.a)
+    floor = None
+    out = {"category": category, "n": n, "real_held_out": real.held_out}
+    for name, images in (("raw", real.b), ("filtered", shown)):
+        p, f = classifier.classify(images)
+        fd = frechet_distance(f, f_a)
+        floor = fd if floor is None else floor  # raw: the b set against the a set, as `figures` takes it
+        out[name] = {"recognized": float(recognized(p, columns).mean()), "frechet": fd,
+                     "frechet_over_floor": fd / floor if floor > 0 else float("inf"),
+                     "ink": float(images.mean())}
+    out["frechet_floor"] = floor
+    return out

@@ -211,6 +211,24 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     assert r.returncode == 0, r.stderr
     picky = json.loads(r.stdout)
     assert picky["n"] == 20 and picky["best_of"] == 2 and picky["bound"] == figures["bound"]
+    # --real: the recipe's filters judged on real drawings, raw beside filtered (the same real
+    # sets as above: raw sits at the floor). Nearest upscaling changes nothing once scaled back.
+    r = qd("eval", recipe, "--quiet", "--real", "--n", 100, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    real = json.loads(r.stdout)
+    assert real["category"] == "cat" and real["n"] == 100 and "bound" not in real
+    assert real["raw"]["frechet"] == real["frechet_floor"] > 0 and real["raw"]["frechet_over_floor"] == 1.0
+    assert real["filtered"] == pytest.approx(real["raw"])
+    r = qd("eval", recipe, "--quiet", "--real", "--n", 100, "-s", "filters[0]={use: ink, size: 84, width: 3}", env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    pen = json.loads(r.stdout)
+    assert pen["raw"] == real["raw"] and pen["filtered"]["ink"] < 0.7 * pen["raw"]["ink"]
+    assert pen["filtered"]["frechet"] > pen["frechet_floor"]
+    two = tmp_path / "two.yaml"
+    two.write_text(recipe.read_text().replace("category: cat", "category: [cat, apple]"))
+    r = qd("eval", two, "--quiet", "--real", env=env)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("Error: --real needs the recognizer figures") and "names 2 categories" in last
 
 
 def test_bench_quality_prints_one_json_line_and_writes_the_sheet(tmp_path, quickdraw_dir):

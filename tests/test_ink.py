@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qdcore import Context, Drawing, RecipeError
+from qdcore import Context, Drawing, RecipeError, engine
 from qdcore.ink import ink_so_far, sigmoid
 from qdcore.params import check
+from qdcore.plugin_manager import build
+from qdcore.recipe import load
 from qdplugins.filters import Ink, otsu_threshold
 from qdplugins.writers import Gif, PngSheet
 
 T, N, H, W = 5, 3, 28, 28
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
 def ctx() -> Context:
@@ -124,11 +128,15 @@ def test_drawn_steps_from_the_model_start_blank():
 
 
 def test_ink_validates_its_parameters():
-    assert check(Ink, {}, "f") == {"threshold": "otsu", "width": None, "size": None, "supersample": 4, "min_length": None}
+    assert check(Ink, {}, "f") == {"threshold": "otsu", "width": None, "size": None, "supersample": 4, "min_length": None,
+                                   "softness": 0.0}
     assert check(Ink, {"threshold": 0.3, "width": 2}, "f")["threshold"] == 0.3
-    for bad in ({"threshold": "auto"}, {"threshold": 1.5}, {"width": 0}, {"supersample": 0}, {"size": 0}):
+    for bad in ({"threshold": "auto"}, {"threshold": 1.5}, {"width": 0}, {"supersample": 0}, {"size": 0},
+                {"softness": -0.1}, {"softness": 1.5}):
         with pytest.raises(RecipeError):
             check(Ink, bad, "filters[0]")
+    with pytest.raises(RecipeError, match="set one of `softness`, `width`"):
+        Ink(width=3, softness=0.5)
 
 
 def test_otsu_cuts_between_the_two_inks():
@@ -144,6 +152,67 @@ def test_fixed_threshold_makes_binary_ink():
     np.testing.assert_array_equal(out, [[[0.0, 0.0, 1.0, 1.0]]])
     out = Ink(threshold=0.3, supersample=1).apply(x, ctx())
     np.testing.assert_array_equal(out, [[[0.0, 1.0, 1.0, 1.0]]])
+
+
+def test_softness_ramps_the_cut_over_that_much_brightness():
+    x = np.array([[[0.2, 0.4, 0.6, 0.9]]], np.float32)
+    out = Ink(threshold=0.5, softness=0.5, supersample=1).apply(x, ctx())
+    np.testing.assert_allclose(out, [[[0.0, 0.3, 0.7, 1.0]]], atol=1e-6)  # 0.25 -> 0, 0.75 -> 1
+    hard = Ink(threshold=0.5, supersample=1).apply(x, ctx())
+    np.testing.assert_array_equal(Ink(threshold=0.5, softness=0.0, supersample=1).apply(x, ctx()), hard)
+
+
+def google_stroke(width: float = 2.0) -> np.ndarray:
+    """A near-horizontal line as Google's 28x28 bitmaps have them: drawn `width` pixels wide
+    at 10x and box-averaged down, so its edges are anti-aliased."""
+    from PIL import ImageDraw
+
+    big = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(big).line([(30, 130), (250, 150)], fill=255, width=round(10 * width))
+    return (np.asarray(big.resize((28, 28), Image.BOX), np.float32) / 255)[None]
+
+
+def shipped(recipe: Path, sets=()):
+    """Drawings (n, 28, 28) -> the same after `recipe`'s display chain, scaled back to 28x28."""
+    r = load(recipe, build().registry, sets)
+    built = engine.prepare(r)
+    return lambda images: engine.filtered_bitmaps(r, built, images, quiet=True)
+
+
+def across(images: np.ndarray) -> np.ndarray:
+    """Ink summed across the stroke of `google_stroke`, in the middle columns: its width in pixels."""
+    return images[0, :, 10:18].sum(axis=0)
+
+
+@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.name in ("cat.yaml", "windmill.yaml", "zoo-26.yaml")],
+                         ids=lambda p: p.name)
+def test_the_shipped_chain_keeps_googles_stroke_weight_at_28(recipe):
+    stroke = google_stroke(2.0)
+    raw = across(stroke)
+    assert raw == pytest.approx(2.0, abs=0.1)
+    kept = across(shipped(recipe)(stroke))
+    np.testing.assert_allclose(kept, raw, atol=0.2)  # still 2 px wide after 84 or 112 px and back
+    pen = across(shipped(recipe, ["filters[0]={use: ink, size: 84, width: 3}"])(stroke))
+    assert pen.max() < 1.3  # the old pen: a 1-pixel line at 28x28
+
+
+def test_every_shipped_recipe_inks_at_the_same_weight():
+    inks = {p.name: [{k: v for k, v in f.params.items() if k not in ("size", "supersample")}
+                     for f in load(p, build().registry).filters if f.use == "ink"] for p in RECIPES}
+    assert len(inks) >= 10 and all(v == [{"threshold": 0.55, "softness": 0.5, "width": None, "min_length": None}]
+                                   for v in inks.values()), inks
+
+
+@pytest.mark.realdata
+def test_the_shipped_chain_keeps_real_drawings_ink_coverage(quickdraw_dir):
+    rows = np.load(quickdraw_dir / "numpy_bitmap" / "cat.npy", mmap_mode="r")[-200:]
+    raw = np.asarray(rows, np.float32).reshape(-1, 28, 28) / 255
+    for recipe in (ROOT / "recipes" / "cat.yaml", ROOT / "recipes" / "apple.yaml"):  # at 84 and 112 px
+        shown = shipped(recipe)(raw)
+        assert 0.9 < shown.mean() / raw.mean() < 1.1, recipe.name
+        assert np.abs(shown - raw).mean(axis=(1, 2)).max() < 0.035, recipe.name  # every drawing stays itself
+    pen = shipped(ROOT / "recipes" / "cat.yaml", ["filters[0]={use: ink, size: 84, width: 3}"])(raw)
+    assert pen.mean() / raw.mean() < 0.7  # the old pen lost 40% of the ink
 
 
 def test_otsu_keeps_strong_strokes_and_drops_faint_haze():

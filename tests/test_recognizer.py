@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdcore import Classifier, Drawing, InputError, PluginError, Recognizer, RecipeError, UnknownNameError, hookimpl
+from qdcore import Classifier, Drawing, InputError, PluginError, QdError, Recognizer, RecipeError, UnknownNameError, hookimpl
 from qdcore import engine, recognizer as recog
 from qdcore.interfaces import Context
 from qdcore.plugin_manager import build
-from qdcore.recipe import parse
+from qdcore.recipe import load, parse
 
 BUILTINS = "datasets,seeds,filters,writers,recognizers,generators"
 TINY = {"categories": ["cat", "apple", "rainbow", "banana"], "per_class": 400, "holdout": 300, "epochs": 3,
@@ -298,3 +298,34 @@ def test_figures_of_real_drawings_sit_at_the_floor(trained):
     assert f["frechet"] < 3 * f["frechet_floor"]
     with pytest.raises(InputError, match="needs .* real drawings"):
         recog.real_sets(clf, "cat", 10_000, rng)
+
+
+def test_real_figures_judge_a_display_chain_on_real_drawings(trained):
+    _, clf, _ = trained
+    same = recog.real_figures(clf, "cat", 150, np.random.default_rng(3), lambda x: x)
+    assert same["raw"] == same["filtered"] and same["n"] == 150 and same["real_held_out"] == 300
+    assert same["raw"]["frechet"] == same["frechet_floor"] > 0 and same["raw"]["frechet_over_floor"] == 1.0
+    faded = recog.real_figures(clf, "cat", 150, np.random.default_rng(3), lambda x: 0.3 * x)
+    assert faded["raw"] == same["raw"]  # the same real sets for the same seed
+    assert faded["filtered"]["ink"] == pytest.approx(0.3 * same["raw"]["ink"], rel=1e-4)
+    assert faded["filtered"]["frechet_over_floor"] > 2
+    with pytest.raises(QdError, match="shaped"):
+        recog.real_figures(clf, "cat", 150, np.random.default_rng(3), lambda x: x[:, :14])
+
+
+def test_the_shipped_chain_keeps_real_drawings_recognizable(trained, registry):
+    """recipes/cat.yaml's display chain against the old pen, judged on drawings the
+    recognizer never trained on (docs/quality.md measures the full-size recognizer)."""
+    _, clf, _ = trained
+    root = Path(__file__).resolve().parents[1]
+
+    def judged(sets=()):
+        r = load(root / "recipes" / "cat.yaml", registry, sets)
+        built = engine.prepare(r)
+        return recog.real_figures(clf, "cat", 200, np.random.default_rng(4),
+                                  lambda x: engine.filtered_bitmaps(r, built, x, quiet=True))
+
+    shipped, pen = judged(), judged(["filters[0]={use: ink, size: 84, width: 3}"])
+    assert abs(shipped["filtered"]["recognized"] - shipped["raw"]["recognized"]) <= 0.1 * shipped["raw"]["recognized"]
+    assert shipped["filtered"]["frechet_over_floor"] < 1.5
+    assert pen["filtered"]["frechet_over_floor"] > 2 * shipped["filtered"]["frechet_over_floor"]

@@ -47,6 +47,9 @@ DEFAULT_RECIPE = {
     "train": {"iterations": 1500, "batch_size": 100, "learning_rate": 0.001},
     "generate": {"n": 16},
     "seeds": [{"use": "prior"}],
+    # The shipped recipes' display chain: crisp ink at Quick Draw's stroke weight, dark on
+    # white (docs/quality.md#ink).
+    "filters": [{"use": "ink", "size": 84, "threshold": 0.55, "softness": 0.5}, {"use": "invert"}],
     "output": {"use": "gif", "frames": "steps", "attention": True, "duration": 0.15, "hold_last": 1.0},
 }
 
