@@ -161,16 +161,22 @@ class Draw(tf.Module):
         spec_x = tf.TensorSpec([None, H, W], tf.float32)
         spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
         spec_y = tf.TensorSpec([None], tf.int32)
-        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4], autograph=False, input_signature=[spec_eps, spec_y])
-        self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y), autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4],
+                                           autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4],
+                                      autograph=False, input_signature=[spec_eps, spec_y])
+        self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y),
+                                    autograph=False, input_signature=[spec_x, spec_eps, spec_y])
         # Beyond reconstruction (docs/generation.md): the encoder for the first k steps only, the
         # latents of an encoder pass, and the decoder on given latents under a blend of categories.
         spec_k = tf.TensorSpec([], tf.int32)
         spec_w = tf.TensorSpec([None, len(self.classes) if self.classes else 1], tf.float32)
-        self._complete_fn = tf.function(lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4], autograph=False, input_signature=[spec_x, spec_eps, spec_y, spec_k])
-        self._encode_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._decode_fn = tf.function(lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4], autograph=False, input_signature=[spec_eps, spec_w])
+        self._complete_fn = tf.function(lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4],
+                                        autograph=False, input_signature=[spec_x, spec_eps, spec_y, spec_k])
+        self._encode_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4],
+                                      autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._decode_fn = tf.function(lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4],
+                                      autograph=False, input_signature=[spec_eps, spec_w])
 
     @property
     def weights(self) -> list[tf.Variable]:
@@ -211,7 +217,6 @@ class Draw(tf.Module):
 
     def _encode(self, x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t, kernels):
         """Read, encoder LSTM, posterior sample. Separate so tests can spy on it."""
-        cfg = self.cfg
         r = self._read(x, x_hat, read_p)
         h_enc, c_enc = lstm_step(tf.concat([r, h_dec, h_enc], 1), c_enc, kernels["enc"], kernels["enc_bias"])
         mu, log_sigma = tf.split(dense(h_enc, kernels["z"], self.z_bias), 2, axis=1)

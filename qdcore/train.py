@@ -19,7 +19,6 @@ resumed run picks up exactly where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
