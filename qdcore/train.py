@@ -13,8 +13,8 @@ Under a multi-worker strategy only the chief writes any of these (qdcore/distrib
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
-batch_size positions in that stream. Every example is seen once per cycle (pitfall 8), and a
-resumed run picks up exactly where it stopped.
+batch_size positions in that stream. Every example is seen once per cycle (pitfall 8,
+docs/architecture.md), and a resumed run picks up exactly where it stopped.
 """
 from __future__ import annotations
 
