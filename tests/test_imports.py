@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,18 @@ def test_plugins_import_only_qdcores_public_surface():
     assert all(hasattr(qdcore, name) for name in public)
     problems = {str(p.relative_to(ROOT)): private_imports(p.read_text(encoding="utf-8"), public) for p in PLUGIN_FILES}
     assert {k: v for k, v in problems.items() if v} == {}
+
+
+def test_the_docs_plugin_examples_import_only_the_public_surface():
+    # People copy these too (hooks.md's example for each hook, the tutorial's snippets).
+    problems = {}
+    for doc in ("hooks.md", "writing-plugins.md"):
+        blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(encoding="utf-8"), re.S)
+        assert blocks, doc
+        for i, block in enumerate(blocks):
+            if found := private_imports(block, set(qdcore.__all__)):
+                problems[f"{doc} block {i}"] = found
+    assert problems == {}
 
 
 # --- qdcore's import graph -------------------------------------------------------------------------
