@@ -3,7 +3,8 @@
 - Plugins use only qdcore's public surface: a file under plugins/ (or the third-party example
   in docs/examples/qd-spiral) never imports a qdcore submodule or a private name, so anyone
   can copy a built-in as a template.
-- No import cycles among qdcore's modules, counting the imports inside functions too.
+- No import cycles among qdcore's modules (nor among the built-ins'), counting the imports
+  inside functions too.
 - qdcore never imports qdplugins; the trainer's modules never reach the studio or the
   benchmarks; validating a recipe never imports TensorFlow.
 """
@@ -92,10 +93,11 @@ def test_the_docs_plugin_examples_import_only_the_public_surface():
 # --- qdcore's import graph -------------------------------------------------------------------------
 
 
-def qdcore_modules() -> dict[str, Path]:
+def package_modules(folder: str, package: str) -> dict[str, Path]:
+    """Module name -> file for the package installed from `folder` (plugins/ is `qdplugins`)."""
     mods = {}
-    for path in sorted((ROOT / "qdcore").rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        parts = (package,) + path.relative_to(ROOT / folder).with_suffix("").parts
         mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return mods
 
@@ -118,8 +120,8 @@ def imported(module: str, path: Path, mods: dict[str, Path]) -> set[str]:
     return out - {module}
 
 
-def import_graph() -> dict[str, set[str]]:
-    mods = qdcore_modules()
+def import_graph(folder: str = "qdcore", package: str = "qdcore") -> dict[str, set[str]]:
+    mods = package_modules(folder, package)
     return {m: imported(m, p, mods) for m, p in mods.items()}
 
 
@@ -161,6 +163,13 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_qdcore_has_no_import_cycles():
     graph = import_graph()
     assert {"qdcore.train", "qdcore.distribute", "qdcore.engine"} <= graph.keys()
+    assert cycle(graph) is None
+
+
+def test_the_builtin_plugins_have_no_import_cycles():
+    graph = import_graph("plugins", "qdplugins")
+    assert {"qdplugins.datasets", "qdplugins.seeds", "qdplugins.recognizers"} <= graph.keys()
+    assert "qdplugins.datasets" in graph["qdplugins.seeds"]  # relative imports are followed
     assert cycle(graph) is None
 
 
