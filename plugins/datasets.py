@@ -7,7 +7,6 @@ is how the tests exercise the real download code against a server on 127.0.0.1.
 """
 from __future__ import annotations
 
-import difflib
 import glob as globlib
 import hashlib
 import http.client
@@ -23,10 +22,10 @@ from typing import Annotated, Iterator, Literal, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from qdcore import Context, Dataset, ImageSet, ImageStack, InputError, Range, RecipeError, hookimpl
-from qdcore.atomic import atomic_path, remove_stale_parts
-from qdcore.images import open_image, reading
-from qdcore.paths import data_dir as env_data_dir
+from qdcore import (
+    ALL, Context, Dataset, ImageSet, ImageStack, InputError, Range, RecipeError, atomic_path, check_categories,
+    data_dir as env_data_dir, hookimpl, open_image, reading, remove_stale_parts,
+)
 
 from .rasterize import VERSION as RASTER_VERSION, rasterize_many
 
@@ -39,7 +38,6 @@ Binarize = Literal["none", "threshold", "dynamic"]
 Limit = Optional[Annotated[int, Range(1, None)]]
 Threshold = Optional[Annotated[float, Range(0.0, 1.0)]]
 Mix = Literal["balanced", "proportional"]
-ALL = "all"
 
 
 def categories() -> list[str]:
@@ -48,30 +46,6 @@ def categories() -> list[str]:
     # was empty maps qdplugins as a namespace package, which resources cannot read.
     text = Path(__file__).with_name("categories.txt").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line]
-
-
-def _check_categories(value: Union[str, list[str]], who: str) -> list[str]:
-    if value == ALL:
-        return categories()
-    names = [value] if isinstance(value, str) else list(value)
-    if not names:
-        raise RecipeError(f"{who}: `category` is an empty list; name at least one category")
-    known = categories()
-    known_set = set(known)
-    for name in names:
-        if name not in known_set:
-            # Suggest case-insensitively: people write "Coffee Cup" or "coffee_cup".
-            lowered = {k.lower(): k for k in known}
-            key = name.lower().replace("_", " ").replace("-", " ")
-            close = [lowered[c] for c in difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.6)]
-            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "no close name"
-            raise InputError(
-                f"{who}: unknown Quick, Draw! category {name!r} ({hint}); the 345 names are in "
-                f"qdplugins/categories.txt"
-            )
-    if len(set(names)) != len(names):
-        raise RecipeError(f"{who}: `category` names a category twice: {names}")
-    return names
 
 
 def _check_binarize(binarize: str, threshold: Optional[float], who: str) -> float:
@@ -265,7 +239,7 @@ class _Categories(Dataset):
 
     def _setup(self, category, limit, binarize, threshold, mix) -> None:
         self.everything = category == ALL
-        self.categories = _check_categories(category, self.who)
+        self.categories = check_categories(category, categories(), self.who)
         self.limit = limit
         self.binarize = binarize
         self.threshold = _check_binarize(binarize, threshold, self.who)

@@ -24,11 +24,11 @@ from typing import Annotated, Optional
 
 import numpy as np
 
-from qdcore import Classifier, Context, InputError, Range, Recognizer, hookimpl
-from qdcore.atomic import _umask
-from qdcore.paths import data_dir as env_data_dir
+from qdcore import (
+    Classifier, Context, InputError, Range, Recognizer, check_categories, current_umask, data_dir as env_data_dir, hookimpl,
+)
 
-from .datasets import BITMAP_SIDE, _check_categories, categories as known_categories, open_bitmap
+from .datasets import BITMAP_SIDE, categories as known_categories, open_bitmap
 
 FORMAT = 1  # bump when a change makes cached recognizers wrong to reuse
 WEIGHTS, META = "weights.npz", "meta.json"
@@ -52,7 +52,7 @@ class CNN(Recognizer):
         seed: int = 0,
     ):
         if categories is not None:
-            categories = _check_categories(categories, "cnn")
+            categories = check_categories(categories, known_categories(), "cnn")
             if len(categories) < 2:
                 raise InputError("cnn: `categories` names one category; a recognizer needs at least two to tell apart")
         self.params = {
@@ -156,7 +156,7 @@ class CNN(Recognizer):
             with open(tmp / WEIGHTS, "wb") as f:
                 np.savez(f, *model.get_weights())
             (tmp / META).write_text(json.dumps(meta, indent=1))
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a cache folder is like any other
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a cache folder is like any other
             os.rename(tmp, folder)
         except OSError:
             if not (folder / META).is_file():  # not "another process finished first": a real failure

@@ -12,9 +12,7 @@ from typing import Annotated, Literal, Optional
 
 import numpy as np
 
-from qdcore import Context, InputError, Range, RecipeError, SeedInput, SeedStrategy, hookimpl
-
-from qdcore.images import open_image, reading
+from qdcore import Context, InputError, Range, RecipeError, SeedInput, SeedStrategy, hookimpl, open_image, reading
 
 from .datasets import Fit, Invert, load_image
 

@@ -14,9 +14,7 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from qdcore import Context, Drawing, InputError, Range, RecipeError, Writer, hookimpl
-from qdcore.atomic import atomic_path
-from qdcore.ink import two_inks
+from qdcore import Context, Drawing, InputError, Range, RecipeError, Writer, atomic_path, hookimpl, two_inks
 
 Frames = Literal["samples", "steps"]
 Seconds = Annotated[float, Range(0.01, 655.35)]  # a GIF stores a frame's delay in 1/100 s, 16 bits

@@ -30,7 +30,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp makes 0600 files; a written GIF should get the permissions any new file would.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
         remove_stale_parts(path)
     except BaseException as e:
@@ -64,7 +64,9 @@ def remove_stale_parts(path: Path | str, older_than: float = STALE_AFTER) -> Non
             pass  # gone already, or not ours to remove
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask, for giving a file or folder made 0600/0700 (mkstemp, mkdtemp) the
+    permissions any new one would get. Reading it means setting it, so it is set back at once."""
     current = os.umask(0)
     os.umask(current)
     return current

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from .config import TrainConfig
 from .errors import InputError, TrainingError
+from .step import batch_sums, clip, step_noise
 
 TIMEOUT_ENV = "QD_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
@@ -190,8 +191,6 @@ def make_strategy_step(model, opt, train_cfg: TrainConfig, plan, strategy):
     all-reduce and Adam's update run outside XLA, where TensorFlow's collectives live. A
     non-finite step is applied like any other: the trainer stops at it and never saves it.
     """
-    from .train import batch_sums, clip, step_noise
-
     variables = model.weights
     global_batch = float(train_cfg.batch_size)
 

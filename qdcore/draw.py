@@ -27,8 +27,9 @@ from .ink import ink_so_far
 from .interfaces import Drawing
 
 # Attention parameters come out of a linear layer; exp() of an unbounded value overflows
-# float32 at 88 and 1/gamma blows up as gamma -> 0 (pitfall 9). Clipping the log-values
-# keeps every exp() and every 1/gamma within float32 while leaving ample range to learn in.
+# float32 at 88 and 1/gamma blows up as gamma -> 0 (pitfall 9, docs/architecture.md). Clipping
+# the log-values keeps every exp() and every 1/gamma within float32 while leaving ample range
+# to learn in.
 LOG_CLIP = 10.0
 # Window centres may move off-image (the paper allows it) but not so far that
 # (a - mu)^2 overflows.
@@ -58,9 +59,9 @@ def window_params(p, height: int, width: int, n: int):
 def filterbank(g, delta, sigma2, n: int, size: int):
     """F[b, i, a] = exp(-(a - mu_i)^2 / (2 sigma^2)) normalised over a, a = 1..size.
 
-    mu_i = g + (i - N/2 - 0.5) delta with i = 1..N (one-based: pitfall 2). Only the numerator
-    is squared (pitfall 1). The normalisation is a softmax over a, which subtracts the row's
-    maximum first: a row can never underflow to 0/0 however narrow the filter.
+    mu_i = g + (i - N/2 - 0.5) delta with i = 1..N (one-based: pitfall 2, docs/architecture.md).
+    Only the numerator is squared (pitfall 1). The normalisation is a softmax over a, which
+    subtracts the row's maximum first: a row can never underflow to 0/0 however narrow the filter.
     """
     i = tf.range(1, n + 1, dtype=tf.float32)
     a = tf.range(1, size + 1, dtype=tf.float32)
@@ -74,7 +75,8 @@ def filterbank(g, delta, sigma2, n: int, size: int):
 def gaussian_kl(mu, log_sigma):
     """KL(N(mu, sigma^2) || N(0, I)) summed over latent dimensions, per row.
 
-    0.5 * sum_j (mu^2 + sigma^2 - log sigma^2 - 1): the -1 is per dimension (pitfall 3).
+    0.5 * sum_j (mu^2 + sigma^2 - log sigma^2 - 1): the -1 is per dimension (pitfall 3,
+    docs/architecture.md).
     """
     return 0.5 * tf.reduce_sum(tf.square(mu) + tf.exp(2 * log_sigma) - 2 * log_sigma - 1, axis=-1)
 
@@ -161,16 +163,22 @@ class Draw(tf.Module):
         spec_x = tf.TensorSpec([None, H, W], tf.float32)
         spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
         spec_y = tf.TensorSpec([None], tf.int32)
-        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4], autograph=False, input_signature=[spec_eps, spec_y])
-        self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y), autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4],
+                                           autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4],
+                                      autograph=False, input_signature=[spec_eps, spec_y])
+        self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y),
+                                    autograph=False, input_signature=[spec_x, spec_eps, spec_y])
         # Beyond reconstruction (docs/generation.md): the encoder for the first k steps only, the
         # latents of an encoder pass, and the decoder on given latents under a blend of categories.
         spec_k = tf.TensorSpec([], tf.int32)
         spec_w = tf.TensorSpec([None, len(self.classes) if self.classes else 1], tf.float32)
-        self._complete_fn = tf.function(lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4], autograph=False, input_signature=[spec_x, spec_eps, spec_y, spec_k])
-        self._encode_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4], autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._decode_fn = tf.function(lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4], autograph=False, input_signature=[spec_eps, spec_w])
+        self._complete_fn = tf.function(lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4],
+                                        autograph=False, input_signature=[spec_x, spec_eps, spec_y, spec_k])
+        self._encode_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4],
+                                      autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._decode_fn = tf.function(lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4],
+                                      autograph=False, input_signature=[spec_eps, spec_w])
 
     @property
     def weights(self) -> list[tf.Variable]:
@@ -211,7 +219,6 @@ class Draw(tf.Module):
 
     def _encode(self, x, x_hat, read_p, h_dec, h_enc, c_enc, eps_t, kernels):
         """Read, encoder LSTM, posterior sample. Separate so tests can spy on it."""
-        cfg = self.cfg
         r = self._read(x, x_hat, read_p)
         h_enc, c_enc = lstm_step(tf.concat([r, h_dec, h_enc], 1), c_enc, kernels["enc"], kernels["enc_bias"])
         mu, log_sigma = tf.split(dense(h_enc, kernels["z"], self.z_bias), 2, axis=1)

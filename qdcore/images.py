@@ -14,9 +14,12 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Union
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # Pillow itself is imported when an image is opened
+    from PIL import Image
 
 # 8192 x 8192. Below Pillow's own DecompressionBombWarning threshold (about 89.5 million
 # pixels), so Pillow never warns or raises first and every refusal is this one.

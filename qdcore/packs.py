@@ -146,7 +146,7 @@ def _read_archive(path: Path, limit: int, only_manifest: bool = False) -> dict[s
 def _check_members(where, members: list[tuple[str, int, int, bool]], limit: int) -> None:
     """Exactly manifest.json and weights.npz, plain files at the top, within the limit."""
     seen = set()
-    for name, mode, size, is_dir in members:
+    for name, mode, _size, is_dir in members:
         if name.startswith(("/", "\\")) or ":" in name or "\\" in name or ".." in name.split("/"):
             raise _refuse(where, f"refused: member {name!r} has an absolute or parent-relative path")
         if stat.S_IFMT(mode) == _S_IFLNK:

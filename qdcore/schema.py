@@ -121,7 +121,9 @@ def config_schema(cls) -> dict:
 def _model_schema() -> dict:
     """ModelConfig plus `from` / `if_missing`, which draw from a shared model (docs/categories.md)."""
     s = config_schema(ModelConfig)
-    s["properties"]["from"] = {"type": "string", "description": "a recipe (zoo-26, or a path to its .yaml) whose trained multi-category model draws this recipe's category"}
+    s["properties"]["from"] = {"type": "string",
+                               "description": "a recipe (zoo-26, or a path to its .yaml) whose trained multi-category "
+                                              "model draws this recipe's category"}
     s["properties"]["if_missing"] = {"enum": ["error", "train"], "default": "error",
                                      "description": "when that model is not cached: stop with an error, or train this recipe's own"}
     return s

@@ -13,13 +13,12 @@ Under a multi-worker strategy only the chief writes any of these (qdcore/distrib
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
-batch_size positions in that stream. Every example is seen once per cycle (pitfall 8), and a
-resumed run picks up exactly where it stopped.
+batch_size positions in that stream. Every example is seen once per cycle (pitfall 8,
+docs/architecture.md), and a resumed run picks up exactly where it stopped.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from .plan import Choice, StepPlan
 from . import plan as step_plans
 from .mixing import balanced_groups, cycle_length, cycle_order, last_by_class, split, stream_labels
 from .models import CHECKPOINTS, FINISHED
+from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
 LAST_BATCH = "last_batch.npy"
 LAST_BY_CLASS = "last_by_class.npz"
@@ -148,52 +148,6 @@ class Batches:
         return tf.data.Dataset.range(start, stop).map(load).prefetch(2)
 
 
-def _labels(x, y):
-    """The batch's class labels for a conditional model; zeros (ignored) for an unconditional one."""
-    return tf.zeros(tf.shape(x)[:1], tf.int32) if y is None else y
-
-
-def _split_sizes(batch: int, streams: int) -> list[int]:
-    return [batch // streams + (1 if i < batch % streams else 0) for i in range(streams)]
-
-
-def step_noise(model: Draw, train_cfg: TrainConfig, k, batch_size: int):
-    """The posterior noise of global batch k, (T, batch_size, z): a function of (seed, k), so
-    a replica holding rows lo:hi of the batch takes eps[:, lo:hi] and sees the same noise
-    its rows would see in a one-process run."""
-    seed = tf.stack([tf.constant(train_cfg.seed, tf.int64), tf.cast(k, tf.int64)])
-    return tf.random.stateless_normal(model.noise_shape(batch_size), seed=seed)
-
-
-def batch_sums(model: Draw, batch: dict, eps, plan: StepPlan):
-    """Summed L^x and L^z over `batch` (a dict: "x" the targets, "y" their class labels, absent
-    for an unconditional model's zeros).
-
-    The streams of a plan only reorder the sums: they are those of the whole batch."""
-    x = batch["x"]
-    y = _labels(x, batch.get("y"))
-    n = x.shape[0]
-    streams = min(plan.streams, n) if n else 1
-    if streams > 1:
-        sizes = _split_sizes(n, streams)
-        parts = [model.loss_with_noise(xs, es, plan.precision, ys)
-                 for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1), tf.split(y, sizes, 0))]
-        lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
-    else:
-        lx, lz = model.loss_with_noise(x, eps, plan.precision, y)
-    return tf.reduce_sum(lx), tf.reduce_sum(lz)
-
-
-def clip(grads, loss, train_cfg: TrainConfig):
-    """(clipped grads, global norm, finite?) for the gradient of the whole (global) batch."""
-    gnorm = tf.linalg.global_norm(grads)
-    ok = tf.math.is_finite(loss) & tf.math.is_finite(gnorm)
-    if train_cfg.clip_norm > 0:
-        scale = tf.minimum(1.0, train_cfg.clip_norm / tf.maximum(gnorm, 1e-12))
-        grads = [g * scale for g in grads]
-    return grads, gnorm, ok
-
-
 def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | None = None):
     """The single-device step, compiled whole: loss, gradient, global-norm clip, guarded Adam update.
 
@@ -203,7 +157,7 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
     step changes nothing, so the model in memory stays the last good one too. The streams
     of a plan only reorder the sums: the loss and gradient are those of the whole batch.
     Without a plan: train_cfg.precision's plain step (float32: XLA; bfloat16: uncompiled).
-    The strategy step (qdcore/distribute.py) is built from the same pieces. Adam is Keras'
+    The strategy step (qdcore/distribute.py) is built from the same pieces (qdcore/step.py). Adam is Keras'
     (qdcore/optimizer.py); its learning rate follows its own step count.
     """
     if plan is None:
@@ -218,8 +172,8 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
     def unpack(x, y):
         # A batch dict ({"x": targets, "y": labels}) or the targets themselves.
         if isinstance(x, dict):
-            return x["x"], _labels(x["x"], x.get("y", y))
-        return x, _labels(x, y)
+            return x["x"], labels_or_zeros(x["x"], x.get("y", y))
+        return x, labels_or_zeros(x, y)
 
     def update(lx, lz, grads, k):
         grads, gnorm, ok = clip(grads, lx + lz, train_cfg)
@@ -250,7 +204,7 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
             with tf.device(device):
                 x, y = unpack(x, y)
                 batch = x.shape[0]
-                sizes = _split_sizes(batch, min(plan.streams, batch))
+                sizes = split_sizes(batch, min(plan.streams, batch))
                 inv = tf.constant(1.0 / batch)
                 parts = [part(xs, es, ys, inv) for xs, es, ys in
                          zip(tf.split(x, sizes, 0), tf.split(noise(x, k), sizes, 1), tf.split(y, sizes, 0))]

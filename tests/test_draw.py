@@ -13,7 +13,9 @@ TINY = ModelConfig(height=12, width=17, T=3, enc_size=16, dec_size=16, z_size=4,
 
 
 def _bank(g, delta, sigma2, n, size):
-    f = lambda v: tf.constant([v], tf.float32)
+    def f(v):
+        return tf.constant([v], tf.float32)
+
     return filterbank(f(g), f(delta), f(sigma2), n, size).numpy()[0]
 
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 
 from qdcore import engine

@@ -94,7 +94,8 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, quickdraw_dir):
     done = subprocess.run([QD, "run", r, "-o", tmp_path / "killed.gif", "--quiet"], env=env(cache), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "damaged" not in done.stderr
-    clean = subprocess.run([QD, "run", r, "-o", tmp_path / "clean.gif", "--quiet"], env=env(tmp_path / "clean"), capture_output=True, text=True, timeout=600)
+    clean = subprocess.run([QD, "run", r, "-o", tmp_path / "clean.gif", "--quiet"], env=env(tmp_path / "clean"),
+                           capture_output=True, text=True, timeout=600)
     assert clean.returncode == 0, clean.stderr
     assert (tmp_path / "killed.gif").read_bytes() == (tmp_path / "clean.gif").read_bytes()
     assert half_written(cache, tmp_path) == []

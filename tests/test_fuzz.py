@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import typing
 from pathlib import Path
 from typing import Literal, Union, get_args, get_origin

@@ -10,7 +10,7 @@ from qdcore import Dataset, Filter, Range, RecipeError, SeedStrategy, UnknownNam
 from qdcore.config import ModelConfig, TrainConfig
 from qdcore.params import check, coerce
 from qdcore.plugin_manager import build
-from qdcore.recipe import load, parse
+from qdcore.recipe import load
 
 
 class Data(Dataset):

@@ -466,7 +466,7 @@ def test_qd_models_survives_damaged_records_and_never_follows_symlinks(tmp_path,
     (root / "linked-0000000000000009").symlink_to(outside, target_is_directory=True)  # a symlink as a model
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
     code, err = cli("models", capsys=capsys)
-    out = capsys.readouterr().out
+    capsys.readouterr()
     assert code == 0, err
     rows = models.listing(tmp_path / "cache")
     assert [r["name"] for r in rows] == ["bad", "garbage", "good"]

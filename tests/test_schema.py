@@ -126,7 +126,8 @@ def test_cli_set_option_bad_path_is_one_error_line_exit_2(command, tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["Error: -s filters[3].passes: filters has 1 step: the index may be 0 to 1 (1 appends one)"]
     p = qd(command, recipe, "-s", "train.iterations=-1", cwd=tmp_path)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"Error: {recipe}: train.iterations: -1 is out of range: must be between 0 and 1e+07"]
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"Error: {recipe}: train.iterations: -1 is out of range: must be between 0 and 1e+07"]
 
 
 def test_cli_set_option_applies(tmp_path):

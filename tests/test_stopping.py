@@ -2,7 +2,6 @@
 stopping by it, saying why, resuming, and keeping the cache keys of recipes written before it."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 

@@ -13,6 +13,7 @@ from qdcore.errors import QdError, TrainingError
 from qdcore.interfaces import ImageSet
 from qdcore import optimizer
 from qdcore.plan import candidates as plan_candidates, cpu_count
+from qdcore.step import split_sizes
 from qdcore.train import Batches, evaluate, load, split, train
 
 TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
@@ -116,7 +117,7 @@ def test_step_plans():
     assert plan.precision == "bfloat16" and not plan.jit_compile and plan.streams >= 1
     # A stream never gets fewer than MIN_STREAM images.
     assert plan_candidates(8, cpu_count(), True, [], "bfloat16")[0].streams == 1
-    assert train_mod._split_sizes(7, 3) == [3, 2, 2]
+    assert split_sizes(7, 3) == [3, 2, 2]
 
 
 @pytest.mark.parametrize("precision, xla, rtol, atol", [("float32", False, 1e-5, 1e-6), ("bfloat16", False, 1e-3, 1e-4),
