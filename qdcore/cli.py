@@ -207,7 +207,8 @@ def evaluate(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
     n: int = typer.Option(500, "--n", help="Prior samples judged by the recognizer, and real drawings in each comparison set."),
     best_of: Optional[int] = typer.Option(None, "--best-of", help="Override generate.best_of."),
-    real: bool = typer.Option(False, "--real", help="Judge the recipe's filters on n real drawings instead (raw beside filtered); no model is trained."),
+    real: bool = typer.Option(False, "--real", help="Judge the recipe's filters on n real drawings instead "
+                              "(raw beside filtered); no model is trained."),
     sets: Optional[List[str]] = SetOpt,
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
