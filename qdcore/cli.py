@@ -177,8 +177,6 @@ def sample(
 
     The recipe's filters and generate.best_of are applied (an upscale makes the sheet
     readable); its seeds and writer are not used."""
-    from . import engine
-
     pipeline, path = _as_sheet(_recipe(recipe, seed=seed, n=n), out, _reporter(quiet, lines=False))
     pipeline.data()
     pipeline.check_drawing()
@@ -304,7 +302,7 @@ def bench_quality(
 ):
     """Held-out bound after N minutes of training at the recipe's settings, plus a sheet of
     prior samples (through the recipe's filters, like `qd sample`)."""
-    from . import bench, engine
+    from . import bench
 
     pipeline, path = _as_sheet(_recipe(recipe), sheet, _reporter(quiet, lines=False))
     r = pipeline.recipe

@@ -536,6 +536,10 @@ class Run:
         written = (writer or self.built.writer).write(drawing, path, self.context(_STAGE_OUTPUT))
         return Path(written) if written else path
 
+    def classifier(self):
+        """The recipe's recognizer (the one best_of and qd eval use), trained or from the cache."""
+        return classifier(self.recipe, self.built, self.quiet)
+
     def eval_category(self) -> tuple[Optional[str], str]:
         return eval_category(self.recipe, self.built, self.quiet)
 
