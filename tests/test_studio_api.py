@@ -519,3 +519,21 @@ def test_the_studio_honours_best_of_as_qd_run_does(tmp_path, tiny_model, monkeyp
     plain = tmp_path / "plain.yaml"
     plain.write_text(start.read_text().replace("best_of: 3", "best_of: 1"))
     assert not np.array_equal(studio, _qd_run(plain, tmp_path / "plain.gif"))
+
+
+def test_the_session_raises_qd_errors_that_carry_their_status(studio):
+    """session.py has no HTTP in it: it raises qd's errors, and each names its status."""
+    from qdcore.errors import Conflict, NotFound, QdError, TooLarge
+    from qdcore.studio import session
+    from qdcore.studio.session import MAX_UPLOAD
+
+    with pytest.raises(NotFound) as missing:
+        studio.cancel("no-such-job")
+    assert isinstance(missing.value, QdError) and missing.value.status == 404
+    with pytest.raises(NotFound):
+        studio.upload_path("0" * 32)
+    big = "data:image/png;base64," + base64.b64encode(b"x" * (MAX_UPLOAD + 1)).decode()
+    with pytest.raises(TooLarge) as large:
+        studio.upload(big, (28, 28))
+    assert large.value.status == 413 and Conflict.status == 409
+    assert "starlette" not in open(session.__file__).read()
