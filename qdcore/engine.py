@@ -165,7 +165,7 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, repor
     return _load_shared(shared, category, source)
 
 
-def load_model(recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET, cache: Optional[dict] = None):
+def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QUIET, cache: Optional[dict] = None):
     """The recipe's model as ensure_model finds it, trained before: never trains (the studio
     draws only from models that exist). `cache` keeps loaded models by where they live."""
     category, source = shared_category(recipe, data, reporter)
@@ -495,7 +495,8 @@ class Run:
         """The trained model (models.Trained): trained now when `train` (holding the lock),
         else one trained before (NotTrained when there is none)."""
         if self._trained is None:
-            data = self.data()
+            # Only training and `model.from` (which category?) need the dataset.
+            data = self.data() if train or self.recipe.shared is not None else None
             self._trained = ensure_model(self.recipe, data, restart=restart, reporter=self.reporter, on_step=on_step) \
                 if train else load_model(self.recipe, data, self.reporter, self._models)
         return self._trained
