@@ -202,10 +202,12 @@ def _load_shared(shared, category: str, source: "SharedSource"):
 
 
 def has_model(recipe: Recipe) -> bool:
-    """Whether the recipe can draw without training: its own model is finished, or its
-    `model.from` names a model in the cache or a pack (its category is checked when drawing)."""
-    if recipe.shared is not None and shared_source(recipe.shared) is not None:
-        return True
+    """Whether the recipe can draw without training: its `model.from` names a model in the
+    cache or a pack that knows its category, or its own model is finished."""
+    source = shared_source(recipe.shared) if recipe.shared is not None else None
+    named = recog.categories_of(recipe.dataset.params)
+    if source is not None and (len(named) != 1 or named[0] in source.categories):
+        return True  # (a dataset of several categories is refused when drawing, with the reason)
     return models.is_finished(model_dir(recipe))
 
 

@@ -507,6 +507,16 @@ def test_the_studio_draws_a_model_from_recipe_as_qd_run_does(tmp_path, quickdraw
     assert np.array_equal(studio, ran)
     # The comparison sees a difference in the pictures: another seed's differ.
     assert not np.array_equal(studio, _qd_run(tmp_path / "copied.yaml", tmp_path / "other.gif", "--seed", "2"))
+    # A category the shared model does not know falls back to the recipe's own model: not trained.
+    start.write_text(FROM_ZOO.replace("category: apple", "category: banana").replace("if_missing: error", "if_missing: train"))
+    s = Studio(build(), start, workdir=tmp_path / "studio2")
+    try:
+        with TestClient(create_app(s)) as c:
+            given = c.get("/api/recipe").json()["recipe"]
+            assert c.post("/api/validate", json={"recipe": given}).json()["trained"] is False
+            one_error(c.post("/api/generate", json={"recipe": given}), 409, "is not trained yet: press Train")
+    finally:
+        s.close()
 
 
 def test_the_studio_honours_best_of_as_qd_run_does(tmp_path, tiny_model, monkeypatch):
