@@ -69,6 +69,19 @@ def test_run_writes_the_promised_gif_then_reuses_the_cached_model(tmp_path, regi
     assert (tmp_path / "c.gif").read_bytes() != (tmp_path / "a.gif").read_bytes()
 
 
+def test_the_run_object_makes_each_step_once_and_its_reporter_gets_the_run_lines(tmp_path, registry, quickdraw_dir):
+    r = load(recipe_file(tmp_path), registry)
+    lines = []
+    result = engine.run(r, out=tmp_path / "a.gif", reporter=engine.Reporter(quiet=True, lines=lines.append))
+    assert len(lines) == 2 and lines[0].startswith("dataset: ") and lines[1] == f"model: step 6 in {result.model_dir}"
+    # The same steps by hand through one Run: each made once, the same file.
+    run = engine.Run(r)
+    assert run.data() is run.data() and run.model(train=False) is run.model() and run.seeds() is run.seeds()
+    assert run.model().step == 6 and run.output_path(tmp_path / "b.gif") == tmp_path / "b.gif"
+    run.write(tmp_path / "b.gif")
+    assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
+
+
 def test_prior_and_steps_gif_with_attention_boxes(tmp_path, registry, quickdraw_dir):
     text = TINY.replace("seeds:\n  - {use: training-batch, pick: last}\n  - {use: random-pixels}\n", "seeds: [prior]\n")
     text = text.replace("output: {use: gif, frames: samples, duration: 0.12, hold_last: 0.5}",
