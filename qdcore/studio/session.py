@@ -383,7 +383,9 @@ class Studio:
                                "one training job per model")
             job = Job(key=key, name=r.name, total=r.train.iterations)
             self.jobs[key] = job
-            self.models.pop(key, None)
+            # The model, and what recipes drawing from it by `model.from` loaded (engine.load_model's keys).
+            for stale in [k for k in self.models if k == key or k.startswith(key + "#")]:
+                self.models.pop(stale, None)
         job.thread = threading.Thread(target=self._train, args=(job, run), daemon=True, name=f"qd-train-{r.name}")
         job.thread.start()
         return job.as_json()
