@@ -27,7 +27,6 @@ from qdcore.mixing import split
 from qdcore.params import check
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
-from qdcore.train import load as load_model
 
 
 def held_out_real(category: str, r, judge, n: int) -> np.ndarray:
@@ -54,10 +53,10 @@ def main() -> None:
 
     registry = build().registry
     r = load(args.zoo, registry).with_overrides(iterations=args.iterations)
-    built = engine.prepare(r)
-    model = load_model(r.model, engine.model_dir(r)).model
-    judge = engine.classifier(r, built, quiet=True)
-    ctx = engine.context(r, 7)
+    pipeline = engine.Run(r)
+    model = pipeline.model(train=False).model
+    judge = pipeline.classifier()
+    ctx = pipeline.context(7)
     remove = registry.get("seed_strategies", "remove-ink").factory(keep="top")
     sheet = registry.get("writers", "png-sheet").factory
     upscale = [registry.get("filters", "upscale").factory(size=56), registry.get("filters", "invert").factory()]

@@ -61,10 +61,9 @@ def main() -> None:
 
     registry = build().registry
     r = load(args.recipe, registry).with_overrides(iterations=args.iterations)
-    built = engine.prepare(r)
-    data = engine.load_data(r, built, quiet=True)
-    trained = engine.ensure_model(r, data, quiet=True)
-    ctx = engine.context(r, 3)
+    pipeline = engine.Run(r)
+    data, trained = pipeline.data(), pipeline.model()
+    ctx = pipeline.context(3)
     sheet = registry.get("writers", "png-sheet").factory
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -29,8 +29,7 @@ PEN = [("ink", {"size": 56, "width": 2}), ("invert", {})]
 
 def _trained(path: Path, registry, iterations):
     r = load(path, registry).with_overrides(iterations=iterations)
-    built = engine.prepare(r)
-    return r, engine.ensure_model(r, engine.load_data(r, built, quiet=True), quiet=True)
+    return r, engine.Run(r).model()
 
 
 def _rows(drawings: list[Drawing]) -> Drawing:
@@ -51,7 +50,7 @@ def main() -> None:
 
     registry = build().registry
     r, zoo = _trained(args.recipe, registry, args.iterations)
-    ctx = engine.context(r, 3)
+    ctx = engine.Run(r).context(3)
     filters = [registry.get("filters", name).factory(**check(registry.get("filters", name).factory, p, name)) for name, p in PEN]
     sheet = registry.get("writers", "png-sheet").factory
     args.out.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,12 @@ def _peak_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux
 
 
-def bench_data(recipe, built, batches: int, quiet: bool = True) -> dict:
-    from . import engine
-
+def bench_data(pipeline, batches: int) -> dict:
+    """`pipeline`: the recipe's engine.Run, whose dataset is measured."""
+    recipe = pipeline.recipe
     start_mb = _peak_mb()
     t0 = time.perf_counter()
-    data = engine.load_data(recipe, built, quiet)
+    data = pipeline.data()
     load_s = time.perf_counter() - t0
     load_mb = _peak_mb()
     from .mixing import split, stream_labels
@@ -35,7 +35,7 @@ def bench_data(recipe, built, batches: int, quiet: bool = True) -> dict:
     for k in range(batches):
         stream(k), stream.labels_of(k)
     return {
-        "dataset": built.dataset.describe(), "categories": len(data.classes or [data.name]),
+        "dataset": pipeline.built.dataset.describe(), "categories": len(data.classes or [data.name]),
         "drawings": len(data.images), "image_bytes": int(len(data.images) * data.images[0].nbytes),
         "rss_start_mb": round(start_mb), "rss_after_load_mb": round(load_mb), "load_s": round(load_s, 2),
         "rss_after_tensorflow_mb": round(tf_mb), "rss_peak_mb": round(_peak_mb()),

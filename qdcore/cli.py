@@ -62,8 +62,11 @@ def _recipe(path: Path, *, iterations=None, seed=None, n=None, best_of=None, set
     return load(path, _plugins().registry, sets or ()).with_overrides(iterations=iterations, seed=seed, n=n, best_of=best_of)
 
 
-def _log(quiet: bool):
-    return (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
+def _reporter(quiet: bool, lines: bool = True):
+    """The engine's Reporter for a command: its lines go to stderr (none with --quiet)."""
+    from .engine import Reporter
+
+    return Reporter(quiet, None if quiet or not lines else (lambda m: typer.echo(m, err=True)))
 
 
 @app.command()
@@ -80,7 +83,7 @@ def run(
     from . import engine
 
     r = _recipe(recipe, iterations=iterations, seed=seed, sets=sets)
-    result = engine.run(r, out=out, quiet=quiet, log=_log(quiet))
+    result = engine.run(r, out=out, reporter=_reporter(quiet))
     if not quiet:
         typer.echo(f"wrote {result.path} ({result.seconds:.1f} s)", err=True)
     typer.echo(str(result.path))
@@ -93,8 +96,7 @@ def validate(recipe: Path = typer.Argument(..., help="The recipe YAML file."), s
     from . import engine
 
     r = _recipe(recipe, sets=sets)
-    built = engine.prepare(r)
-    engine.output_path(r, built, None)
+    engine.Run(r).output_path()
     typer.echo(f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
                f"filters: {', '.join(f.use for f in r.filters) or 'none'}; output: {r.output.use})")
 
@@ -158,9 +160,7 @@ def train(
     from . import engine
 
     r = _recipe(recipe, iterations=iterations, sets=sets)
-    built = engine.prepare(r)
-    data = engine.load_data(r, built, quiet)
-    trained = engine.ensure_model(r, data, restart=restart, quiet=quiet, log=_log(quiet))
+    trained = engine.Run(r, _reporter(quiet)).model(restart=restart)
     typer.echo(f"model at step {trained.step}: {trained.workdir}")
 
 
@@ -177,18 +177,15 @@ def sample(
 
     The recipe's filters and generate.best_of are applied (an upscale makes the sheet
     readable); its seeds and writer are not used."""
-    from . import engine
-
-    r, built, path = _as_sheet(_recipe(recipe, seed=seed, n=n), out)
-    data = engine.load_data(r, built, quiet)
-    engine.check_best_of(r, built, quiet)
-    trained = engine.ensure_model(r, data, quiet=quiet)
-    drawing = engine.draw(r, built, trained.model, None, quiet=quiet)
-    typer.echo(str(engine.write(r, built, drawing, path, quiet)))
+    pipeline, path = _as_sheet(_recipe(recipe, seed=seed, n=n), out, _reporter(quiet, lines=False))
+    pipeline.data()
+    pipeline.check_drawing()
+    pipeline.model()
+    typer.echo(str(pipeline.write(path, pipeline.drawing(prior=True))))
 
 
-def _as_sheet(r, out: Path):
-    """The recipe with its writer swapped for png-sheet: built, with the output path checked
+def _as_sheet(r, out: Path, reporter):
+    """The recipe with its writer swapped for png-sheet: its Run, and the output path checked
     before any training."""
     from dataclasses import replace
 
@@ -196,9 +193,8 @@ def _as_sheet(r, out: Path):
     from .recipe import Step
 
     sheet = Step("png-sheet", {}, _plugins().registry.get("writers", "png-sheet"), "output", str(r.path))
-    r = replace(r, output=sheet)
-    built = engine.prepare(r)
-    return r, built, engine.output_path(r, built, out)
+    pipeline = engine.Run(replace(r, output=sheet), reporter)
+    return pipeline, pipeline.output_path(out)
 
 
 @app.command("eval")
@@ -223,24 +219,23 @@ def evaluate(
     from .errors import InputError
 
     r = _recipe(recipe, iterations=iterations, n=n, best_of=best_of, sets=sets or ())
-    built = engine.prepare(r)
+    pipeline = engine.Run(r, _reporter(quiet))
+    category, why_not = pipeline.eval_category()
     if real:
-        category, why_not = engine.eval_category(r, built, quiet)
         if category is None:
             raise InputError(f"--real needs the recognizer figures, and there are none: {why_not}")
-        typer.echo(json.dumps({"recipe": str(recipe), **engine.real_recognition(r, built, category, quiet)}))
+        typer.echo(json.dumps({"recipe": str(recipe), **pipeline.real_recognition(category)}))
         return
-    data = engine.load_data(r, built, quiet)
-    category, why_not = engine.eval_category(r, built, quiet)
+    data = pipeline.data()
     if category is None:
         warnings.warn(f"no recognizer figures: {why_not}")
-    trained = engine.ensure_model(r, data, quiet=quiet, log=_log(quiet))
-    owner = engine.trained_recipe(r, trained)
+    trained = pipeline.model()
+    owner = pipeline.trained_recipe()
     figures = trainer.evaluate(trained, data, owner.train)
     if owner is r:  # a shared model scored on one category's drawings keeps its own figures
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     if category is not None:
-        figures.update(engine.recognition(r, built, trained.model, category, quiet))
+        figures.update(pipeline.recognition(category))
     typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
 
 
@@ -318,12 +313,12 @@ def bench_quality(
 ):
     """Held-out bound after N minutes of training at the recipe's settings, plus a sheet of
     prior samples (through the recipe's filters, like `qd sample`)."""
-    from . import bench, engine
+    from . import bench
 
-    r, built, path = _as_sheet(_recipe(recipe), sheet)
-    data = engine.load_data(r, built, quiet)
-    figures, drawing = bench.bench_quality(r.model, r.train, data, sorted(minutes), r.generate.n, quiet=quiet)
-    written = engine.write(r, built, engine.apply_filters(r, built, drawing, quiet), path, quiet)
+    pipeline, path = _as_sheet(_recipe(recipe), sheet, _reporter(quiet, lines=False))
+    r = pipeline.recipe
+    figures, drawing = bench.bench_quality(r.model, r.train, pipeline.data(), sorted(minutes), r.generate.n, quiet=quiet)
+    written = pipeline.write(path, pipeline.filtered(drawing))
     typer.echo(json.dumps({**figures, "sheet": str(written)}))
 
 
@@ -369,7 +364,7 @@ def bench_data(
     from .bench_data import bench_data as measure_data
 
     r = _recipe(recipe)
-    typer.echo(json.dumps(measure_data(r, engine.prepare(r), batches, quiet)))
+    typer.echo(json.dumps(measure_data(engine.Run(r, _reporter(quiet, lines=False)), batches)))
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None):

@@ -1,5 +1,8 @@
 """Runs a recipe, one way: dataset -> trained model -> seed chain -> generation -> filters -> writer.
 
+`Run` is that way as one object, and every caller (the CLI's commands, the studio, the
+benchmarks, the docs' figure scripts) goes through it; the functions below are its steps.
+
 Every component is instantiated (and so checked) before the first expensive step, and the
 output location is checked before training, so a bad recipe never costs a training run.
 TensorFlow is imported only when a model is needed (qdcore.train / qdcore.draw).
@@ -17,11 +20,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import models, packs, paths, recognizer as recog
-from .errors import InputError, PluginError, RecipeError
+from .errors import InputError, NotTrained, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
 
-Log = Callable[[str], None]
 
 MODEL_RECIPE = "recipe.json"
 
@@ -29,8 +31,25 @@ MODEL_RECIPE = "recipe.json"
 _STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT, _STAGE_RECOGNIZER, _STAGE_MODE = 1, 2, 3, 4, 5, 6
 
 
-def _quiet_log(_: str) -> None:
-    pass
+class Reporter:
+    """Where a run's words go, one object instead of quiet flags and callbacks. `quiet`:
+    plugins and training print no progress (Context.quiet); `say` gets the run's own lines
+    ("dataset: ...", "model: ..."), dropped without `lines`; `warn` prints to stderr unless quiet."""
+
+    def __init__(self, quiet: bool = True, lines: Optional[Callable[[str], None]] = None):
+        self.quiet = quiet
+        self._lines = lines
+
+    def say(self, message: str) -> None:
+        if self._lines is not None:
+            self._lines(message)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+
+QUIET = Reporter()
 
 
 @dataclass
@@ -120,29 +139,58 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
     return data
 
 
-def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet: bool = False, on_step=None,
-                 log: Log = _quiet_log):
+def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, reporter: Reporter = QUIET, on_step=None):
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
     from . import train  # TensorFlow lives behind this import
     from .locks import hold
 
-    category, source = shared_category(recipe, data, log)
+    category, source = shared_category(recipe, data, reporter)
     if category is None:
         # One process trains a model folder at a time; a second run waits, then finds it finished.
         # Not under TF_CONFIG: the workers of one multi-worker run train together in lockstep, and
         # a lock would make them wait for each other forever.
         workdir = model_dir(recipe)
         lock = contextlib.nullcontext() if os.environ.get("TF_CONFIG") else \
-            hold(workdir.with_name(workdir.name + ".lock"), "training this model", None if quiet else _stderr)
+            hold(workdir.with_name(workdir.name + ".lock"), "training this model", None if reporter.quiet else reporter.warn)
         with lock:
             _describe_model(recipe, workdir)
-            return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=quiet, on_step=on_step)
+            return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=reporter.quiet,
+                               on_step=on_step)
     shared = recipe.shared
     if restart:
         fix = (f"to retrain that, run `{shared.build_command()} --restart`" if source.pack is None else
                "a pack is not retrained here: train the recipe that made it, or drop `model.from`")
         raise RecipeError(f"this recipe draws {category!r} from {source.label}; {fix}", shared.where)
+    return _load_shared(shared, category, source)
+
+
+def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QUIET, cache: Optional[dict] = None):
+    """The recipe's model as ensure_model finds it, trained before: never trains (the studio
+    draws only from models that exist). `cache` keeps loaded models by where they live."""
+    category, source = shared_category(recipe, data, reporter)
+    if category is None:
+        workdir = model_dir(recipe)
+        if not models.is_finished(workdir):
+            raise NotTrained(f"the model for recipe {recipe.name!r} is not trained yet: run `qd train` on the recipe first")
+        key = str(workdir)
+    else:
+        key = f"{source.workdir or source.pack.path}#{category}"
+    if cache is not None and key in cache:
+        return cache[key]
+    if category is None:
+        from . import train
+
+        loaded = train.load(recipe.model, workdir)
+    else:
+        loaded = _load_shared(recipe.shared, category, source)
+    if cache is not None:
+        cache[key] = loaded
+    return loaded
+
+
+def _load_shared(shared, category: str, source: "SharedSource"):
+    from . import train
     from .conditioning import Steered
 
     if source.pack is not None:
@@ -151,6 +199,16 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, quiet
     trained = train.load(shared.recipe.model, source.workdir)
     index = int(trained.model.labels(1, category)[0])
     return replace(trained, model=Steered(trained.model, category), last_batch=trained.last_of(index))
+
+
+def has_model(recipe: Recipe) -> bool:
+    """Whether the recipe can draw without training: its `model.from` names a model in the
+    cache or a pack that knows its category, or its own model is finished."""
+    source = shared_source(recipe.shared) if recipe.shared is not None else None
+    named = recog.categories_of(recipe.dataset.params)
+    if source is not None and (len(named) != 1 or named[0] in source.categories):
+        return True  # (a dataset of several categories is refused when drawing, with the reason)
+    return models.is_finished(model_dir(recipe))
 
 
 @dataclass
@@ -178,7 +236,7 @@ def shared_source(shared) -> Optional[SharedSource]:
     return SharedSource(pack.label, pack.categories, pack.size, pack=pack)
 
 
-def shared_category(recipe: Recipe, data: ImageSet, log: Log = _quiet_log) -> tuple[Optional[str], Optional[SharedSource]]:
+def shared_category(recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET) -> tuple[Optional[str], Optional[SharedSource]]:
     """The category this recipe draws from its `model.from` model, and where that model is;
     (None, None) when it trains its own (no `from`, or `if_missing: train` and no shared model
     or pack can serve it)."""
@@ -198,11 +256,11 @@ def shared_category(recipe: Recipe, data: ImageSet, log: Log = _quiet_log) -> tu
         if tuple(source.size) != (recipe.model.height, recipe.model.width):
             raise RecipeError(f"{source.label} draws {source.size[0]}x{source.size[1]} images, "
                               f"this recipe's model is {recipe.model.height}x{recipe.model.width}: make them agree", shared.where)
-        log(f"model: {category!r} from {source.label}")
+        reporter.say(f"model: {category!r} from {source.label}")
         return category, source
     if shared.if_missing == "error":
         raise InputError(f"{shared.where}: {problem}")
-    log(f"model: {problem}; {own_model_plan(recipe)}")
+    reporter.say(f"model: {problem}; {own_model_plan(recipe)}")
     return None, None
 
 
@@ -251,10 +309,6 @@ def _not_cached(shared) -> str:
         return f"no model named {shared.name!r} is in the cache or the installed packs; import one with `{shared.build_command()}`"
     return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}) and no model "
             f"pack of that name is imported or installed; build it once with `{shared.build_command()}`")
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _describe_model(recipe: Recipe, workdir: Path) -> None:
@@ -399,23 +453,118 @@ def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, quiet: bool = 
     return replace(drawing, canvases=frames[:T * n].reshape((T, n) + frames.shape[1:]), given=given)
 
 
-def write(recipe: Recipe, built: Built, drawing: Drawing, path: Path, quiet: bool = False) -> Path:
-    written = built.writer.write(drawing, path, context(recipe, _STAGE_OUTPUT, quiet=quiet))
-    return Path(written) if written else path
+class Run:
+    """One recipe's way from recipe to picture, the only one: every step is built (and so
+    checked) here, and each later step is made once, on first use, from the earlier ones.
+
+        run = Run(recipe, reporter)
+        run.data(); run.model(); run.seeds(); run.drawing(); run.write(path)
+
+    It owns `model.from` (shared models and packs), the training lock, `generate.best_of`
+    (checked before training; its recognizer) and the `mode:` generators. `data` is a
+    dataset already loaded for this recipe (the studio keeps them); `models` a cache of
+    loaded models for `model(train=False)`."""
+
+    def __init__(self, recipe: Recipe, reporter: Reporter = QUIET, *, data: Optional[ImageSet] = None,
+                 models: Optional[dict] = None):
+        self.recipe, self.reporter = recipe, reporter
+        self.built = prepare(recipe)
+        self._data, self._models = data, models
+        self._trained = self._seeds = None
+        self._checked = False
+
+    @property
+    def quiet(self) -> bool:
+        return self.reporter.quiet
+
+    @property
+    def stem(self) -> str:
+        """The recipe's name as a file name (without suffix)."""
+        return _slug(self.recipe.name)
+
+    def context(self, stage: int, index: int = 0) -> Context:
+        return context(self.recipe, stage, index, self.quiet)
+
+    def output_path(self, out: Optional[Path] = None) -> Path:
+        return output_path(self.recipe, self.built, out)
+
+    def data(self) -> ImageSet:
+        if self._data is None:
+            self._data = load_data(self.recipe, self.built, self.quiet)
+        return self._data
+
+    def model(self, *, restart: bool = False, on_step=None, train: bool = True):
+        """The trained model (models.Trained): trained now when `train` (holding the lock),
+        else one trained before (NotTrained when there is none)."""
+        if self._trained is None:
+            # Only training and `model.from` (which category?) need the dataset.
+            data = self.data() if train or self.recipe.shared is not None else None
+            self._trained = ensure_model(self.recipe, data, restart=restart, reporter=self.reporter, on_step=on_step) \
+                if train else load_model(self.recipe, data, self.reporter, self._models)
+        return self._trained
+
+    def check_drawing(self) -> None:
+        """What drawing needs and costs no training (generate.best_of's recognizer knows the
+        recipe's category): callers that train and then draw check it first."""
+        if not self._checked:
+            check_best_of(self.recipe, self.built, self.quiet)
+            self._checked = True
+
+    def trained_recipe(self) -> Recipe:
+        return trained_recipe(self.recipe, self.model())
+
+    def seeds(self) -> Optional[np.ndarray]:
+        """The seed chain's images (None: sample the prior)."""
+        if self._seeds is None:
+            self._seeds = [make_seeds(self.recipe, self.built, self.data(), self.model().last_batch, self.quiet)]
+        return self._seeds[0]
+
+    def drawing(self, *, prior: bool = False, final_only: bool = False, categories: Optional[list[str]] = None) -> Drawing:
+        """The recipe's n pictures, filtered (see draw): from its seeds, or from the prior
+        when `prior` (qd sample, qd eval), whatever seeds the recipe names."""
+        if categories is None:
+            self.check_drawing()
+        seeds = None if prior else self.seeds()
+        return draw(self.recipe, self.built, self.model().model, seeds, quiet=self.quiet, categories=categories,
+                    final_only=final_only)
+
+    def filtered(self, drawing: Drawing) -> Drawing:
+        """A drawing made elsewhere (a benchmark's model) through the recipe's filters."""
+        return apply_filters(self.recipe, self.built, drawing, self.quiet)
+
+    def write(self, path: Path, drawing: Optional[Drawing] = None, writer=None) -> Path:
+        """Write `drawing` (default: self.drawing()) with the recipe's writer, or `writer`
+        (the studio's downloads); the path the writer reports it wrote."""
+        drawing = self.drawing() if drawing is None else drawing
+        written = (writer or self.built.writer).write(drawing, path, self.context(_STAGE_OUTPUT))
+        return Path(written) if written else path
+
+    def classifier(self):
+        """The recipe's recognizer (the one best_of and qd eval use), trained or from the cache."""
+        return classifier(self.recipe, self.built, self.quiet)
+
+    def eval_category(self) -> tuple[Optional[str], str]:
+        return eval_category(self.recipe, self.built, self.quiet)
+
+    def recognition(self, category: str) -> dict:
+        return recognition(self.recipe, self.built, self.model().model, category, self.quiet)
+
+    def real_recognition(self, category: str) -> dict:
+        """`qd eval --real`: the recipe's filters judged on real drawings; needs no model."""
+        return real_recognition(self.recipe, self.built, category, self.quiet)
 
 
-def run(recipe: Recipe, *, out: Optional[Path] = None, quiet: bool = False, log: Log = _quiet_log) -> RunResult:
+def run(recipe: Recipe, *, out: Optional[Path] = None, reporter: Reporter = QUIET) -> RunResult:
+    """`qd run`: the output path is checked, then data, model, seeds, drawing, written."""
     start = time.perf_counter()
-    built = prepare(recipe)
-    path = output_path(recipe, built, out)
-    data = load_data(recipe, built, quiet)
-    log(f"dataset: {built.dataset.describe()} ({len(data.images)} images)")
-    check_best_of(recipe, built, quiet)
-    trained = ensure_model(recipe, data, quiet=quiet, log=log)
-    log(f"model: step {trained.step} in {trained.workdir}")
-    seeds = make_seeds(recipe, built, data, trained.last_batch, quiet)
-    drawing = draw(recipe, built, trained.model, seeds, quiet=quiet)
-    written = write(recipe, built, drawing, path, quiet)
+    pipeline = Run(recipe, reporter)
+    path = pipeline.output_path(out)
+    data = pipeline.data()
+    reporter.say(f"dataset: {pipeline.built.dataset.describe()} ({len(data.images)} images)")
+    pipeline.check_drawing()
+    trained = pipeline.model()
+    reporter.say(f"model: step {trained.step} in {trained.workdir}")
+    written = pipeline.write(path)
     return RunResult(written, trained.workdir, trained.step, time.perf_counter() - start)
 
 

@@ -5,9 +5,11 @@ import errno
 
 
 class QdError(Exception):
-    """Base of every error qd reports to a user. `exit_code` is what the CLI exits with."""
+    """Base of every error qd reports to a user. `exit_code` is what the CLI exits with;
+    `status` the HTTP status the studio's web layer answers with (4xx: the user can fix it)."""
 
     exit_code = 1
+    status = 500
 
 
 class RecipeError(QdError):
@@ -17,6 +19,7 @@ class RecipeError(QdError):
     """
 
     exit_code = 2
+    status = 400
 
     def __init__(self, message: str, where: str | None = None):
         self.where = where
@@ -27,12 +30,37 @@ class UnknownNameError(QdError):
     """A recipe names a plugin component nobody registered."""
 
     exit_code = 2
+    status = 400
 
 
 class InputError(QdError):
     """Bad input data: a missing, corrupt or wrongly shaped file, an unknown category."""
 
     exit_code = 2
+    status = 400
+
+
+class NotFound(InputError):
+    """A thing a request names is not there (an upload, a generation, a training job)."""
+
+    status = 404
+
+
+class TooLarge(InputError):
+    """An input is over a size limit (an upload, a request body)."""
+
+    status = 413
+
+
+class Conflict(QdError):
+    """The request is fine but the state is not: a model training right now, a job not running."""
+
+    exit_code = 1
+    status = 409
+
+
+class NotTrained(Conflict):
+    """A recipe's model is needed and not trained, where nothing may train it (the studio's Generate)."""
 
 
 class PluginError(QdError):

@@ -48,7 +48,7 @@ def snapshot(folder: Path) -> dict:
 
 def test_run_writes_the_promised_gif_then_reuses_the_cached_model(tmp_path, registry, quickdraw_dir):
     r = load(recipe_file(tmp_path), registry)
-    first = engine.run(r, out=tmp_path / "a.gif", quiet=True)
+    first = engine.run(r, out=tmp_path / "a.gif")
     frames = iio.imread(first.path, index=None)
     assert frames.shape[:3] == (5, 56, 56)  # n samples, upscaled
     durations = [iio.immeta(first.path, index=i)["duration"] for i in range(5)]
@@ -58,14 +58,27 @@ def test_run_writes_the_promised_gif_then_reuses_the_cached_model(tmp_path, regi
     assert before, "the trained model was not cached"
 
     # Same recipe + same seed: no training, the same file byte for byte.
-    second = engine.run(r, out=tmp_path / "b.gif", quiet=True)
+    second = engine.run(r, out=tmp_path / "b.gif")
     assert second.model_dir == first.model_dir and snapshot(second.model_dir) == before
     assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
 
     # Another seed changes the seeds and the noise, not the model.
-    third = engine.run(r.with_overrides(seed=2), out=tmp_path / "c.gif", quiet=True)
+    third = engine.run(r.with_overrides(seed=2), out=tmp_path / "c.gif")
     assert third.model_dir == first.model_dir
     assert (tmp_path / "c.gif").read_bytes() != (tmp_path / "a.gif").read_bytes()
+
+
+def test_the_run_object_makes_each_step_once_and_its_reporter_gets_the_run_lines(tmp_path, registry, quickdraw_dir):
+    r = load(recipe_file(tmp_path), registry)
+    lines = []
+    result = engine.run(r, out=tmp_path / "a.gif", reporter=engine.Reporter(quiet=True, lines=lines.append))
+    assert len(lines) == 2 and lines[0].startswith("dataset: ") and lines[1] == f"model: step 6 in {result.model_dir}"
+    # The same steps by hand through one Run: each made once, the same file.
+    run = engine.Run(r)
+    assert run.data() is run.data() and run.model(train=False) is run.model() and run.seeds() is run.seeds()
+    assert run.model().step == 6 and run.output_path(tmp_path / "b.gif") == tmp_path / "b.gif"
+    run.write(tmp_path / "b.gif")
+    assert (tmp_path / "a.gif").read_bytes() == (tmp_path / "b.gif").read_bytes()
 
 
 def test_prior_and_steps_gif_with_attention_boxes(tmp_path, registry, quickdraw_dir):
@@ -73,7 +86,7 @@ def test_prior_and_steps_gif_with_attention_boxes(tmp_path, registry, quickdraw_
     text = text.replace("output: {use: gif, frames: samples, duration: 0.12, hold_last: 0.5}",
                         "output: {use: gif, frames: steps, attention: true, duration: 0.2, spacing: 0}")
     r = load(recipe_file(tmp_path, text), registry)
-    out = engine.run(r, out=tmp_path / "steps.gif", quiet=True).path
+    out = engine.run(r, out=tmp_path / "steps.gif").path
     frames = iio.imread(out, index=None)
     # T frames; 5 samples on a 3x2 grid of 56-pixel cells, in colour for the red boxes.
     assert frames.shape == (4, 2 * 56, 3 * 56, 3)

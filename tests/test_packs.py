@@ -73,7 +73,7 @@ def exported(tmp_path_factory, quickdraw_dir):
     try:
         r = load(recipe, build().registry)
         data = engine.load_data(r, engine.prepare(r))
-        trained = engine.ensure_model(r, data, quiet=True)
+        trained = engine.ensure_model(r, data)
         figures = train.evaluate(trained, data, r.train)
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     finally:
@@ -127,7 +127,7 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
     cat = load(_write(tmp_path, "cat.yaml", CAT % ("cat", "tiny-zoo", "error")), build().registry)
     lines = []
-    result = engine.run(cat, out=tmp_path / "cat.gif", quiet=True, log=lines.append)
+    result = engine.run(cat, out=tmp_path / "cat.gif", reporter=engine.Reporter(lines=lines.append))
     assert "model: 'cat' from the model pack 'tiny-zoo' (pack imported into the cache)" in lines
     assert not (cache / "models").exists()  # nothing trained
     frames = iio.imread(result.path, index=None)
@@ -153,7 +153,7 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     # A category the pack lacks: the error names the pack and its categories.
     banana = load(_write(tmp_path, "banana.yaml", CAT % ("banana", "tiny-zoo", "error")), build().registry)
     with pytest.raises(Exception, match="model pack 'tiny-zoo'.*not trained on 'banana'.*cat, apple, fish"):
-        engine.run(banana, out=tmp_path / "b.gif", quiet=True)
+        engine.run(banana, out=tmp_path / "b.gif")
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
@@ -173,7 +173,7 @@ def test_a_plugin_provides_a_pack_found_after_the_cache(exported, tmp_path, monk
     source = engine.shared_source(cat.shared)
     assert source.label == "the model pack 'tiny-zoo' (pack from plugin 'testpacks')"
     assert source.pack.path == exported["file"]
-    assert engine.run(cat, out=tmp_path / "cat.gif", quiet=True).path.exists()
+    assert engine.run(cat, out=tmp_path / "cat.gif").path.exists()
     env = {"PYTHONPATH": str(site), "QD_LOAD_PLUGINS": BUILTINS + ",testpacks"}
     rows = json.loads(qd("models", "--json", cache=cache, extra_env=env).stdout)
     assert [(r["name"], r["source"], r["plugin"], r["path"]) for r in rows] == \
@@ -187,7 +187,7 @@ def test_a_plugin_provides_a_pack_found_after_the_cache(exported, tmp_path, monk
     assert engine.shared_source(cat.shared).label == "the model pack 'tiny-zoo' (pack imported into the cache)"
     zoo_recipe = _write(tmp_path, "zoo.yaml", ZOO)
     zoo = load(zoo_recipe, registry)
-    engine.ensure_model(zoo, engine.load_data(zoo, engine.prepare(zoo)), quiet=True)
+    engine.ensure_model(zoo, engine.load_data(zoo, engine.prepare(zoo)))
     via_recipe = load(_write(tmp_path, "cat2.yaml", CAT % ("cat", "zoo", "error")), registry)
     assert engine.shared_source(via_recipe.shared).workdir == engine.model_dir(zoo)
 
@@ -348,7 +348,7 @@ def test_a_recipe_without_a_pack_says_why_and_how_long_it_trains(tmp_path, monke
     (tmp_path / "zoo.yaml").write_text(ZOO)
     own = load(_write(tmp_path, "banana.yaml", CAT % ("banana", "zoo", "train")), build().registry)
     lines = []
-    category, source = engine.shared_category(own, engine.load_data(own, engine.prepare(own)), lines.append)
+    category, source = engine.shared_category(own, engine.load_data(own, engine.prepare(own)), engine.Reporter(lines=lines.append))
     assert category is None and source is None
     assert len(lines) == 1
     line = lines[0]

@@ -58,7 +58,7 @@ def test_recipe_writes_the_gif_it_promises(path, tmp_path, monkeypatch, quickdra
     steps = TRAINED.get(path.stem, 0)
     recipe = recipe.with_overrides(iterations=steps, n=min(recipe.generate.n, 3))
     assert recipe.output.use == "gif"
-    result = engine.run(recipe, out=tmp_path / f"{path.stem}.gif", quiet=True)
+    result = engine.run(recipe, out=tmp_path / f"{path.stem}.gif")
     count, size, durations = promised(recipe)
     frames = iio.imread(result.path, index=None)
     assert frames.shape[0] == count

@@ -74,8 +74,8 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
     assert "not in the cache" in str(e.value) and f"qd train {zoo_path}" in str(e.value)
 
     zoo = load(zoo_path, registry)
-    engine.ensure_model(zoo, engine.load_data(zoo, engine.prepare(zoo)), quiet=True)
-    result = engine.run(cat, out=tmp_path / "cat.gif", quiet=True)
+    engine.ensure_model(zoo, engine.load_data(zoo, engine.prepare(zoo)))
+    result = engine.run(cat, out=tmp_path / "cat.gif")
     assert result.model_dir == engine.model_dir(zoo) and result.trained_steps == 6
     assert not engine.model_dir(cat).exists()  # nothing trained for the cat recipe
     assert iio.imread(result.path, index=None).shape[:3] == (4, 28, 28)
@@ -91,14 +91,14 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
     last = load(write(tmp_path, "last.yaml", CAT % ("fish", "error", "{use: training-batch, pick: last}")), registry)
     trained = engine.ensure_model(last, engine.load_data(last, engine.prepare(last)))
     assert trained.model.category == "fish" and 0 < len(trained.last_batch) <= 16
-    engine.run(last, out=tmp_path / "fish.gif", quiet=True)
+    engine.run(last, out=tmp_path / "fish.gif")
 
     # A category the shared model never saw: an error naming its categories, or its own model.
     banana = load(write(tmp_path, "banana.yaml", CAT % ("banana", "error", "prior")), registry)
     with pytest.raises(InputError, match="not trained on 'banana'.*cat, apple, fish"):
-        engine.run(banana, out=tmp_path / "b.gif", quiet=True)
+        engine.run(banana, out=tmp_path / "b.gif")
     own = load(write(tmp_path, "banana2.yaml", CAT % ("banana", "train", "prior")), registry)
-    assert engine.run(own, out=tmp_path / "b.gif", quiet=True).model_dir == engine.model_dir(own)
+    assert engine.run(own, out=tmp_path / "b.gif").model_dir == engine.model_dir(own)
 
 
 def test_from_needs_a_recipe_and_one_category(tmp_path, registry, quickdraw_dir):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import types
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -439,3 +440,113 @@ def test_error_lines_carry_no_object_reprs(client):
     from qdcore.studio.session import one_line
 
     assert one_line("cannot read <_io.BytesIO object at 0x7f3a2c1b9e50>\nnext") == "cannot read the data next"
+
+
+# --- the studio draws what `qd run` draws: one pipeline (engine.Run) --------------------------
+
+ZOO = """name: tiny-zoo
+dataset: {use: quickdraw, category: [cat, apple, fish], limit: 100}
+model: {T: 3, enc_size: 16, dec_size: 16, z_size: 4, read_n: 3, write_n: 3}
+train: {iterations: 6, batch_size: 30}
+"""
+FROM_ZOO = """name: tiny-apple
+dataset: {use: quickdraw, category: apple, limit: 100}
+model: {from: zoo, if_missing: error, T: 3, enc_size: 16, dec_size: 16, z_size: 4, read_n: 3, write_n: 3}
+generate: {n: 4}
+output: {use: gif, frames: steps, attention: true, duration: 0.1}
+"""
+BEST_OF = """
+generate: {n: 4, best_of: 3}
+recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs: 1, width: 4, features: 16}
+"""
+
+
+def _frames(gif: bytes) -> np.ndarray:
+    return iio.imread(gif, index=None)
+
+
+def _qd_run(recipe: Path, out: Path, *args: str) -> np.ndarray:
+    from typer.testing import CliRunner
+
+    from qdcore.cli import app
+
+    res = CliRunner().invoke(app, ["run", str(recipe), "--out", str(out), "--quiet", *args])
+    assert res.exit_code == 0, res.output
+    return _frames(out.read_bytes())
+
+
+def _studio_and_qd_run(start: Path, tmp_path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The studio's GIF download of the starting recipe, and `qd run` of its "copy as recipe"
+    YAML saved beside the starting recipe (where its `model.from` resolves) as copied.yaml."""
+    s = Studio(build(), start, workdir=tmp_path / "studio")
+    try:
+        with TestClient(create_app(s)) as c:
+            given = c.get("/api/recipe").json()["recipe"]
+            checked = c.post("/api/validate", json={"recipe": given}).json()
+            g = c.post("/api/generate", json={"recipe": given})
+            assert g.status_code == 200, g.text
+            gif = c.get(f"/api/generations/{g.json()['id']}.gif")
+            assert gif.status_code == 200, gif.text
+            copied = c.post("/api/recipe.yaml", json={"recipe": given}).json()["yaml"]
+    finally:
+        s.close()
+    (start.parent / "copied.yaml").write_text(copied)
+    return _frames(gif.content), _qd_run(start.parent / "copied.yaml", tmp_path / "run.gif"), checked
+
+
+def test_the_studio_draws_a_model_from_recipe_as_qd_run_does(tmp_path, quickdraw_dir, monkeypatch):
+    from qdcore import engine
+    from qdcore.recipe import load
+
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    engine.Run(load(tmp_path / "zoo.yaml", build().registry)).model()
+    start = tmp_path / "apple.yaml"
+    start.write_text(FROM_ZOO)
+    assert not engine.model_dir(load(start, build().registry)).exists(), "the recipe has no model of its own"
+    studio, ran, checked = _studio_and_qd_run(start, tmp_path)
+    assert checked["trained"] is True
+    assert studio.shape == ran.shape and studio.shape[0] >= 3  # one frame per step, at least
+    assert np.array_equal(studio, ran)
+    # The comparison sees a difference in the pictures: another seed's differ.
+    assert not np.array_equal(studio, _qd_run(tmp_path / "copied.yaml", tmp_path / "other.gif", "--seed", "2"))
+    # A category the shared model does not know falls back to the recipe's own model: not trained.
+    start.write_text(FROM_ZOO.replace("category: apple", "category: banana").replace("if_missing: error", "if_missing: train"))
+    s = Studio(build(), start, workdir=tmp_path / "studio2")
+    try:
+        with TestClient(create_app(s)) as c:
+            given = c.get("/api/recipe").json()["recipe"]
+            assert c.post("/api/validate", json={"recipe": given}).json()["trained"] is False
+            one_error(c.post("/api/generate", json={"recipe": given}), 409, "is not trained yet: press Train")
+    finally:
+        s.close()
+
+
+def test_the_studio_honours_best_of_as_qd_run_does(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("QD_CACHE_DIR", str(tiny_model.parent.parent / "qd-cache"))
+    start = tmp_path / "tiny.yaml"
+    start.write_text(tiny_model.read_text().replace("generate: {n: 16}\n", "") + BEST_OF)
+    studio, ran, _ = _studio_and_qd_run(start, tmp_path)
+    assert np.array_equal(studio, ran)
+    # best_of changed the pictures: the same recipe without it draws others.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(start.read_text().replace("best_of: 3", "best_of: 1"))
+    assert not np.array_equal(studio, _qd_run(plain, tmp_path / "plain.gif"))
+
+
+def test_the_session_raises_qd_errors_that_carry_their_status(studio):
+    """session.py has no HTTP in it: it raises qd's errors, and each names its status."""
+    from qdcore.errors import Conflict, NotFound, QdError, TooLarge
+    from qdcore.studio import session
+    from qdcore.studio.session import MAX_UPLOAD
+
+    with pytest.raises(NotFound) as missing:
+        studio.cancel("no-such-job")
+    assert isinstance(missing.value, QdError) and missing.value.status == 404
+    with pytest.raises(NotFound):
+        studio.upload_path("0" * 32)
+    big = "data:image/png;base64," + base64.b64encode(b"x" * (MAX_UPLOAD + 1)).decode()
+    with pytest.raises(TooLarge) as large:
+        studio.upload(big, (28, 28))
+    assert large.value.status == 413 and Conflict.status == 409
+    assert "starlette" not in open(session.__file__).read()

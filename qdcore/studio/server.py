@@ -22,20 +22,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import engine, paths
-from ..errors import InputError, QdError, RecipeError, UnknownNameError
+from .. import paths
+from ..errors import InputError, NotFound, QdError, TooLarge
 from ..limits import load_json, shown
 from ..registry import KINDS
 from ..schema import recipe_schema
-from .models import is_trained, list_models
-from .session import HTTPProblem, Studio, one_line
+from .models import list_models
+from .session import Studio, one_line
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 8 << 20  # a request body (JSON, an image as a data URL)
-
-
-def _status(e: QdError) -> int:
-    return 400 if isinstance(e, (RecipeError, UnknownNameError, InputError)) else 500
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -46,15 +42,15 @@ def _error(status: int, message: str) -> JSONResponse:
 async def _json(request: Request) -> dict:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY:
-        raise HTTPProblem(413, f"Error: the request is {int(size) / 1e6:.1f} MB; the limit is {MAX_BODY >> 20} MB")
+        raise TooLarge(f"the request is {int(size) / 1e6:.1f} MB; the limit is {MAX_BODY >> 20} MB")
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY:
-            raise HTTPProblem(413, f"Error: the request is over {MAX_BODY >> 20} MB")
+            raise TooLarge(f"the request is over {MAX_BODY >> 20} MB")
     data = load_json(body, "the request body", MAX_BODY)
     if not isinstance(data, dict):
-        raise HTTPProblem(400, "Error: the request body must be a JSON object")
+        raise InputError("the request body must be a JSON object")
     return data
 
 
@@ -87,10 +83,8 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
                 return _error(403, f"requests from another site ({request.headers.get('origin')}) are refused")
             try:
                 return await fn(request)
-            except HTTPProblem as e:
+            except QdError as e:  # each kind of error carries its status (errors.py)
                 return _error(e.status, str(e))
-            except QdError as e:
-                return _error(_status(e), str(e))
             except Exception as e:  # noqa: BLE001 - the edge: one line, never a traceback
                 # A bug (a plugin's, or qd's), not bad input: the terminal running qd studio
                 # gets the traceback; the page one line, with object reprs cut out (one_line).
@@ -119,11 +113,7 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
 
     async def validate(request):
         body = await _json(request)
-        r, _ = studio.intake(body.get("recipe"))
-        await run_in_threadpool(engine.prepare, r)
-        job = studio.jobs.get(str(engine.model_dir(r)))
-        return JSONResponse({"ok": True, "name": r.name, "model_key": r.model_key(), "trained": is_trained(engine.model_dir(r)),
-                             "training": bool(job and job.state in ("starting", "running"))})
+        return JSONResponse(await run_in_threadpool(studio.check, body.get("recipe")))
 
     async def upload(request):
         body = await _json(request)
@@ -141,13 +131,11 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
         body = await _json(request)
         n = body.get("n")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
-            raise HTTPProblem(400, f"Error: n must be a whole number, got {shown(n)}")
+            raise InputError(f"n must be a whole number, got {shown(n)}")
         return JSONResponse(await run_in_threadpool(studio.generate, body.get("recipe"), n))
 
     async def download(request):
         gid, kind = request.path_params["gid"], request.path_params["kind"]
-        if kind not in ("gif", "png"):
-            raise HTTPProblem(404, "Error: downloads are .gif or .png")
         blob, filename = await run_in_threadpool(studio.download, gid, kind)
         return Response(blob, media_type=f"image/{kind}",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
@@ -170,7 +158,7 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
         return JSONResponse(studio.cancel(str(body.get("key"))))
 
     async def not_found(request):
-        raise HTTPProblem(404, f"Error: no endpoint {request.method} {request.url.path}")
+        raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
     routes = [
         Route("/", guard(index)),

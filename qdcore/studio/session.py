@@ -2,7 +2,9 @@
 cached models, generations and training jobs. server.py puts them on the web.
 
 Everything goes through the same code as `qd run`: the plugin registry, recipe.parse (the
-same checks, the same one-line errors), engine.py and train.py (with a progress callback).
+same checks, the same one-line errors) and engine.Run (the same model, `model.from`,
+`best_of`, `mode:` and filters; training with a progress callback). Errors are qd's own
+(errors.NotFound, Conflict, TooLarge carry their HTTP status); server.py answers with them.
 The page never names a file: a file parameter may only be `upload:ID` (a file this module
 wrote into its private temporary folder) or a file the starting recipe itself named.
 """
@@ -27,11 +29,11 @@ import numpy as np
 import yaml
 
 from .. import engine, params, paths
-from ..errors import InputError, QdError, RecipeError
+from ..errors import Conflict, InputError, NotFound, NotTrained, QdError, RecipeError, TooLarge
 from ..ink import two_inks
 from ..interfaces import Context, SeedInput
 from ..recipe import Recipe, parse
-from .models import is_trained, list_models
+from .models import list_models
 
 MAX_UPLOAD = 4 << 20  # decoded image bytes
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
@@ -52,14 +54,6 @@ DEFAULT_RECIPE = {
     "filters": [{"use": "ink", "size": 84, "threshold": 0.55, "softness": 0.5}, {"use": "invert"}],
     "output": {"use": "gif", "frames": "steps", "attention": True, "duration": 0.15, "hold_last": 1.0},
 }
-
-
-class HTTPProblem(Exception):
-    """An error with an HTTP status; the message is the one line the page shows."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 _OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
@@ -100,8 +94,7 @@ class Job:
 
 @dataclass
 class Generation:
-    recipe: Recipe
-    built: engine.Built
+    run: engine.Run
     drawing: Any
     uploads: dict  # upload id -> stored path, for "copy as recipe"
 
@@ -217,7 +210,7 @@ class Studio:
             raise InputError(f"{uid[:40]!r} is not an upload id: upload the image again")
         path = self.uploads / f"{uid}.png"
         if not path.is_file():
-            raise HTTPProblem(404, f"Error: upload {uid} is not on this server (was it restarted?): upload the image again")
+            raise NotFound(f"upload {uid} is not on this server (was it restarted?): upload the image again")
         return path
 
     # --- uploads ---------------------------------------------------------------------------
@@ -233,7 +226,7 @@ class Studio:
         except ValueError:
             raise InputError("the image's base64 is corrupt: upload it again") from None
         if len(raw) > MAX_UPLOAD:
-            raise HTTPProblem(413, f"Error: the image is {len(raw) / 1e6:.1f} MB; the limit is {MAX_UPLOAD >> 20} MB")
+            raise TooLarge(f"the image is {len(raw) / 1e6:.1f} MB; the limit is {MAX_UPLOAD >> 20} MB")
         try:
             # qdcore.images: the size rule every image qd opens shares; uploads add a stricter one.
             with open_image(raw, name="the upload") as im:
@@ -272,28 +265,39 @@ class Studio:
 
     # --- models ----------------------------------------------------------------------------
 
-    def dataset(self, r: Recipe, built: engine.Built):
-        key = json.dumps([r.dataset.use, {k: str(v) for k, v in r.dataset.params.items()}, r.model.height, r.model.width])
+    def pipeline(self, r: Recipe) -> engine.Run:
+        """The recipe's engine.Run, with the dataset and the models this studio has loaded."""
+        with self.lock:
+            return engine.Run(r, data=self.datasets.get(_data_key(r)), models=self.models)
+
+    def dataset(self, run: engine.Run):
+        key = _data_key(run.recipe)
         with self.lock:
             if key not in self.datasets:
-                self.datasets[key] = engine.load_data(r, built, quiet=True)
+                self.datasets[key] = run.data()
             return self.datasets[key]
 
-    def trained(self, r: Recipe):
-        from .. import train
-
-        workdir = engine.model_dir(r)
-        key = str(workdir)
+    def trained(self, run: engine.Run):
+        """The model the recipe draws with (its own, or its `model.from` one), never trained here."""
+        r = run.recipe
+        key = str(engine.model_dir(r))
         with self.lock:
             if key in self.jobs and self.jobs[key].state in ("starting", "running"):
-                raise HTTPProblem(409, "Error: this model is training right now: wait for it to finish, or cancel it")
-            if not is_trained(workdir):
-                self.models.pop(key, None)
-                raise HTTPProblem(409, f"Error: the model for recipe {r.name!r} is not trained yet: press Train "
-                                       f"(or run `qd train`) first")
-            if key not in self.models:
-                self.models[key] = train.load(r.model, workdir)
-            return self.models[key]
+                raise Conflict("this model is training right now: wait for it to finish, or cancel it")
+        self.dataset(run)
+        try:
+            return run.model(train=False)
+        except NotTrained:
+            raise NotTrained(f"the model for recipe {r.name!r} is not trained yet: press Train "
+                             f"(or run `qd train`) first") from None
+
+    def check(self, data: Any) -> dict:
+        """The page's recipe checked as `qd validate` would, and whether it can draw now."""
+        r, _ = self.intake(data)
+        engine.Run(r)
+        job = self.jobs.get(str(engine.model_dir(r)))
+        return {"ok": True, "name": r.name, "model_key": r.model_key(), "trained": engine.has_model(r),
+                "training": bool(job and job.state in ("starting", "running"))}
 
     # --- generate --------------------------------------------------------------------------
 
@@ -304,17 +308,13 @@ class Studio:
             # The page's count is checked as the recipe's generate.n (the line names that key).
             data = {**data, "generate": {**generate, "n": n}}
         r, used = self.intake(data)
-        built = engine.prepare(r)
-        trained = self.trained(r)
-        images = self.dataset(r, built)
-        seeds = engine.make_seeds(r, built, images, trained.last_batch, quiet=True)
-        # A `mode:` (Finish my drawing, Morph) makes the pictures as `qd run` would.
-        drawn = engine.generate(r, trained.model, seeds) if built.mode is None else \
-            engine.generate_mode(r, built, trained.model, seeds, quiet=True)
-        drawing = engine.apply_filters(r, built, drawn, quiet=True)
+        run = self.pipeline(r)
+        trained = self.trained(run)
+        # What `qd run` draws: the seeds, `best_of`, a `mode:` (Finish my drawing, Morph), the filters.
+        drawing = run.drawing()
         gid = uuid.uuid4().hex
         with self.lock:
-            self.generations[gid] = Generation(r, built, drawing, used)
+            self.generations[gid] = Generation(run, drawing, used)
             while len(self.generations) > KEEP_GENERATIONS:
                 self.generations.popitem(last=False)
         canvases = np.asarray(drawing.canvases)
@@ -338,9 +338,11 @@ class Studio:
         with self.lock:
             g = self.generations.get(gid)
         if g is None:
-            raise HTTPProblem(404, "Error: that generation is gone (the server keeps the last 8): generate again")
+            raise NotFound("that generation is gone (the server keeps the last 8): generate again")
+        if kind not in ("gif", "png"):
+            raise NotFound("downloads are .gif or .png")
         name = {"gif": "gif", "png": "png-sheet"}[kind]
-        r = g.recipe
+        r = g.run.recipe
         # The recipe's own writer settings when it names this writer, so the download is
         # what `qd run` of "copy as recipe" writes; else the writer's defaults with steps.
         given = dict(r.output.params) if r.output.use == name else {"frames": "steps", "attention": g.drawing.windows is not None}
@@ -348,9 +350,9 @@ class Studio:
             given["attention"] = False  # a morph's frames have no write window to box
         writer = self.registry.get("writers", name).factory(**given)
         out = self.tmp / f"{gid}.{kind}"
-        writer.write(g.drawing, out, engine.context(r, 4, quiet=True))
+        g.run.write(out, g.drawing, writer)
         try:
-            return out.read_bytes(), f"{engine._slug(r.name)}.{kind}"
+            return out.read_bytes(), f"{g.run.stem}.{kind}"
         finally:
             out.unlink(missing_ok=True)
 
@@ -375,21 +377,23 @@ class Studio:
 
     def start_training(self, data: Any) -> dict:
         r, _ = self.intake(data)
-        built = engine.prepare(r)
+        run = self.pipeline(r)
         key = str(engine.model_dir(r))
         with self.lock:
             old = self.jobs.get(key)
             if old and old.state in ("starting", "running"):
-                raise HTTPProblem(409, f"Error: {r.name!r} is already training (step {old.step} of {old.total}): "
-                                       "one training job per model")
+                raise Conflict(f"{r.name!r} is already training (step {old.step} of {old.total}): "
+                               "one training job per model")
             job = Job(key=key, name=r.name, total=r.train.iterations)
             self.jobs[key] = job
-            self.models.pop(key, None)
-        job.thread = threading.Thread(target=self._train, args=(job, r, built), daemon=True, name=f"qd-train-{r.name}")
+            # The model, and what recipes drawing from it by `model.from` loaded (engine.load_model's keys).
+            for stale in [k for k in self.models if k == key or k.startswith(key + "#")]:
+                self.models.pop(stale, None)
+        job.thread = threading.Thread(target=self._train, args=(job, run), daemon=True, name=f"qd-train-{r.name}")
         job.thread.start()
         return job.as_json()
 
-    def _train(self, job: Job, r: Recipe, built: engine.Built) -> None:
+    def _train(self, job: Job, run: engine.Run) -> None:
         from ..errors import Cancelled
 
         def on_step(step: int, total: int, lx: float, lz: float) -> bool:
@@ -399,9 +403,9 @@ class Studio:
             return job.stop.is_set()
 
         try:
-            images = self.dataset(r, built)
+            self.dataset(run)
             job.state = "running"
-            trained = engine.ensure_model(r, images, quiet=True, on_step=on_step)
+            trained = run.model(on_step=on_step)
             job.step = trained.step
             job.state = "done"
         except Cancelled as e:
@@ -415,9 +419,9 @@ class Studio:
         with self.lock:
             job = self.jobs.get(key)
         if job is None:
-            raise HTTPProblem(404, "Error: no such training job")
+            raise NotFound("no such training job")
         if job.state not in ("starting", "running"):
-            raise HTTPProblem(409, f"Error: the job is not running (it is {job.state})")
+            raise Conflict(f"the job is not running (it is {job.state})")
         job.stop.set()
         return job.as_json()
 
@@ -430,6 +434,10 @@ class Studio:
             if job.thread is not None:
                 job.thread.join(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _data_key(r: Recipe) -> str:
+    return json.dumps([r.dataset.use, {k: str(v) for k, v in r.dataset.params.items()}, r.model.height, r.model.width])
 
 
 def _resolved(value: str, folder: Path) -> Optional[Path]:
