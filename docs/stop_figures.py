@@ -9,7 +9,8 @@ too) prints one JSON line: its step, the stop (step, reason), the last training-
 of its checks, and the reconstruction error of the recipe's n seeds (the last training batch,
 then the recipe's perturbations, drawn with the recipe's seed) against the clean drawings
 they came from: mean absolute pixel error of the final canvas (0..1) and its cross-entropy
-(nats per image, as L^x counts it). Needs no step time: the figures do not depend on load.
+(nats per image, as L^x counts it); and the same for every training drawing, clean, so that
+models of different steps are compared on the same images. The figures do not depend on load.
 """
 from __future__ import annotations
 
@@ -24,22 +25,32 @@ from qdcore.plugin_manager import build
 from qdcore.recipe import load
 
 
+def _errors(recipe, model, seeds: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
+    """(mean absolute pixel error, cross-entropy in nats per image) of the final canvases
+    drawn from `seeds` against `clean`."""
+    final = np.clip(engine.generate(recipe, model, seeds).canvases[-1], 1e-6, 1 - 1e-6)
+    bce = -(clean * np.log(final) + (1 - clean) * np.log(1 - final)).sum(axis=(1, 2))
+    return round(float(np.abs(final - clean).mean()), 4), round(float(bce.mean()), 2)
+
+
 def figures(recipe, built, data, folder: Path) -> dict:
     trained = train.load(recipe.model, folder)
     n = recipe.generate.n
     clean = trained.last_batch[np.arange(n) % len(trained.last_batch)]
     seeds = engine.make_seeds(recipe, built, data, trained.last_batch, quiet=True)
-    final = np.clip(engine.generate(recipe, trained.model, seeds).canvases[-1], 1e-6, 1 - 1e-6)
-    bce = -(clean * np.log(final) + (1 - clean) * np.log(1 - final)).sum(axis=(1, 2))
+    mae, bce = _errors(recipe, trained.model, seeds, clean)
+    # The same images for every model: all training drawings, clean (the last batch differs
+    # from step to step).
+    train_idx, _ = train.split(len(data.images), recipe.train, train.stream_labels(data))
+    every = data.as_float(np.sort(train_idx))
+    every_mae, every_bce = _errors(recipe, trained.model, every, every)
     finished = json.loads((folder / "finished.json").read_text())
     state = folder / "stop.json"
     checks = json.loads(state.read_text())["checks"] if state.exists() else []
     return {"folder": str(folder), "step": trained.step, "stopped": finished.get("stopped"),
             "last_check": checks[-1] if checks else None,
-            "seed_mae": round(float(np.abs(final - clean).mean()), 4),
-            "seed_bce_nats": round(float(bce.mean()), 2),
-            "clean_seed_mae": round(float(np.abs(np.clip(
-                engine.generate(recipe, trained.model, clean).canvases[-1], 0, 1) - clean).mean()), 4)}
+            "seed_mae": mae, "seed_bce_nats": bce, "train_images": len(every),
+            "train_mae": every_mae, "train_bce_nats": every_bce}
 
 
 def main() -> None:

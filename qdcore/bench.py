@@ -427,7 +427,7 @@ def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400)
         for workers in (1, 2):
             recipe = tmp / f"w{workers}.yaml"
             recipe.write_text(f"name: w{workers}\ndataset: {{use: quickdraw, category: {category}}}\n"
-                              f"train: {{iterations: {steps}, batch_size: {batch_size}, checkpoint_every: {steps}, "
+                              f"train: {{iterations: {steps}, batch_size: {batch_size}, checkpoint_every: {steps}, stop: budget, "
                               f"distribute: {'none' if workers == 1 else 'multi-worker'}}}\n")
             socks = [socket.socket() for _ in range(workers)]
             for sock in socks:
