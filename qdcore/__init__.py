@@ -7,7 +7,7 @@ Plugin authors import everything they need from here and never import pluggy:
 Everything a built-in plugin uses is here too (atomic writes, the data and cache folders,
 opening images, checking category names, the two-ink composite), so any file under plugins/
 can be copied as a template: none of them imports a qdcore submodule or a private name
-(tests/test_plugin_api.py). docs/writing-plugins.md lists this surface.
+(tests/test_imports.py). docs/writing-plugins.md lists this surface.
 
 Importing qdcore does not import TensorFlow.
 """

@@ -37,8 +37,26 @@ def shown(value: Any) -> str:
     return " ".join(_short.repr(value).split())
 
 
+class _TooDeep(Exception):
+    pass
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+    """PyYAML's safe loader, refusing a key given twice in one mapping, and a document nested
+    deeper than check_shape allows as soon as the composer gets there: composing is recursive,
+    and 20,000 levels would otherwise run to Python's recursion limit first."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        # A node this deep sits inside more than MAX_DEPTH containers, which check_shape refuses.
+        if self._depth > MAX_DEPTH + 1:
+            raise _TooDeep
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -70,7 +88,7 @@ def load_yaml(text: str, label: str) -> Any:
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(f"invalid YAML: {problem}", where) from None
-    except RecursionError:
+    except (RecursionError, _TooDeep):
         raise too_deep(label) from None
     check_shape(data, label)
     return data
