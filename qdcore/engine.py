@@ -276,19 +276,12 @@ def own_model_plan(recipe: Recipe) -> str:
     what = (f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
             f"{recipe.train.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
     from .plan import known_speed  # reads the step-plan cache; nothing is measured here
+    from .stopping import budget_eta
 
     speed = known_speed(recipe.model, recipe.train)
     if not speed:
         return what + "; no training speed of this model is measured here yet to say how long"
-    return what + f", about {_duration(images / speed)} at the {speed:,.0f} images/s measured here for this model"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return what + f", {budget_eta(left, recipe.train.batch_size, speed)} at the {speed:,.0f} images/s measured here for this model"
 
 
 def trained_recipe(recipe: Recipe, trained) -> Recipe:

@@ -123,5 +123,13 @@ def budget_eta(steps: int, batch_size: int, images_per_s: float | None) -> str:
     """'about 45 min' for `steps` at the measured rate; '' when the plan was not measured."""
     if not images_per_s:
         return ""
-    seconds = steps * batch_size / images_per_s
-    return f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
+    return f"about {duration(steps * batch_size / images_per_s)}"
+
+
+def duration(seconds: float) -> str:
+    """A wait as a person reads it: '40 s', '45 min', '2.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
