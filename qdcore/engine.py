@@ -260,28 +260,32 @@ def shared_category(recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET) 
         return category, source
     if shared.if_missing == "error":
         raise InputError(f"{shared.where}: {problem}")
-    reporter.say(f"model: {problem}; {own_model_plan(recipe)}")
+    reporter.say(f"model: {problem}; {own_model_plan(recipe, data)}")
     return None, None
 
 
-def own_model_plan(recipe: Recipe) -> str:
+def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     """What training a recipe's own model will cost, said before it starts: the steps left,
-    the images they are, and the time at this machine's measured speed when it was measured."""
+    the images they are (in batches that fit the data: mixing.fit_batch), and the time at
+    this machine's measured speed when it was measured."""
     workdir = model_dir(recipe)
     if models.is_finished(workdir):
         return f"using this recipe's own model, trained before ({workdir})"
+    from .mixing import fit_batch
+
+    cfg = fit_batch(recipe.train, data)
     done = (models.describe(workdir)["steps"] or 0) if workdir.is_dir() else 0
-    left = max(recipe.train.iterations - done, 0)
-    images = left * recipe.train.batch_size
+    left = max(cfg.iterations - done, 0)
+    images = left * cfg.batch_size
     what = (f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
-            f"{recipe.train.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
+            f"{cfg.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
     from .plan import known_speed  # reads the step-plan cache; nothing is measured here
     from .stopping import budget_eta
 
-    speed = known_speed(recipe.model, recipe.train)
+    speed = known_speed(recipe.model, cfg)
     if not speed:
         return what + "; no training speed of this model is measured here yet to say how long"
-    return what + f", {budget_eta(left, recipe.train.batch_size, speed)} at the {speed:,.0f} images/s measured here for this model"
+    return what + f", {budget_eta(left, cfg.batch_size, speed)} at the {speed:,.0f} images/s measured here for this model"
 
 
 def trained_recipe(recipe: Recipe, trained) -> Recipe:

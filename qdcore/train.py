@@ -38,7 +38,7 @@ from .errors import Cancelled, InputError, QdError, TrainingError
 from .interfaces import ImageSet
 from .plan import Choice, StepPlan
 from . import plan as step_plans
-from .mixing import balanced_groups, cycle_length, cycle_order, last_by_class, split, stream_labels
+from .mixing import balanced_groups, cycle_length, cycle_order, fit_batch, last_by_class, split, stream_labels
 from .models import CHECKPOINTS, FINISHED
 from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
@@ -326,7 +326,8 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
           restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
     """Train to train_cfg.iterations or until the stop rule stops it (qdcore/stopping.py),
-    resuming from workdir's checkpoints if present.
+    resuming from workdir's checkpoints if present, in batches of train_cfg.batch_size or of
+    the whole training set when that is smaller (mixing.fit_batch).
 
     on_step(step, total, lx, lz), when given, is called after every step (the studio's
     progress bar); returning True stops training: a checkpoint is saved and Cancelled raised.
@@ -336,6 +337,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     restart=True discards workdir's checkpoints, last batch, stop record and finished marker first.
     """
     workdir = Path(workdir)
+    asked, train_cfg = train_cfg.batch_size, fit_batch(train_cfg, data)
     record = None if restart else checkpoints.read_finished(workdir / FINISHED)
     if record is not None and not stopping.needs_more(record, train_cfg):
         train_idx, _ = split(len(data.images), train_cfg, stream_labels(data))
@@ -347,6 +349,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     # The plan first (TensorFlow's threads are set before anything starts it), then the
     # strategy (a multi-worker one must also come before TensorFlow's runtime starts).
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if train_cfg.batch_size < asked:
+        say(f"batch: {train_cfg.batch_size} images, the whole training set (train.batch_size {asked} "
+            f"would hold each drawing {asked / train_cfg.batch_size:.0f} times)")
     choice = plan_step(model_cfg, train_cfg, say)
     placement = distribute.choose(train_cfg)
     try:

@@ -229,3 +229,30 @@ def test_enough_held_out_images_are_judged_by_their_bound(tmp_path, monkeypatch)
     assert state["signal"] == stopping.HELDOUT and trained.step == 12
     bound = train_mod.evaluate(trained, data, _cfg())["bound"]
     assert state["checks"][-1][1] == pytest.approx(bound, rel=1e-5)
+
+
+# --- a batch that fits the data (mixing.fit_batch) ---------------------------------------
+
+def test_a_batch_never_holds_more_than_the_training_set():
+    from qdcore.mixing import fit_batch, split
+
+    small, big = _images(n=25), _images(n=1000)
+    n_train = len(split(25, TrainConfig(), None)[0])
+    assert n_train == 23  # windmill's 25 drawings, 2 held out
+    assert fit_batch(TrainConfig(batch_size=400), small).batch_size == 23
+    assert fit_batch(TrainConfig(batch_size=400), big).batch_size == 400
+    assert fit_batch(TrainConfig(batch_size=16), small).batch_size == 16
+    # a distributed batch must split evenly over its replicas: it is kept as the recipe says
+    assert fit_batch(TrainConfig(batch_size=400, distribute="mirrored"), small).batch_size == 400
+
+
+def test_the_trainer_trains_a_small_set_in_batches_of_the_whole_set(tmp_path, capsys):
+    data = _images(n=12)  # 11 trained on, 1 held out
+    trained = train_mod.train(TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path)
+    err = capsys.readouterr().err
+    assert "batch: 11 images, the whole training set (train.batch_size 64 would hold each drawing 6 times)" in err
+    assert "full budget 6 steps of 11 images" in err
+    assert trained.step == 6 and len(trained.last_batch) == 11
+    # loaded again: the same model, nothing trained
+    assert len(train_mod.train(TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path,
+                               quiet=True).last_batch) == 11
