@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qdcore import engine, train
+from qdcore import engine
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
+from qdcore.training import train
 
 
 def _errors(recipe, model, seeds: np.ndarray, clean: np.ndarray) -> tuple[float, float]:

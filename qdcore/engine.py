@@ -5,7 +5,7 @@ benchmarks, the docs' figure scripts) goes through it; the functions below are i
 
 Every component is instantiated (and so checked) before the first expensive step, and the
 output location is checked before training, so a bad recipe never costs a training run.
-TensorFlow is imported only when a model is needed (qdcore.train / qdcore.draw).
+TensorFlow is imported only when a model is needed (qdcore.training.train / qdcore.draw).
 """
 from __future__ import annotations
 
@@ -142,8 +142,8 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
 def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, reporter: Reporter = QUIET, on_step=None):
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
-    from . import train  # TensorFlow lives behind this import
-    from .locks import hold
+    from .training import train  # TensorFlow lives behind this import
+    from .training.locks import hold
 
     category, source = shared_category(recipe, data, reporter)
     if category is None:
@@ -179,7 +179,7 @@ def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QU
     if cache is not None and key in cache:
         return cache[key]
     if category is None:
-        from . import train
+        from .training import train
 
         loaded = train.load(recipe.model, workdir)
     else:
@@ -190,7 +190,7 @@ def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QU
 
 
 def _load_shared(shared, category: str, source: "SharedSource"):
-    from . import train
+    from .training import train
     from .conditioning import Steered
 
     if source.pack is not None:
@@ -275,8 +275,8 @@ def own_model_plan(recipe: Recipe) -> str:
     images = left * recipe.train.batch_size
     what = (f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
             f"{recipe.train.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
-    from .plan import known_speed  # reads the step-plan cache; nothing is measured here
-    from .stopping import budget_eta
+    from .training.plan import known_speed  # reads the step-plan cache; nothing is measured here
+    from .training.stopping import budget_eta
 
     speed = known_speed(recipe.model, recipe.train)
     if not speed:
@@ -311,7 +311,7 @@ def _describe_model(recipe: Recipe, workdir: Path) -> None:
 
     from .atomic import atomic_path
 
-    from .distribute import writes_here
+    from .training.distribute import writes_here
 
     target = workdir / MODEL_RECIPE
     if target.exists() or not writes_here(recipe.train):

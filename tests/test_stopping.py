@@ -1,4 +1,4 @@
-"""The stop rule (qdcore/stopping.py): the rule on sequences of figures, and the trainer
+"""The stop rule (qdcore/training/stopping.py): the rule on sequences of figures, and the trainer
 stopping by it, saying why, resuming, and keeping the cache keys of recipes written before it."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdcore import stopping
+from qdcore.training import stopping
 from qdcore.config import TrainConfig
-from qdcore.stopping import Plateau
+from qdcore.training.stopping import Plateau
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -121,7 +121,7 @@ def test_shipped_recipes_keep_their_model_keys(name):
 
 tf = pytest.importorskip("tensorflow")
 
-import qdcore.train as train_mod  # noqa: E402
+import qdcore.training.train as train_mod  # noqa: E402
 from qdcore.config import ModelConfig  # noqa: E402
 from qdcore.errors import Cancelled  # noqa: E402
 from qdcore.interfaces import ImageSet  # noqa: E402

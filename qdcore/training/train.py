@@ -6,10 +6,10 @@ Everything for one model lives in the `workdir` the engine hands over:
     finished.json     written atomically only once training reached train_cfg.iterations,
                       or stopped by the stop rule ("stopped": step, reason, rule), with
                       the class names of a conditional model
-    stop.json         the stop rule's checks so far, replayed on resume (qdcore/stopping.py)
+    stop.json         the stop rule's checks so far, replayed on resume (qdcore/training/stopping.py)
     last_by_class.npz a conditional model's last training images of each class
-    tensorboard/      TensorBoard summaries (qdcore/summaries.py)
-Under a multi-worker strategy only the chief writes any of these (qdcore/distribute.py).
+    tensorboard/      TensorBoard summaries (qdcore/training/summaries.py)
+Under a multi-worker strategy only the chief writes any of these (qdcore/training/distribute.py).
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
@@ -30,16 +30,16 @@ import tensorflow as tf
 from . import checkpoints
 from . import optimizer
 from . import stopping
-from .atomic import atomic_path
-from .conditioning import conditional_classes
-from .config import ModelConfig, TrainConfig
-from .draw import Draw
-from .errors import Cancelled, InputError, QdError, TrainingError
-from .interfaces import ImageSet
+from ..atomic import atomic_path
+from ..conditioning import conditional_classes
+from ..config import ModelConfig, TrainConfig
+from ..draw import Draw
+from ..errors import Cancelled, InputError, QdError, TrainingError
+from ..interfaces import ImageSet
 from .plan import Choice, StepPlan
 from . import plan as step_plans
 from .mixing import balanced_groups, cycle_length, cycle_order, last_by_class, split, stream_labels
-from .models import CHECKPOINTS, FINISHED
+from ..models import CHECKPOINTS, FINISHED
 from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
 LAST_BATCH = "last_batch.npy"
@@ -83,7 +83,7 @@ def describe_targets(data: ImageSet) -> str:
 
 class Batches:
     """Batch k of the cycling stream, computed on demand (numpy gather, no copy of the set).
-    A labelled set is mixed as its `mix` says (qdcore/mixing.py) and batches carry labels."""
+    A labelled set is mixed as its `mix` says (qdcore/training/mixing.py) and batches carry labels."""
 
     def __init__(self, data: ImageSet, train_idx: np.ndarray, batch_size: int, seed: int):
         self.data, self.train_idx, self.batch_size, self.seed = data, train_idx, batch_size, seed
@@ -111,7 +111,7 @@ class Batches:
 
     def rows(self, k, lo: int, hi: int) -> np.ndarray:
         """Rows lo:hi of batch k, exactly as they are in the whole batch: a replica of a
-        distributed run loads only its own part (qdcore/distribute.py)."""
+        distributed run loads only its own part (qdcore/training/distribute.py)."""
         k, lo, hi = int(k), int(lo), int(hi)
         index = self.indices(k)[lo:hi]
         # Dynamic binarization draws fresh bits every time an example is seen; the bits of
@@ -157,8 +157,8 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
     step changes nothing, so the model in memory stays the last good one too. The streams
     of a plan only reorder the sums: the loss and gradient are those of the whole batch.
     Without a plan: train_cfg.precision's plain step (float32: XLA; bfloat16: uncompiled).
-    The strategy step (qdcore/distribute.py) is built from the same pieces (qdcore/step.py). Adam is Keras'
-    (qdcore/optimizer.py); its learning rate follows its own step count.
+    The strategy step (qdcore/training/distribute.py) is built from the same pieces (qdcore/training/step.py). Adam is Keras'
+    (qdcore/training/optimizer.py); its learning rate follows its own step count.
     """
     if plan is None:
         precision = "bfloat16" if train_cfg.precision == "bfloat16" else "float32"
@@ -241,7 +241,7 @@ def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan 
     matters: the plan first, because TensorFlow's threads can only be set before the model's
     variables start it. `classes` (2 or more) makes the model class-conditional. Under a
     tf.distribute strategy the model and optimizer are created in its scope and the step is
-    the strategy's (qdcore/distribute.py); otherwise on the plan's device."""
+    the strategy's (qdcore/training/distribute.py); otherwise on the plan's device."""
     if plan is None:
         choice = plan_step(model_cfg, train_cfg, say)
     else:
@@ -325,7 +325,7 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
           restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
-    """Train to train_cfg.iterations or until the stop rule stops it (qdcore/stopping.py),
+    """Train to train_cfg.iterations or until the stop rule stops it (qdcore/training/stopping.py),
     resuming from workdir's checkpoints if present.
 
     on_step(step, total, lx, lz), when given, is called after every step (the studio's
