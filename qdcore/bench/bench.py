@@ -184,11 +184,7 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
     step_plans.save(path, fields, winner, measured, busy)
     default = next(r for r in rows if r["plan"] == winner.name)
     if not quiet:
-        say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
-        say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
-        for r in rows:
-            say(f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} {r['ratio_to_reference']:>12.2f}"
-                + ("  <- auto" if r is default else ""))
+        _table(say, rows, ref_rate, default)
         say(f"auto chose {winner.name} (cached in {path})")
     return {
         "numpy_matmul_peak_gflop_per_s": round(peak, 1),
@@ -201,6 +197,14 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
         "plan_cache": str(path),
         "busy": busy,
     }
+
+
+def _table(say, rows: list[dict], ref_rate: float, default: dict) -> None:
+    say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
+    say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
+    for r in rows:
+        say(f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} {r['ratio_to_reference']:>12.2f}"
+            + ("  <- auto" if r is default else ""))
 
 
 # -- quality per minute ----------------------------------------------------------------------

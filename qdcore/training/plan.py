@@ -340,17 +340,25 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         return Choice(short_run_plan(plans), "unmeasured", [], path)
     # Sampled only now (it takes half a second): a cached quiet measurement needs no look.
     busy = machine_busy() if busy is None else busy
-
-    def usable(cached) -> bool:  # a busy machine's ranking is redone once the machine is quiet
-        return cached is not None and (not cached[2] or busy)
-
-    if usable(cached):
+    if _usable(cached, busy):
         return Choice(cached[0], "cached", cached[1], path)
-    # One measurement at a time per key: a second run started meanwhile waits for it and
-    # takes its winner, instead of timing the plans against the first one's measuring.
+    return _measure(model_cfg, train_cfg, plans, fields, path, busy, say, measure or time_plan)
+
+
+def _usable(cached, busy: bool) -> bool:
+    """A cached winner to take: a busy machine's ranking is redone once the machine is quiet."""
+    return cached is not None and (not cached[2] or busy)
+
+
+def _measure(model_cfg: ModelConfig, train_cfg: TrainConfig, plans: list[StepPlan], fields: dict, path: Path,
+             busy: bool, say: Callable[[str], None], measure: Callable[..., dict]) -> Choice:
+    """Time every candidate and cache the winner, unless another run measured it meanwhile.
+
+    One measurement at a time per key: a second run started meanwhile waits for it and
+    takes its winner, instead of timing the plans against the first one's measuring."""
     with locks.hold(path.with_suffix(".lock"), "measuring the step plans", say):
         cached = _read_cache(path, plans)
-        if usable(cached):
+        if _usable(cached, busy):
             return Choice(cached[0], "cached", cached[1], path)
         if cached:
             say("the cached step plan was measured on a busy machine; measuring again now that it is quiet")
@@ -361,7 +369,6 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
                 "the next run that starts on a quiet machine measures again")
         say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
             f"this happens once, the winner is cached in {path.parent}")
-        measure = measure or time_plan
         rows = []
         for p in plans:
             try:
