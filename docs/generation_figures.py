@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from qdcore import Drawing, engine, paths, recognizer as recog
-from qdcore.mixing import split
+from qdcore.training.mixing import split
 from qdcore.params import check
 from qdcore.plugin_manager import build
 from qdcore.recipe import load

@@ -23,7 +23,7 @@ from qdcore.interfaces import Drawing
 from qdcore.params import check
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
-from qdcore.train import split
+from qdcore.training.train import split
 
 # Display chains, as a recipe's `filters:` would say them.
 CHAINS = {

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qdcore import engine, train
+from qdcore import engine
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
+from qdcore.training import train
 
 
 def _errors(recipe, model, seeds: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
@@ -33,12 +34,12 @@ def _errors(recipe, model, seeds: np.ndarray, clean: np.ndarray) -> tuple[float,
     return round(float(np.abs(final - clean).mean()), 4), round(float(bce.mean()), 2)
 
 
-def figures(recipe, built, data, folder: Path) -> dict:
-    trained = train.load(recipe.model, folder)
+def figures(recipe, data, folder: Path) -> dict:
+    run = engine.Run(recipe, data=data, trained=train.load(recipe.model, folder))
+    trained = run.model()
     n = recipe.generate.n
     clean = trained.last_batch[np.arange(n) % len(trained.last_batch)]
-    seeds = engine.make_seeds(recipe, built, data, trained.last_batch, quiet=True)
-    mae, bce = _errors(recipe, trained.model, seeds, clean)
+    mae, bce = _errors(recipe, trained.model, run.seeds(), clean)
     # The same images for every model: all training drawings, clean (the last batch differs
     # from step to step).
     train_idx, _ = train.split(len(data.images), recipe.train, train.stream_labels(data))
@@ -59,10 +60,9 @@ def main() -> None:
     ap.add_argument("folders", type=Path, nargs="+")
     args = ap.parse_args()
     recipe = load(args.recipe, build().registry)
-    built = engine.prepare(recipe)
-    data = engine.load_data(recipe, built, quiet=True)
+    data = engine.Run(recipe).data()
     for folder in args.folders:
-        print(json.dumps(figures(recipe, built, data, folder)))
+        print(json.dumps(figures(recipe, data, folder)))
 
 
 if __name__ == "__main__":

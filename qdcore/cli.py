@@ -215,7 +215,7 @@ def evaluate(
     --real, the same figures for n real drawings the recognizer never trained on, as they are
     and after the recipe's filters: a display chain should leave them as recognizable."""
     from . import engine, models
-    from . import train as trainer
+    from .training import train as trainer
     from .errors import InputError
 
     r = _recipe(recipe, iterations=iterations, n=n, best_of=best_of, sets=sets or ())
@@ -298,7 +298,7 @@ def bench_train(
     plan qd's `auto` chooses from, and which one it chose (cached for training).
 
     Each measurement runs in a fresh process of its own, one after the other."""
-    from . import bench
+    from .bench import bench
 
     typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value, bf16=not no_bf16)))
 
@@ -313,7 +313,7 @@ def bench_quality(
 ):
     """Held-out bound after N minutes of training at the recipe's settings, plus a sheet of
     prior samples (through the recipe's filters, like `qd sample`)."""
-    from . import bench
+    from .bench import bench
 
     pipeline, path = _as_sheet(_recipe(recipe), sheet, _reporter(quiet, lines=False))
     r = pipeline.recipe
@@ -338,7 +338,7 @@ def bench_frontier(
     """The quality frontier: candidate DRAW configurations trained for the same compute
     (minutes of this machine at each one's measured step speed) and scored by qd eval.
     Prints a Markdown table, best Frechet/floor first (docs/quality.md)."""
-    from . import bench_frontier as bf
+    from .bench import bench_frontier as bf
 
     r = _recipe(recipe)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -361,7 +361,7 @@ def bench_data(
 ):
     """Memory (peak RSS) and time of loading a recipe's dataset, splitting it and drawing batches."""
     from . import engine
-    from .bench_data import bench_data as measure_data
+    from .bench.bench_data import bench_data as measure_data
 
     r = _recipe(recipe)
     typer.echo(json.dumps(measure_data(engine.Run(r, _reporter(quiet, lines=False)), batches)))

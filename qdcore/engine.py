@@ -5,7 +5,7 @@ benchmarks, the docs' figure scripts) goes through it; the functions below are i
 
 Every component is instantiated (and so checked) before the first expensive step, and the
 output location is checked before training, so a bad recipe never costs a training run.
-TensorFlow is imported only when a model is needed (qdcore.train / qdcore.draw).
+TensorFlow is imported only when a model is needed (qdcore.training.train / qdcore.draw).
 """
 from __future__ import annotations
 
@@ -126,8 +126,8 @@ def output_path(recipe: Recipe, built: Built, out: Optional[Path]) -> Path:
     return path
 
 
-def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
-    data = built.dataset.load(context(recipe, _STAGE_DATASET, quiet=quiet))
+def load_data(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> ImageSet:
+    data = built.dataset.load(context(recipe, _STAGE_DATASET, quiet=reporter.quiet))
     who = _who(recipe.dataset)
     if not isinstance(data, ImageSet):
         raise PluginError(f"{who} returned {type(data).__name__}, not a qdcore.ImageSet")
@@ -142,8 +142,8 @@ def load_data(recipe: Recipe, built: Built, quiet: bool = False) -> ImageSet:
 def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, reporter: Reporter = QUIET, on_step=None):
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
-    from . import train  # TensorFlow lives behind this import
-    from .locks import hold
+    from .training import train  # TensorFlow lives behind this import
+    from .training.locks import hold
 
     category, source = shared_category(recipe, data, reporter)
     if category is None:
@@ -179,7 +179,7 @@ def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QU
     if cache is not None and key in cache:
         return cache[key]
     if category is None:
-        from . import train
+        from .training import train
 
         loaded = train.load(recipe.model, workdir)
     else:
@@ -190,7 +190,7 @@ def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QU
 
 
 def _load_shared(shared, category: str, source: "SharedSource"):
-    from . import train
+    from .training import train
     from .conditioning import Steered
 
     if source.pack is not None:
@@ -271,7 +271,7 @@ def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     workdir = model_dir(recipe)
     if models.is_finished(workdir):
         return f"using this recipe's own model, trained before ({workdir})"
-    from .mixing import fit_batch
+    from .training.mixing import fit_batch
 
     cfg = fit_batch(recipe.train, data)
     done = (models.describe(workdir)["steps"] or 0) if workdir.is_dir() else 0
@@ -279,8 +279,8 @@ def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     images = left * cfg.batch_size
     what = (f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
             f"{cfg.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
-    from .plan import known_speed  # reads the step-plan cache; nothing is measured here
-    from .stopping import budget_eta
+    from .training.plan import known_speed  # reads the step-plan cache; nothing is measured here
+    from .training.stopping import budget_eta
 
     speed = known_speed(recipe.model, cfg)
     if not speed:
@@ -315,7 +315,7 @@ def _describe_model(recipe: Recipe, workdir: Path) -> None:
 
     from .atomic import atomic_path
 
-    from .distribute import writes_here
+    from .training.distribute import writes_here
 
     target = workdir / MODEL_RECIPE
     if target.exists() or not writes_here(recipe.train):
@@ -327,13 +327,13 @@ def _describe_model(recipe: Recipe, workdir: Path) -> None:
                                    "model": recipe.model.as_dict(), "train": recipe.train.as_dict()}, default=str))
 
 
-def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], quiet: bool = False):
+def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], reporter: Reporter = QUIET):
     n = recipe.generate.n
     given = SeedInput(n=n, dataset=data, last_batch=last_batch)
     seeds = None
     shape = (n, recipe.model.height, recipe.model.width)
     for i, (step, strategy) in enumerate(zip(recipe.seeds, built.seeds)):
-        seeds = strategy.apply(seeds, given, context(recipe, _STAGE_SEEDS, i, quiet))
+        seeds = strategy.apply(seeds, given, context(recipe, _STAGE_SEEDS, i, reporter.quiet))
         if seeds is None:
             continue
         seeds = np.asarray(seeds, dtype=np.float32)
@@ -352,28 +352,28 @@ def generate(recipe: Recipe, model, seeds: Optional[np.ndarray], tries: int = 1)
     return model.reconstruct(np.repeat(seeds, tries, axis=0) if tries > 1 else seeds, seed=recipe.seed)
 
 
-def classifier(recipe: Recipe, built: Built, quiet: bool = False):
+def classifier(recipe: Recipe, built: Built, reporter: Reporter = QUIET):
     """The recipe's recognizer, trained or loaded from the cache."""
     if built.recognizer is None:
         raise InputError("this recipe has no recognizer: add `recognizer: {use: NAME}` naming an installed one")
-    loaded = built.recognizer.load(context(recipe, _STAGE_RECOGNIZER, quiet=quiet))
+    loaded = built.recognizer.load(context(recipe, _STAGE_RECOGNIZER, quiet=reporter.quiet))
     if not isinstance(loaded, recog.Classifier):
         raise PluginError(f"{_who(recipe.recognizer)} returned {type(loaded).__name__}, not a qdcore.Classifier")
     return loaded
 
 
-def check_recognizer(recipe: Recipe, built: Built, categories: list[str], quiet: bool = False) -> None:
+def check_recognizer(recipe: Recipe, built: Built, categories: list[str], reporter: Reporter = QUIET) -> None:
     """Fail before training when the recognizer cannot know `categories` (cheap: no training)."""
     if built.recognizer is None:
         raise InputError("this recipe has no recognizer: add `recognizer: {use: NAME}` naming an installed one")
-    known = built.recognizer.categories(context(recipe, _STAGE_RECOGNIZER, quiet=quiet))
+    known = built.recognizer.categories(context(recipe, _STAGE_RECOGNIZER, quiet=reporter.quiet))
     recog.check_known(known, categories, recipe.recognizer.use)
 
 
-def check_best_of(recipe: Recipe, built: Built, quiet: bool = False) -> None:
+def check_best_of(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> None:
     """With generate.best_of, the recognizer must know the recipe's category: checked before training."""
     if recipe.generate.best_of > 1:
-        check_recognizer(recipe, built, _categories(recipe), quiet)
+        check_recognizer(recipe, built, _categories(recipe), reporter)
 
 
 def _categories(recipe: Recipe) -> list[str]:
@@ -389,7 +389,7 @@ def _finals(drawing: Drawing) -> Drawing:
                    windows=None if drawing.windows is None else drawing.windows[-1:])
 
 
-def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, quiet: bool = False,
+def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, reporter: Reporter = QUIET,
          categories: Optional[list[str]] = None, final_only: bool = False) -> Drawing:
     """Generate and filter the recipe's n pictures. With generate.best_of = K, K x n candidates
     are drawn and the recognizer keeps the n most confident they show `categories` (default:
@@ -399,16 +399,16 @@ def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, qu
     enough for whoever looks only at the finished drawings."""
     k = recipe.generate.best_of
     if built.mode is not None:
-        drawn = generate_mode(recipe, built, model, seeds, quiet)
-        return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, quiet)
+        drawn = generate_mode(recipe, built, model, seeds, reporter)
+        return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, reporter)
     if k == 1:
         drawn = generate(recipe, model, seeds)
-        return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, quiet)
+        return apply_filters(recipe, built, _finals(drawn) if final_only else drawn, reporter)
     wanted = categories or _categories(recipe)
-    judge = classifier(recipe, built, quiet)
+    judge = classifier(recipe, built, reporter)
     columns = recog.check_known(judge.classes, wanted, recipe.recognizer.use)
     candidates = generate(recipe, model, seeds, tries=k)
-    filtered = apply_filters(recipe, built, _finals(candidates), quiet)
+    filtered = apply_filters(recipe, built, _finals(candidates), reporter)
     probabilities, _ = judge.classify(recog.to_bitmaps(filtered.canvases[0]))
     keep = recog.best_of(recog.confidence(probabilities, columns), recipe.generate.n, None if seeds is None else k)
     if final_only:
@@ -416,12 +416,12 @@ def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, qu
                        windows=None if filtered.windows is None else filtered.windows[:, keep])
     kept = replace(candidates, canvases=candidates.canvases[:, keep],
                    windows=None if candidates.windows is None else candidates.windows[:, keep])
-    return apply_filters(recipe, built, kept, quiet)
+    return apply_filters(recipe, built, kept, reporter)
 
 
-def generate_mode(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], quiet: bool = False) -> Drawing:
+def generate_mode(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], reporter: Reporter = QUIET) -> Drawing:
     """The recipe's `mode:` generator makes the pictures (docs/generation.md)."""
-    drawn = built.mode.generate(model, seeds, recipe.generate.n, recipe.seed, context(recipe, _STAGE_MODE, quiet=quiet))
+    drawn = built.mode.generate(model, seeds, recipe.generate.n, recipe.seed, context(recipe, _STAGE_MODE, quiet=reporter.quiet))
     who = _who(recipe.mode)
     if not isinstance(drawn, Drawing):
         raise PluginError(f"{who} returned {type(drawn).__name__}, not a qdcore.Drawing")
@@ -433,7 +433,7 @@ def generate_mode(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarra
     return drawn
 
 
-def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, quiet: bool = False) -> Drawing:
+def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, reporter: Reporter = QUIET) -> Drawing:
     """Filters see every canvas of every step as one stack of frames (and a completion's
     partial drawing as n more, so it stays in register with the canvases)."""
     T, n = drawing.canvases.shape[:2]
@@ -442,7 +442,7 @@ def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, quiet: bool = 
         frames = np.concatenate([frames, np.asarray(drawing.given, np.float32)])
     count = len(frames)
     for i, (step, f) in enumerate(zip(recipe.filters, built.filters)):
-        frames = np.asarray(f.apply(frames, context(recipe, _STAGE_FILTERS, i, quiet)), dtype=np.float32)
+        frames = np.asarray(f.apply(frames, context(recipe, _STAGE_FILTERS, i, reporter.quiet)), dtype=np.float32)
         if frames.ndim != 3 or frames.shape[0] != count:
             raise PluginError(f"{_who(step)} returned frames shaped {frames.shape}; expected ({count}, H, W)")
     frames = np.clip(frames, 0.0, 1.0)
@@ -460,14 +460,15 @@ class Run:
     It owns `model.from` (shared models and packs), the training lock, `generate.best_of`
     (checked before training; its recognizer) and the `mode:` generators. `data` is a
     dataset already loaded for this recipe (the studio keeps them); `models` a cache of
-    loaded models for `model(train=False)`."""
+    loaded models for `model(train=False)`; `trained` a model already loaded for this recipe
+    (a figure script's copy of a model folder), which model() then returns."""
 
     def __init__(self, recipe: Recipe, reporter: Reporter = QUIET, *, data: Optional[ImageSet] = None,
-                 models: Optional[dict] = None):
+                 models: Optional[dict] = None, trained=None):
         self.recipe, self.reporter = recipe, reporter
         self.built = prepare(recipe)
         self._data, self._models = data, models
-        self._trained = self._seeds = None
+        self._trained, self._seeds = trained, None
         self._checked = False
 
     @property
@@ -487,7 +488,7 @@ class Run:
 
     def data(self) -> ImageSet:
         if self._data is None:
-            self._data = load_data(self.recipe, self.built, self.quiet)
+            self._data = load_data(self.recipe, self.built, self.reporter)
         return self._data
 
     def model(self, *, restart: bool = False, on_step=None, train: bool = True):
@@ -504,7 +505,7 @@ class Run:
         """What drawing needs and costs no training (generate.best_of's recognizer knows the
         recipe's category): callers that train and then draw check it first."""
         if not self._checked:
-            check_best_of(self.recipe, self.built, self.quiet)
+            check_best_of(self.recipe, self.built, self.reporter)
             self._checked = True
 
     def trained_recipe(self) -> Recipe:
@@ -513,7 +514,7 @@ class Run:
     def seeds(self) -> Optional[np.ndarray]:
         """The seed chain's images (None: sample the prior)."""
         if self._seeds is None:
-            self._seeds = [make_seeds(self.recipe, self.built, self.data(), self.model().last_batch, self.quiet)]
+            self._seeds = [make_seeds(self.recipe, self.built, self.data(), self.model().last_batch, self.reporter)]
         return self._seeds[0]
 
     def drawing(self, *, prior: bool = False, final_only: bool = False, categories: Optional[list[str]] = None) -> Drawing:
@@ -522,12 +523,12 @@ class Run:
         if categories is None:
             self.check_drawing()
         seeds = None if prior else self.seeds()
-        return draw(self.recipe, self.built, self.model().model, seeds, quiet=self.quiet, categories=categories,
+        return draw(self.recipe, self.built, self.model().model, seeds, reporter=self.reporter, categories=categories,
                     final_only=final_only)
 
     def filtered(self, drawing: Drawing) -> Drawing:
         """A drawing made elsewhere (a benchmark's model) through the recipe's filters."""
-        return apply_filters(self.recipe, self.built, drawing, self.quiet)
+        return apply_filters(self.recipe, self.built, drawing, self.reporter)
 
     def write(self, path: Path, drawing: Optional[Drawing] = None, writer=None) -> Path:
         """Write `drawing` (default: self.drawing()) with the recipe's writer, or `writer`
@@ -538,17 +539,17 @@ class Run:
 
     def classifier(self):
         """The recipe's recognizer (the one best_of and qd eval use), trained or from the cache."""
-        return classifier(self.recipe, self.built, self.quiet)
+        return classifier(self.recipe, self.built, self.reporter)
 
     def eval_category(self) -> tuple[Optional[str], str]:
-        return eval_category(self.recipe, self.built, self.quiet)
+        return eval_category(self.recipe, self.built, self.reporter)
 
     def recognition(self, category: str) -> dict:
-        return recognition(self.recipe, self.built, self.model().model, category, self.quiet)
+        return recognition(self.recipe, self.built, self.model().model, category, self.reporter)
 
     def real_recognition(self, category: str) -> dict:
         """`qd eval --real`: the recipe's filters judged on real drawings; needs no model."""
-        return real_recognition(self.recipe, self.built, category, self.quiet)
+        return real_recognition(self.recipe, self.built, category, self.reporter)
 
 
 def run(recipe: Recipe, *, out: Optional[Path] = None, reporter: Reporter = QUIET) -> RunResult:
@@ -565,7 +566,7 @@ def run(recipe: Recipe, *, out: Optional[Path] = None, reporter: Reporter = QUIE
     return RunResult(written, trained.workdir, trained.step, time.perf_counter() - start)
 
 
-def eval_category(recipe: Recipe, built: Built, quiet: bool = False) -> tuple[Optional[str], str]:
+def eval_category(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> tuple[Optional[str], str]:
     """The category `qd eval` judges, or None and why not (checked before any training)."""
     if built.recognizer is None:
         return None, f"no recognizer is installed (the default is {recog.DEFAULT!r}, from qd's built-in `recognizers` plugin)"
@@ -574,40 +575,40 @@ def eval_category(recipe: Recipe, built: Built, quiet: bool = False) -> tuple[Op
         return None, (f"dataset {recipe.dataset.use!r} names {len(names)} categories; the recognizer figures "
                       "are for a recipe of one category")
     try:
-        check_recognizer(recipe, built, names, quiet)
+        check_recognizer(recipe, built, names, reporter)
     except InputError as e:
         return None, str(e)
     return names[0], ""
 
 
-def recognition(recipe: Recipe, built: Built, model, category: str, quiet: bool = False) -> dict:
+def recognition(recipe: Recipe, built: Built, model, category: str, reporter: Reporter = QUIET) -> dict:
     """qd eval's recognizer figures: generate.n prior samples (best_of applied, through the
     recipe's filters, scaled back to 28x28) against as many real drawings of `category`."""
-    judge = classifier(recipe, built, quiet)
-    shown = recog.to_bitmaps(draw(recipe, built, model, None, quiet=quiet, categories=[category], final_only=True).final)
+    judge = classifier(recipe, built, reporter)
+    shown = recog.to_bitmaps(draw(recipe, built, model, None, reporter=reporter, categories=[category], final_only=True).final)
     rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
     figures = recog.figures(judge, shown, category, rng, who=recipe.recognizer.use)
     return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None),
             "best_of": recipe.generate.best_of, **figures}
 
 
-def real_recognition(recipe: Recipe, built: Built, category: str, quiet: bool = False) -> dict:
+def real_recognition(recipe: Recipe, built: Built, category: str, reporter: Reporter = QUIET) -> dict:
     """`qd eval --real`: the recipe's filters judged on generate.n real drawings of `category`
     the recognizer never trained on, beside the same drawings raw (no model is needed). The
     real sets are those `recognition` compares samples with."""
-    judge = classifier(recipe, built, quiet)
+    judge = classifier(recipe, built, reporter)
     rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
     figures = recog.real_figures(judge, category, recipe.generate.n, rng,
-                                 lambda images: filtered_bitmaps(recipe, built, images, quiet), who=recipe.recognizer.use)
+                                 lambda images: filtered_bitmaps(recipe, built, images, reporter), who=recipe.recognizer.use)
     return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None), **figures}
 
 
-def filtered_bitmaps(recipe: Recipe, built: Built, images: np.ndarray, quiet: bool = False) -> np.ndarray:
+def filtered_bitmaps(recipe: Recipe, built: Built, images: np.ndarray, reporter: Reporter = QUIET) -> np.ndarray:
     """(n, H, W) ink-bright drawings through the recipe's filters, as one frame each, and
     scaled back to what a recognizer reads: how the display chain changes a drawing."""
     images = np.asarray(images, np.float32)
     drawing = Drawing(images[None], None, 0, "reconstruction", images.shape[1:])
-    return recog.to_bitmaps(apply_filters(recipe, built, drawing, quiet).final)
+    return recog.to_bitmaps(apply_filters(recipe, built, drawing, reporter).final)
 
 
 def _who(step) -> str:

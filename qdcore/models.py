@@ -1,6 +1,6 @@
 """The cache of trained models: what `qd models` lists and what `model: {from: ...}` finds.
 
-Each model is a folder `<cache>/models/<recipe name>-<model key>/` written by qdcore.train:
+Each model is a folder `<cache>/models/<recipe name>-<model key>/` written by qdcore.training.train:
 checkpoints/, finished.json once training completed (steps, settings, and the class names of
 a conditional model) and, once `qd eval` ran on the recipe that trained it, eval.json (the
 held-out bound). Reading them needs no TensorFlow, so `qd models` is fast.

@@ -345,8 +345,8 @@ def build(pack: Pack, weights: bytes):
 
 
 def load(pack: Pack):
-    """The pack as a qdcore.train.TrainedModel (weights verified against the manifest)."""
-    from .train import TrainedModel
+    """The pack as a qdcore.training.train.TrainedModel (weights verified against the manifest)."""
+    from .training.train import TrainedModel
 
     checked, weights = read(pack.path, pack.name, pack.plugin)
     return TrainedModel(model=build(checked, weights), step=checked.manifest["steps"], last_batch=None,
@@ -479,7 +479,7 @@ def export(name: str, file: Path, cache_dir: Path, installed: dict, *, descripti
 
     workdir = _cached(cache_dir, name)
     if workdir is not None:
-        from .train import load as load_trained
+        from .training.train import load as load_trained
 
         pack_name = workdir.name.rsplit("-", 1)[0] if name == workdir.name else name
         if not NAME.match(pack_name):

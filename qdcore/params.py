@@ -65,81 +65,108 @@ def describe_type(tp: Any) -> str:
 
 def coerce(value: Any, tp: Any, where: str, base_dir: Path | None = None) -> Any:
     """Return `value` converted to `tp`, or raise RecipeError naming `where`."""
-    origin = get_origin(tp)
     if tp is Any or tp is inspect.Parameter.empty:
         return value
-    if origin is typing.Annotated:
-        base, *extra = get_args(tp)
-        out = coerce(value, base, where, base_dir)
-        for e in extra:
-            if isinstance(e, Range) and not e.contains(out):
-                raise RecipeError(f"{shown(out)} is out of range: must be {e.describe()}", where)
-        return out
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise RecipeError(
-                f"{shown(value)} is not allowed: must be one of " + ", ".join(repr(a) for a in allowed), where
-            )
-        return value
-    if origin is Union:
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise RecipeError(f"must not be null: expected {describe_type(tp)}", where)
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(value, a, where, base_dir)
-            except RecipeError as e:
-                errors.append(e)
-        raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        item = args[0] if args else Any
-        out = [coerce(v, item, f"{where}[{i}]", base_dir) for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise RecipeError(f"{shown(value)} is not a boolean: use true or false", where)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise RecipeError(f"{shown(value)} is not an integer", where)
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise RecipeError(f"{shown(value)} is not a number", where)
-        if isinstance(value, (int, float)):
-            return float(value)
-        # YAML 1.1 reads "1e-3" as a string; accept what a person clearly meant.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise RecipeError(f"{shown(value)} is not a number", where)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise RecipeError(f"{shown(value)} is not a string", where)
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise RecipeError(f"{shown(value)} is not a path", where)
-        p = Path(value).expanduser()
-        if not p.is_absolute() and base_dir is not None:
-            p = base_dir / p
-        return p
+    origin = get_origin(tp)
+    if origin in _BY_ORIGIN:
+        return _BY_ORIGIN[origin](value, tp, where, base_dir)
+    if isinstance(tp, type) and tp in _BY_TYPE:
+        return _BY_TYPE[tp](value, tp, where, base_dir)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
+
+
+# -- the composite annotations: Annotated[X, Range], Literal, Optional / Union, list and tuple --
+
+def _annotated(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
+    base, *extra = get_args(tp)
+    out = coerce(value, base, where, base_dir)
+    for e in extra:
+        if isinstance(e, Range) and not e.contains(out):
+            raise RecipeError(f"{shown(out)} is out of range: must be {e.describe()}", where)
+    return out
+
+
+def _literal(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
+    allowed = get_args(tp)
+    if value not in allowed:
+        raise RecipeError(f"{shown(value)} is not allowed: must be one of " + ", ".join(repr(a) for a in allowed), where)
+    return value
+
+
+def _union(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise RecipeError(f"must not be null: expected {describe_type(tp)}", where)
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return coerce(value, a, where, base_dir)
+        except RecipeError:
+            pass
+    raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
+
+
+def _sequence(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise RecipeError(f"{shown(value)} is not {describe_type(tp)}", where)
+    args = [a for a in get_args(tp) if a is not Ellipsis]
+    item = args[0] if args else Any
+    out = [coerce(v, item, f"{where}[{i}]", base_dir) for i, v in enumerate(value)]
+    return tuple(out) if get_origin(tp) is tuple else out
+
+
+# -- the plain types: bool, int, float, str, Path ------------------------------------------
+
+def _bool(value: Any, tp: Any, where: str, base_dir: Path | None) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise RecipeError(f"{shown(value)} is not a boolean: use true or false", where)
+
+
+def _int(value: Any, tp: Any, where: str, base_dir: Path | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise RecipeError(f"{shown(value)} is not an integer", where)
+    return value
+
+
+def _float(value: Any, tp: Any, where: str, base_dir: Path | None) -> float:
+    if isinstance(value, bool):
+        raise RecipeError(f"{shown(value)} is not a number", where)
+    if isinstance(value, (int, float)):
+        return float(value)
+    # YAML 1.1 reads "1e-3" as a string; accept what a person clearly meant.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise RecipeError(f"{shown(value)} is not a number", where)
+
+
+def _str(value: Any, tp: Any, where: str, base_dir: Path | None) -> str:
+    if isinstance(value, str):
+        return value
+    raise RecipeError(f"{shown(value)} is not a string", where)
+
+
+def _path(value: Any, tp: Any, where: str, base_dir: Path | None) -> Path:
+    if not isinstance(value, str) or not value:
+        raise RecipeError(f"{shown(value)} is not a path", where)
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    return p
+
+
+_BY_ORIGIN = {typing.Annotated: _annotated, Literal: _literal, Union: _union, list: _sequence, tuple: _sequence}
+_BY_TYPE = {bool: _bool, int: _int, float: _float, str: _str, Path: _path}
 
 
 def parameters(fn: Callable) -> dict[str, inspect.Parameter]:

@@ -58,9 +58,25 @@ def build(extra: Iterable[tuple[str, object]] = ()) -> Plugins:
     pm = pluggy.PluginManager("qd")
     pm.add_hookspecs(hookspecs)
     info: dict[str, PluginInfo] = {}
-    allowed = _allowed()
     registry = Registry()
+    _load(pm, registry, info, extra)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise PluginError(f"{e}. Check the hook's spelling against docs/hooks.md") from e
+    _register(pm, registry, info)
+    for name, pi in info.items():
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            pi.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    return Plugins(pm, registry, info)
 
+
+def _load(pm: pluggy.PluginManager, registry: Registry, info: dict[str, PluginInfo],
+          extra: Iterable[tuple[str, object]]) -> None:
+    """Register each allowed entry point's module, then `extra`; one that fails is recorded
+    as broken (and an entry point's failure warned about), and the others go on."""
+    allowed = _allowed()
     for ep in _entry_points():
         if allowed is not None and ep.name not in allowed:
             continue
@@ -73,7 +89,7 @@ def build(extra: Iterable[tuple[str, object]] = ()) -> Plugins:
         except Exception as e:  # noqa: BLE001 - isolation is the point
             pi.error = f"{type(e).__name__}: {e}"
             registry.broken[ep.name] = pi.error
-            warnings.warn(f"qd plugin {ep.name!r} failed to load and is skipped: {pi.error}", stacklevel=2)
+            warnings.warn(f"qd plugin {ep.name!r} failed to load and is skipped: {pi.error}", stacklevel=3)
     for name, obj in extra:
         info[name] = PluginInfo(name, getattr(obj, "__version__", None), None)
         try:
@@ -82,14 +98,12 @@ def build(extra: Iterable[tuple[str, object]] = ()) -> Plugins:
             info[name].error = f"{type(e).__name__}: {e}"
             registry.broken[name] = info[name].error
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        raise PluginError(f"{e}. Check the hook's spelling against docs/hooks.md") from e
 
+def _register(pm: pluggy.PluginManager, registry: Registry, info: dict[str, PluginInfo]) -> None:
+    """Call every register hook, each implementation separately so every registration knows
+    its plugin; a hook that crashes marks its plugin broken."""
     for kind, (hook_name, _) in KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        # Call each implementation separately so every registration knows its plugin.
         for impl in hook.get_hookimpls():
             plugin_name = pm.get_name(impl.plugin)
             pi = info.get(plugin_name)
@@ -106,10 +120,4 @@ def build(extra: Iterable[tuple[str, object]] = ()) -> Plugins:
                 registry.broken[plugin_name] = msg
                 if pi:
                     pi.error = msg
-                warnings.warn(f"qd plugin {plugin_name!r} failed in {msg}", stacklevel=2)
-
-    for name, pi in info.items():
-        plugin = pm.get_plugin(name)
-        if plugin is not None:
-            pi.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-    return Plugins(pm, registry, info)
+                warnings.warn(f"qd plugin {plugin_name!r} failed in {msg}", stacklevel=3)

@@ -91,7 +91,7 @@ def tiny_model(tmp_path_factory, quickdraw_dir):
     try:
         r = load(recipe, build().registry)
         built = engine.prepare(r)
-        engine.ensure_model(r, engine.load_data(r, built, quiet=True))
+        engine.ensure_model(r, engine.load_data(r, built))
     finally:
         if saved is None:
             os.environ.pop("QD_CACHE_DIR", None)

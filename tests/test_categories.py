@@ -44,7 +44,7 @@ def test_one_category_is_still_a_plain_memmap_with_one_class(quickdraw_dir, tmp_
 def test_a_plugin_that_sets_no_labels_still_trains_as_one_category():
     s = ImageSet(np.zeros((3, 28, 28), np.uint8), "plain")
     assert s.labels is None and s.classes is None
-    from qdcore.train import Batches, split
+    from qdcore.training.train import Batches, split
 
     train_idx, _ = split(3, TrainConfig(holdout=0.0))
     b = Batches(s, train_idx, 2, 0)
@@ -81,7 +81,7 @@ def _set(counts: list[int], mix: str) -> ImageSet:
 
 
 def test_balanced_mixing_shows_each_category_equally_often_and_every_drawing(quickdraw_dir):
-    from qdcore.train import Batches
+    from qdcore.training.train import Batches
 
     data = _set([300, 30, 90], "balanced")
     idx = np.arange(420)
@@ -98,7 +98,7 @@ def test_balanced_mixing_shows_each_category_equally_often_and_every_drawing(qui
 
 
 def test_proportional_mixing_shows_each_drawing_once_a_cycle():
-    from qdcore.train import Batches
+    from qdcore.training.train import Batches
 
     data = _set([300, 30, 90], "proportional")
     b = Batches(data, np.arange(420), 42, seed=3)
@@ -107,7 +107,7 @@ def test_proportional_mixing_shows_each_drawing_once_a_cycle():
 
 
 def test_held_out_split_is_per_category_and_matches_a_one_category_set(quickdraw_dir, tmp_path):
-    from qdcore.train import split
+    from qdcore.training.train import split
 
     cfg = TrainConfig(holdout=0.1, seed=5)
     s = QuickDraw(category=["apple", "cat", "snowflake"]).load(ctx(quickdraw_dir, tmp_path))
@@ -121,7 +121,7 @@ def test_held_out_split_is_per_category_and_matches_a_one_category_set(quickdraw
 
 
 def test_split_of_interleaved_labels_is_still_per_category():
-    from qdcore.train import split
+    from qdcore.training.train import split
 
     labels = np.repeat(np.arange(3, dtype=np.int16), [50, 20, 30])
     perm = np.random.default_rng(1).permutation(100)

@@ -257,7 +257,7 @@ filters: [{use: upscale, size: 32}]
 def test_bench_train_prints_every_plan_and_auto_choice(tmp_path):
     """Every candidate (here with the bfloat16 ones left out, as on a float32-only CPU), its
     ratio to the reference, and auto's choice, which is cached for training."""
-    from qdcore.plan import cpu_count
+    from qdcore.training.plan import cpu_count
 
     cache = tmp_path / "cache"
     r = qd("bench", "train", "--iterations", 1, "--batch-size", 8, "--no-bf16", "--quiet",

@@ -9,8 +9,8 @@ import tensorflow as tf
 from qdcore import InputError
 from qdcore.config import ModelConfig, TrainConfig
 from qdcore.draw import Draw
-from qdcore import optimizer
-from qdcore.train import make_train_step
+from qdcore.training import optimizer
+from qdcore.training.train import make_train_step
 
 TINY = ModelConfig(T=3, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 CLASSES = ["cat", "apple", "fish"]

@@ -28,7 +28,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from qdcore import summaries  # noqa: E402
+from qdcore.training import summaries  # noqa: E402
 
 DEADLINE = 240  # seconds for any one group of worker processes (startup included)
 

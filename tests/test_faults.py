@@ -63,7 +63,7 @@ def newest_restores(checkpoints: Path) -> int:
 
     import tensorflow as tf
 
-    from qdcore import checkpoints as ck
+    from qdcore.training import checkpoints as ck
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback warning would mean a damaged newest checkpoint

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qdcore import bench_frontier as bf
-from qdcore import plan as P
+from qdcore.bench import bench_frontier as bf
+from qdcore.training import plan as P
 from qdcore.cli import _recipe
 from qdcore.errors import InputError
 

@@ -5,8 +5,9 @@
   can copy a built-in as a template.
 - No import cycles among qdcore's modules (nor among the built-ins'), counting the imports
   inside functions too.
-- qdcore never imports qdplugins; the trainer's modules never reach the studio or the
-  benchmarks; validating a recipe never imports TensorFlow.
+- qdcore never imports qdplugins; the trainer (qdcore/training/) never reaches the pipeline,
+  the studio, the benchmarks or the CLI; the model (draw.py) never reaches the trainer; only the
+  CLI imports the benchmarks (qdcore/bench/); validating a recipe never imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ import qdcore
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_FILES = sorted((ROOT / "plugins").rglob("*.py")) + sorted((ROOT / "docs" / "examples" / "qd-spiral").rglob("*.py"))
 
-# The trainer and its machinery, by module name (wherever a later layout puts them).
-TRAINING = {"train", "step", "plan", "distribute", "optimizer", "checkpoints", "mixing", "summaries", "locks", "stopping"}
+# The trainer and its machinery: the modules of qdcore/training/.
+TRAINING = {"train", "step", "plan", "timing", "distribute", "optimizer", "checkpoints", "mixing", "summaries", "locks",
+            "stopping"}
+# The DRAW model: what the trainer, the pipeline and the packs build on.
+MODEL = ["qdcore.draw", "qdcore.conditioning", "qdcore.ink"]
 # Loading and validating a recipe: what `qd validate` and `qd plugins` run.
 VALIDATION = ["recipe", "params", "schema", "config", "registry", "plugin_manager", "limits", "overrides"]
 
@@ -155,6 +159,42 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def unresolved(folder: str = "qdcore", package: str = "qdcore") -> list[str]:
+    """Each `from <package> import name` (lazy ones too) whose name is neither a submodule nor
+    defined at the top of that package's __init__.py: what a move leaves behind."""
+    mods = package_modules(folder, package)
+    defined = {}
+    for m, path in mods.items():
+        if path.name == "__init__.py":
+            names = set()
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+                elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(node.name)
+                elif isinstance(node, ast.Assign):
+                    names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            defined[m] = names
+    found = []
+    for m, path in mods.items():
+        pkg = m.split(".") if path.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == package):
+                base = ".".join(pkg[:len(pkg) - node.level + 1] + ([node.module] if node.module else [])) if node.level \
+                    else node.module
+                if base not in mods:
+                    found.append(f"{m} line {node.lineno}: no module {base}")
+                    continue
+                for a in node.names:
+                    if base in defined and f"{base}.{a.name}" not in mods and a.name not in defined[base]:
+                        found.append(f"{m} line {node.lineno}: {base} has no {a.name}")
+    return found
+
+
+def test_every_import_of_a_qdcore_module_names_one_that_exists():
+    assert unresolved() == []
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycle({"a": {"b"}, "b": {"c", "os"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
@@ -162,7 +202,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_qdcore_has_no_import_cycles():
     graph = import_graph()
-    assert {"qdcore.train", "qdcore.distribute", "qdcore.engine"} <= graph.keys()
+    assert {"qdcore.training.train", "qdcore.training.distribute", "qdcore.engine"} <= graph.keys()
     assert cycle(graph) is None
 
 
@@ -178,17 +218,43 @@ def test_qdcore_never_imports_qdplugins():
     assert {m: v for m, v in offenders.items() if v} == {}
 
 
-def test_the_trainer_never_reaches_the_studio_or_the_benchmarks():
+def outer(module: str) -> bool:
+    """A module of the outer layers: the studio, the benchmarks or the command line."""
+    return module.split(".")[1:2] in (["studio"], ["bench"], ["cli"])
+
+
+def test_the_trainer_lives_in_its_own_subpackage_and_never_reaches_the_outer_layers():
     graph = import_graph()
-    training = [m for m in graph if m.split(".")[-1] in TRAINING]
-    assert {m.split(".")[-1] for m in training} == TRAINING  # every one named above exists
-    bad = {}
-    for m in training:
-        hits = sorted(t for t in reachable(graph, m)
-                      if any(part == "studio" or part.startswith("bench") for part in t.split(".")[1:]))
-        if hits:
-            bad[m] = hits
+    training = sorted(m for m in graph if m.startswith("qdcore.training."))
+    assert {m.split(".")[-1] for m in training} == TRAINING  # every one named above, and only they
+    assert not any(m.split(".")[-1] in TRAINING for m in graph if not m.startswith("qdcore.training"))  # none left behind
+    bad = {m: hits for m in training if (hits := sorted(t for t in reachable(graph, m) if outer(t) or t == "qdcore.engine"))}
     assert bad == {}
+
+
+def test_the_model_never_reaches_the_trainer_the_pipeline_or_the_outer_layers():
+    graph = import_graph()
+    assert set(MODEL) <= graph.keys()
+    bad = {m: hits for m in MODEL
+           if (hits := sorted(t for t in reachable(graph, m)
+                              if outer(t) or t.startswith("qdcore.training") or t == "qdcore.engine"))}
+    assert bad == {}
+
+
+def test_only_the_command_line_imports_the_benchmarks():
+    # The benchmarks are an outer layer: the step plan's timing child is training/timing.py,
+    # so `precision: auto` runs no benchmark code.
+    graph = import_graph()
+    assert {"qdcore.bench.bench", "qdcore.bench.bench_data", "qdcore.bench.bench_frontier"} <= graph.keys()
+    bad = {m: hits for m, deps in graph.items() if not m.startswith("qdcore.bench") and m != "qdcore.cli"
+           if (hits := sorted(t for t in deps if t.startswith("qdcore.bench")))}
+    assert bad == {}
+
+
+def test_the_step_plans_timing_child_is_the_trainers_own():
+    from qdcore.training import plan
+
+    assert plan.TIMING_CHILD == ("qdcore.training.timing",)
 
 
 def test_validating_every_shipped_recipe_never_imports_tensorflow():

@@ -176,7 +176,7 @@ def shipped(recipe: Path, sets=()):
     """Drawings (n, 28, 28) -> the same after `recipe`'s display chain, scaled back to 28x28."""
     r = load(recipe, build().registry, sets)
     built = engine.prepare(r)
-    return lambda images: engine.filtered_bitmaps(r, built, images, quiet=True)
+    return lambda images: engine.filtered_bitmaps(r, built, images)
 
 
 def across(images: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ def _holder(lock: Path, seconds: float) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from qdcore.locks import hold
+        from qdcore.training.locks import hold
         with hold(Path({str(lock)!r}), "training test"):
             print("held", flush=True)
             time.sleep({seconds})
@@ -30,7 +30,7 @@ def _holder(lock: Path, seconds: float) -> subprocess.Popen:
 
 
 def test_the_second_waits_with_a_message_then_gets_the_lock(tmp_path):
-    from qdcore.locks import hold
+    from qdcore.training.locks import hold
 
     lock = tmp_path / "model.lock"
     holder = _holder(lock, 1.5)
@@ -45,7 +45,7 @@ def test_the_second_waits_with_a_message_then_gets_the_lock(tmp_path):
 
 
 def test_a_lock_of_a_killed_process_never_blocks(tmp_path):
-    from qdcore.locks import hold
+    from qdcore.training.locks import hold
 
     lock = tmp_path / "model.lock"
     holder = _holder(lock, 600)
@@ -60,7 +60,7 @@ def test_a_lock_of_a_killed_process_never_blocks(tmp_path):
 
 
 def test_the_lock_is_released_on_an_exception(tmp_path):
-    from qdcore.locks import hold
+    from qdcore.training.locks import hold
 
     lock = tmp_path / "m.lock"
     with pytest.raises(KeyboardInterrupt):

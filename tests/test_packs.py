@@ -62,7 +62,8 @@ def tree(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, quickdraw_dir):
     """The tiny zoo trained (and evaluated) into cache A, exported by the CLI as one file."""
-    from qdcore import models, train
+    from qdcore import models
+    from qdcore.training import train
 
     root = tmp_path_factory.mktemp("packs")
     cache = root / "cache-a"
@@ -110,7 +111,7 @@ def test_an_exported_pack_is_a_manifest_and_named_float_arrays(exported):
 
 
 def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, monkeypatch):
-    from qdcore import train
+    from qdcore.training import train
 
     cache = tmp_path / "cache-b"
     out = qd("models", "import", exported["file"], cache=cache)

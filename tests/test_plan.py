@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from qdcore import plan as P
+from qdcore.training import plan as P
 from qdcore.config import ModelConfig, TrainConfig
 from qdcore.errors import TrainingError
 
@@ -166,7 +166,7 @@ def test_a_run_that_starts_while_another_measures_waits_and_takes_its_winner():
     import threading
     import time
 
-    from qdcore import locks
+    from qdcore.training import locks
 
     rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 90}
     path = choose(measure=FakeMeasure(rates)).path
@@ -274,7 +274,7 @@ def test_time_plan_runs_the_step_in_a_fresh_process():
 def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     """train() with auto: the first run measures (faked here) and the second reuses it."""
     from qdcore.interfaces import ImageSet
-    from qdcore.train import train
+    from qdcore.training.train import train
 
     tf = pytest.importorskip("tensorflow")
     tf.constant(1.0) + 1.0  # started: the winner's 1+2 threads can no longer be set here

@@ -177,15 +177,15 @@ class StubModel:
 def test_engine_best_of_keeps_the_candidates_the_recognizer_likes_best(registry, tmp_path):
     r = recipe(registry, tmp_path, generate={"n": 3, "best_of": 4}, recognizer="ink")
     built = engine.prepare(r)
-    drawing = engine.draw(r, built, StubModel(), None, quiet=True)
+    drawing = engine.draw(r, built, StubModel(), None)
     assert drawing.canvases.shape == (2, 3, 28, 28)
     assert drawing.windows[0, :, 0].tolist() == [9, 10, 11]  # the inkiest 3 of 12 prior samples
     seeds = np.zeros((3, 28, 28), np.float32)
-    drawing = engine.draw(r, built, StubModel(), seeds, quiet=True)
+    drawing = engine.draw(r, built, StubModel(), seeds)
     assert drawing.canvases.shape == (2, 3, 28, 28)
     assert drawing.canvases[-1, :, 0].sum(axis=1).tolist() == [3, 3, 3]  # the best of 4 tries at each seed
     # The asked-for category is a parameter: "apple" prefers the least ink.
-    drawing = engine.draw(r, built, StubModel(), None, quiet=True, categories=["apple"])
+    drawing = engine.draw(r, built, StubModel(), None, categories=["apple"])
     assert drawing.windows[0, :, 0].tolist() == [0, 1, 2]
 
 
@@ -195,8 +195,8 @@ def test_final_only_filters_just_the_finished_drawings(registry, tmp_path):
     for best_of in (1, 4):
         r = recipe(registry, tmp_path, generate={"n": 3, "best_of": best_of}, recognizer="ink", filters=[{"use": "invert"}])
         built = engine.prepare(r)
-        full = engine.draw(r, built, StubModel(), None, quiet=True)
-        final = engine.draw(r, built, StubModel(), None, quiet=True, final_only=True)
+        full = engine.draw(r, built, StubModel(), None)
+        final = engine.draw(r, built, StubModel(), None, final_only=True)
         assert final.canvases.shape == (1, 3, 28, 28) and final.windows.shape == (1, 3, 3)
         np.testing.assert_array_equal(final.canvases[0], full.canvases[-1])
         np.testing.assert_array_equal(final.windows[0], full.windows[-1])
@@ -323,7 +323,7 @@ def test_the_shipped_chain_keeps_real_drawings_recognizable(trained, registry):
         r = load(root / "recipes" / "cat.yaml", registry, sets)
         built = engine.prepare(r)
         return recog.real_figures(clf, "cat", 200, np.random.default_rng(4),
-                                  lambda x: engine.filtered_bitmaps(r, built, x, quiet=True))
+                                  lambda x: engine.filtered_bitmaps(r, built, x))
 
     shipped, pen = judged(), judged(["filters[0]={use: ink, size: 84, width: 3}"])
     assert abs(shipped["filtered"]["recognized"] - shipped["raw"]["recognized"]) <= 0.1 * shipped["raw"]["recognized"]

@@ -125,7 +125,7 @@ def _data_file(workdir: Path, step: int) -> Path:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One trained tiny model (checkpoints at steps 2 and 4), copied fresh for each test."""
-    from qdcore.train import train
+    from qdcore.training.train import train
 
     model_cfg, cfg, data = _tiny_run()
     workdir = tmp_path_factory.mktemp("finished") / "model"
@@ -143,7 +143,7 @@ def workdir(finished, tmp_path):
 
 
 def test_a_damaged_newest_checkpoint_falls_back_and_retrains_the_rest(finished, workdir):
-    from qdcore.train import train
+    from qdcore.training.train import train
 
     model_cfg, cfg, data = _tiny_run()
     _damage(_data_file(workdir, 4))
@@ -159,7 +159,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_retrains_the_rest(finished, 
 
 
 def test_load_falls_back_past_a_damaged_checkpoint(workdir):
-    from qdcore.train import load
+    from qdcore.training.train import load
 
     model_cfg, _, _ = _tiny_run()
     _damage(_data_file(workdir, 4))
@@ -169,7 +169,7 @@ def test_load_falls_back_past_a_damaged_checkpoint(workdir):
 
 @pytest.mark.parametrize("part", ["data", "index"])
 def test_every_checkpoint_damaged_retrains_from_scratch(finished, workdir, part):
-    from qdcore.train import train
+    from qdcore.training.train import train
 
     model_cfg, cfg, data = _tiny_run()
     for step in (2, 4):
@@ -183,7 +183,7 @@ def test_every_checkpoint_damaged_retrains_from_scratch(finished, workdir, part)
 
 @pytest.mark.parametrize("content", [b"", b'{"step": 4', b"\xff\xfe", b'["not", "a", "record"]'])
 def test_a_damaged_finished_marker_is_detected(finished, workdir, content):
-    from qdcore.train import train
+    from qdcore.training.train import train
 
     model_cfg, cfg, data = _tiny_run()
     (workdir / "finished.json").write_bytes(content)
@@ -195,7 +195,7 @@ def test_a_damaged_finished_marker_is_detected(finished, workdir, content):
 
 @pytest.mark.parametrize("damage", ["random", "truncated", "wrong shape", "missing"])
 def test_a_damaged_last_batch_is_rebuilt_exactly(finished, workdir, damage):
-    from qdcore.train import train
+    from qdcore.training.train import train
 
     model_cfg, cfg, data = _tiny_run()
     path = workdir / "last_batch.npy"
@@ -323,7 +323,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path, cac
     monkeypatch.setattr(tf.train.CheckpointManager, "save", real)
     code, err = run_main("run", recipe, "-o", out, capsys=capsys)  # space freed: resumes at step 2
     assert code == 0, err
-    from qdcore.train import load
+    from qdcore.training.train import load
     from qdcore.config import ModelConfig
 
     (model,) = (cache / "models").glob("faults-*[!k]")
@@ -482,7 +482,7 @@ def test_qd_models_survives_damaged_records_and_never_follows_symlinks(tmp_path,
 def test_a_garbage_checkpoint_state_file_is_set_aside_and_training_resumes(finished, workdir):
     import warnings
 
-    from qdcore.train import load, train
+    from qdcore.training.train import load, train
 
     model_cfg, cfg, data = _tiny_run()
     (workdir / "finished.json").unlink()  # resume through the checkpoints

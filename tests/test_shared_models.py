@@ -81,7 +81,7 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
     assert iio.imread(result.path, index=None).shape[:3] == (4, 28, 28)
 
     # The same drawings as the shared model sampled for "cat" directly.
-    from qdcore import train
+    from qdcore.training import train
     model = train.load(zoo.model, engine.model_dir(zoo)).model
     frames = iio.imread(result.path, index=None)
     expect = np.round(model.sample(4, seed=cat.seed, category="cat").final * 255)

@@ -1,4 +1,4 @@
-"""The stop rule (qdcore/stopping.py): the rule on sequences of figures, and the trainer
+"""The stop rule (qdcore/training/stopping.py): the rule on sequences of figures, and the trainer
 stopping by it, saying why, resuming, and keeping the cache keys of recipes written before it."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdcore import stopping
+from qdcore.training import stopping
 from qdcore.config import TrainConfig
-from qdcore.stopping import Plateau
+from qdcore.training.stopping import Plateau
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -121,7 +121,7 @@ def test_shipped_recipes_keep_their_model_keys(name):
 
 tf = pytest.importorskip("tensorflow")
 
-import qdcore.train as train_mod  # noqa: E402
+import qdcore.training.train as train_mod  # noqa: E402
 from qdcore.config import ModelConfig  # noqa: E402
 from qdcore.errors import Cancelled  # noqa: E402
 from qdcore.interfaces import ImageSet  # noqa: E402
@@ -234,7 +234,7 @@ def test_enough_held_out_images_are_judged_by_their_bound(tmp_path, monkeypatch)
 # --- a batch that fits the data (mixing.fit_batch) ---------------------------------------
 
 def test_a_batch_never_holds_more_than_the_training_set():
-    from qdcore.mixing import fit_batch, split
+    from qdcore.training.mixing import fit_batch, split
 
     small, big = _images(n=25), _images(n=1000)
     n_train = len(split(25, TrainConfig(), None)[0])

@@ -327,7 +327,7 @@ def test_the_studio_page_never_waits_for_tensorflow():
     import subprocess
     import sys
 
-    from qdcore import train
+    from qdcore.training import train
     from qdcore.studio import models
 
     assert models.FINISHED == train.FINISHED

@@ -6,15 +6,15 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-import qdcore.train as train_mod
+import qdcore.training.train as train_mod
 from qdcore.config import ModelConfig, TrainConfig
 from qdcore.draw import Draw
 from qdcore.errors import QdError, TrainingError
 from qdcore.interfaces import ImageSet
-from qdcore import optimizer
-from qdcore.plan import candidates as plan_candidates, cpu_count
-from qdcore.step import split_sizes
-from qdcore.train import Batches, evaluate, load, split, train
+from qdcore.training import optimizer
+from qdcore.training.plan import candidates as plan_candidates, cpu_count
+from qdcore.training.step import split_sizes
+from qdcore.training.train import Batches, evaluate, load, split, train
 
 TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 
@@ -102,7 +102,7 @@ def test_loss_falls_on_real_quickdraw_data(quickdraw_dir, tmp_path, precision):
 
 def test_forced_precision_picks_that_arithmetic_without_measuring(monkeypatch):
     """auto is measured (tests/test_plan.py); a forced precision still decides the arithmetic."""
-    import qdcore.plan as plan_mod
+    import qdcore.training.plan as plan_mod
 
     monkeypatch.setattr(plan_mod, "time_plan", lambda *a, **kw: pytest.fail("a forced short run measured"))
     f32 = train_mod.plan_step(TINY, TrainConfig(precision="float32", iterations=10)).plan
@@ -253,7 +253,7 @@ def test_an_old_run_with_the_hand_written_adam_resumes_exactly(tmp_path, monkeyp
 
 
 def test_summaries_hold_losses_learning_rate_and_a_prior_sheet(tmp_path):
-    from qdcore import summaries
+    from qdcore.training import summaries
 
     train(TINY, _cfg(iterations=20, checkpoint_every=10), _images(), tmp_path, quiet=True)
     tags, images = {}, []
@@ -291,7 +291,7 @@ def _labelled(n=60, classes=("cat", "dog", "fish"), seed=0):
 def test_each_replica_gets_its_rows_labels():
     """Under a strategy a replica loads rows lo:lo+B/R of batch k: its labels must be those
     same rows' labels, so every replica conditions its part of the batch on the right classes."""
-    from qdcore import distribute
+    from qdcore.training import distribute
 
     data = _labelled(n=30)
     batches = Batches(data, np.arange(30), batch_size=6, seed=2)

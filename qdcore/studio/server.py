@@ -69,36 +69,42 @@ def _host_name(request: Request) -> str:
     return host.rsplit(":", 1)[0].strip("[]") if not host.endswith("]") else host.strip("[]")
 
 
-def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
-    """`hosts`: the host names requests may address (serve() passes the loopback names when
-    bound to loopback). A page on another site that rebinds its own DNS name to 127.0.0.1
-    sends its own name in `Host`, so it is refused even though its `Origin` matches."""
+def _guarded(fn, hosts: Optional[set]):
+    """The door every route goes through: the host and origin checks, then `fn`, whose
+    errors become one-line JSON answers with their status."""
 
-    def guard(fn):
-        async def endpoint(request: Request):
-            if hosts is not None and _host_name(request) not in hosts:
-                return _error(403, f"requests for host {request.headers.get('host')!r} are refused: open the "
-                                   "address qd studio printed")
-            if not _same_origin(request):
-                return _error(403, f"requests from another site ({request.headers.get('origin')}) are refused")
-            try:
-                return await fn(request)
-            except QdError as e:  # each kind of error carries its status (errors.py)
-                return _error(e.status, str(e))
-            except Exception as e:  # noqa: BLE001 - the edge: one line, never a traceback
-                # A bug (a plugin's, or qd's), not bad input: the terminal running qd studio
-                # gets the traceback; the page one line, with object reprs cut out (one_line).
-                traceback.print_exc(file=sys.stderr)
-                return _error(500, f"unexpected {type(e).__name__}: {e}")
-        return endpoint
+    async def endpoint(request: Request):
+        if hosts is not None and _host_name(request) not in hosts:
+            return _error(403, f"requests for host {request.headers.get('host')!r} are refused: open the "
+                               "address qd studio printed")
+        if not _same_origin(request):
+            return _error(403, f"requests from another site ({request.headers.get('origin')}) are refused")
+        try:
+            return await fn(request)
+        except QdError as e:  # each kind of error carries its status (errors.py)
+            return _error(e.status, str(e))
+        except Exception as e:  # noqa: BLE001 - the edge: one line, never a traceback
+            # A bug (a plugin's, or qd's), not bad input: the terminal running qd studio
+            # gets the traceback; the page one line, with object reprs cut out (one_line).
+            traceback.print_exc(file=sys.stderr)
+            return _error(500, f"unexpected {type(e).__name__}: {e}")
+    return endpoint
 
-    async def index(request):
+
+class _Endpoints:
+    """One handler per route: each reads the request, asks the Studio, answers JSON (or a file)."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    async def index(self, request):
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
-    async def schema(request):
-        return JSONResponse(recipe_schema(studio.registry))
+    async def schema(self, request):
+        return JSONResponse(recipe_schema(self.studio.registry))
 
-    async def plugins(request):
+    async def plugins(self, request):
+        studio = self.studio
         rows = []
         for name, info in sorted(studio.plugins.info.items()):
             rows.append({"name": name, "version": info.version, "error": info.error,
@@ -108,79 +114,92 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
                  for kind in KINDS}
         return JSONResponse({"plugins": rows, "kinds": kinds})
 
-    async def recipe(request):
-        return JSONResponse({"recipe": studio.base_data, "file": None if studio.base_path.parent == studio.tmp else str(studio.base_path)})
+    async def recipe(self, request):
+        studio = self.studio
+        return JSONResponse({"recipe": studio.base_data,
+                             "file": None if studio.base_path.parent == studio.tmp else str(studio.base_path)})
 
-    async def validate(request):
+    async def validate(self, request):
         body = await _json(request)
-        return JSONResponse(await run_in_threadpool(studio.check, body.get("recipe")))
+        return JSONResponse(await run_in_threadpool(self.studio.check, body.get("recipe")))
 
-    async def upload(request):
+    async def upload(self, request):
         body = await _json(request)
-        r, _ = studio.intake(body.get("recipe", studio.base_data))
-        return JSONResponse(await run_in_threadpool(studio.upload, body.get("image"), (r.model.height, r.model.width)))
+        r, _ = self.studio.intake(body.get("recipe", self.studio.base_data))
+        return JSONResponse(await run_in_threadpool(self.studio.upload, body.get("image"), (r.model.height, r.model.width)))
 
-    async def upload_file(request):
+    async def upload_file(self, request):
         uid = request.path_params["name"].removesuffix(".png")
-        return FileResponse(studio.upload_path(uid), media_type="image/png")
+        return FileResponse(self.studio.upload_path(uid), media_type="image/png")
 
-    async def models(request):
+    async def models(self, request):
         return JSONResponse({"models": list_models(), "cache": str(paths.cache_dir() / "models")})
 
-    async def generate(request):
+    async def generate(self, request):
         body = await _json(request)
         n = body.get("n")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
             raise InputError(f"n must be a whole number, got {shown(n)}")
-        return JSONResponse(await run_in_threadpool(studio.generate, body.get("recipe"), n))
+        return JSONResponse(await run_in_threadpool(self.studio.generate, body.get("recipe"), n))
 
-    async def download(request):
+    async def download(self, request):
         gid, kind = request.path_params["gid"], request.path_params["kind"]
-        blob, filename = await run_in_threadpool(studio.download, gid, kind)
+        blob, filename = await run_in_threadpool(self.studio.download, gid, kind)
         return Response(blob, media_type=f"image/{kind}",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
-    async def as_yaml(request):
+    async def as_yaml(self, request):
         body = await _json(request)
-        return JSONResponse(studio.as_yaml(body.get("recipe")))
+        return JSONResponse(self.studio.as_yaml(body.get("recipe")))
 
-    async def train(request):
+    async def train(self, request):
         body = await _json(request)
-        return JSONResponse(await run_in_threadpool(studio.start_training, body.get("recipe")), status_code=202)
+        return JSONResponse(await run_in_threadpool(self.studio.start_training, body.get("recipe")), status_code=202)
 
-    async def jobs(request):
-        with studio.lock:
-            listed = [j.as_json() for j in studio.jobs.values()]
+    async def jobs(self, request):
+        with self.studio.lock:
+            listed = [j.as_json() for j in self.studio.jobs.values()]
         return JSONResponse({"jobs": listed})
 
-    async def cancel(request):
+    async def cancel(self, request):
         body = await _json(request)
-        return JSONResponse(studio.cancel(str(body.get("key"))))
+        return JSONResponse(self.studio.cancel(str(body.get("key"))))
 
-    async def not_found(request):
+    async def not_found(self, request):
         raise NotFound(f"no endpoint {request.method} {request.url.path}")
 
+
+def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
+    """`hosts`: the host names requests may address (serve() passes the loopback names when
+    bound to loopback). A page on another site that rebinds its own DNS name to 127.0.0.1
+    sends its own name in `Host`, so it is refused even though its `Origin` matches."""
+    api = _Endpoints(studio)
+
+    def route(path: str, fn, methods=None) -> Route:
+        return Route(path, _guarded(fn, hosts), methods=methods)
+
     routes = [
-        Route("/", guard(index)),
-        Route("/api/schema", guard(schema)),
-        Route("/api/plugins", guard(plugins)),
-        Route("/api/recipe", guard(recipe)),
-        Route("/api/validate", guard(validate), methods=["POST"]),
-        Route("/api/upload", guard(upload), methods=["POST"]),
-        Route("/api/uploads/{name}", guard(upload_file)),
-        Route("/api/models", guard(models)),
-        Route("/api/generate", guard(generate), methods=["POST"]),
-        Route("/api/generations/{gid}.{kind}", guard(download)),
-        Route("/api/recipe.yaml", guard(as_yaml), methods=["POST"]),
-        Route("/api/train", guard(train), methods=["POST"]),
-        Route("/api/jobs", guard(jobs)),
-        Route("/api/jobs/cancel", guard(cancel), methods=["POST"]),
+        route("/", api.index),
+        route("/api/schema", api.schema),
+        route("/api/plugins", api.plugins),
+        route("/api/recipe", api.recipe),
+        route("/api/validate", api.validate, methods=["POST"]),
+        route("/api/upload", api.upload, methods=["POST"]),
+        route("/api/uploads/{name}", api.upload_file),
+        route("/api/models", api.models),
+        route("/api/generate", api.generate, methods=["POST"]),
+        route("/api/generations/{gid}.{kind}", api.download),
+        route("/api/recipe.yaml", api.as_yaml, methods=["POST"]),
+        route("/api/train", api.train, methods=["POST"]),
+        route("/api/jobs", api.jobs),
+        route("/api/jobs/cancel", api.cancel, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC)),
-        Route("/api/{rest:path}", guard(not_found), methods=["GET", "POST", "PUT", "DELETE"]),
+        route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
     app = Starlette(routes=routes)
     app.state.studio = studio
     return app
+
 
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}

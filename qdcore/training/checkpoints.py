@@ -138,7 +138,7 @@ def save(manager: tf.train.CheckpointManager, step: int, last_saved: int | None)
     """manager.save, with a full disk or read-only cache as one TrainingError that says which
     checkpoint is kept. TensorFlow writes into `ckpt-N_temp/` and renames at the end, so a
     failed save leaves that folder only; it is removed."""
-    from .errors import TrainingError
+    from ..errors import TrainingError
 
     try:
         manager.save(checkpoint_number=step)

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import locks
-from .atomic import atomic_path
-from .config import ModelConfig, TrainConfig
-from .errors import TrainingError
-from .paths import cache_dir
+from ..atomic import atomic_path
+from ..config import ModelConfig, TrainConfig
+from ..errors import TrainingError
+from ..paths import cache_dir
 
 FORMAT = 1  # bump when the candidates or their meaning change: old cache entries are ignored
 # Set to 1 to leave the bfloat16 candidates out, as on a float32-only CPU.
@@ -40,7 +40,7 @@ FORCE_ENV = "QD_STEP_PLAN"
 # least this many images. The floor is a guess, not a measurement: it keeps tiny batches
 # (tests, toy recipes) in one stream, where splitting can only add ops.
 MIN_STREAM = 50
-# Timed steps per candidate (after bench.WARMUP_STEPS untimed ones, which include tracing
+# Timed steps per candidate (after timing.WARMUP_STEPS untimed ones, which include tracing
 # and XLA compilation): enough to rank plans whose speeds differ by 1.2x or more.
 MEASURE_STEPS = 10
 # Measuring costs roughly half a minute per candidate at the default model; a run shorter
@@ -201,15 +201,20 @@ def cache_path(fields: dict) -> Path:
 
 # -- measuring --------------------------------------------------------------------------------
 
-def run_child(spec: dict) -> dict:
-    """One benchmark measurement (`qdcore.bench._side(spec)`) in a fresh Python process.
+# The timing child: `python -m qdcore.training.timing SPEC` times qd's step (timing.measure).
+TIMING_CHILD = ("qdcore.training.timing",)
+
+
+def run_child(spec: dict, command: tuple[str, ...] = TIMING_CHILD) -> dict:
+    """One measurement in a fresh Python process: `python -m <command> SPEC`, by default the
+    timing child (`timing.measure(spec)`); the benchmarks pass their own, which also times
+    their reference model.
 
     Its stderr (TensorFlow's logs) is shown only on failure."""
-    proc = subprocess.run([sys.executable, "-m", "qdcore.bench", "side", json.dumps(spec)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", *command, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.strip():
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        raise TrainingError(f"benchmark process for {spec} failed (exit {proc.returncode}): {tail}")
+        raise TrainingError(f"timing process for {spec} failed (exit {proc.returncode}): {tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -335,17 +340,25 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
         return Choice(short_run_plan(plans), "unmeasured", [], path)
     # Sampled only now (it takes half a second): a cached quiet measurement needs no look.
     busy = machine_busy() if busy is None else busy
-
-    def usable(cached) -> bool:  # a busy machine's ranking is redone once the machine is quiet
-        return cached is not None and (not cached[2] or busy)
-
-    if usable(cached):
+    if _usable(cached, busy):
         return Choice(cached[0], "cached", cached[1], path)
-    # One measurement at a time per key: a second run started meanwhile waits for it and
-    # takes its winner, instead of timing the plans against the first one's measuring.
+    return _measure(model_cfg, train_cfg, plans, fields, path, busy, say, measure or time_plan)
+
+
+def _usable(cached, busy: bool) -> bool:
+    """A cached winner to take: a busy machine's ranking is redone once the machine is quiet."""
+    return cached is not None and (not cached[2] or busy)
+
+
+def _measure(model_cfg: ModelConfig, train_cfg: TrainConfig, plans: list[StepPlan], fields: dict, path: Path,
+             busy: bool, say: Callable[[str], None], measure: Callable[..., dict]) -> Choice:
+    """Time every candidate and cache the winner, unless another run measured it meanwhile.
+
+    One measurement at a time per key: a second run started meanwhile waits for it and
+    takes its winner, instead of timing the plans against the first one's measuring."""
     with locks.hold(path.with_suffix(".lock"), "measuring the step plans", say):
         cached = _read_cache(path, plans)
-        if usable(cached):
+        if _usable(cached, busy):
             return Choice(cached[0], "cached", cached[1], path)
         if cached:
             say("the cached step plan was measured on a busy machine; measuring again now that it is quiet")
@@ -356,7 +369,6 @@ def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str
                 "the next run that starts on a quiet machine measures again")
         say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
             f"this happens once, the winner is cached in {path.parent}")
-        measure = measure or time_plan
         rows = []
         for p in plans:
             try:

@@ -25,8 +25,8 @@ def bench_data(pipeline, batches: int) -> dict:
     data = pipeline.data()
     load_s = time.perf_counter() - t0
     load_mb = _peak_mb()
-    from .mixing import split, stream_labels
-    from .train import Batches  # imports TensorFlow
+    from ..training.mixing import split, stream_labels
+    from ..training.train import Batches  # imports TensorFlow
 
     tf_mb = _peak_mb()
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Figures for docs/studio.md: `python -m qdcore.studio.measure RECIPE [--runs 3]`.
+"""Figures for docs/studio.md: `python -m qdcore.bench.bench_studio RECIPE [--runs 3]`.
 
 Starts `qd studio RECIPE` in a subprocess, drives the page in the system Chromium (needs the
 test extra: playwright) and prints JSON: seconds from the command to a usable page, the

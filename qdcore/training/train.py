@@ -6,10 +6,10 @@ Everything for one model lives in the `workdir` the engine hands over:
     finished.json     written atomically only once training reached train_cfg.iterations,
                       or stopped by the stop rule ("stopped": step, reason, rule), with
                       the class names of a conditional model
-    stop.json         the stop rule's checks so far, replayed on resume (qdcore/stopping.py)
+    stop.json         the stop rule's checks so far, replayed on resume (qdcore/training/stopping.py)
     last_by_class.npz a conditional model's last training images of each class
-    tensorboard/      TensorBoard summaries (qdcore/summaries.py)
-Under a multi-worker strategy only the chief writes any of these (qdcore/distribute.py).
+    tensorboard/      TensorBoard summaries (qdcore/training/summaries.py)
+Under a multi-worker strategy only the chief writes any of these (qdcore/training/distribute.py).
 
 Batch k of a run is a pure function of (train_cfg.seed, k): the training indices are laid
 end to end as one freshly shuffled permutation per cycle, and batch k is the k-th run of
@@ -30,16 +30,16 @@ import tensorflow as tf
 from . import checkpoints
 from . import optimizer
 from . import stopping
-from .atomic import atomic_path
-from .conditioning import conditional_classes
-from .config import ModelConfig, TrainConfig
-from .draw import Draw
-from .errors import Cancelled, InputError, QdError, TrainingError
-from .interfaces import ImageSet
+from ..atomic import atomic_path
+from ..conditioning import conditional_classes
+from ..config import ModelConfig, TrainConfig
+from ..draw import Draw
+from ..errors import Cancelled, InputError, QdError, TrainingError
+from ..interfaces import ImageSet
 from .plan import Choice, StepPlan
 from . import plan as step_plans
 from .mixing import balanced_groups, cycle_length, cycle_order, fit_batch, last_by_class, split, stream_labels
-from .models import CHECKPOINTS, FINISHED
+from ..models import CHECKPOINTS, FINISHED
 from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
 LAST_BATCH = "last_batch.npy"
@@ -83,7 +83,7 @@ def describe_targets(data: ImageSet) -> str:
 
 class Batches:
     """Batch k of the cycling stream, computed on demand (numpy gather, no copy of the set).
-    A labelled set is mixed as its `mix` says (qdcore/mixing.py) and batches carry labels."""
+    A labelled set is mixed as its `mix` says (qdcore/training/mixing.py) and batches carry labels."""
 
     def __init__(self, data: ImageSet, train_idx: np.ndarray, batch_size: int, seed: int):
         self.data, self.train_idx, self.batch_size, self.seed = data, train_idx, batch_size, seed
@@ -111,7 +111,7 @@ class Batches:
 
     def rows(self, k, lo: int, hi: int) -> np.ndarray:
         """Rows lo:hi of batch k, exactly as they are in the whole batch: a replica of a
-        distributed run loads only its own part (qdcore/distribute.py)."""
+        distributed run loads only its own part (qdcore/training/distribute.py)."""
         k, lo, hi = int(k), int(lo), int(hi)
         index = self.indices(k)[lo:hi]
         # Dynamic binarization draws fresh bits every time an example is seen; the bits of
@@ -157,23 +157,25 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
     step changes nothing, so the model in memory stays the last good one too. The streams
     of a plan only reorder the sums: the loss and gradient are those of the whole batch.
     Without a plan: train_cfg.precision's plain step (float32: XLA; bfloat16: uncompiled).
-    The strategy step (qdcore/distribute.py) is built from the same pieces (qdcore/step.py). Adam is Keras'
-    (qdcore/optimizer.py); its learning rate follows its own step count.
+    The strategy step (qdcore/training/distribute.py) is built from the same pieces (qdcore/training/step.py).
+    Adam is Keras' (qdcore/training/optimizer.py); its learning rate follows its own step count.
     """
     if plan is None:
         precision = "bfloat16" if train_cfg.precision == "bfloat16" else "float32"
         plan = StepPlan(precision, precision == "float32")
-    variables = model.weights
-    device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
+    return (_xla_streams_step if plan.jit_compile and plan.streams > 1 else _one_graph_step)(model, opt, train_cfg, plan)
 
-    def noise(x, k):
-        return step_noise(model, train_cfg, k, tf.shape(x)[0])
 
-    def unpack(x, y):
-        # A batch dict ({"x": targets, "y": labels}) or the targets themselves.
-        if isinstance(x, dict):
-            return x["x"], labels_or_zeros(x["x"], x.get("y", y))
-        return x, labels_or_zeros(x, y)
+def _unpack(x, y):
+    # A batch dict ({"x": targets, "y": labels}) or the targets themselves.
+    if isinstance(x, dict):
+        return x["x"], labels_or_zeros(x["x"], x.get("y", y))
+    return x, labels_or_zeros(x, y)
+
+
+def _guarded_update(opt, variables, train_cfg: TrainConfig):
+    """update(lx, lz, grads, k) -> (lx, lz, gradient norm, ok): the global-norm clip, then
+    Adam's update only when the loss and the norm are finite."""
 
     def update(lx, lz, grads, k):
         grads, gnorm, ok = clip(grads, lx + lz, train_cfg)
@@ -185,44 +187,59 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
         tf.cond(ok, apply, lambda: tf.constant(False))
         return lx, lz, gnorm, ok
 
-    if plan.jit_compile and plan.streams > 1:
-        # One XLA cluster per stream: the uncompiled outer graph runs them side by side on
-        # the inter-op threads, so each core runs few, large kernels. Each returns its
-        # part's sums and its part of the whole batch's mean-loss gradient.
-        @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-        def part(xs, es, ys, inv_batch):
-            with tf.GradientTape() as tape:
-                lx, lz = model.loss_with_noise(xs, es, plan.precision, ys)
-                lx, lz = tf.reduce_sum(lx), tf.reduce_sum(lz)
-                loss = (lx + lz) * inv_batch
-            return lx, lz, tape.gradient(loss, variables)
+    return update
 
-        compiled_update = tf.function(update, jit_compile=True, autograph=False)
 
-        @tf.function(jit_compile=False, reduce_retracing=True, autograph=False)
-        def step(x, k, y=None):
-            with tf.device(device):
-                x, y = unpack(x, y)
-                batch = x.shape[0]
-                sizes = split_sizes(batch, min(plan.streams, batch))
-                inv = tf.constant(1.0 / batch)
-                parts = [part(xs, es, ys, inv) for xs, es, ys in
-                         zip(tf.split(x, sizes, 0), tf.split(noise(x, k), sizes, 1), tf.split(y, sizes, 0))]
-                grads = [tf.add_n(list(g)) for g in zip(*[p[2] for p in parts])]
-                return compiled_update(tf.add_n([p[0] for p in parts]) * inv, tf.add_n([p[1] for p in parts]) * inv, grads, k)
-        return step
+def _one_graph_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
+    """The whole step as one graph, compiled by XLA if the plan says so (an uncompiled plan's
+    streams are split inside batch_sums)."""
+    variables, update = model.weights, _guarded_update(opt, model.weights, train_cfg)
+    device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
 
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
     def step(x, k, y=None):
         with tf.device(device):
-            x, y = unpack(x, y)
-            eps = noise(x, k)
+            x, y = _unpack(x, y)
+            eps = step_noise(model, train_cfg, k, tf.shape(x)[0])
             inv = 1.0 / tf.cast(tf.shape(x)[0], tf.float32)
             with tf.GradientTape() as tape:
                 lx, lz = batch_sums(model, {"x": x, "y": y}, eps, plan)
                 lx, lz = lx * inv, lz * inv
                 loss = lx + lz
             return update(lx, lz, tape.gradient(loss, variables), k)
+
+    return step
+
+
+def _xla_streams_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
+    """One XLA cluster per stream: the uncompiled outer graph runs them side by side on the
+    inter-op threads, so each core runs few, large kernels. Each returns its part's sums and
+    its part of the whole batch's mean-loss gradient; the update is compiled on its own."""
+    variables = model.weights
+    device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
+
+    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+    def part(xs, es, ys, inv_batch):
+        with tf.GradientTape() as tape:
+            lx, lz = model.loss_with_noise(xs, es, plan.precision, ys)
+            lx, lz = tf.reduce_sum(lx), tf.reduce_sum(lz)
+            loss = (lx + lz) * inv_batch
+        return lx, lz, tape.gradient(loss, variables)
+
+    compiled_update = tf.function(_guarded_update(opt, variables, train_cfg), jit_compile=True, autograph=False)
+
+    @tf.function(jit_compile=False, reduce_retracing=True, autograph=False)
+    def step(x, k, y=None):
+        with tf.device(device):
+            x, y = _unpack(x, y)
+            batch = x.shape[0]
+            sizes = split_sizes(batch, min(plan.streams, batch))
+            inv = tf.constant(1.0 / batch)
+            noise = step_noise(model, train_cfg, k, tf.shape(x)[0])
+            parts = [part(xs, es, ys, inv) for xs, es, ys in
+                     zip(tf.split(x, sizes, 0), tf.split(noise, sizes, 1), tf.split(y, sizes, 0))]
+            grads = [tf.add_n(list(g)) for g in zip(*[p[2] for p in parts])]
+            return compiled_update(tf.add_n([p[0] for p in parts]) * inv, tf.add_n([p[1] for p in parts]) * inv, grads, k)
 
     return step
 
@@ -241,7 +258,7 @@ def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan 
     matters: the plan first, because TensorFlow's threads can only be set before the model's
     variables start it. `classes` (2 or more) makes the model class-conditional. Under a
     tf.distribute strategy the model and optimizer are created in its scope and the step is
-    the strategy's (qdcore/distribute.py); otherwise on the plan's device."""
+    the strategy's (qdcore/training/distribute.py); otherwise on the plan's device."""
     if plan is None:
         choice = plan_step(model_cfg, train_cfg, say)
     else:
@@ -325,7 +342,7 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
           restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
-    """Train to train_cfg.iterations or until the stop rule stops it (qdcore/stopping.py),
+    """Train to train_cfg.iterations or until the stop rule stops it (qdcore/training/stopping.py),
     resuming from workdir's checkpoints if present, in batches of train_cfg.batch_size or of
     the whole training set when that is smaller (mixing.fit_batch).
 
@@ -362,147 +379,216 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
 
 def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step) -> TrainedModel:
     from . import distribute
-    from .summaries import Summaries
 
-    chief = placement.chief
-    if restart and chief:
-        shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-        for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE):
-            (workdir / name).unlink(missing_ok=True)
+    if restart and placement.chief:
+        _forget(workdir)
     _check_shape(model_cfg, data)
     classes = conditional_classes(data.classes)
     distribute.check_batch(train_cfg, placement)
     train_idx, held_idx = split(len(data.images), train_cfg, stream_labels(data))
     if len(train_idx) == 0:
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
-    if chief:
+    if placement.chief:
         workdir.mkdir(parents=True, exist_ok=True)
+    run = _Training(model_cfg, train_cfg, data, workdir, placement, quiet)
+    run.resume(choice, classes)
+    stopped = run.loop(train_idx, len(held_idx), on_step)
+    return run.finish(train_idx, classes, stopped)
 
-    choice, model, opt, train_step = new_training(model_cfg, train_cfg, choice, classes=classes,
-                                                  strategy=placement.strategy)
-    step_var = tf.Variable(0, dtype=tf.int64, name="step")
-    ckpt, manager = _checkpointing(model, opt, step_var, placement.checkpoint_dir(workdir))
-    ckpt_dir = Path(manager.directory)
-    tried = checkpoints.candidates(ckpt_dir)
-    restored = checkpoints.restore_newest(ckpt, ckpt_dir, restore=lambda p: _restore(ckpt, model, opt, step_var, p))
-    if tried and restored is None:  # every one was damaged, and a failed restore writes some variables
-        choice, model, opt, train_step = new_training(model_cfg, train_cfg, choice, classes=classes,
-                                                      strategy=placement.strategy)
-        step_var = tf.Variable(0, dtype=tf.int64, name="step")
-        ckpt, manager = _checkpointing(model, opt, step_var, placement.checkpoint_dir(workdir))
-    last_saved = int(step_var.numpy()) if restored else None
-    multi = placement.workers > 1
 
-    def kept() -> str:
-        where = f"in {workdir}" if chief else "on the chief"
-        return f"the last good checkpoint (step {last_saved}) is kept {where}" if last_saved is not None else "no checkpoint had been saved yet"
+def _forget(workdir: Path) -> None:
+    """restart=True: the checkpoints, last batch, stop record and finished marker go first."""
+    shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
+    for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE):
+        (workdir / name).unlink(missing_ok=True)
 
-    if multi:
+
+class _Training:
+    """One run of train() in its three phases: resume() (the newest checkpoint that restores,
+    or a fresh model; then every worker takes the chief's), loop() (the steps, checkpoints,
+    summaries and the stop rule) and finish() (finished.json and what a later run reads)."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, placement,
+                 quiet: bool):
+        self.model_cfg, self.train_cfg, self.data, self.workdir = model_cfg, train_cfg, data, workdir
+        self.placement, self.quiet = placement, quiet
+        self.chief, self.multi = placement.chief, placement.workers > 1
+        self.say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+        self.last_saved: int | None = None
+
+    # -- resume -------------------------------------------------------------------------------
+
+    def _build(self, choice: Choice, classes) -> None:
+        self.choice, self.model, self.opt, self.train_step = new_training(
+            self.model_cfg, self.train_cfg, choice, classes=classes, strategy=self.placement.strategy)
+        self.step_var = tf.Variable(0, dtype=tf.int64, name="step")
+        self.ckpt, self.manager = _checkpointing(self.model, self.opt, self.step_var,
+                                                 self.placement.checkpoint_dir(self.workdir))
+
+    def resume(self, choice: Choice, classes) -> None:
+        from . import distribute
+
+        self._build(choice, classes)
+        ckpt_dir = Path(self.manager.directory)
+        tried = checkpoints.candidates(ckpt_dir)
+        restored = checkpoints.restore_newest(
+            self.ckpt, ckpt_dir, restore=lambda p: _restore(self.ckpt, self.model, self.opt, self.step_var, p))
+        if tried and restored is None:  # every one was damaged, and a failed restore writes some variables
+            self._build(self.choice, classes)
+        self.last_saved = int(self.step_var.numpy()) if restored else None
+        if self.multi:
+            try:
+                distribute.sync_from_chief(self.placement, self.model.weights + list(self.opt.variables) + [self.step_var])
+            except tf.errors.OpError as e:
+                raise distribute.lost_peer(e, int(self.step_var.numpy()), self.kept()) from e
+            self.last_saved = int(self.step_var.numpy()) or self.last_saved
+
+    def kept(self) -> str:
+        where = f"in {self.workdir}" if self.chief else "on the chief"
+        if self.last_saved is None:
+            return "no checkpoint had been saved yet"
+        return f"the last good checkpoint (step {self.last_saved}) is kept {where}"
+
+    # -- loop ---------------------------------------------------------------------------------
+
+    def _steps(self, start: int):
+        """(batch index, run the step on it) from `start` to the budget."""
+        from . import distribute
+
+        cfg, train_step = self.train_cfg, self.train_step
+        if self.placement.strategy is None:
+            return ((int(k), lambda x=x, k=k, y=y: train_step(x, k, y))
+                    for k, x, y in self.batches.dataset(start, cfg.iterations))
+        dist = distribute.dataset(self.placement, self.batches, start, cfg.iterations)
+        return ((start + i, lambda b=b: train_step(b)) for i, b in enumerate(dist))
+
+    def save(self, step: int) -> None:
+        checkpoints.save(self.manager, step, self.last_saved)
+        if self.chief and step > 0:
+            _save_array(self.workdir / LAST_BATCH, self.batches(step - 1))
+            self.summaries.samples(step, self.model)
+
+    def _stop_rule(self, held: int, start: int):
+        """(rule, signal, Plateau or None). Workers of a multi-worker run would each have to
+        make the same decision from their own record, and a resumed one may lack it: they
+        train the budget."""
+        cfg = self.train_cfg
+        rule = stopping.rule_of(cfg) if self.placement.workers == 1 else None
+        signal = stopping.signal_for(held, self.placement.strategy is None)
+        plateau = stopping.Plateau.resumed(cfg, signal, stopping.read_state(self.workdir), start) if rule else None
+        return rule, signal, plateau
+
+    def _checker(self, rule, signal: str, plateau):
+        """check(step, lx, lz) -> stop now? The stop rule's figure every check_every steps: the
+        held-out bound, or the mean training loss since the last check."""
+        cfg, lsum, ln = self.train_cfg, 0.0, 0
+
+        def check(step: int, lx: float, lz: float) -> bool:
+            nonlocal lsum, ln
+            lsum, ln = lsum + lx + lz, ln + 1
+            if step % cfg.check_every or step >= cfg.iterations:
+                return False
+            if signal == stopping.HELDOUT:
+                trained = TrainedModel(self.model, step, None, self.workdir)
+                value = evaluate(trained, self.data, cfg, limit=stopping.HELDOUT_CAP)["bound"]
+            else:
+                value = lsum / ln
+            lsum, ln = 0.0, 0
+            halt = plateau.observe(step, value)
+            if self.chief:
+                stopping.write_state(self.workdir, plateau.to_dict(rule))
+            return halt
+
+        return check
+
+    def _after_step(self, step: int, values, progress, schedule, on_step) -> tuple[float, float]:
+        """Book one step: refuse a non-finite one, count it, report it, checkpoint when due."""
+        lx, lz, gnorm, ok = values
+        cfg = self.train_cfg
+        if not ok:
+            applied = "training stopped there" if self.placement.strategy is not None else "the update was not applied"
+            raise TrainingError(
+                f"non-finite loss at step {step} (L^x={lx}, L^z={lz}, gradient norm={gnorm}); "
+                f"{applied} and {self.kept()}. Try a lower learning_rate or clip_norm."
+            )
+        self.step_var.assign(step)
+        progress.update(step, float(lx), float(lz))
+        self.summaries.scalars(step, float(lx), float(lz), float(gnorm), lambda: float(schedule(step - 1)))
+        if on_step is not None and on_step(step, cfg.iterations, float(lx), float(lz)):
+            self.save(step)
+            raise Cancelled(f"training stopped at step {step} of {cfg.iterations}; the checkpoint is kept "
+                            f"in {self.workdir} and the next run resumes from it")
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            self.save(step)
+            self.last_saved = step
+        return float(lx), float(lz)
+
+    def loop(self, train_idx: np.ndarray, held: int, on_step) -> dict | None:
+        """Train from the restored step to the budget or the stop rule's stop (returned, else None)."""
+        from . import distribute
+        from .summaries import Summaries
+
+        cfg = self.train_cfg
+        start = int(self.step_var.numpy())
+        self.batches = Batches(self.data, train_idx, cfg.batch_size, cfg.seed)
+        schedule = optimizer.WarmupCosine.from_config_of(cfg)
+        self.summaries = Summaries(self.workdir, self.chief, start)
+        steps = self._steps(start)
+        rule, signal, plateau = self._stop_rule(held, start)
+        self.say(_plan_line(self.choice, self.placement, cfg, start, signal))
+        stopped = None
+        if plateau is not None and plateau.flat >= plateau.patience:  # stopped before, the record was lost
+            stopped = {"step": start, "reason": plateau.reason(), "rule": rule}
+            steps = iter(())
+        check = self._checker(rule, signal, plateau) if plateau is not None else None
+        where = "; ".join(filter(None, [self.choice.label(), self.placement.describe()]))
+        step = start
         try:
-            distribute.sync_from_chief(placement, model.weights + list(opt.variables) + [step_var])
+            with _Progress(cfg.iterations, start, self.quiet, f"training {self.data.name} ({where})") as progress:
+                for k, run in steps:
+                    values = [v.numpy() for v in run()]
+                    step = k + 1
+                    lx, lz = self._after_step(step, values, progress, schedule, on_step)
+                    if check is not None and check(step, lx, lz):
+                        stopped = {"step": step, "reason": plateau.reason(), "rule": rule}
+                        break
+            if self.last_saved != int(self.step_var.numpy()) or self.manager.latest_checkpoint is None:
+                self.save(int(self.step_var.numpy()))
         except tf.errors.OpError as e:
-            raise distribute.lost_peer(e, int(step_var.numpy()), kept()) from e
-        last_saved = int(step_var.numpy()) or last_saved
-    start = int(step_var.numpy())
-    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
-    schedule = optimizer.WarmupCosine.from_config_of(train_cfg)
-    summaries = Summaries(workdir, chief, start)
-    if placement.strategy is None:
-        steps = ((int(k), lambda x=x, k=k, y=y: train_step(x, k, y)) for k, x, y in batches.dataset(start, train_cfg.iterations))
-    else:
-        dist = distribute.dataset(placement, batches, start, train_cfg.iterations)
-        steps = ((start + i, lambda b=b: train_step(b)) for i, b in enumerate(dist))
+            if not self.multi:
+                raise
+            raise distribute.lost_peer(e, step + 1, self.kept()) from e
+        finally:
+            self.summaries.close()
+        return stopped
 
-    def save(step: int):
-        checkpoints.save(manager, step, last_saved)
-        if chief and step > 0:
-            _save_array(workdir / LAST_BATCH, batches(step - 1))
-            summaries.samples(step, model)
+    # -- finish -------------------------------------------------------------------------------
 
-    # Workers of a multi-worker run would each have to make the same decision from their own
-    # record, and a resumed one may lack it: they train the budget.
-    rule = stopping.rule_of(train_cfg) if placement.workers == 1 else None
-    signal = stopping.signal_for(len(held_idx), placement.strategy is None)
-    plateau = stopping.Plateau.resumed(train_cfg, signal, stopping.read_state(workdir), start) if rule else None
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    say(_plan_line(choice, placement, train_cfg, start, signal))
-    stopped = None
-    if plateau is not None and plateau.flat >= plateau.patience:  # stopped before, the record was lost
-        stopped = {"step": start, "reason": plateau.reason(), "rule": rule}
-        steps = iter(())
-    lsum, ln = 0.0, 0  # training loss since the last check
-
-    def check(step: int, lx: float, lz: float) -> bool:
-        nonlocal lsum, ln
-        lsum, ln = lsum + lx + lz, ln + 1
-        if step % train_cfg.check_every or step >= train_cfg.iterations:
-            return False
-        if signal == stopping.HELDOUT:
-            value = evaluate(TrainedModel(model, step, None, workdir), data, train_cfg, limit=stopping.HELDOUT_CAP)["bound"]
-        else:
-            value = lsum / ln
-        lsum, ln = 0.0, 0
-        halt = plateau.observe(step, value)
-        if chief:
-            stopping.write_state(workdir, plateau.to_dict(rule))
-        return halt
-
-    where = "; ".join(filter(None, [choice.label(), placement.describe()]))
-    step = start
-    try:
-        with _Progress(train_cfg.iterations, start, quiet, f"training {data.name} ({where})") as progress:
-            for k, run in steps:
-                lx, lz, gnorm, ok = (v.numpy() for v in run())
-                step = k + 1
-                if not ok:
-                    applied = "training stopped there" if placement.strategy is not None else "the update was not applied"
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (L^x={lx}, L^z={lz}, gradient norm={gnorm}); "
-                        f"{applied} and {kept()}. Try a lower learning_rate or clip_norm."
-                    )
-                step_var.assign(step)
-                progress.update(step, float(lx), float(lz))
-                summaries.scalars(step, float(lx), float(lz), float(gnorm), lambda: float(schedule(step - 1)))
-                if on_step is not None and on_step(step, train_cfg.iterations, float(lx), float(lz)):
-                    save(step)
-                    raise Cancelled(f"training stopped at step {step} of {train_cfg.iterations}; the checkpoint is kept "
-                                    f"in {workdir} and the next run resumes from it")
-                if step % train_cfg.checkpoint_every == 0 or step == train_cfg.iterations:
-                    save(step)
-                    last_saved = step
-                if plateau is not None and check(step, float(lx), float(lz)):
-                    stopped = {"step": step, "reason": plateau.reason(), "rule": rule}
-                    break
-        if last_saved != int(step_var.numpy()) or manager.latest_checkpoint is None:
-            save(int(step_var.numpy()))
-    except tf.errors.OpError as e:
-        if not multi:
-            raise
-        raise distribute.lost_peer(e, step + 1, kept()) from e
-    finally:
-        summaries.close()
-    step = int(step_var.numpy())
-    if not chief:
-        return TrainedModel(model=model, step=step, last_batch=None, workdir=workdir)
-    last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
-    finished = {"step": step, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(), "dataset": data.name,
-                "data": _counts(data, train_idx)}
-    if stopped is not None:
-        finished["stopped"] = stopped
-        say(f"stopped at step {step:,} of {train_cfg.iterations:,}: {stopped['reason']}")
-    by_class = None
-    if classes:
-        finished["classes"] = classes
-        if step > 0:
-            by_class = batches.last_by_class(step - 1)
-            with atomic_path(workdir / LAST_BY_CLASS) as tmp:
-                with open(tmp, "wb") as f:
-                    # As 0..255 bytes: a quarter of float32 (4.3 MB at 345 x 16), exact for
-                    # targets made from uint8 images or binarized.
-                    np.savez(f, images=np.round(by_class[0] * 255).astype(np.uint8), labels=by_class[1])
-    with atomic_path(workdir / FINISHED) as tmp:
-        tmp.write_text(json.dumps(finished))
-    return TrainedModel(model=model, step=step, last_batch=last_batch, workdir=workdir, last_by_class=by_class)
+    def finish(self, train_idx: np.ndarray, classes, stopped: dict | None) -> TrainedModel:
+        """The chief writes finished.json (and each category's last drawings); every worker
+        returns its model."""
+        step, workdir = int(self.step_var.numpy()), self.workdir
+        if not self.chief:
+            return TrainedModel(model=self.model, step=step, last_batch=None, workdir=workdir)
+        last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
+        finished = {"step": step, "model": self.model_cfg.as_dict(), "train": self.train_cfg.as_dict(),
+                    "dataset": self.data.name, "data": _counts(self.data, train_idx)}
+        if stopped is not None:
+            finished["stopped"] = stopped
+            self.say(f"stopped at step {step:,} of {self.train_cfg.iterations:,}: {stopped['reason']}")
+        by_class = None
+        if classes:
+            finished["classes"] = classes
+            if step > 0:
+                by_class = self.batches.last_by_class(step - 1)
+                with atomic_path(workdir / LAST_BY_CLASS) as tmp:
+                    with open(tmp, "wb") as f:
+                        # As 0..255 bytes: a quarter of float32 (4.3 MB at 345 x 16), exact for
+                        # targets made from uint8 images or binarized.
+                        np.savez(f, images=np.round(by_class[0] * 255).astype(np.uint8), labels=by_class[1])
+        with atomic_path(workdir / FINISHED) as tmp:
+            tmp.write_text(json.dumps(finished))
+        return TrainedModel(model=self.model, step=step, last_batch=last_batch, workdir=workdir, last_by_class=by_class)
 
 
 def _plan_line(choice: Choice, placement, train_cfg: TrainConfig, start: int, signal: str) -> str:

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .config import TrainConfig
-from .errors import InputError, TrainingError
+from ..config import TrainConfig
+from ..errors import InputError, TrainingError
 from .step import batch_sums, clip, step_noise
 
 TIMEOUT_ENV = "QD_COLLECTIVE_TIMEOUT"

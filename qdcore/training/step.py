@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .config import TrainConfig
-from .draw import Draw
+from ..config import TrainConfig
+from ..draw import Draw
 from .plan import StepPlan
 
 

@@ -1,6 +1,6 @@
 """How a labelled (many-category) set becomes a training stream: the per-category held-out
 split, the order of one cycle (`balanced` or `proportional`), and each category's last
-training images. Plain numpy; qdcore.train's Batches calls these.
+training images. Plain numpy; qdcore.training.train's Batches calls these.
 
 `balanced` gives every class the same share of a cycle: each class fills as many places as
 the largest has training drawings, its own drawings repeated in a fresh random order, so a
@@ -14,9 +14,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .conditioning import conditional_classes
-from .config import TrainConfig
-from .interfaces import ImageSet
+from ..conditioning import conditional_classes
+from ..config import TrainConfig
+from ..interfaces import ImageSet
 
 
 def split(n: int, train_cfg: TrainConfig, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

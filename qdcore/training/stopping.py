@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_path
-from .config import TrainConfig
+from ..atomic import atomic_path
+from ..config import TrainConfig
 
 STATE = "stop.json"
 # Fewer held-out images than this: the training loss is watched instead. At 300 the bound's

@@ -4,7 +4,7 @@ bench_train puts these side by side, measured in one run, one after the other: n
 float32 matmul peak (what this machine can do), a straightforward TF2 implementation of
 the blog's model (Keras LSTM cells and Dense layers, Keras Adam, a plain tf.function,
 batch 100: the reference), and qd's own trainer under every step plan `auto` chooses from
-(qdcore/plan.py). Each training measurement runs in a fresh process (plan.run_child). See
+(qdcore/training/plan.py). Each training measurement runs in a fresh process (run_child). See
 docs/performance.md for what the numbers mean.
 """
 from __future__ import annotations
@@ -19,42 +19,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from .config import ModelConfig, TrainConfig
-from .draw import filterbank, gaussian_kl, window_params
-from .errors import InputError, TrainingError
-from .interfaces import Drawing, ImageSet
-from . import plan as step_plans
-from .plan import StepPlan, run_child
-from .train import Batches, TrainedModel, evaluate, new_training, split
+from ..config import ModelConfig, TrainConfig
+from ..draw import filterbank, gaussian_kl, window_params
+from ..errors import InputError, TrainingError
+from ..interfaces import Drawing, ImageSet
+from ..training import plan as step_plans
+from ..training.plan import StepPlan
+from ..training.timing import WARMUP_STEPS, in_this_process, measure, synthetic, timed
+from ..training.train import Batches, TrainedModel, evaluate, new_training, split
 
-WARMUP_STEPS = 3
 
-
-# -- cost model ----------------------------------------------------------------------------
-
-def gflop_per_step(cfg: ModelConfig, batch: int) -> float:
-    """Matmul FLOPs of one training step (forward + backward = 3x forward), in GFLOP.
-
-    Counts the LSTM, latent, output and attention matmuls; elementwise work is ignored
-    (it is a few percent at these sizes).
-    """
-    H, W = cfg.height, cfg.width
-    if cfg.attention:
-        rn, wn = cfg.read_n, cfg.write_n
-        read_in = 2 * rn * rn
-        write_out = wn * wn + 10
-        attention = 2 * (rn * H * W + rn * W * rn) * 2 + (W * wn * wn + H * wn * W)
-    else:
-        read_in, write_out, attention = 2 * H * W, H * W, 0
-    per_image_step = (
-        (read_in + cfg.dec_size + cfg.enc_size) * 4 * cfg.enc_size  # encoder LSTM
-        + cfg.enc_size * 2 * cfg.z_size  # mu, log sigma
-        + (cfg.z_size + cfg.dec_size) * 4 * cfg.dec_size  # decoder LSTM
-        + cfg.dec_size * write_out  # write + windows
-        + attention
-    )
-    return 3 * 2 * per_image_step * cfg.T * batch / 1e9
-
+# -- what this machine can do ---------------------------------------------------------------
 
 def numpy_matmul_peak(cfg: ModelConfig, batch: int, seconds: float = 0.5) -> float:
     """Best float32 numpy (BLAS) GFLOP/s over the model's big shape and a square one."""
@@ -139,79 +114,30 @@ class ReferenceDraw(tf.Module):
         return loss
 
 
-def _synthetic(n: int, cfg: ModelConfig) -> np.ndarray:
-    # Blobs of ink rather than white noise so the loss is a drawing-like workload.
-    rng = np.random.default_rng(0)
-    x = rng.random((n, cfg.height, cfg.width), dtype=np.float32)
-    return (x > 0.8).astype(np.uint8) * 255
-
-
-def _timed(run_step, iterations: int, batch: int, cfg: ModelConfig, name: str) -> dict:
-    for _ in range(WARMUP_STEPS):
-        run_step()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - t0)
-    seconds, median = sum(times), float(np.median(times))
-    gflop = gflop_per_step(cfg, batch)
-    return {
-        "name": name, "batch_size": batch, "steps": iterations, "seconds": round(seconds, 3),
-        "steps_per_s": round(iterations / seconds, 3), "images_per_s": round(iterations * batch / seconds, 1),
-        # The median step is what plans are ranked by: a burst of someone else's load
-        # moves the mean of a few steps much more than the median.
-        "images_per_s_median": round(batch / median, 1),
-        "gflop_per_step": round(gflop, 3), "achieved_gflop_per_s": round(gflop * iterations / seconds, 2),
-    }
-
-
 def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
     ref = ReferenceDraw(cfg)
-    x = tf.constant(_synthetic(batch, cfg).astype(np.float32) / 255)
-    return _timed(lambda: float(ref.step(x)), iterations, batch, cfg, f"reference (plain tf.function, batch {batch})")
-
-
-def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: StepPlan | None = None) -> dict:
-    """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
-    choice, _, _, step = new_training(cfg, train_cfg, plan)
-    plan = choice.plan
-    data = ImageSet(_synthetic(4000, cfg), "synthetic")
-    train_idx, _ = split(len(data.images), train_cfg)
-    it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
-
-    def run_step():
-        k, x, _ = next(it)
-        lx, lz, _, ok = (v.numpy() for v in step(x, k))
-        assert ok
-
-    row = _timed(run_step, iterations, train_cfg.batch_size, cfg, f"qd (batch {train_cfg.batch_size}, {plan.describe()})")
-    return {**row, "plan": plan.name, "precision": plan.precision, "xla": plan.jit_compile, "streams": plan.streams}
+    x = tf.constant(synthetic(batch, cfg).astype(np.float32) / 255)
+    return timed(lambda: float(ref.step(x)), iterations, batch, cfg, f"reference (plain tf.function, batch {batch})")
 
 
 # -- one measurement per process ---------------------------------------------------------------
 # TensorFlow's thread pools are fixed once it starts, and qd's plans set their own
 # (plan.apply), so each configuration runs in a fresh process of its own, one after the
-# other (plan.run_child): the reference gets TensorFlow's defaults, as a plain script would.
+# other (run_child): the reference gets TensorFlow's defaults, as a plain script would.
 
 def _side(spec: dict) -> dict:
     """Run one measurement described by `spec` in this (fresh) process: the reference, or
-    qd's step under spec["plan"] (a StepPlan as a dict)."""
-    plan = StepPlan.from_dict(spec["plan"]) if spec["kind"] == "qd" else None
-    threads = spec.get("threads") or (plan.threads if plan else None)
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
-        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
+    qd's step under spec["plan"] (a StepPlan as a dict; the timing child's measure)."""
+    if spec["kind"] == "qd":
+        return measure(spec)
     cfg = ModelConfig(**spec.get("model", {}))
-    if spec["kind"] == "reference":
-        row = run_reference(cfg, spec["iterations"], spec.get("batch_size", 100))
-    else:
-        train_cfg = TrainConfig(batch_size=spec.get("batch_size", TrainConfig.batch_size), precision=plan.precision)
-        row = run_qd(cfg, train_cfg, spec["iterations"], plan)
-    if spec.get("name"):
-        row["name"] = spec["name"]
-    row["threads"] = [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()]
-    return row
+    return in_this_process(spec, spec.get("threads"),
+                           lambda: run_reference(cfg, spec["iterations"], spec.get("batch_size", 100)))
+
+
+def run_child(spec: dict) -> dict:
+    """One measurement, the reference's or qd's, in a fresh process (`python -m qdcore.bench side SPEC`)."""
+    return step_plans.run_child(spec, ("qdcore.bench", "side"))
 
 
 def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto",
@@ -258,11 +184,7 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
     step_plans.save(path, fields, winner, measured, busy)
     default = next(r for r in rows if r["plan"] == winner.name)
     if not quiet:
-        say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
-        say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
-        for r in rows:
-            say(f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} {r['ratio_to_reference']:>12.2f}"
-                + ("  <- auto" if r is default else ""))
+        _table(say, rows, ref_rate, default)
         say(f"auto chose {winner.name} (cached in {path})")
     return {
         "numpy_matmul_peak_gflop_per_s": round(peak, 1),
@@ -275,6 +197,14 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
         "plan_cache": str(path),
         "busy": busy,
     }
+
+
+def _table(say, rows: list[dict], ref_rate: float, default: dict) -> None:
+    say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
+    say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
+    for r in rows:
+        say(f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} {r['ratio_to_reference']:>12.2f}"
+            + ("  <- auto" if r is default else ""))
 
 
 # -- quality per minute ----------------------------------------------------------------------
@@ -372,7 +302,7 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
     train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
     choice, model, _, step = new_training(ModelConfig(), train_cfg)
     plan = choice.plan
-    x = tf.constant(_synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
+    x = tf.constant(synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
     k = tf.constant(0, tf.int64)
     for _ in range(WARMUP_STEPS):
         [v.numpy() for v in step(x, k)]
@@ -419,7 +349,7 @@ def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400)
     import os
     import socket
 
-    from .summaries import FOLDER
+    from ..training.summaries import FOLDER
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="qd-bench-workers-") as tmp:
@@ -456,17 +386,3 @@ def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400)
             print(rows, file=sys.stderr, flush=True)
     rows["ratio_2_over_1"] = round(rows["2_workers"]["images_per_s"] / rows["1_worker"]["images_per_s"], 3)
     return {"category": category, "batch_size": batch_size, "steps": steps, **rows}
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["side"]:  # one measurement, for plan.run_child()
-        print(json.dumps(_side(json.loads(sys.argv[2]))))
-    elif sys.argv[1:2] == ["ablation"]:
-        print(json.dumps(ablation()))
-    elif sys.argv[1:2] == ["workers"]:
-        print(json.dumps(bench_workers()))
-    elif sys.argv[1:2] == ["profile"]:
-        print(json.dumps(profile(*sys.argv[2:3])))
-    else:
-        print("usage: python -m qdcore.bench ablation | workers | profile [auto|float32|bfloat16]", file=sys.stderr)
-        sys.exit(2)

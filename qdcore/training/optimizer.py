@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import plan as step_plans
-from .atomic import atomic_path
-from .config import ModelConfig, TrainConfig
-from .errors import InputError, TrainingError
-from .paths import cache_dir
+from ..training import plan as step_plans
+from ..atomic import atomic_path
+from ..config import ModelConfig, TrainConfig
+from ..errors import InputError, TrainingError
+from ..paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def configs(c: Candidate, model: ModelConfig, train: TrainConfig) -> tuple[Model
 
 def mflop_per_image(model: ModelConfig) -> float:
     """Matmul MFLOP of one image's training step (forward + backward), bench's cost model."""
-    from .bench import gflop_per_step  # TensorFlow lives behind this import
+    from ..training.timing import gflop_per_step
 
     return gflop_per_step(model, 1) * 1e3
 
