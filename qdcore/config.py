@@ -58,7 +58,7 @@ class TrainConfig:
     warmup: Annotated[int, Range(0, 10_000_000)] = 200
     # Matmul arithmetic while training. "bfloat16" runs the LSTM and output matmuls on the
     # CPU's bfloat16 units (AMX, AVX512-BF16) and everything else in float32; "float32"
-    # keeps everything float32. "auto" takes the step plan (qdcore/plan.py) measured
+    # keeps everything float32. "auto" takes the step plan (qdcore/training/plan.py) measured
     # fastest here, of either arithmetic. Evaluation and generation are always float32.
     # See docs/performance.md.
     precision: Literal["auto", "bfloat16", "float32"] = "auto"
@@ -67,7 +67,7 @@ class TrainConfig:
     # "none" always the single-device step; "mirrored" MirroredStrategy over local devices;
     # "multi-worker" MultiWorkerMirroredStrategy configured by TF_CONFIG.
     distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
-    # When to stop before `iterations` (qdcore/stopping.py; docs/recipes.md, "When training
+    # When to stop before `iterations` (qdcore/training/stopping.py; docs/recipes.md, "When training
     # stops"): "plateau" stops once `patience` checks in a row, every `check_every` steps,
     # have not brought the held-out bound (the training loss where fewer than 300 images are
     # held out) `min_gain` nats per image below its best; "budget" trains all `iterations`.
