@@ -27,7 +27,7 @@ from ..errors import InputError, NotFound, QdError, TooLarge
 from ..limits import load_json, shown
 from ..registry import KINDS
 from ..schema import recipe_schema
-from .models import list_models
+from .models import list_models, list_packs
 from .session import Studio, one_line
 
 STATIC = Path(__file__).parent / "static"
@@ -125,7 +125,8 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
         return FileResponse(studio.upload_path(uid), media_type="image/png")
 
     async def models(request):
-        return JSONResponse({"models": list_models(), "cache": str(paths.cache_dir() / "models")})
+        return JSONResponse({"models": list_models(), "packs": list_packs(studio.registry),
+                             "cache": str(paths.cache_dir() / "models")})
 
     async def generate(request):
         body = await _json(request)
