@@ -187,13 +187,15 @@ async function renderModels() {
   if (!models.length && !packs.length) ul.append(el("li", { class: "muted", text: "No models yet: press Train." }));
   // Model packs (imported into the cache, or installed by a plugin): trained elsewhere, ready
   // to draw. "Use" draws the recipe's category from the pack (`model.from`), or the pack's first.
+  const imported = new Set(packs.filter((m) => m.source !== "plugin").map((m) => m.name));
   for (const m of packs) {
     const cats = m.categories || [];
     const where = m.source === "plugin" ? `pack from plugin ${m.plugin}` : "pack imported into the cache";
-    const label = m.status === "finished"
-      ? `${m.name} · ${where} · step ${m.steps} · ${cats.length} ${cats.length === 1 ? "category" : "categories"}: ${cats.slice(0, 4).join(", ")}${cats.length > 4 ? ", ..." : ""}`
-      : `${m.name} · ${where} · damaged: ${m.error}`;
-    const use = m.status === "finished" ? el("button", { type: "button", text: "Use", onclick: () => {
+    const shadowed = m.source === "plugin" && imported.has(m.name);  // `from:` finds the imported one first
+    const label = m.status !== "finished" ? `${m.name} · ${where} · damaged: ${m.error}`
+      : `${m.name} · ${where} · step ${m.steps} · ${cats.length} ${cats.length === 1 ? "category" : "categories"}: ${cats.slice(0, 4).join(", ")}${cats.length > 4 ? ", ..." : ""}`
+        + (shadowed ? " · not used: the imported pack of this name comes first" : "");
+    const use = m.status === "finished" && !shadowed ? el("button", { type: "button", text: "Use", onclick: () => {
       const d = S.recipe.dataset || {};
       if (!(typeof d.category === "string" && cats.includes(d.category))) S.recipe.dataset = { use: "quickdraw", category: cats[0] };
       S.recipe.model = { from: m.name, if_missing: "train" };
