@@ -9,13 +9,11 @@ plugins/packs/zoo-26.qdpack (the same lookup serves an installed pack: test_stud
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import time
 
 import pytest
 
-from test_studio_browser import QD, browser, shots  # noqa: F401 - fixtures
+from test_studio_browser import browser, shots, studio_process  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +24,7 @@ def pack_server(tiny_pack, tmp_path_factory):
     packs.import_pack(tiny_pack, cache)
     env = {**os.environ, "QD_CACHE_DIR": str(cache)}
     env.pop("QD_LOAD_PLUGINS", None)
-    start = time.perf_counter()
-    proc = subprocess.Popen([QD, "studio", "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-    if not m:
-        proc.kill()
-        pytest.fail(f"qd studio did not start: {line!r} {proc.stderr.read()}")
-    yield {"url": m.group(1), "started": start, "cache": cache}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from studio_process([], env)
 
 
 def test_the_first_page_lists_the_pack_and_draws_cats_from_it(browser, pack_server, shots):  # noqa: F811
