@@ -140,7 +140,9 @@ def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
 def installed_packs(monkeypatch, tmp_path):
     """What the built-in `packs` plugin finds in plugins/packs/, chosen by the test (the
     repository may ship a pack or not): `installed_packs()` no pack, `installed_packs(file,
-    ...)` those files. Call it before plugin_manager.build()."""
+    ...)` those files. Call it before plugin_manager.build(); `qd` commands run in this
+    process (typer's CliRunner) build their registry again after it."""
+    from qdcore import cli
     from qdplugins import packs as builtin
 
     def install(*files: Path) -> Path:
@@ -149,6 +151,8 @@ def installed_packs(monkeypatch, tmp_path):
         for f in files:
             shutil.copyfile(f, folder / Path(f).name)
         monkeypatch.setattr(builtin, "FOLDER", folder)
+        cli._plugins.cache_clear()
         return folder
 
-    return install
+    yield install
+    cli._plugins.cache_clear()  # later tests see the repository's packs again
