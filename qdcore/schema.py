@@ -123,9 +123,10 @@ def _model_schema() -> dict:
     s = config_schema(ModelConfig)
     s["properties"]["from"] = {"type": "string",
                                "description": "a recipe (zoo-26, or a path to its .yaml) whose trained multi-category "
-                                              "model draws this recipe's category"}
+                                              "model draws this recipe's category, or a model pack (`qd models` lists them)"}
     s["properties"]["if_missing"] = {"enum": ["error", "train"], "default": "error",
-                                     "description": "when that model is not cached: stop with an error, or train this recipe's own"}
+                                     "description": "when neither that model nor a pack of its name is there: stop with an "
+                                                    "error, or train this recipe's own"}
     return s
 
 

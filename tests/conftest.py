@@ -6,6 +6,7 @@ Without the data they skip on a developer's machine (with the reason) but FAIL u
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,60 @@ def tiny_model(tmp_path_factory, quickdraw_dir):
         else:
             os.environ["QD_CACHE_DIR"] = saved
     return recipe
+
+
+TINY_ZOO = """\
+name: tiny-zoo
+dataset: {use: quickdraw, category: [cat, apple, fish], limit: 100}
+model: {T: 3, enc_size: 16, dec_size: 16, z_size: 4, read_n: 3, write_n: 3}
+train: {iterations: 6, batch_size: 30}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
+    """A tiny class-conditional model (cat, apple, fish; 6 steps) as a model pack named
+    zoo-26, standing in for the one qd ships: `<folder>/zoo-26.qdpack`. Install it with the
+    `installed_packs` fixture, or import it into a cache (qdcore.packs.import_pack)."""
+    from qdcore import engine, packs
+    from qdcore.plugin_manager import build
+    from qdcore.recipe import load
+
+    root = tmp_path_factory.mktemp("tiny-pack")
+    (root / "tiny-zoo.yaml").write_text(TINY_ZOO)
+    saved = os.environ.get("QD_CACHE_DIR")
+    os.environ["QD_CACHE_DIR"] = str(root / "cache")
+    try:
+        r = load(root / "tiny-zoo.yaml", build().registry)
+        engine.ensure_model(r, engine.load_data(r, engine.prepare(r), quiet=True))
+        packs.export("tiny-zoo", root / "tiny-zoo.qdpack", root / "cache", {})
+    finally:
+        if saved is None:
+            os.environ.pop("QD_CACHE_DIR", None)
+        else:
+            os.environ["QD_CACHE_DIR"] = saved
+    pack, weights = packs.read(root / "tiny-zoo.qdpack")
+    (root / "shipped").mkdir()
+    return packs.write(root / "shipped" / "zoo-26.qdpack", {**pack.manifest, "name": "zoo-26"}, weights)
+
+
+@pytest.fixture
+def installed_packs(monkeypatch, tmp_path):
+    """What the built-in `packs` plugin finds in plugins/packs/, chosen by the test (the
+    repository may ship a pack or not): `installed_packs()` no pack, `installed_packs(file,
+    ...)` those files. Call it before plugin_manager.build(); `qd` commands run in this
+    process (typer's CliRunner) build their registry again after it."""
+    from qdcore import cli
+    from qdplugins import packs as builtin
+
+    def install(*files: Path) -> Path:
+        folder = tmp_path / f"installed-packs-{len(list(tmp_path.glob('installed-packs-*')))}"
+        folder.mkdir()
+        for f in files:
+            shutil.copyfile(f, folder / Path(f).name)
+        monkeypatch.setattr(builtin, "FOLDER", folder)
+        cli._plugins.cache_clear()
+        return folder
+
+    yield install
+    cli._plugins.cache_clear()  # later tests see the repository's packs again

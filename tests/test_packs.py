@@ -345,6 +345,10 @@ def test_unknown_names_are_one_line_errors(exported, tmp_path):
 
 
 def test_a_recipe_without_a_pack_says_why_and_how_long_it_trains(tmp_path, monkeypatch, quickdraw_dir):
+    # A cache of its own: the session's shared one may hold a tiny-zoo another test trained
+    # (tests/test_shared_models.py), and a measured speed of this model. No `packs` plugin:
+    # the zoo-26 pack qd ships is not named here anyway.
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
     (tmp_path / "zoo.yaml").write_text(ZOO)
     own = load(_write(tmp_path, "banana.yaml", CAT % ("banana", "zoo", "train")), build().registry)

@@ -110,10 +110,11 @@ def test_schema_and_plugins_include_a_plugin_installed_by_the_test(client):
     assert {"datasets", "seed_strategies", "filters", "writers"} <= set(kinds)
 
 
-def test_recipe_is_the_starting_recipe_or_the_default(client, studio, tmp_path):
+def test_recipe_is_the_starting_recipe_or_the_default(client, studio, tmp_path, installed_packs):
     body = client.get("/api/recipe").json()
     assert body["recipe"]["name"] == "tiny" and body["file"].endswith("tiny.yaml")
-    bare = Studio(studio.plugins, None, workdir=tmp_path / "bare")
+    installed_packs()  # no pack draws cats (the one qd ships: test_the_default_recipe_draws_cats_from_the_installed_pack)
+    bare = Studio(build(), None, workdir=tmp_path / "bare")
     with TestClient(create_app(bare)) as c:
         assert c.get("/api/recipe").json() == {"recipe": DEFAULT_RECIPE, "file": None}
     bare.close()
@@ -550,3 +551,107 @@ def test_the_session_raises_qd_errors_that_carry_their_status(studio):
         studio.upload(big, (28, 28))
     assert large.value.status == 413 and Conflict.status == 409
     assert "starlette" not in open(session.__file__).read()
+
+
+# --- the pack qd ships: the studio lists it and its first page draws from it ----------------
+
+
+def test_the_default_recipe_draws_cats_from_the_installed_pack(tmp_path, tiny_pack, installed_packs, monkeypatch):
+    from qdcore.studio.session import DEFAULT_PACK
+
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))  # a fresh install: nothing trained
+    installed_packs(tiny_pack)  # as plugins/packs/zoo-26.qdpack
+    s = Studio(build(), None, workdir=tmp_path / "studio")
+    try:
+        with TestClient(create_app(s)) as c:
+            body = c.get("/api/recipe").json()
+            given = body["recipe"]
+            assert body["file"] is None and DEFAULT_PACK == "zoo-26"
+            assert given == {**DEFAULT_RECIPE, "model": {"from": "zoo-26", "if_missing": "train"}}
+            listed = c.get("/api/models").json()
+            assert listed["models"] == []
+            assert [(p["name"], p["source"], p["plugin"], p["categories"], p["steps"]) for p in listed["packs"]] == \
+                [("zoo-26", "plugin", "packs", ["cat", "apple", "fish"], 6)]
+            checked = c.post("/api/validate", json={"recipe": given}).json()
+            assert checked["trained"] is True and checked["draws_from"] == "the model pack 'zoo-26' (pack from plugin 'packs')"
+            g = c.post("/api/generate", json={"recipe": given, "n": 4})
+            assert g.status_code == 200, g.text
+            g = g.json()
+            # The pack's T = 3 glimpses, inked at the default recipe's 84 px, drawn from the prior.
+            assert (g["steps"], g["n"], g["height"], g["model_step"], g["source"]) == (3, 4, 84, 6, "prior")
+            gif = c.get(f"/api/generations/{g['id']}.gif").content
+            copied = c.post("/api/recipe.yaml", json={"recipe": {**given, "generate": {"n": 4}}}).json()["yaml"]
+    finally:
+        s.close()
+    assert not (tmp_path / "cache" / "models").exists(), "nothing was trained"
+    # "Copy as recipe" names the pack, and `qd run` draws the same cats from it.
+    assert yaml.safe_load(copied)["model"] == {"from": "zoo-26", "if_missing": "train"}
+    (tmp_path / "copied.yaml").write_text(copied)
+    assert np.array_equal(_frames(gif), _qd_run(tmp_path / "copied.yaml", tmp_path / "run.gif"))
+
+
+def test_the_page_may_name_a_pack_and_the_default_trains_without_one(tmp_path, tiny_pack, installed_packs, monkeypatch, studio):
+    installed_packs(tiny_pack)
+    s = Studio(build(), studio.base_path, workdir=tmp_path / "studio")  # the tiny recipe, its cache
+    try:
+        with TestClient(create_app(s)) as c:
+            recipe = c.get("/api/recipe").json()["recipe"]
+            assert c.get("/api/models").json()["packs"][0]["name"] == "zoo-26"
+            cat = {**recipe, "dataset": {"use": "quickdraw", "category": "cat", "limit": 100}, "model": {"from": "zoo-26"}}
+            checked = c.post("/api/validate", json={"recipe": cat}).json()
+            assert checked["trained"] and checked["draws_from"].startswith("the model pack 'zoo-26'")
+            line = one_error(c.post("/api/validate", json={"recipe": {**cat, "model": {"from": "zoo-27"}}}), 400,
+                             "does not open recipes named by the page")
+            assert "'zoo-26'" in line, "the refusal names the packs the page may use"
+    finally:
+        s.close()
+    # A pack that does not draw cats (or none at all) leaves the default recipe training its own model.
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    from qdcore import packs
+
+    apple_only = tmp_path / "fruit.qdpack"
+    pack, weights = packs.read(tiny_pack)
+    packs.write(apple_only, {**pack.manifest, "name": "fruit", "categories": ["apple", "fish"]}, weights)
+    installed_packs(apple_only)
+    bare = Studio(build(), None, workdir=tmp_path / "bare")
+    try:
+        assert bare.base_data == DEFAULT_RECIPE
+    finally:
+        bare.close()
+
+
+def test_copy_as_recipe_names_the_recipe_of_a_cached_model_qd_run_resolves(tmp_path, quickdraw_dir, monkeypatch):
+    """`model.from` naming a cached model by its folder (tiny-zoo-<key>) is copied as the name
+    of the recipe that trained it: `qd run` finds that recipe beside the copy, or its pack."""
+    from qdcore import engine, packs
+    from qdcore.recipe import load
+
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "tiny-zoo.yaml").write_text(ZOO)
+    engine.Run(load(tmp_path / "tiny-zoo.yaml", build().registry)).model()
+    start = tmp_path / "apple.yaml"
+    start.write_text(FROM_ZOO.replace("from: zoo,", "from: tiny-zoo,"))
+    s = Studio(build(), start, workdir=tmp_path / "studio")
+    try:
+        with TestClient(create_app(s)) as c:
+            folder = next(m["folder"] for m in c.get("/api/models").json()["models"])
+            given = c.get("/api/recipe").json()["recipe"]
+            page = {**given, "model": {**given["model"], "from": folder}}
+            g = c.post("/api/generate", json={"recipe": page}).json()
+            gif = c.get(f"/api/generations/{g['id']}.gif").content
+            copied = c.post("/api/recipe.yaml", json={"recipe": page}).json()["yaml"]
+    finally:
+        s.close()
+    assert folder.startswith("tiny-zoo-") and yaml.safe_load(copied)["model"]["from"] == "tiny-zoo"
+    assert f"qd models export {folder} tiny-zoo.qdpack" in copied
+    (tmp_path / "copied.yaml").write_text(copied)  # beside tiny-zoo.yaml
+    assert np.array_equal(_frames(gif), _qd_run(tmp_path / "copied.yaml", tmp_path / "run.gif"))
+    # Elsewhere, with the model moved as the pack the comment says how to make: the same apples.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "copied.yaml").write_text(copied)
+    packs.export(folder, tmp_path / "tiny-zoo.qdpack", tmp_path / "cache", {})
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache-b"))
+    packs.import_pack(tmp_path / "tiny-zoo.qdpack", tmp_path / "cache-b")
+    moved = _qd_run(elsewhere / "copied.yaml", tmp_path / "moved.gif")
+    assert moved.shape == _frames(gif).shape and np.abs(moved.astype(float) - _frames(gif)).mean() < 1

@@ -69,8 +69,14 @@ def server(tiny_model, tmp_path_factory):
            # (half a minute; tests/test_plan.py covers that): the page is the subject here.
            "QD_STEP_PLAN": "float32-xla"}
     env.pop("QD_LOAD_PLUGINS", None)
+    yield from studio_process([str(tiny_model)], env)
+
+
+def studio_process(args: list, env: dict):
+    """`qd studio ARGS` on a free port until the module's tests are done: yields its url,
+    process, start time and cache (QD_CACHE_DIR in `env`)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([QD, "studio", str(tiny_model), "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([QD, "studio", *args, "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)

@@ -1,12 +1,13 @@
-"""The cached models, as the studio lists them.
+"""The models the studio lists: those trained into the cache, and the model packs a
+recipe's `model.from` can name (imported into the cache, or installed by a plugin).
 
-Kept to one small function so a shared `qd models` list (the cond branch's) can replace it.
+Nothing here imports TensorFlow: the page lists models before any is loaded.
 """
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
+from typing import Optional
 
 from .. import limits, paths
 from ..errors import QdError
@@ -43,3 +44,29 @@ def list_models() -> list[dict]:
                 row["recipe"] = data
         rows.append(row)
     return rows
+
+
+def list_packs(registry) -> list[dict]:
+    """The model packs, as `qd models` lists them (qdcore.packs.listing: imported ones, then
+    installed ones; manifests only): name, categories, steps, source, plugin, path, status."""
+    from .. import packs
+
+    return packs.listing(paths.cache_dir(), registry.entries["models"])
+
+
+def pack_for(registry, category: str, size: tuple[int, int], prefer: str) -> Optional[str]:
+    """The name of a model pack that draws `category` at `size` (`prefer` first, then by
+    name), as `model.from` would find it; None when no pack does."""
+    from .. import packs
+
+    installed = registry.entries["models"]
+    names = sorted({r["name"] for r in list_packs(registry) if r["status"] == "finished"},
+                   key=lambda n: (n != prefer, n))
+    for name in names:
+        try:
+            pack = packs.find(paths.cache_dir(), name, installed.get(name))
+        except QdError:
+            continue  # a damaged pack: `qd models` says why
+        if pack is not None and category in pack.categories and tuple(pack.size) == tuple(size):
+            return name
+    return None

@@ -27,7 +27,7 @@ from ..errors import InputError, NotFound, QdError, TooLarge
 from ..limits import load_json, shown
 from ..registry import KINDS
 from ..schema import recipe_schema
-from .models import list_models
+from .models import list_models, list_packs
 from .session import Studio, one_line
 
 STATIC = Path(__file__).parent / "static"
@@ -133,7 +133,8 @@ class _Endpoints:
         return FileResponse(self.studio.upload_path(uid), media_type="image/png")
 
     async def models(self, request):
-        return JSONResponse({"models": list_models(), "cache": str(paths.cache_dir() / "models")})
+        return JSONResponse({"models": list_models(), "packs": list_packs(self.studio.registry),
+                             "cache": str(paths.cache_dir() / "models")})
 
     async def generate(self, request):
         body = await _json(request)

@@ -33,7 +33,7 @@ from ..errors import Conflict, InputError, NotFound, NotTrained, QdError, Recipe
 from ..ink import two_inks
 from ..interfaces import Context, SeedInput
 from ..recipe import Recipe, parse
-from .models import list_models
+from .models import list_models, list_packs, pack_for
 
 MAX_UPLOAD = 4 << 20  # decoded image bytes
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
@@ -42,7 +42,8 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16")
 KEEP_GENERATIONS = 8
 KEEP_UPLOADS = 64
 
-# Used when `qd studio` is started without a recipe: small enough to train in minutes.
+# Used when `qd studio` is started without a recipe and no model pack draws cats (see
+# default_recipe): small enough to train in minutes.
 DEFAULT_RECIPE = {
     "name": "studio-cat",
     "dataset": {"use": "quickdraw", "category": "cat"},
@@ -54,6 +55,24 @@ DEFAULT_RECIPE = {
     "filters": [{"use": "ink", "size": 84, "threshold": 0.55, "softness": 0.5}, {"use": "invert"}],
     "output": {"use": "gif", "frames": "steps", "attention": True, "duration": 0.15, "hold_last": 1.0},
 }
+
+
+# The pack the default recipe draws from when it is there: the one qd ships (docs/packs.md).
+DEFAULT_PACK = "zoo-26"
+
+
+def default_recipe(registry) -> dict:
+    """The recipe the page starts with when `qd studio` is given none: DEFAULT_RECIPE, drawing
+    its cats from a model pack when one draws cats at its size (DEFAULT_PACK first), so that
+    the first Generate draws at once; else DEFAULT_RECIPE as it is, which trains its own."""
+    from ..config import ModelConfig
+
+    shape = (ModelConfig.height, ModelConfig.width)  # DEFAULT_RECIPE's model is the default one
+    name = pack_for(registry, DEFAULT_RECIPE["dataset"]["category"], shape, prefer=DEFAULT_PACK)
+    if name is None:
+        return DEFAULT_RECIPE
+    # if_missing: train: were the pack removed while the page is open, Train still works.
+    return {**DEFAULT_RECIPE, "model": {"from": name, "if_missing": "train"}}
 
 
 _OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
@@ -116,7 +135,7 @@ class Studio:
             loaded = load(recipe_path, self.registry)  # a bad starting recipe fails at startup
             self.base_data, self.base_path = loaded.raw, loaded.path
         else:
-            self.base_data, self.base_path = DEFAULT_RECIPE, self.tmp / "studio.yaml"
+            self.base_data, self.base_path = default_recipe(self.registry), self.tmp / "studio.yaml"
         # Files the starting recipe names are the only on-disk paths a page may send back.
         self.allowed_files = set(self._paths_in(self.base_data))
         # The same for `model.from`: the starting recipe's own value (a recipe the server was
@@ -187,23 +206,42 @@ class Studio:
 
     def _shared_source(self, source: Any) -> Any:
         """`model.from` as the recipe loader may resolve it: the starting recipe's own value,
-        or the recipe (rebuilt into the private folder from its recipe.json) of a model in
-        the cache, named by its name or folder. Never a path or name the page made up."""
+        the name of a model pack (imported or installed: `qd models` lists it), or the recipe
+        (rebuilt into the private folder from its recipe.json) of a model in the cache, named
+        by its name or folder. Never a path or name the page made up."""
         if isinstance(source, str) and source == self.base_from:
             return source
+        if isinstance(source, str) and source in self._pack_names():
+            # A pack name has no '/' and no suffix (packs.NAME): the loader looks for
+            # NAME.yaml beside the starting recipe (a model trained here comes first, as in
+            # `qd run`), then for the pack.
+            return source
         if isinstance(source, str):
-            for row in list_models():
-                made = row["recipe"]
-                if row["finished"] and isinstance(made, dict) and source in (row["folder"], made.get("name")):
-                    sections = {k: made.get(k) for k in ("name", "dataset", "model", "train") if made.get(k) is not None}
-                    target = self.tmp / "shared" / f"{row['folder']}.yaml"
-                    target.parent.mkdir(exist_ok=True)
-                    target.write_text(yaml.safe_dump(sections, sort_keys=False))
-                    return str(target)
+            made = self._cached_recipe(source)
+            if made is not None:
+                row, made = made
+                sections = {k: made.get(k) for k in ("name", "dataset", "model", "train") if made.get(k) is not None}
+                target = self.tmp / "shared" / f"{row['folder']}.yaml"
+                target.parent.mkdir(exist_ok=True)
+                target.write_text(yaml.safe_dump(sections, sort_keys=False))
+                return str(target)
         known = [repr(self.base_from)] if isinstance(self.base_from, str) else []
+        known += [repr(n) for n in sorted(self._pack_names())]
         known += [repr(r["folder"]) for r in list_models() if r["finished"] and r["recipe"]]
         raise RecipeError("the studio does not open recipes named by the page: `from` may name "
                           + (", ".join(known[:8]) if known else "no model yet (train one first)"), "studio: model.from")
+
+    def _pack_names(self) -> set[str]:
+        return {r["name"] for r in list_packs(self.registry) if r["status"] == "finished"}
+
+    @staticmethod
+    def _cached_recipe(source: str) -> Optional[tuple[dict, dict]]:
+        """(row, recipe.json) of the finished cached model `source` names (folder or name)."""
+        for row in list_models():
+            made = row["recipe"]
+            if row["finished"] and isinstance(made, dict) and source in (row["folder"], made.get("name")):
+                return row, made
+        return None
 
     def upload_path(self, uid: str) -> Path:
         if not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
@@ -297,7 +335,7 @@ class Studio:
         engine.Run(r)
         job = self.jobs.get(str(engine.model_dir(r)))
         return {"ok": True, "name": r.name, "model_key": r.model_key(), "trained": engine.has_model(r),
-                "training": bool(job and job.state in ("starting", "running"))}
+                "training": bool(job and job.state in ("starting", "running")), "draws_from": _draws_from(r)}
 
     # --- generate --------------------------------------------------------------------------
 
@@ -371,7 +409,26 @@ class Studio:
         head = "# Made in qd studio. Run it with: qd run THIS.yaml\n"
         for f in files:
             head += f"# Save {f['url']} beside this file as {f['name']}.\n"
+        head += self._portable_from(data)
         return {"yaml": head + yaml.safe_dump(data, sort_keys=False), "files": files, "model_key": r.model_key()}
+
+    def _portable_from(self, data: dict) -> str:
+        """`model.from` naming a cached model by its folder (`tiny-<key>`) is a name only the
+        studio resolves; `qd run` resolves a recipe beside the file, or a pack. The copy names
+        the recipe that trained it (its file, or the pack `qd models export` makes of it)
+        instead, and says so in a comment (the head's next line)."""
+        model = data.get("model")
+        source = model.get("from") if isinstance(model, dict) else None
+        if not isinstance(source, str) or source == self.base_from or source in self._pack_names():
+            return ""
+        found = self._cached_recipe(source)
+        name = found[1].get("name") if found is not None else None
+        if not isinstance(name, str) or not name:
+            return ""
+        model["from"] = name
+        return (f"# model.from: {name!r} is the recipe that trained the cached model {found[0]['folder']}: save this "
+                f"file beside {name}.yaml, or import that model as a pack: qd models export {found[0]['folder']} "
+                f"{name}.qdpack && qd models import {name}.qdpack\n")
 
     # --- training --------------------------------------------------------------------------
 
@@ -434,6 +491,18 @@ class Studio:
             if job.thread is not None:
                 job.thread.join(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _draws_from(r: Recipe) -> Optional[str]:
+    """Where the recipe's `model.from` model is, when it draws the recipe's category (a
+    cached shared model or a pack: `the model pack 'zoo-26' (...)`); None otherwise."""
+    if r.shared is None:
+        return None
+    from .. import recognizer
+
+    source = engine.shared_source(r.shared)
+    named = recognizer.categories_of(r.dataset.params)
+    return source.label if source is not None and len(named) == 1 and named[0] in source.categories else None
 
 
 def _data_key(r: Recipe) -> str:

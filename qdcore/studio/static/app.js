@@ -182,9 +182,27 @@ function renderPlugins(data) {
 }
 
 async function renderModels() {
-  const { models } = await api("/api/models");
+  const { models, packs = [] } = await api("/api/models");
   const ul = $("#models"); ul.replaceChildren();
-  if (!models.length) ul.append(el("li", { class: "muted", text: "No models yet: press Train." }));
+  if (!models.length && !packs.length) ul.append(el("li", { class: "muted", text: "No models yet: press Train." }));
+  // Model packs (imported into the cache, or installed by a plugin): trained elsewhere, ready
+  // to draw. "Use" draws the recipe's category from the pack (`model.from`), or the pack's first.
+  const imported = new Set(packs.filter((m) => m.source !== "plugin").map((m) => m.name));
+  for (const m of packs) {
+    const cats = m.categories || [];
+    const where = m.source === "plugin" ? `pack from plugin ${m.plugin}` : "pack imported into the cache";
+    const shadowed = m.source === "plugin" && imported.has(m.name);  // `from:` finds the imported one first
+    const label = m.status !== "finished" ? `${m.name} · ${where} · damaged: ${m.error}`
+      : `${m.name} · ${where} · step ${m.steps} · ${cats.length} ${cats.length === 1 ? "category" : "categories"}: ${cats.slice(0, 4).join(", ")}${cats.length > 4 ? ", ..." : ""}`
+        + (shadowed ? " · not used: the imported pack of this name comes first" : "");
+    const use = m.status === "finished" && !shadowed ? el("button", { type: "button", text: "Use", onclick: () => {
+      const d = S.recipe.dataset || {};
+      if (!(typeof d.category === "string" && cats.includes(d.category))) S.recipe.dataset = { use: "quickdraw", category: cats[0] };
+      S.recipe.model = { from: m.name, if_missing: "train" };
+      renderRecipeForms(); changed();
+    } }) : null;
+    ul.append(el("li", { "data-pack": m.name }, el("span", { text: label }), use));
+  }
   for (const m of models) {
     const r = m.recipe;
     const cats = r && r.dataset && Array.isArray(r.dataset.category) ? ` · categories: ${r.dataset.category.join(", ")}` : "";
@@ -239,6 +257,7 @@ async function validate() {
     const res = await api("/api/validate", { recipe: r });
     showError(null);
     $("#model-state").textContent = res.training ? `The model for "${res.name}" is training now (cache key ${res.model_key}).`
+      : res.draws_from ? `"${res.name}" draws from ${res.draws_from}: nothing to train.`
       : res.trained ? `The model for "${res.name}" is trained (cache key ${res.model_key}).`
       : `The model for "${res.name}" is not trained yet (cache key ${res.model_key}): press Train.`;
     S.trained = res.trained;
