@@ -124,7 +124,7 @@ def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
     os.environ["QD_CACHE_DIR"] = str(root / "cache")
     try:
         r = load(root / "tiny-zoo.yaml", build().registry)
-        engine.ensure_model(r, engine.load_data(r, engine.prepare(r), quiet=True))
+        engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
         packs.export("tiny-zoo", root / "tiny-zoo.qdpack", root / "cache", {})
     finally:
         if saved is None:
