@@ -281,7 +281,8 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 50, "float32-streams": 10, "bfloat16-streams": 200})
     monkeypatch.setattr(P, "time_plan", fake)
     monkeypatch.setattr(P, "MEASURE_MIN_ITERATIONS", 6)
-    monkeypatch.setattr(P, "cpu_count", lambda: 2)  # the same four candidates on any machine
+    monkeypatch.setattr(P, "cpu_count", lambda: 2)  # the same four candidates on any machine,
+    monkeypatch.setattr(P, "bf16_allowed", lambda info=None: True)  # bfloat16 units or not (Zen 3 has none)
     # A quiet machine, whatever else runs: the busy rule (its own tests above) would re-measure
     # when the first run's look at /proc/stat finds the cores busy and the second's does not.
     monkeypatch.setattr(P, "machine_busy", lambda: False)
