@@ -128,6 +128,20 @@ class Draw(tf.Module):
     def __init__(self, cfg: ModelConfig, seed: int = 0, classes=None):
         super().__init__(name="draw")
         self.cfg = cfg
+        rng = np.random.default_rng(seed)
+        self._make_weights(rng)
+        # Fresh noise for loss(training=True) without a seed; checkpointed with the model.
+        self.noise = tf.random.Generator.from_seed(seed)
+        # A tuple: tf.Module would wrap a list in a trackable ListWrapper.
+        classes = conditional_classes(classes)
+        self.classes = None if classes is None else tuple(classes)
+        # Drawn after every other weight, so the unconditional weights do not depend on it.
+        self.conditioning = None if self.classes is None else ClassConditioning(
+            self.classes, 4 * cfg.enc_size, 4 * cfg.dec_size, rng)
+        self._make_functions()
+
+    def _make_weights(self, rng: np.random.Generator) -> None:
+        cfg = self.cfg
         H, W = cfg.height, cfg.width
         if cfg.attention:
             self.read_size = 2 * cfg.read_n * cfg.read_n
@@ -137,7 +151,6 @@ class Draw(tf.Module):
             self.read_size = 2 * H * W
             self.write_size = H * W
             n_windows = 0
-        rng = np.random.default_rng(seed)
         enc_in = self.read_size + cfg.dec_size + cfg.enc_size
         dec_in = cfg.z_size + cfg.dec_size
         self.enc_kernel = tf.Variable(_lstm_kernel(rng, enc_in, cfg.enc_size), name="enc_kernel")
@@ -151,15 +164,11 @@ class Draw(tf.Module):
         )
         self.out_kernel = tf.Variable(out_kernel, name="out_kernel")
         self.out_bias = tf.Variable(np.zeros(self.write_size + n_windows, np.float32), name="out_bias")
-        # Fresh noise for loss(training=True) without a seed; checkpointed with the model.
-        self.noise = tf.random.Generator.from_seed(seed)
-        # A tuple: tf.Module would wrap a list in a trackable ListWrapper.
-        classes = conditional_classes(classes)
-        self.classes = None if classes is None else tuple(classes)
-        # Drawn after every other weight, so the unconditional weights do not depend on it.
-        self.conditioning = None if self.classes is None else ClassConditioning(
-            self.classes, 4 * cfg.enc_size, 4 * cfg.dec_size, rng)
 
+    def _make_functions(self) -> None:
+        """The traced entry points: one graph per signature, any batch size."""
+        cfg = self.cfg
+        H, W = cfg.height, cfg.width
         spec_x = tf.TensorSpec([None, H, W], tf.float32)
         spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
         spec_y = tf.TensorSpec([None], tf.int32)
@@ -226,6 +235,18 @@ class Draw(tf.Module):
         z = mu + tf.exp(log_sigma) * eps_t
         return z, h_enc, c_enc, gaussian_kl(mu, log_sigma)
 
+    def _kernels(self, precision: str, labels, weights) -> dict:
+        """The weights one run uses: cast once per run, not once per step (the T steps share
+        each kernel), with the class's row (or a blend of rows) joined to the gate biases."""
+        kernels = {name: tf.cast(var, precision) for name, var in
+                   [("enc", self.enc_kernel), ("z", self.z_kernel), ("dec", self.dec_kernel), ("out", self.out_kernel)]}
+        kernels["enc_bias"], kernels["dec_bias"] = self.enc_bias, self.dec_bias
+        if self.conditioning is not None and weights is not None:
+            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.blended_biases(weights, self.enc_bias, self.dec_bias)
+        elif self.conditioning is not None:
+            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.gate_biases(labels, self.enc_bias, self.dec_bias)
+        return kernels
+
     def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None,
              follow=None, weights=None):
         """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
@@ -238,14 +259,7 @@ class Draw(tf.Module):
         windows (T,B,3) or None, latents z_1..z_T (T,B,z) or None).
         """
         cfg = self.cfg
-        # Cast once per run, not once per step: the T steps share each kernel.
-        kernels = {name: tf.cast(var, precision) for name, var in
-                   [("enc", self.enc_kernel), ("z", self.z_kernel), ("dec", self.dec_kernel), ("out", self.out_kernel)]}
-        kernels["enc_bias"], kernels["dec_bias"] = self.enc_bias, self.dec_bias
-        if self.conditioning is not None and weights is not None:
-            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.blended_biases(weights, self.enc_bias, self.dec_bias)
-        elif self.conditioning is not None:  # the class's row joins the gate biases, once per run
-            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.gate_biases(labels, self.enc_bias, self.dec_bias)
+        kernels = self._kernels(precision, labels, weights)
         b = tf.shape(eps)[1]
         canvas = tf.zeros([b, cfg.height, cfg.width])
         h_dec = tf.zeros([b, cfg.dec_size])

@@ -177,36 +177,48 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
     train = _config(TrainConfig, data.get("train"), "train", label)
     generate = _config(GenerateConfig, data.get("generate"), "generate", label)
 
-    seeds_raw = data.get("seeds", DEFAULT_SEEDS)
-    seeds = [_step(s, "seed_strategies", f"seeds[{i}]", registry, label, folder) for i, s in enumerate(_list(seeds_raw, "seeds", label))]
+    seeds = _seeds(data.get("seeds", DEFAULT_SEEDS), registry, label, folder)
+    filters = [_step(f, "filters", f"filters[{i}]", registry, label, folder) for i, f in enumerate(_list(data.get("filters", []), "filters", label))]
+    output, output_path = _output(data.get("output", DEFAULT_OUTPUT), registry, label, folder)
+    recognizer = _recognizer(data, dataset, generate, registry, label, folder)
+    mode = _mode(data.get("mode"), generate, registry, label, folder)
+    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data,
+                  shared=shared, recognizer=recognizer, mode=mode)
+
+
+def _seeds(raw: Any, registry: Registry, label: str, folder: Path) -> list[Step]:
+    """The seed chain: one source first (prior, training-batch, file-image...), then changers."""
+    seeds = [_step(s, "seed_strategies", f"seeds[{i}]", registry, label, folder) for i, s in enumerate(_list(raw, "seeds", label))]
     if not seeds:
-        raise RecipeError("is empty: give a source, for example `- use: prior`", at("seeds"))
+        raise RecipeError("is empty: give a source, for example `- use: prior`", f"{label}: seeds")
     for i, s in enumerate(seeds):
         is_source = bool(getattr(s.entry.factory, "is_source", False))
         if i == 0 and not is_source:
             raise RecipeError(
                 f"{s.use!r} changes seed images and needs a source before it: start the chain with "
-                "a source such as `prior`, `training-batch` or `file-image`", at("seeds[0]"))
+                "a source such as `prior`, `training-batch` or `file-image`", f"{label}: seeds[0]")
         if i > 0 and is_source:
-            raise RecipeError(f"{s.use!r} is a source; only the first seed step may be a source", at(f"seeds[{i}]"))
-    filters = [_step(f, "filters", f"filters[{i}]", registry, label, folder) for i, f in enumerate(_list(data.get("filters", []), "filters", label))]
+            raise RecipeError(f"{s.use!r} is a source; only the first seed step may be a source", f"{label}: seeds[{i}]")
+    return seeds
 
-    out_raw = data.get("output", DEFAULT_OUTPUT)
+
+def _output(raw: Any, registry: Registry, label: str, folder: Path) -> tuple[Step, Optional[Path]]:
+    """The writer, and `output.path` split off it (a recipe's key, not the writer's)."""
     output_path = None
-    if isinstance(out_raw, dict) and "path" in out_raw:
-        out_raw = dict(out_raw)
-        output_path = params.coerce(out_raw.pop("path"), Path, at("output.path"), folder)
-    output = _step(out_raw, "writers", "output", registry, label, folder)
-    recognizer = _recognizer(data, dataset, generate, registry, label, folder)
-    mode = None
-    if data.get("mode") is not None:
-        mode = _step(data["mode"], "generators", "mode", registry, label, folder)
-        if generate.best_of > 1:
-            raise RecipeError(f"best_of picks among samples or reconstructions; mode {mode.use!r} makes its own "
-                              "pictures: use best_of: 1, or leave `mode:` out", at("generate.best_of"))
+    if isinstance(raw, dict) and "path" in raw:
+        raw = dict(raw)
+        output_path = params.coerce(raw.pop("path"), Path, f"{label}: output.path", folder)
+    return _step(raw, "writers", "output", registry, label, folder), output_path
 
-    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data,
-                  shared=shared, recognizer=recognizer, mode=mode)
+
+def _mode(raw: Any, generate: GenerateConfig, registry: Registry, label: str, folder: Path) -> Optional[Step]:
+    if raw is None:
+        return None
+    mode = _step(raw, "generators", "mode", registry, label, folder)
+    if generate.best_of > 1:
+        raise RecipeError(f"best_of picks among samples or reconstructions; mode {mode.use!r} makes its own "
+                          "pictures: use best_of: 1, or leave `mode:` out", f"{label}: generate.best_of")
+    return mode
 
 
 SHARED_KEYS = ("from", "if_missing")

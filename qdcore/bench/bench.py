@@ -140,6 +140,22 @@ def run_child(spec: dict) -> dict:
     return step_plans.run_child(spec, ("qdcore.bench", "side"))
 
 
+def _time_between_references(plans, cfg: ModelConfig, batch: int, iterations: int, say) -> tuple[list, list, float]:
+    """Each plan's row, with its ratio to the reference timed before and after them all."""
+    say(f"reference at batch 100, {iterations} steps ...")
+    references = [run_child({"kind": "reference", "iterations": iterations})]
+    rows = []
+    for p in plans:
+        say(f"{p.describe()} at batch {batch}, {iterations} steps ...")
+        rows.append(step_plans.time_plan(p, cfg, batch, iterations))
+    say(f"reference again, {iterations} steps ...")
+    references.append(run_child({"kind": "reference", "iterations": iterations}))
+    ref_rate = sum(r["images_per_s_median"] for r in references) / len(references)
+    for r in rows:
+        r["ratio_to_reference"] = round(r["images_per_s_median"] / ref_rate, 2)
+    return references, rows, ref_rate
+
+
 def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto",
                 bf16: bool = True) -> dict:
     """numpy's peak, the reference at batch 100, and every step plan `auto` would choose
@@ -166,17 +182,7 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
         say("other work keeps the cores busy: the figures and auto's choice may be off")
     say("numpy matmul peak ...")
     peak = numpy_matmul_peak(cfg, batch)
-    say(f"reference at batch 100, {iterations} steps ...")
-    references = [run_child({"kind": "reference", "iterations": iterations})]
-    rows = []
-    for p in plans:
-        say(f"{p.describe()} at batch {batch}, {iterations} steps ...")
-        rows.append(step_plans.time_plan(p, cfg, batch, iterations))
-    say(f"reference again, {iterations} steps ...")
-    references.append(run_child({"kind": "reference", "iterations": iterations}))
-    ref_rate = sum(r["images_per_s_median"] for r in references) / len(references)
-    for r in rows:
-        r["ratio_to_reference"] = round(r["images_per_s_median"] / ref_rate, 2)
+    references, rows, ref_rate = _time_between_references(plans, cfg, batch, iterations, say)
     measured = [{"name": r["plan"], "images_per_s": r["images_per_s_median"]} for r in rows]
     winner = step_plans.best(measured, plans)
     fields = step_plans.key_fields(cfg, batch, plans, info, cores, tf.__version__, gpus)
@@ -286,33 +292,13 @@ def ablation(iterations: int = 20) -> list[dict]:
     return rows
 
 
-def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, top: int = 20) -> dict:
-    """TensorFlow profiler trace of qd's step, summed by op kind.
-
-    Reads the XSpace protobuf directly (the TensorBoard profile plugin is not needed):
-    wall time per step, thread time per step (the gap is idle cores), and the op kinds that
-    take the thread time: XLA's thunks (`MatMul.306` -> `MatMul`) for a compiled step,
-    TensorFlow's kernels (`gradient_tape/mul:Mul` -> `Mul`) for an uncompiled one.
-    """
+def _op_kinds(logdir: Path, steps: int) -> tuple[dict, dict]:
+    """{op kind: ms per step}, {op kind: calls per step} from the trace's XSpace protobuf."""
     import re
     from collections import Counter
 
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
-    choice, model, _, step = new_training(ModelConfig(), train_cfg)
-    plan = choice.plan
-    x = tf.constant(synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
-    k = tf.constant(0, tf.int64)
-    for _ in range(WARMUP_STEPS):
-        [v.numpy() for v in step(x, k)]
-    logdir = Path(tempfile.mkdtemp(prefix="qd-profile-"))
-    tf.profiler.experimental.start(str(logdir))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        [v.numpy() for v in step(x, k)]
-    wall = (time.perf_counter() - t0) / steps
-    tf.profiler.experimental.stop()
     space = xplane_pb2.XSpace()
     space.ParseFromString(next(logdir.rglob("*.xplane.pb")).read_bytes())
     kinds: Counter = Counter()
@@ -332,6 +318,32 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
                 kind = name.rsplit(":", 1)[-1] if ":" in name else re.sub(r"[._]\d+", "", name)
                 kinds[kind] += event.duration_ps / 1e9 / steps
                 calls[kind] += 1 / steps
+    return kinds, calls
+
+
+def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, top: int = 20) -> dict:
+    """TensorFlow profiler trace of qd's step, summed by op kind.
+
+    Reads the XSpace protobuf directly (the TensorBoard profile plugin is not needed):
+    wall time per step, thread time per step (the gap is idle cores), and the op kinds that
+    take the thread time: XLA's thunks (`MatMul.306` -> `MatMul`) for a compiled step,
+    TensorFlow's kernels (`gradient_tape/mul:Mul` -> `Mul`) for an uncompiled one.
+    """
+    train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
+    choice, model, _, step = new_training(ModelConfig(), train_cfg)
+    plan = choice.plan
+    x = tf.constant(synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
+    k = tf.constant(0, tf.int64)
+    for _ in range(WARMUP_STEPS):
+        [v.numpy() for v in step(x, k)]
+    logdir = Path(tempfile.mkdtemp(prefix="qd-profile-"))
+    tf.profiler.experimental.start(str(logdir))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        [v.numpy() for v in step(x, k)]
+    wall = (time.perf_counter() - t0) / steps
+    tf.profiler.experimental.stop()
+    kinds, calls = _op_kinds(logdir, steps)
     busy = sum(kinds.values())
     return {"batch_size": train_cfg.batch_size, "plan": plan.describe(), "wall_ms_per_step": round(1000 * wall, 1),
             "thread_ms_per_step": round(busy, 1), "trace": str(logdir),
@@ -341,14 +353,33 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
 
 # -- one worker against two (python -m qdcore.bench workers) ------------------------------------
 
+def _start_workers(recipe: Path, workers: int, tmp: Path) -> list[subprocess.Popen]:
+    """`qd train RECIPE` as `workers` processes on free localhost ports (TF_CONFIG for two)."""
+    import os
+    import socket
+
+    socks = [socket.socket() for _ in range(workers)]
+    for sock in socks:
+        sock.bind(("localhost", 0))
+    hosts = [f"localhost:{sock.getsockname()[1]}" for sock in socks]
+    for sock in socks:
+        sock.close()
+    procs = []
+    for i in range(workers):
+        env = {**os.environ, "QD_CACHE_DIR": str(tmp / f"cache{workers}-{i}"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.pop("TF_CONFIG", None)
+        if workers > 1:
+            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
+        procs.append(subprocess.Popen([sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
 def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400) -> dict:
     """Images/s of `qd train` as one process, then as two MultiWorkerMirroredStrategy workers
     on localhost, at the same global batch: the chief's own steps/s summaries (train/steps_per_s)
     after the first 20 steps (tracing, compilation). Needs QD_DATA_DIR (real data).
     One configuration at a time, each in fresh processes."""
-    import os
-    import socket
-
     from ..training.summaries import FOLDER
 
     rows = {}
@@ -359,20 +390,7 @@ def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400)
             recipe.write_text(f"name: w{workers}\ndataset: {{use: quickdraw, category: {category}}}\n"
                               f"train: {{iterations: {steps}, batch_size: {batch_size}, checkpoint_every: {steps}, stop: budget, "
                               f"distribute: {'none' if workers == 1 else 'multi-worker'}}}\n")
-            socks = [socket.socket() for _ in range(workers)]
-            for sock in socks:
-                sock.bind(("localhost", 0))
-            hosts = [f"localhost:{sock.getsockname()[1]}" for sock in socks]
-            for sock in socks:
-                sock.close()
-            procs = []
-            for i in range(workers):
-                env = {**os.environ, "QD_CACHE_DIR": str(tmp / f"cache{workers}-{i}"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-                env.pop("TF_CONFIG", None)
-                if workers > 1:
-                    env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
-                procs.append(subprocess.Popen([sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
-                                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs = _start_workers(recipe, workers, tmp)
             for p in procs:
                 _, err = p.communicate()
                 if p.returncode:

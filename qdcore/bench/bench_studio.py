@@ -36,43 +36,49 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            sizes: dict[str, int] = {}
-
-            def count(response):
-                try:
-                    sizes[response.url] = len(response.body())
-                except Exception:  # noqa: BLE001 - redirects and aborted responses have no body
-                    pass
-
-            page.on("response", count)
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=120_000)
-            usable = time.perf_counter() - start
-            static = sum(v for k, v in sizes.items() if "/api/" not in k)
-            api = sum(v for k, v in sizes.items() if "/api/" in k)
-            page.click("#source-tabs button[data-source=prior]")
-            page.fill("#n", "16")
-            page.dispatch_event("#n", "change")
-            server, browser_ms = [], []
-            for i in range(args.runs + 1):
-                page.evaluate("document.querySelector('#dl-gif').setAttribute('aria-disabled', 'true')")
-                page.click("#generate")
-                page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=300_000)
-                if i:  # the first call loads the model
-                    server.append(float(page.locator("#player").get_attribute("data-server-ms")))
-                    browser_ms.append(float(page.locator("#player").get_attribute("data-ms")))
+            figures = _measure(page, url, start, args.runs)
             if args.shots:
                 screenshot(page, args.shots)
             browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(json.dumps({
+    print(json.dumps(figures))
+
+
+def _measure(page, url: str, start: float, runs: int) -> dict:
+    """Time to a usable page, its weight, and the median of `runs` generations of 16."""
+    sizes: dict[str, int] = {}
+
+    def count(response):
+        try:
+            sizes[response.url] = len(response.body())
+        except Exception:  # noqa: BLE001 - redirects and aborted responses have no body
+            pass
+
+    page.on("response", count)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=120_000)
+    usable = time.perf_counter() - start
+    static = sum(v for k, v in sizes.items() if "/api/" not in k)
+    api = sum(v for k, v in sizes.items() if "/api/" in k)
+    page.click("#source-tabs button[data-source=prior]")
+    page.fill("#n", "16")
+    page.dispatch_event("#n", "change")
+    server, browser_ms = [], []
+    for i in range(runs + 1):
+        page.evaluate("document.querySelector('#dl-gif').setAttribute('aria-disabled', 'true')")
+        page.click("#generate")
+        page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=300_000)
+        if i:  # the first call loads the model
+            server.append(float(page.locator("#player").get_attribute("data-server-ms")))
+            browser_ms.append(float(page.locator("#player").get_attribute("data-ms")))
+    return {
         "start_to_usable_page_s": round(usable, 2),
         "page_weight_kB": {"html_js_css": round(static / 1024, 1), "api_json_at_load": round(api / 1024, 1)},
         "generate_16_ms": {"server_median": statistics.median(server), "browser_median": statistics.median(browser_ms),
-                           "runs": args.runs},
-    }))
+                           "runs": runs},
+    }
 
 
 def screenshot(page, folder: Path) -> None:
