@@ -14,6 +14,7 @@ GIF shows); and as many prior samples, drawn from scratch. Prints one JSON line 
 with the recognizer's recognized fraction of each set, and writes a sheet of completions
 (partial drawing, then the steps, the model's ink in blue) per category, and a morph sheet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,8 @@ def main() -> None:
             frames = np.concatenate([frames, drawing.given])
         for f in upscale:
             frames = f.apply(frames, ctx)
-        given = None if drawing.given is None else frames[T * n:]
-        shown = Drawing(frames[:T * n].reshape((T, n) + frames.shape[1:]), None, 0, drawing.source, given=given)
+        given = None if drawing.given is None else frames[T * n :]
+        shown = Drawing(frames[: T * n].reshape((T, n) + frames.shape[1:]), None, 0, drawing.source, given=given)
         path = args.out / name
         sheet(**check(sheet, {"frames": "steps"}, "output")).write(shown, path, ctx)
         print(path, flush=True)
@@ -87,8 +88,13 @@ def main() -> None:
         category = name if model.classes else None  # a one-category model is asked for none
         real = held_out_real(name, r, judge, args.n)
         partial = remove.apply(real, None, ctx)
-        row = {"category": name, "n": len(real), "real": rate(real, name), "partial": rate(partial, name),
-               "prior": rate(model.sample(len(real), seed=r.seed, category=category).final, name)}
+        row = {
+            "category": name,
+            "n": len(real),
+            "real": rate(real, name),
+            "partial": rate(partial, name),
+            "prior": rate(model.sample(len(real), seed=r.seed, category=category).final, name),
+        }
         for k in (int(k) for k in args.ks.split(",")):
             done = model.complete(partial, k, seed=r.seed, category=category)
             row[f"completed_k{k}"] = rate(done.final, name)
@@ -98,7 +104,10 @@ def main() -> None:
 
         # The sheet: 4 half-drawings, each completed at the `complete` mode's default k (T/5).
         done = model.complete(partial[:4], max(1, model.cfg.T // 5), seed=r.seed, category=category)
-        write_sheet(Drawing(done.canvases, None, 0, "completion", given=partial[:4]), f"complete-{args.prefix}{name.replace(' ', '-')}.png")
+        write_sheet(
+            Drawing(done.canvases, None, 0, "completion", given=partial[:4]),
+            f"complete-{args.prefix}{name.replace(' ', '-')}.png",
+        )
 
 
 if __name__ == "__main__":

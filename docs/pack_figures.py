@@ -9,6 +9,7 @@ Every category is drawn through the pipeline `qd eval` uses (engine.Run), in one
 model, the recognizer and the datasets load once. Prints one JSON line per category, then a
 Markdown table; the figures do not depend on load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,16 +48,20 @@ def _figures(recipe_path: Path, registry, source: str, category: str, n: int, be
 
 
 def table(rows: list[dict], best_of: int) -> str:
-    head = (f"| category | real: recognized | chain on real: recognized, Frechet/floor | samples: recognized | "
-            f"Frechet/floor | best_of {best_of}: recognized | Frechet/floor |")
+    head = (
+        f"| category | real: recognized | chain on real: recognized, Frechet/floor | samples: recognized | "
+        f"Frechet/floor | best_of {best_of}: recognized | Frechet/floor |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         real, plain, best = r["real"], r["plain"], r[f"best_of_{best_of}"]
         ratio = lambda f: f["frechet"] / f["frechet_floor"]  # noqa: E731
         name = r["category"] if r.get("n", 500) == 500 else f"{r['category']} (n = {r['n']})"
-        lines.append(f"| {name} | {real['raw']['recognized']:.3f} | {real['filtered']['recognized']:.3f}, "
-                     f"{real['filtered']['frechet_over_floor']:.2f}x | {plain['recognized']:.3f} | {ratio(plain):.1f}x | "
-                     f"{best['recognized']:.3f} | {ratio(best):.1f}x |")
+        lines.append(
+            f"| {name} | {real['raw']['recognized']:.3f} | {real['filtered']['recognized']:.3f}, "
+            f"{real['filtered']['frechet_over_floor']:.2f}x | {plain['recognized']:.3f} | {ratio(plain):.1f}x | "
+            f"{best['recognized']:.3f} | {ratio(best):.1f}x |"
+        )
     return "\n".join(lines)
 
 

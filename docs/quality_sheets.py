@@ -9,6 +9,7 @@ PREFIX-real-*.png (held-out drawings), PREFIX-prior-*.png (prior samples, seed =
 recipe's) and PREFIX-steps-*.png (drawing steps, before and after the blank-page frames, and
 through the pen and the shipped chain).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ CHAINS = {
 
 
 def _filters(registry, chain):
-    return [registry.get("filters", name).factory(**check(registry.get("filters", name).factory, params, name))
-            for name, params in chain]
+    return [
+        registry.get("filters", name).factory(**check(registry.get("filters", name).factory, params, name))
+        for name, params in chain
+    ]
 
 
 def _apply(filters, drawing: Drawing, ctx) -> Drawing:
@@ -73,9 +76,11 @@ def main() -> None:
         print(path)
 
     _, held = split(len(data.images), r.train)
-    real = Drawing(data.as_float(held[:args.n])[None], None, 0, "reconstruction")
+    real = Drawing(data.as_float(held[: args.n])[None], None, 0, "reconstruction")
     prior = trained.model.sample(args.n, seed=r.seed)
-    sampled = replace(prior, canvases=(np.random.default_rng(r.seed).random(prior.canvases.shape) < prior.canvases).astype(np.float32))
+    sampled = replace(
+        prior, canvases=(np.random.default_rng(r.seed).random(prior.canvases.shape) < prior.canvases).astype(np.float32)
+    )
     for chain in args.chains.split(","):
         filters = _filters(registry, CHAINS[chain])
         if args.real:
@@ -91,8 +96,16 @@ def main() -> None:
         logits = trained.model._run(None, eps, False, True)[2].numpy()
         grey = replace(few, canvases=sigmoid(logits))  # what the step frames showed before
         for name, drawing in [("steps-grey", grey), ("steps-blank", few)]:
-            write(_apply(_filters(registry, [("upscale", {"size": 56}), ("invert", {})]), drawing, ctx), name, frames="steps")
-        write(_apply(_filters(registry, [("ink", {"size": 56, "width": 2}), ("invert", {})]), few, ctx), "steps-pen", frames="steps")
+            write(
+                _apply(_filters(registry, [("upscale", {"size": 56}), ("invert", {})]), drawing, ctx),
+                name,
+                frames="steps",
+            )
+        write(
+            _apply(_filters(registry, [("ink", {"size": 56, "width": 2}), ("invert", {})]), few, ctx),
+            "steps-pen",
+            frames="steps",
+        )
         weight = [("ink", {"size": 56, "threshold": 0.55, "softness": 0.5}), ("invert", {})]
         write(_apply(_filters(registry, weight), few, ctx), "steps-weight", frames="steps")
 

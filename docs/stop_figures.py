@@ -12,6 +12,7 @@ they came from: mean absolute pixel error of the final canvas (0..1) and its cro
 (nats per image, as L^x counts it); and the same for every training drawing, clean, so that
 models of different steps are compared on the same images. The figures do not depend on load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,17 @@ def figures(recipe, data, folder: Path) -> dict:
     finished = json.loads((folder / "finished.json").read_text())
     state = folder / "stop.json"
     checks = json.loads(state.read_text())["checks"] if state.exists() else []
-    return {"folder": str(folder), "step": trained.step, "stopped": finished.get("stopped"),
-            "last_check": checks[-1] if checks else None,
-            "seed_mae": mae, "seed_bce_nats": bce, "train_images": len(every),
-            "train_mae": every_mae, "train_bce_nats": every_bce}
+    return {
+        "folder": str(folder),
+        "step": trained.step,
+        "stopped": finished.get("stopped"),
+        "last_check": checks[-1] if checks else None,
+        "seed_mae": mae,
+        "seed_bce_nats": bce,
+        "train_images": len(every),
+        "train_mae": every_mae,
+        "train_bce_nats": every_bce,
+    }
 
 
 def main() -> None:

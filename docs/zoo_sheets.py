@@ -10,6 +10,7 @@ PREFIX-prior.png: one row per category of the zoo, `--n` prior samples each (see
 recipe's, so every row uses the same noise), and, with --single, PREFIX-vs-single.png: for
 each named category the zoo's row above the one-category model's row, same noise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,22 @@ def main() -> None:
     ap.add_argument("--prefix", default="zoo-26")
     ap.add_argument("--n", type=int, default=8, help="samples per category")
     ap.add_argument("--iterations", type=int, help="override train.iterations (as qd train --iterations did)")
-    ap.add_argument("--single", action="append", default=[], metavar="CATEGORY=RECIPE",
-                    help="a one-category recipe to compare with the zoo's row of CATEGORY")
+    ap.add_argument(
+        "--single",
+        action="append",
+        default=[],
+        metavar="CATEGORY=RECIPE",
+        help="a one-category recipe to compare with the zoo's row of CATEGORY",
+    )
     args = ap.parse_args()
 
     registry = build().registry
     r, zoo = _trained(args.recipe, registry, args.iterations)
     ctx = engine.Run(r).context(3)
-    filters = [registry.get("filters", name).factory(**check(registry.get("filters", name).factory, p, name)) for name, p in PEN]
+    filters = [
+        registry.get("filters", name).factory(**check(registry.get("filters", name).factory, p, name))
+        for name, p in PEN
+    ]
     sheet = registry.get("writers", "png-sheet").factory
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -71,7 +80,10 @@ def main() -> None:
         for spec in args.single:
             category, _, recipe = spec.partition("=")
             _, single = _trained(Path(recipe), registry, args.iterations)
-            pairs += [zoo.model.sample(args.n, seed=r.seed, category=category), single.model.sample(args.n, seed=r.seed)]
+            pairs += [
+                zoo.model.sample(args.n, seed=r.seed, category=category),
+                single.model.sample(args.n, seed=r.seed),
+            ]
             print(f"row {len(pairs) - 1}: zoo {category}; row {len(pairs)}: {recipe}")
         write(_rows(pairs), "vs-single")
 

@@ -5,6 +5,7 @@ Files are looked up in the local mirror first ($QD_DATA_DIR, laid out like the b
 the size checked against Content-Length). $QD_DOWNLOAD_URL replaces the bucket's URL, which
 is how the tests exercise the real download code against a server on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import glob as globlib
@@ -23,8 +24,21 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from qdcore import (
-    ALL, Context, Dataset, ImageSet, ImageStack, InputError, Range, RecipeError, atomic_path, check_categories,
-    data_dir as env_data_dir, hookimpl, open_image, reading, remove_stale_parts,
+    ALL,
+    Context,
+    Dataset,
+    ImageSet,
+    ImageStack,
+    InputError,
+    Range,
+    RecipeError,
+    atomic_path,
+    check_categories,
+    data_dir as env_data_dir,
+    hookimpl,
+    open_image,
+    reading,
+    remove_stale_parts,
 )
 
 from .rasterize import VERSION as RASTER_VERSION, rasterize_many
@@ -77,7 +91,11 @@ def locate(kind: str, filename: str, ctx: Context) -> Path:
     if cached.is_file():
         return cached
     url = remote_url(kind, filename)
-    where = f"{local_root / kind / filename}" if local_root is not None else f"$QD_DATA_DIR/{kind}/{filename} (QD_DATA_DIR is not set)"
+    where = (
+        f"{local_root / kind / filename}"
+        if local_root is not None
+        else f"$QD_DATA_DIR/{kind}/{filename} (QD_DATA_DIR is not set)"
+    )
     try:
         download(url, cached, quiet=ctx.quiet)
     except InputError as e:
@@ -164,10 +182,22 @@ def _copy_with_progress(response, tmp: Path, total: Optional[int], label: str, q
                 written += len(block)
             return written
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
-        columns = (TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("downloading {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
         # On stderr, so a command's stdout stays clean for pipes.
         with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task(label, total=total)
@@ -218,9 +248,11 @@ def resize_stack(images: np.ndarray, shape: tuple[int, int], chunk: int = 4096) 
     top, left = (h - side) // 2, (w - side) // 2
     out = np.zeros((len(images), h, w), np.uint8)
     for start in range(0, len(images), chunk):
-        block = np.asarray(images[start:start + chunk])
+        block = np.asarray(images[start : start + chunk])
         for i, img in enumerate(block):
-            out[start + i, top:top + side, left:left + side] = Image.fromarray(img).resize((side, side), Image.LANCZOS)
+            out[start + i, top : top + side, left : left + side] = Image.fromarray(img).resize(
+                (side, side), Image.LANCZOS
+            )
     return out
 
 
@@ -251,11 +283,12 @@ class _Categories(Dataset):
         # One category stays the memmap itself; labels are 2 bytes a drawing (345 < 2^15).
         images = parts[0] if len(parts) == 1 else ImageStack(parts)
         labels = np.repeat(np.arange(len(parts), dtype=np.int16), counts)
-        return ImageSet(images, name, self.binarize, self.threshold, labels=labels,
-                        classes=list(self.categories), mix=self.mix)
+        return ImageSet(
+            images, name, self.binarize, self.threshold, labels=labels, classes=list(self.categories), mix=self.mix
+        )
 
     def describe(self) -> str:
-        cats = ALL if self.everything else ','.join(self.categories)
+        cats = ALL if self.everything else ",".join(self.categories)
         out = f"{self.who}:{cats}"
         if len(self.categories) > 1:
             out += f":mix={self.mix}"
@@ -299,9 +332,15 @@ class QuickDraw(_Categories):
 
 
 def _is_stroke(stroke) -> bool:
-    return (isinstance(stroke, list) and len(stroke) >= 2 and isinstance(stroke[0], list)
-            and isinstance(stroke[1], list) and len(stroke[0]) == len(stroke[1])
-            and all(_is_coordinate(v) for v in stroke[0]) and all(_is_coordinate(v) for v in stroke[1]))
+    return (
+        isinstance(stroke, list)
+        and len(stroke) >= 2
+        and isinstance(stroke[0], list)
+        and isinstance(stroke[1], list)
+        and len(stroke[0]) == len(stroke[1])
+        and all(_is_coordinate(v) for v in stroke[0])
+        and all(_is_coordinate(v) for v in stroke[1])
+    )
 
 
 def _is_coordinate(v) -> bool:
@@ -372,7 +411,8 @@ class QuickDrawStrokes(_Categories):
         source = locate("simplified", f"{cat}.ndjson", ctx)
         stat = source.stat()
         key = hashlib.sha256(
-            f"{RASTER_VERSION}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{shape}|{self.supersample}|{self.limit}".encode()
+            f"{RASTER_VERSION}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{shape}|"
+            f"{self.supersample}|{self.limit}".encode()
         ).hexdigest()[:16]
         cached = Path(ctx.cache_dir) / "quickdraw" / "raster" / f"{cat}-{shape[0]}x{shape[1]}-{key}.npy"
         if cached.is_file():
@@ -397,8 +437,9 @@ Invert = Literal["auto", "always", "never"]
 Fit = Literal["pad", "stretch"]
 
 
-def load_image(path: Path, shape: tuple[int, int], invert: str = "auto", fit: str = "pad",
-               normalize: bool = True) -> np.ndarray:
+def load_image(
+    path: Path, shape: tuple[int, int], invert: str = "auto", fit: str = "pad", normalize: bool = True
+) -> np.ndarray:
     """Any PNG/JPEG -> (H, W) float32 in [0, 1], ink bright on 0.
 
     Transparency is flattened onto white (a transparent background is paper). With
@@ -422,7 +463,7 @@ def load_image(path: Path, shape: tuple[int, int], invert: str = "auto", fit: st
         small = np.asarray(src.resize(size, Image.LANCZOS))
         out = np.zeros((h, w), np.float32)
         top, left = (h - size[1]) // 2, (w - size[0]) // 2
-        out[top:top + size[1], left:left + size[0]] = small
+        out[top : top + size[1], left : left + size[0]] = small
     out = np.clip(out, 0.0, 1.0).astype(np.float32)
     peak = out.max()
     if normalize and peak > 0:
@@ -497,8 +538,12 @@ class Images(Dataset):
 
 @hookimpl
 def qd_register_datasets(register):
-    register("quickdraw", QuickDraw,
-             description="Quick, Draw! 28x28 bitmaps (numpy_bitmap/<category>.npy), memory-mapped")
-    register("quickdraw-strokes", QuickDrawStrokes,
-             description="Quick, Draw! simplified strokes rasterised the way Google made the bitmaps")
+    register(
+        "quickdraw", QuickDraw, description="Quick, Draw! 28x28 bitmaps (numpy_bitmap/<category>.npy), memory-mapped"
+    )
+    register(
+        "quickdraw-strokes",
+        QuickDrawStrokes,
+        description="Quick, Draw! simplified strokes rasterised the way Google made the bitmaps",
+    )
     register("images", Images, description="a folder or glob of PNG/JPEG files, as ink-bright greyscale")

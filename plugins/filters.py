@@ -4,6 +4,7 @@ Pillow does the image work, as in the blog. The kernel filters (sharpen, edge-en
 8-bit images, because that is what Pillow defines them on; resampling runs on 32-bit float
 images so that chaining filters does not round to 8 bits at every step.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
@@ -42,7 +43,9 @@ def _per_frame(frames: np.ndarray, fn) -> np.ndarray:
 
 def _resize(frames: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
     """(K, H, W) float -> (K, h, w) float; size is (w, h) as Pillow wants it."""
-    out = _per_frame(frames, lambda f: Image.fromarray(np.ascontiguousarray(f, dtype=np.float32)).resize(size, resample))
+    out = _per_frame(
+        frames, lambda f: Image.fromarray(np.ascontiguousarray(f, dtype=np.float32)).resize(size, resample)
+    )
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -62,7 +65,7 @@ class _KernelFilter(Filter):
                 img = img.filter(self.kernel)
             return img
 
-        return (_per_frame(x, run).astype(np.float32) / np.float32(255.0))
+        return _per_frame(x, run).astype(np.float32) / np.float32(255.0)
 
 
 class Sharpen(_KernelFilter):
@@ -157,7 +160,7 @@ def stroke_centres(image: np.ndarray, sigma: float) -> np.ndarray:
     hyy = ndimage.gaussian_filter(image, sigma, order=(2, 0))
     hxx = ndimage.gaussian_filter(image, sigma, order=(0, 2))
     hxy = ndimage.gaussian_filter(image, sigma, order=(1, 1))
-    curvature = (hxx + hyy) / 2 - np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)  # the smaller eigenvalue
+    curvature = (hxx + hyy) / 2 - np.sqrt(((hxx - hyy) / 2) ** 2 + hxy**2)  # the smaller eigenvalue
     across = 0.5 * np.arctan2(2 * hxy, hxx - hyy) + np.pi / 2  # its eigenvector's angle
     dx, dy = np.rint(np.cos(across)).astype(np.intp), np.rint(np.sin(across)).astype(np.intp)
     h, w = image.shape
@@ -169,7 +172,7 @@ def stroke_centres(image: np.ndarray, sigma: float) -> np.ndarray:
     a, b = neighbour(1), neighbour(-1)
     # Strictly above one side: on a flat top (a saturated blob) only its rim qualifies, so a
     # filled blob is drawn as its outline rather than filled in.
-    flat = 1e-4 * max(float(g.max()), 1e-6) / sigma ** 2
+    flat = 1e-4 * max(float(g.max()), 1e-6) / sigma**2
     return (curvature < -flat) & (g >= a) & (g >= b) & ((g > a) | (g > b))
 
 
@@ -214,7 +217,9 @@ class Ink(Filter):
         if min_length is not None and width is None:
             raise RecipeError("ink: `min_length` applies to pen strokes: set `width` too")
         if softness and width is not None:
-            raise RecipeError("ink: `softness` shapes the cut's edge, and a pen draws its own: set one of `softness`, `width`")
+            raise RecipeError(
+                "ink: `softness` shapes the cut's edge, and a pen draws its own: set one of `softness`, `width`"
+            )
         self.threshold = threshold
         self.softness = softness
         self.width = width
@@ -260,4 +265,6 @@ def qd_register_filters(register):
     register("anti-alias", AntiAlias, description="upscale by a factor and back down to smooth jagged edges")
     register("upscale", Upscale, description="resize to a target pixel size (nearest or lanczos)")
     register("invert", Invert, description="dark ink on white (1 - x)")
-    register("ink", Ink, description="crisp anti-aliased strokes at the output size: a (soft) threshold, optional pen width")
+    register(
+        "ink", Ink, description="crisp anti-aliased strokes at the output size: a (soft) threshold, optional pen width"
+    )

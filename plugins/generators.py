@@ -5,6 +5,7 @@ reconstructs the seed images, as always. Both speak to the model only through it
 methods (complete, encode, decode, labels, cfg), so neither imports TensorFlow; docs/
 generation.md says what they do in DRAW's terms and how well completion works.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,10 @@ class Complete(Generator):
 
     def generate(self, model, seeds, n: int, seed: int, ctx: Context) -> Drawing:
         if seeds is None:
-            raise RecipeError("mode: complete continues partial drawings, and the seed chain gives none (`prior`): "
-                              "start `seeds:` with an image source, for example training-batch then remove-ink, or file-image")
+            raise RecipeError(
+                "mode: complete continues partial drawings, and the seed chain gives none (`prior`): "
+                "start `seeds:` with an image source, for example training-batch then remove-ink, or file-image"
+            )
         partial = np.asarray(seeds, np.float32)
         check_not_blank(partial)
         # A fifth of T by default: on zoo-26 the recognizer recognized more completions at k = 2
@@ -46,8 +49,10 @@ def check_not_blank(partial: np.ndarray) -> None:
     ink = partial.reshape(len(partial), -1).max(axis=1)
     blank = [int(i) for i in np.flatnonzero(ink < BLANK)]
     if blank:
-        raise InputError(f"complete: partial drawing {blank[0]} is blank (no pixel reaches {BLANK:g}); "
-                         "draw some strokes first, or give an image with ink (bright on dark, or dark on white)")
+        raise InputError(
+            f"complete: partial drawing {blank[0]} is blank (no pixel reaches {BLANK:g}); "
+            "draw some strokes first, or give an image with ink (bright on dark, or dark on white)"
+        )
 
 
 def slerp(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -55,7 +60,8 @@ def slerp(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
     (..., d), (..., d) -> (F, ..., d). Keeps a Gaussian latent's length, which a straight
     line between two samples shrinks towards the middle (where the prior has little mass)."""
     dot = np.sum(a * b, axis=-1, keepdims=True) / np.maximum(
-        np.linalg.norm(a, axis=-1, keepdims=True) * np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+        np.linalg.norm(a, axis=-1, keepdims=True) * np.linalg.norm(b, axis=-1, keepdims=True), 1e-12
+    )
     omega = np.arccos(np.clip(dot, -1.0, 1.0))[None]
     s = np.asarray(s, np.float64).reshape((-1,) + (1,) * a.ndim)
     sin = np.sin(omega)
@@ -103,7 +109,9 @@ class Morph(Generator):
         else:
             a = np.asarray(seeds, np.float32)
             if self.to is not None:
-                b = np.repeat(load_image(Path(self.to), tuple(ctx.image_shape), self.invert, self.fit, True)[None], len(a), 0)
+                b = np.repeat(
+                    load_image(Path(self.to), tuple(ctx.image_shape), self.invert, self.fit, True)[None], len(a), 0
+                )
             else:
                 b = np.roll(a, -1, axis=0)  # each seed turns into the next one
             z_a, z_b = self.encode_ends(model, a, b, start, end)
@@ -112,8 +120,10 @@ class Morph(Generator):
     @staticmethod
     def encode_ends(model, a: np.ndarray, b: np.ndarray, start=None, end=None):
         if a.shape != b.shape:
-            raise InputError(f"morph: the two ends differ in size, {a.shape[1:]} and {b.shape[1:]} (or in count, "
-                             f"{len(a)} and {len(b)}): give drawings of the model's size, as many at each end")
+            raise InputError(
+                f"morph: the two ends differ in size, {a.shape[1:]} and {b.shape[1:]} (or in count, "
+                f"{len(a)} and {len(b)}): give drawings of the model's size, as many at each end"
+            )
         return model.encode(a, category=start), model.encode(b, category=end)
 
     def between(self, model, z_a: np.ndarray, z_b: np.ndarray, start=None, end=None) -> Drawing:
@@ -125,8 +135,9 @@ class Morph(Generator):
         path = slerp(z_a, z_b, s)  # (F, T, n, z)
         z = path.transpose(1, 0, 2, 3).reshape(T, self.frames * n, size)  # frame-major rows
         amount = np.repeat(s, n).astype(np.float32)
-        drawn = model.decode(z, category=start, towards=end if end != start else None,
-                             amount=amount if end != start else None)
+        drawn = model.decode(
+            z, category=start, towards=end if end != start else None, amount=amount if end != start else None
+        )
         finals = drawn.canvases[-1].reshape((self.frames, n) + drawn.canvases.shape[2:])
         if self.forth_and_back:  # back again without repeating either end
             finals = np.concatenate([finals, finals[-2:0:-1]])
@@ -135,7 +146,13 @@ class Morph(Generator):
 
 @hookimpl
 def qd_register_generators(register):
-    register("complete", Complete,
-             description="finish partial drawings: the encoder for the first k glimpses, the prior for the rest")
-    register("morph", Morph,
-             description="turn one drawing (or prior sample, or category) into another through the latent space")
+    register(
+        "complete",
+        Complete,
+        description="finish partial drawings: the encoder for the first k glimpses, the prior for the rest",
+    )
+    register(
+        "morph",
+        Morph,
+        description="turn one drawing (or prior sample, or category) into another through the latent space",
+    )

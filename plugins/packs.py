@@ -1,6 +1,7 @@
 """Built-in model packs: every `packs/*.qdpack` shipped in this package's data, registered
 under the name in its file name (docs/packs.md). With no pack file present nothing is
 registered, and `qd plugins` shows this plugin providing nothing."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ where the key hashes the categories, their files' sizes and every parameter; the
 written beside its final name and renamed into place, so it is complete or absent.
 TensorFlow is imported only when it trains or classifies, never by `qd plugins`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,15 @@ from typing import Annotated, Optional
 import numpy as np
 
 from qdcore import (
-    Classifier, Context, InputError, Range, Recognizer, check_categories, current_umask, data_dir as env_data_dir, hookimpl,
+    Classifier,
+    Context,
+    InputError,
+    Range,
+    Recognizer,
+    check_categories,
+    current_umask,
+    data_dir as env_data_dir,
+    hookimpl,
 )
 
 from .datasets import BITMAP_SIDE, categories as known_categories, open_bitmap
@@ -56,9 +65,15 @@ class CNN(Recognizer):
             if len(categories) < 2:
                 raise InputError("cnn: `categories` names one category; a recognizer needs at least two to tell apart")
         self.params = {
-            "categories": categories, "per_class": per_class, "holdout": holdout, "epochs": epochs,
-            "width": width, "features": features, "batch_size": batch_size,
-            "learning_rate": learning_rate, "seed": seed,
+            "categories": categories,
+            "per_class": per_class,
+            "holdout": holdout,
+            "epochs": epochs,
+            "width": width,
+            "features": features,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "seed": seed,
         }
 
     # --- which files -----------------------------------------------------------------------
@@ -97,15 +112,18 @@ class CNN(Recognizer):
         return list(self.files(ctx))
 
     def key(self, files: dict[str, Path]) -> str:
-        material = {"format": FORMAT, "params": self.params,
-                    "files": [[name, path.stat().st_size] for name, path in files.items()]}
+        material = {
+            "format": FORMAT,
+            "params": self.params,
+            "files": [[name, path.stat().st_size] for name, path in files.items()],
+        }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
     def rows(self, category: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(held-out, training) row indices of a category's file, fixed by the seed."""
         perm = np.random.default_rng([self.params["seed"], zlib.crc32(category.encode())]).permutation(n)
         held = min(self.params["holdout"], n // 2)
-        return np.sort(perm[:held]), np.sort(perm[held:held + self.params["per_class"]])
+        return np.sort(perm[:held]), np.sort(perm[held : held + self.params["per_class"]])
 
     # --- train or load ------------------------------------------------------------------------
 
@@ -138,17 +156,34 @@ class CNN(Recognizer):
         keras.utils.set_random_seed(self.params["seed"])
         model = build_model(len(files), self.params)
         trainer = keras.Model(model.inputs, model.outputs[0])
-        trainer.compile(optimizer=keras.optimizers.Adam(self.params["learning_rate"]),
-                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        callbacks = [] if ctx.quiet else [_Progress(self.params["epochs"], len(x), self.params["batch_size"], len(files))]
-        trainer.fit(x, y, batch_size=self.params["batch_size"], epochs=self.params["epochs"], shuffle=True,
-                    verbose=0, callbacks=callbacks)
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(self.params["learning_rate"]),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        callbacks = (
+            [] if ctx.quiet else [_Progress(self.params["epochs"], len(x), self.params["batch_size"], len(files))]
+        )
+        trainer.fit(
+            x,
+            y,
+            batch_size=self.params["batch_size"],
+            epochs=self.params["epochs"],
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
         accuracy = float(trainer.evaluate(xv, yv, batch_size=1024, verbose=0)[1]) if len(xv) else None
         meta = {
-            "classes": list(files), "params": self.params, "format": FORMAT,
+            "classes": list(files),
+            "params": self.params,
+            "format": FORMAT,
             "files": {c: {"path": str(p), "size": p.stat().st_size, "rows": len(bitmaps[c])} for c, p in files.items()},
-            "trained_on": len(x), "held_out_accuracy": accuracy, "held_out_scored": len(xv),
-            "seconds": time.perf_counter() - start, "keras": keras.__version__,
+            "trained_on": len(x),
+            "held_out_accuracy": accuracy,
+            "held_out_scored": len(xv),
+            "seconds": time.perf_counter() - start,
+            "keras": keras.__version__,
         }
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -175,7 +210,7 @@ class TrainedCNN(Classifier):
         images = np.asarray(images, np.float32).reshape(-1, BITMAP_SIDE, BITMAP_SIDE, 1)
         probabilities, features = [], []
         for lo in range(0, len(images), 2048):
-            p, f = self.model(images[lo:lo + 2048], training=False)
+            p, f = self.model(images[lo : lo + 2048], training=False)
             probabilities.append(np.asarray(p))
             features.append(np.asarray(f))
         if not probabilities:
@@ -227,8 +262,14 @@ def _progress_class():
             from rich.console import Console
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
 
-            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), TextColumn("acc {task.fields[acc]}"),
-                           TimeRemainingColumn(), transient=True, console=Console(stderr=True))
+            self.bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("acc {task.fields[acc]}"),
+                TimeRemainingColumn(),
+                transient=True,
+                console=Console(stderr=True),
+            )
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=self.total, acc="-")
 

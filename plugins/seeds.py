@@ -5,6 +5,7 @@ which means "no seed image: sample from the prior"), then any *perturbations* (s
 random-pixels). Everything is vectorised numpy driven by `ctx.rng`, so the same recipe seed
 gives the same seeds, and values stay in [0, 1].
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,9 +22,7 @@ Probability = Annotated[float, Range(0.0, 1.0)]
 
 def _refuse_previous(seeds: Optional[np.ndarray], name: str) -> None:
     if seeds is not None:
-        raise RecipeError(
-            f"seeds: {name} is a source and replaces any seed images before it; put it first in `seeds:`"
-        )
+        raise RecipeError(f"seeds: {name} is a source and replaces any seed images before it; put it first in `seeds:`")
 
 
 def _need_seeds(seeds: Optional[np.ndarray], name: str) -> np.ndarray:
@@ -148,8 +147,10 @@ class SobelEdges(SeedStrategy):
 
         # One image at a time: ndimage.sobel on the (n, H, W) stack would also smooth across
         # axis 0 and mix neighbouring images.
-        magnitude = [np.hypot(ndimage.sobel(im, axis=0, mode="constant"), ndimage.sobel(im, axis=1, mode="constant"))
-                     for im in seeds]
+        magnitude = [
+            np.hypot(ndimage.sobel(im, axis=0, mode="constant"), ndimage.sobel(im, axis=1, mode="constant"))
+            for im in seeds
+        ]
         return np.stack(magnitude) > self.threshold
 
     def apply(self, seeds, given: SeedInput, ctx: Context):
@@ -214,7 +215,9 @@ class RemoveInk(SeedStrategy):
     (`keep: top` keeps the rows above the middle of the ink's extent), for a `complete` mode
     to finish. The cut sits at the middle of each drawing's own ink, not of the page."""
 
-    def __init__(self, keep: Literal["top", "bottom", "left", "right"] = "top", ink: Annotated[float, Range(0.0, 1.0)] = 0.1):
+    def __init__(
+        self, keep: Literal["top", "bottom", "left", "right"] = "top", ink: Annotated[float, Range(0.0, 1.0)] = 0.1
+    ):
         self.keep = keep
         self.ink = ink
 
@@ -236,10 +239,15 @@ class RemoveInk(SeedStrategy):
 
 @hookimpl
 def qd_register_seed_strategies(register):
-    register("training-batch", TrainingBatch,
-             description="source: drawings from the dataset (pick: random) or the trainer's last batch (pick: last)")
+    register(
+        "training-batch",
+        TrainingBatch,
+        description="source: drawings from the dataset (pick: random) or the trainer's last batch (pick: last)",
+    )
     register("file-image", FileImage, description="source: one image file of any size, tiled to n seeds")
     register("prior", Prior, description="source: no seed image, sample from the model's prior")
     register("sobel-edges", SobelEdges, description="perturbation: random rules on pixels along Sobel edges")
     register("random-pixels", RandomPixels, description="perturbation: set or jitter small random neighbourhoods")
-    register("remove-ink", RemoveInk, description="perturbation: blank one half of each drawing's ink, for `mode: complete`")
+    register(
+        "remove-ink", RemoveInk, description="perturbation: blank one half of each drawing's ink, for `mode: complete`"
+    )

@@ -5,6 +5,7 @@ All write through qdcore.atomic.atomic_path, so the output is complete or absent
 frames they receive are already filtered (maybe upscaled, maybe inverted); the write
 attention, given in model pixels, is scaled to whatever size the frames have now.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,7 @@ class Layout:
         out = np.full(self.size, shade, dtype=np.float32)
         for i, cell in enumerate(cells):
             top, left = self.origin(i)
-            out[top:top + self.h, left:left + self.w] = cell
+            out[top : top + self.h, left : left + self.w] = cell
         return out
 
 
@@ -64,7 +65,9 @@ def grid_columns(count: int, columns: Optional[int]) -> int:
     return min(count, columns) if columns else math.ceil(math.sqrt(count))
 
 
-def attention_box(window: np.ndarray, write_n: int, model_shape: tuple[int, int], cell: tuple[int, int]) -> tuple[float, float, float, float]:
+def attention_box(
+    window: np.ndarray, write_n: int, model_shape: tuple[int, int], cell: tuple[int, int]
+) -> tuple[float, float, float, float]:
     """(gx, gy, delta) in model pixels -> (x0, y0, x1, y1) in cell pixel indices.
 
     In the model a pixel index a is the centre of that pixel (the filterbank evaluates its
@@ -79,8 +82,9 @@ def attention_box(window: np.ndarray, write_n: int, model_shape: tuple[int, int]
     return x0, y0, x1, y1
 
 
-def draw_boxes(image: np.ndarray, layout: Layout, windows: np.ndarray, write_n: int,
-               model_shape: tuple[int, int]) -> np.ndarray:
+def draw_boxes(
+    image: np.ndarray, layout: Layout, windows: np.ndarray, write_n: int, model_shape: tuple[int, int]
+) -> np.ndarray:
     """Greyscale (H, W) or RGB (H, W, 3) float -> RGB (H, W, 3) uint8 with one box per cell,
     clipped to it; a NaN window (a completion's partial drawing, no step drew it) has none."""
     rgb = Image.fromarray(_uint8(image)).convert("RGB")
@@ -125,7 +129,9 @@ class _GridWriter(Writer):
 
     def _grid(self, frames: str, columns, attention: bool, spacing: int, shade: float) -> None:
         if attention and frames != "steps":
-            raise RecipeError(f"{self.who}: `attention: true` needs `frames: steps` (a window belongs to a drawing step)")
+            raise RecipeError(
+                f"{self.who}: `attention: true` needs `frames: steps` (a window belongs to a drawing step)"
+            )
         self.frames = frames
         self.columns = columns
         self.attention = attention
@@ -159,7 +165,9 @@ class Gif(_GridWriter):
     ):
         self._grid(frames, columns, attention, spacing, spacing_shade)
         if frames == "samples" and (sample is not None or columns is not None):
-            raise RecipeError("gif: `sample` and `columns` apply to `frames: steps`; with `frames: samples` each frame is one sample")
+            raise RecipeError(
+                "gif: `sample` and `columns` apply to `frames: steps`; with `frames: samples` each frame is one sample"
+            )
         self.duration = duration
         self.hold_last = hold_last
         self.loop = loop
@@ -167,15 +175,19 @@ class Gif(_GridWriter):
 
     def check(self, n: int) -> None:
         if self.sample is not None and self.frames == "steps" and self.sample >= n:
-            raise RecipeError(f"gif: `sample: {self.sample}` but generate.n draws {n} samples (0..{n - 1}): "
-                              f"choose one of those, or raise generate.n")
+            raise RecipeError(
+                f"gif: `sample: {self.sample}` but generate.n draws {n} samples (0..{n - 1}): "
+                f"choose one of those, or raise generate.n"
+            )
 
     def images(self, drawing: Drawing) -> list[np.ndarray]:
         """The GIF's frames as uint8 arrays, (H, W) greyscale or (H, W, 3) with boxes or two inks."""
         canvases = _canvases(drawing)
         steps, n, h, w = canvases.shape
         if self.frames == "samples":
-            last = canvases[-1] if drawing.given is None else two_inks(np.asarray(drawing.given, np.float32), canvases[-1])
+            last = (
+                canvases[-1] if drawing.given is None else two_inks(np.asarray(drawing.given, np.float32), canvases[-1])
+            )
             return [_uint8(f) for f in last]
         if self.attention:
             _windows(drawing, self.who)
@@ -221,8 +233,15 @@ class Gif(_GridWriter):
         # Encoded in memory, then written in one call: a full disk fails that call only. Given
         # the file, imageio's writer failed mid-GIF and flushed again when garbage-collected,
         # printing a second traceback after qd's one Error line.
-        blob = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", plugin="pillow", is_batch=True,
-                           duration=duration, loop=self.loop)
+        blob = iio.imwrite(
+            "<bytes>",
+            np.stack(frames),
+            extension=".gif",
+            plugin="pillow",
+            is_batch=True,
+            duration=duration,
+            loop=self.loop,
+        )
         with atomic_path(path) as tmp:
             tmp.write_bytes(blob)
         return path
@@ -239,8 +258,15 @@ class WebP(Gif):
         frames = [Image.fromarray(f).convert("RGB") for f in self.images(drawing)]
         path = Path(path)
         with atomic_path(path) as tmp:
-            frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:], lossless=True,
-                           duration=self.durations_ms(len(frames)), loop=self.loop)
+            frames[0].save(
+                tmp,
+                format="WEBP",
+                save_all=True,
+                append_images=frames[1:],
+                lossless=True,
+                duration=self.durations_ms(len(frames)),
+                loop=self.loop,
+            )
         return path
 
 
@@ -252,9 +278,17 @@ class Mp4(Gif):
     suffix = ".mp4"
     who = "mp4"
 
-    def __init__(self, frames: Frames = "samples", duration: Seconds = 0.12, hold_last: Optional[Seconds] = None,
-                 sample: Optional[Annotated[int, Range(0, None)]] = None, attention: bool = False,
-                 columns: Columns = None, spacing: Spacing = 2, spacing_shade: Shade = 0.5):
+    def __init__(
+        self,
+        frames: Frames = "samples",
+        duration: Seconds = 0.12,
+        hold_last: Optional[Seconds] = None,
+        sample: Optional[Annotated[int, Range(0, None)]] = None,
+        attention: bool = False,
+        columns: Columns = None,
+        spacing: Spacing = 2,
+        spacing_shade: Shade = 0.5,
+    ):
         encoder()  # missing encoder: fail while the recipe is checked, before any training
         super().__init__(frames, duration, hold_last, 0, sample, attention, columns, spacing, spacing_shade)
 
@@ -274,9 +308,17 @@ class Mp4(Gif):
         fps, repeats = self.ticks(len(frames))
         path = Path(path)
         with atomic_path(path) as tmp:
-            writer = ffmpeg.write_frames(str(tmp), (w + w % 2, h + h % 2), fps=fps, codec="libx264", quality=8,
-                                         macro_block_size=1, pix_fmt_out="yuv420p", ffmpeg_log_level="error",
-                                         output_params=["-f", "mp4"])
+            writer = ffmpeg.write_frames(
+                str(tmp),
+                (w + w % 2, h + h % 2),
+                fps=fps,
+                codec="libx264",
+                quality=8,
+                macro_block_size=1,
+                pix_fmt_out="yuv420p",
+                ffmpeg_log_level="error",
+                output_params=["-f", "mp4"],
+            )
             writer.send(None)
             for frame, times in zip(frames, repeats):
                 padded = np.ascontiguousarray(np.pad(frame, pad, constant_values=fill))
@@ -291,8 +333,10 @@ def encoder():
     try:
         import imageio_ffmpeg
     except ImportError:
-        raise InputError('the mp4 writer needs imageio-ffmpeg, which is not installed: pip install "qd[mp4]" '
-                         "(or pip install imageio-ffmpeg), or use `output: {use: gif}` or `webp`") from None
+        raise InputError(
+            'the mp4 writer needs imageio-ffmpeg, which is not installed: pip install "qd[mp4]" '
+            "(or pip install imageio-ffmpeg), or use `output: {use: gif}` or `webp`"
+        ) from None
     return imageio_ffmpeg
 
 
@@ -313,7 +357,9 @@ class PngSheet(_GridWriter):
     ):
         self._grid(frames, columns, attention, spacing, spacing_shade)
         if frames == "steps" and columns is not None:
-            raise RecipeError("png-sheet: `columns` applies to `frames: samples`; with `frames: steps` a row holds one sample's steps")
+            raise RecipeError(
+                "png-sheet: `columns` applies to `frames: samples`; with `frames: steps` a row holds one sample's steps"
+            )
 
     def image(self, drawing: Drawing) -> np.ndarray:
         canvases = _canvases(drawing)

@@ -11,6 +11,7 @@ can be copied as a template: none of them imports a qdcore submodule or a privat
 
 Importing qdcore does not import TensorFlow.
 """
+
 from .atomic import atomic_path, current_umask, remove_stale_parts
 from .categories import ALL, check_categories
 from .errors import InputError, PluginError, QdError, RecipeError, TrainingError, UnknownNameError
@@ -26,10 +27,36 @@ from .recognizer import Classifier, Recognizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "hookimpl", "Range", "Context", "Dataset", "Drawing", "Filter", "ImageSet", "ImageStack", "SeedInput",
-    "SeedStrategy", "Writer", "Generator", "QdError", "RecipeError", "UnknownNameError", "InputError",
-    "PluginError", "TrainingError", "Recognizer", "Classifier", "__version__",
+    "hookimpl",
+    "Range",
+    "Context",
+    "Dataset",
+    "Drawing",
+    "Filter",
+    "ImageSet",
+    "ImageStack",
+    "SeedInput",
+    "SeedStrategy",
+    "Writer",
+    "Generator",
+    "QdError",
+    "RecipeError",
+    "UnknownNameError",
+    "InputError",
+    "PluginError",
+    "TrainingError",
+    "Recognizer",
+    "Classifier",
+    "__version__",
     # What the built-ins use beyond the interfaces (docs/writing-plugins.md, "The public surface").
-    "atomic_path", "remove_stale_parts", "current_umask", "data_dir", "cache_dir", "open_image", "reading",
-    "ALL", "check_categories", "two_inks",
+    "atomic_path",
+    "remove_stale_parts",
+    "current_umask",
+    "data_dir",
+    "cache_dir",
+    "open_image",
+    "reading",
+    "ALL",
+    "check_categories",
+    "two_inks",
 ]

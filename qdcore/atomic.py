@@ -1,4 +1,5 @@
 """Atomic file writes: a file is either complete or absent, never half-written."""
+
 from __future__ import annotations
 
 import contextlib

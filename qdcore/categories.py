@@ -4,6 +4,7 @@ The names themselves belong to the plugin that reads the files (the built-ins' 3
 Draw! names are in qdplugins/categories.txt); the rule for checking them is shared, so every
 plugin that takes a `category` refuses the same mistakes with the same line.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -14,8 +15,9 @@ from .errors import InputError, RecipeError
 ALL = "all"
 
 
-def check_categories(value: Union[str, list[str]], known: list[str], who: str,
-                     listed_in: str = "qdplugins/categories.txt") -> list[str]:
+def check_categories(
+    value: Union[str, list[str]], known: list[str], who: str, listed_in: str = "qdplugins/categories.txt"
+) -> list[str]:
     """The names `value` gives ("all": every known one), or an error naming the mistake.
 
     An unknown name is an InputError suggesting the closest known ones; an empty list or a

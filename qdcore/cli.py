@@ -1,6 +1,7 @@
 """The `qd` command. The only place where domain errors become one `Error: ...` line on
 stderr and an exit code: 2 for a bad recipe, bad input or unknown name; 1 for a failure
 while running. `--debug` (anywhere on the line, or QD_DEBUG=1) shows the traceback."""
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,12 @@ import typer
 from . import __version__
 from .config import TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train DRAW on Quick, Draw! doodles and turn what it draws into GIFs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train DRAW on Quick, Draw! doodles and turn what it draws into GIFs.",
+)
 
 
 # `qd bench train --precision` offers exactly train.precision's choices (config.py).
@@ -31,8 +36,13 @@ app.add_typer(bench_app, name="bench")
 
 DebugOpt = typer.Option(False, "--debug", help="Show the full traceback on error.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or messages.")
-SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
-                      help="Override a recipe key, e.g. -s train.iterations=200 -s filters[0].passes=2 (YAML value).")
+SetOpt = typer.Option(
+    None,
+    "--set",
+    "-s",
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. -s train.iterations=200 -s filters[0].passes=2 (YAML value).",
+)
 
 
 def _version(value: bool):
@@ -43,7 +53,9 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = DebugOpt,
 ):
     pass
@@ -59,7 +71,9 @@ def _plugins():
 def _recipe(path: Path, *, iterations=None, seed=None, n=None, best_of=None, sets=()):
     from .recipe import load
 
-    return load(path, _plugins().registry, sets or ()).with_overrides(iterations=iterations, seed=seed, n=n, best_of=best_of)
+    return load(path, _plugins().registry, sets or ()).with_overrides(
+        iterations=iterations, seed=seed, n=n, best_of=best_of
+    )
 
 
 def _reporter(quiet: bool, lines: bool = True):
@@ -72,7 +86,9 @@ def _reporter(quiet: bool, lines: bool = True):
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="The recipe YAML file."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: the recipe's output.path, else ./NAME.gif)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Where to write (default: the recipe's output.path, else ./NAME.gif)."
+    ),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
     sets: Optional[List[str]] = SetOpt,
@@ -90,19 +106,26 @@ def run(
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="The recipe YAML file."), sets: Optional[List[str]] = SetOpt,
-             debug: bool = DebugOpt):
+def validate(
+    recipe: Path = typer.Argument(..., help="The recipe YAML file."),
+    sets: Optional[List[str]] = SetOpt,
+    debug: bool = DebugOpt,
+):
     """Check a recipe (names, parameters, files) without running anything."""
     from . import engine
 
     r = _recipe(recipe, sets=sets)
     engine.Run(r).output_path()
-    typer.echo(f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
-               f"filters: {', '.join(f.use for f in r.filters) or 'none'}; output: {r.output.use})")
+    typer.echo(
+        f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
+        f"filters: {', '.join(f.use for f in r.filters) or 'none'}; output: {r.output.use})"
+    )
 
 
 @app.command()
-def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), debug: bool = DebugOpt):
+def plugins(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."), debug: bool = DebugOpt
+):
     """List installed plugins and what each provides."""
     p = _plugins()
     rows = []
@@ -117,8 +140,12 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
     if not rows:
         typer.echo("no qd plugins are installed (or QD_LOAD_PLUGINS excludes them all)")
     for row in rows:
-        status = f"BROKEN: {row['error']}" if "error" in row else ", ".join(
-            f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in row["provides"].items() if v) or "provides nothing"
+        status = (
+            f"BROKEN: {row['error']}"
+            if "error" in row
+            else ", ".join(f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in row["provides"].items() if v)
+            or "provides nothing"
+        )
         typer.echo(f"{row['name']:<16} {row['version'] or '-':<10} {status}")
 
 
@@ -136,7 +163,9 @@ def schema(debug: bool = DebugOpt):
 @app.command()
 def studio(
     recipe: Optional[Path] = typer.Argument(None, help="A recipe to start from (default: a small cat recipe)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback is reachable by others."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; anything but loopback is reachable by others."
+    ),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
     debug: bool = DebugOpt,
@@ -201,10 +230,15 @@ def _as_sheet(r, out: Path, reporter):
 def evaluate(
     recipe: Path = typer.Argument(..., help="The recipe YAML file."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override train.iterations."),
-    n: int = typer.Option(500, "--n", help="Prior samples judged by the recognizer, and real drawings in each comparison set."),
+    n: int = typer.Option(
+        500, "--n", help="Prior samples judged by the recognizer, and real drawings in each comparison set."
+    ),
     best_of: Optional[int] = typer.Option(None, "--best-of", help="Override generate.best_of."),
-    real: bool = typer.Option(False, "--real", help="Judge the recipe's filters on n real drawings instead "
-                              "(raw beside filtered); no model is trained."),
+    real: bool = typer.Option(
+        False,
+        "--real",
+        help="Judge the recipe's filters on n real drawings instead (raw beside filtered); no model is trained.",
+    ),
     sets: Optional[List[str]] = SetOpt,
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
@@ -244,8 +278,11 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.callback(invoke_without_command=True)
-def list_models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-                debug: bool = DebugOpt):
+def list_models(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    debug: bool = DebugOpt,
+):
     """List the trained models in the cache, then imported and installed model packs: name,
     categories, steps, held-out bound, size, where each comes from, path."""
     if ctx.invoked_subcommand is not None:
@@ -261,14 +298,17 @@ def export_model(
     name: str = typer.Argument(..., help="A model `qd models` lists (a cached model's name, or its folder name)."),
     file: Path = typer.Argument(..., help="The pack file to write, e.g. zoo-26.qdpack."),
     description: Optional[str] = typer.Option(None, "--description", help="One line for the manifest: what made it."),
-    figures: Optional[Path] = typer.Option(None, "--figures", help="A JSON object of recognizer figures (e.g. qd eval's output) for the manifest."),
+    figures: Optional[Path] = typer.Option(
+        None, "--figures", help="A JSON object of recognizer figures (e.g. qd eval's output) for the manifest."
+    ),
     debug: bool = DebugOpt,
 ):
     """Write a trained model as one pack file (manifest + weights, no optimizer state)."""
     from . import packs, paths
 
-    pack = packs.export(name, file, paths.cache_dir(), _plugins().registry.entries["models"],
-                        description=description, figures=figures)
+    pack = packs.export(
+        name, file, paths.cache_dir(), _plugins().registry.entries["models"], description=description, figures=figures
+    )
     typer.echo(f"wrote {file} ({pack.name}, {file.stat().st_size / 2**20:.1f} MB)")
 
 
@@ -287,10 +327,16 @@ def import_model(
 
 @bench_app.command("train")
 def bench_train(
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="qd's side of the comparison (default: qd's default)."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, help="qd's side of the comparison (default: qd's default)."
+    ),
     iterations: int = typer.Option(30, "--iterations", min=1, help="Timed steps per configuration."),
-    precision: Precision = typer.Option(Precision("auto"), "--precision", help="qd's side: only the step plans of this arithmetic (auto: all)."),
-    no_bf16: bool = typer.Option(False, "--no-bf16", help="Leave out the bfloat16 step plans, as on a float32-only CPU (or QD_PLAN_NO_BF16=1)."),
+    precision: Precision = typer.Option(
+        Precision("auto"), "--precision", help="qd's side: only the step plans of this arithmetic (auto: all)."
+    ),
+    no_bf16: bool = typer.Option(
+        False, "--no-bf16", help="Leave out the bfloat16 step plans, as on a float32-only CPU (or QD_PLAN_NO_BF16=1)."
+    ),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
 ):
@@ -300,13 +346,19 @@ def bench_train(
     Each measurement runs in a fresh process of its own, one after the other."""
     from .bench import bench
 
-    typer.echo(json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value, bf16=not no_bf16)))
+    typer.echo(
+        json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value, bf16=not no_bf16))
+    )
 
 
 @bench_app.command("quality")
 def bench_quality(
-    recipe: Path = typer.Argument(..., help="A recipe naming the dataset and training settings (e.g. recipes/cat-quality.yaml)."),
-    minutes: List[float] = typer.Option([5.0, 10.0, 20.0], "--minutes", help="Evaluate the held-out bound at these marks."),
+    recipe: Path = typer.Argument(
+        ..., help="A recipe naming the dataset and training settings (e.g. recipes/cat-quality.yaml)."
+    ),
+    minutes: List[float] = typer.Option(
+        [5.0, 10.0, 20.0], "--minutes", help="Evaluate the held-out bound at these marks."
+    ),
     sheet: Path = typer.Option(Path("quality-samples.png"), "--sheet", help="PNG sheet of prior samples at the end."),
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
@@ -317,19 +369,31 @@ def bench_quality(
 
     pipeline, path = _as_sheet(_recipe(recipe), sheet, _reporter(quiet, lines=False))
     r = pipeline.recipe
-    figures, drawing = bench.bench_quality(r.model, r.train, pipeline.data(), sorted(minutes), r.generate.n, quiet=quiet)
+    figures, drawing = bench.bench_quality(
+        r.model, r.train, pipeline.data(), sorted(minutes), r.generate.n, quiet=quiet
+    )
     written = pipeline.write(path, pipeline.filtered(drawing))
     typer.echo(json.dumps({**figures, "sheet": str(written)}))
 
 
 @bench_app.command("frontier")
 def bench_frontier(
-    recipe: Path = typer.Argument(..., help="The recipe whose configuration the candidates change (e.g. recipes/cat-quality.yaml)."),
-    minutes: float = typer.Option(8.0, "--minutes", min=0.01, help="Each candidate's budget: minutes of this machine at its measured speed."),
-    candidate: Optional[List[str]] = typer.Option(None, "--candidate", help="Only these candidates (repeat; default: all)."),
+    recipe: Path = typer.Argument(
+        ..., help="The recipe whose configuration the candidates change (e.g. recipes/cat-quality.yaml)."
+    ),
+    minutes: float = typer.Option(
+        8.0, "--minutes", min=0.01, help="Each candidate's budget: minutes of this machine at its measured speed."
+    ),
+    candidate: Optional[List[str]] = typer.Option(
+        None, "--candidate", help="Only these candidates (repeat; default: all)."
+    ),
     n: int = typer.Option(500, "--n", min=2, help="Prior samples scored per candidate (qd eval --n)."),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="Trainings at once (equal steps: the result does not depend on it)."),
-    retime: bool = typer.Option(False, "--retime", help="Time the candidates' steps again instead of using the cached figures."),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, help="Trainings at once (equal steps: the result does not depend on it)."
+    ),
+    retime: bool = typer.Option(
+        False, "--retime", help="Time the candidates' steps again instead of using the cached figures."
+    ),
     time_only: bool = typer.Option(False, "--time-only", help="Time the steps and print the budgets; train nothing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the figures as JSON here."),
     quiet: bool = QuietOpt,
@@ -342,8 +406,9 @@ def bench_frontier(
 
     r = _recipe(recipe)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    result = bf.frontier(recipe, r.model, r.train, minutes, candidate, n=n, jobs=jobs, retime=retime,
-                         time_only=time_only, say=say)
+    result = bf.frontier(
+        recipe, r.model, r.train, minutes, candidate, n=n, jobs=jobs, retime=retime, time_only=time_only, say=say
+    )
     if out is not None:
         from .atomic import atomic_path
 
@@ -398,8 +463,11 @@ def _catch_signals() -> dict:
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)
-            if signal.getsignal(sig) is not signal.SIG_IGN}
+    return {
+        sig: signal.signal(sig, _stop)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
 
 
 def _stopped_line(signum: int) -> int:
@@ -456,7 +524,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif debug:
             raise
         else:
-            typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
+            typer.echo(
+                f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True
+            )
             code = 1
     finally:
         for sig, handler in previous.items():

@@ -13,6 +13,7 @@ The prior stays N(0, I): `sample(n, category="cat")` feeds the class to the deco
 `reconstruct(seeds, category="cat")` feeds it to both, steering a seed towards that class.
 A set with one category trains today's unconditional model (no tables, same checkpoint).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -71,21 +72,27 @@ class ClassConditioning(tf.Module):
     def index(self, category: Union[str, int]) -> int:
         if isinstance(category, (int, np.integer)) and not isinstance(category, bool):
             if not 0 <= category < len(self.classes):
-                raise InputError(f"category index {category} is out of range: this model has {len(self.classes)} categories")
+                raise InputError(
+                    f"category index {category} is out of range: this model has {len(self.classes)} categories"
+                )
             return int(category)
         if category in self.classes:
             return self.classes.index(category)
         close = difflib.get_close_matches(str(category), self.classes, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(repr(x) for x in close)}?)" if close else ""
-        raise InputError(f"this model was not trained on category {category!r}{hint}. "
-                         f"Its {len(self.classes)} categories: {', '.join(self.classes)}")
+        raise InputError(
+            f"this model was not trained on category {category!r}{hint}. "
+            f"Its {len(self.classes)} categories: {', '.join(self.classes)}"
+        )
 
 
 def unconditional_labels(n: int, category: Category) -> np.ndarray:
     """The labels an unconditional model ignores; asking it for a category is a mistake."""
     if category is not None:
-        raise InputError(f"category {category!r} asked of a model trained on one category: it is not "
-                         "class-conditional. Train on several categories (for example recipes/zoo-26.yaml)")
+        raise InputError(
+            f"category {category!r} asked of a model trained on one category: it is not "
+            "class-conditional. Train on several categories (for example recipes/zoo-26.yaml)"
+        )
     return np.zeros(n, np.int32)
 
 
@@ -116,7 +123,9 @@ class Steered:
         return self.model.encode(images, category=self.category if category is None else category)
 
     def decode(self, z, category: Category = None, towards: Category = None, amount=None):
-        return self.model.decode(z, category=self.category if category is None else category, towards=towards, amount=amount)
+        return self.model.decode(
+            z, category=self.category if category is None else category, towards=towards, amount=amount
+        )
 
     def __getattr__(self, name):
         return getattr(self.model, name)

@@ -4,6 +4,7 @@ Kept free of TensorFlow so that validating a recipe stays fast; `draw.py` and `t
 read these dataclasses. A recipe's `model:`, `train:` and `generate:` sections are checked
 against these signatures exactly like a plugin's parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

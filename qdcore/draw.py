@@ -15,6 +15,7 @@ the first and last filter centres on pixels 1 and A. `Drawing.windows` reports t
 window converted to zero-based array coordinates (column gx-1, row gy-1), the coordinates
 a renderer indexing the canvas array uses.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -114,7 +115,7 @@ def _lstm_kernel(rng: np.random.Generator, n_in: int, units: int) -> np.ndarray:
 def _lstm_bias(units: int) -> np.ndarray:
     # Forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers from the first step.
     b = np.zeros(4 * units, np.float32)
-    b[units:2 * units] = 1.0
+    b[units : 2 * units] = 1.0
     return b
 
 
@@ -136,8 +137,9 @@ class Draw(tf.Module):
         classes = conditional_classes(classes)
         self.classes = None if classes is None else tuple(classes)
         # Drawn after every other weight, so the unconditional weights do not depend on it.
-        self.conditioning = None if self.classes is None else ClassConditioning(
-            self.classes, 4 * cfg.enc_size, 4 * cfg.dec_size, rng)
+        self.conditioning = (
+            None if self.classes is None else ClassConditioning(self.classes, 4 * cfg.enc_size, 4 * cfg.dec_size, rng)
+        )
         self._make_functions()
 
     def _make_weights(self, rng: np.random.Generator) -> None:
@@ -172,35 +174,63 @@ class Draw(tf.Module):
         spec_x = tf.TensorSpec([None, H, W], tf.float32)
         spec_eps = tf.TensorSpec([cfg.T, None, cfg.z_size], tf.float32)
         spec_y = tf.TensorSpec([None], tf.int32)
-        self._reconstruct_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4],
-                                           autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._sample_fn = tf.function(lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4],
-                                      autograph=False, input_signature=[spec_eps, spec_y])
-        self._loss_fn = tf.function(lambda x, eps, y: self.loss_with_noise(x, eps, labels=y),
-                                    autograph=False, input_signature=[spec_x, spec_eps, spec_y])
+        self._reconstruct_fn = tf.function(
+            lambda x, eps, y: self._run(x, eps, True, True, labels=y)[2:4],
+            autograph=False,
+            input_signature=[spec_x, spec_eps, spec_y],
+        )
+        self._sample_fn = tf.function(
+            lambda eps, y: self._run(None, eps, False, True, labels=y)[2:4],
+            autograph=False,
+            input_signature=[spec_eps, spec_y],
+        )
+        self._loss_fn = tf.function(
+            lambda x, eps, y: self.loss_with_noise(x, eps, labels=y),
+            autograph=False,
+            input_signature=[spec_x, spec_eps, spec_y],
+        )
         # Beyond reconstruction (docs/generation.md): the encoder for the first k steps only, the
         # latents of an encoder pass, and the decoder on given latents under a blend of categories.
         spec_k = tf.TensorSpec([], tf.int32)
         spec_w = tf.TensorSpec([None, len(self.classes) if self.classes else 1], tf.float32)
-        self._complete_fn = tf.function(lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4],
-                                        autograph=False, input_signature=[spec_x, spec_eps, spec_y, spec_k])
-        self._encode_fn = tf.function(lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4],
-                                      autograph=False, input_signature=[spec_x, spec_eps, spec_y])
-        self._decode_fn = tf.function(lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4],
-                                      autograph=False, input_signature=[spec_eps, spec_w])
+        self._complete_fn = tf.function(
+            lambda x, eps, y, k: self._run(x, eps, True, True, labels=y, follow=k)[2:4],
+            autograph=False,
+            input_signature=[spec_x, spec_eps, spec_y, spec_k],
+        )
+        self._encode_fn = tf.function(
+            lambda x, eps, y: self._run(x, eps, True, True, labels=y)[4],
+            autograph=False,
+            input_signature=[spec_x, spec_eps, spec_y],
+        )
+        self._decode_fn = tf.function(
+            lambda eps, w: self._run(None, eps, False, True, weights=w)[2:4],
+            autograph=False,
+            input_signature=[spec_eps, spec_w],
+        )
 
     @property
     def weights(self) -> list[tf.Variable]:
         extra = self.conditioning.weights if self.conditioning is not None else []
-        return [self.enc_kernel, self.enc_bias, self.z_kernel, self.z_bias,
-                self.dec_kernel, self.dec_bias, self.out_kernel, self.out_bias] + extra
+        return [
+            self.enc_kernel,
+            self.enc_bias,
+            self.z_kernel,
+            self.z_bias,
+            self.dec_kernel,
+            self.dec_bias,
+            self.out_kernel,
+            self.out_bias,
+        ] + extra
 
     # -- the network ---------------------------------------------------------------------
 
     def _read(self, x, x_hat, p):
         cfg = self.cfg
         if not cfg.attention:
-            return tf.concat([tf.reshape(x, [-1, cfg.height * cfg.width]), tf.reshape(x_hat, [-1, cfg.height * cfg.width])], 1)
+            return tf.concat(
+                [tf.reshape(x, [-1, cfg.height * cfg.width]), tf.reshape(x_hat, [-1, cfg.height * cfg.width])], 1
+            )
         gx, gy, delta, sigma2, gamma = window_params(p, cfg.height, cfg.width, cfg.read_n)
         fx = filterbank(gx, delta, sigma2, cfg.read_n, cfg.width)  # (B, N, W)
         fy = filterbank(gy, delta, sigma2, cfg.read_n, cfg.height)  # (B, N, H)
@@ -238,17 +268,29 @@ class Draw(tf.Module):
     def _kernels(self, precision: str, labels, weights) -> dict:
         """The weights one run uses: cast once per run, not once per step (the T steps share
         each kernel), with the class's row (or a blend of rows) joined to the gate biases."""
-        kernels = {name: tf.cast(var, precision) for name, var in
-                   [("enc", self.enc_kernel), ("z", self.z_kernel), ("dec", self.dec_kernel), ("out", self.out_kernel)]}
+        kernels = {
+            name: tf.cast(var, precision)
+            for name, var in [
+                ("enc", self.enc_kernel),
+                ("z", self.z_kernel),
+                ("dec", self.dec_kernel),
+                ("out", self.out_kernel),
+            ]
+        }
         kernels["enc_bias"], kernels["dec_bias"] = self.enc_bias, self.dec_bias
         if self.conditioning is not None and weights is not None:
-            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.blended_biases(weights, self.enc_bias, self.dec_bias)
+            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.blended_biases(
+                weights, self.enc_bias, self.dec_bias
+            )
         elif self.conditioning is not None:
-            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.gate_biases(labels, self.enc_bias, self.dec_bias)
+            kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.gate_biases(
+                labels, self.enc_bias, self.dec_bias
+            )
         return kernels
 
-    def _run(self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None,
-             follow=None, weights=None):
+    def _run(
+        self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None, follow=None, weights=None
+    ):
         """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
         labels (B,) int32: the class of each row (ignored by an unconditional model);
         weights (B, C) float32 instead: a blend of the classes' rows (a morph between them).
@@ -267,7 +309,7 @@ class Draw(tf.Module):
         h_enc = tf.zeros([b, cfg.enc_size])
         c_enc = tf.zeros([b, cfg.enc_size])
         # The first read window comes from h_dec_0 = 0, i.e. from the output bias alone.
-        read_p = tf.zeros([b, 5]) + self.out_bias[self.write_size + 5:] if cfg.attention else None
+        read_p = tf.zeros([b, 5]) + self.out_bias[self.write_size + 5 :] if cfg.attention else None
         lz = tf.zeros([b])
         canvases, windows, zs = [], [], []
         for t in range(cfg.T):  # unrolled on purpose: T is a small static number
@@ -282,11 +324,13 @@ class Draw(tf.Module):
                 z = eps[t]
             h_dec, c_dec = lstm_step(tf.concat([z, h_dec], 1), c_dec, kernels["dec"], kernels["dec_bias"])
             out = dense(h_dec, kernels["out"], self.out_bias)
-            w = out[:, :self.write_size]
-            delta_canvas, window = self._write(w, out[:, self.write_size:self.write_size + 5] if cfg.attention else None)
+            w = out[:, : self.write_size]
+            delta_canvas, window = self._write(
+                w, out[:, self.write_size : self.write_size + 5] if cfg.attention else None
+            )
             canvas = canvas + delta_canvas
             if cfg.attention:
-                read_p = out[:, self.write_size + 5:]
+                read_p = out[:, self.write_size + 5 :]
             if keep_steps:
                 canvases.append(canvas)  # logits: qdcore.ink turns them into frames
                 windows.append(window)
@@ -386,8 +430,10 @@ class Draw(tf.Module):
         different completions of it."""
         x = self._images(partial, "partial drawings")
         if not 1 <= int(k) <= self.cfg.T:
-            raise InputError(f"complete: k = {k} glimpses is outside 1..{self.cfg.T}, this model's T: "
-                             f"give k from 1 (the prior does almost everything) to {self.cfg.T} (a reconstruction)")
+            raise InputError(
+                f"complete: k = {k} glimpses is outside 1..{self.cfg.T}, this model's T: "
+                f"give k from 1 (the prior does almost everything) to {self.cfg.T} (a reconstruction)"
+            )
         y = self.labels(len(x), category)
         out = self._complete_fn(x, self._prior_noise(len(x), seed), y, tf.constant(int(k), tf.int32))
         return self._drawing(out, "completion")

@@ -7,6 +7,7 @@ Every component is instantiated (and so checked) before the first expensive step
 output location is checked before training, so a bad recipe never costs a training run.
 TensorFlow is imported only when a model is needed (qdcore.training.train / qdcore.draw).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -133,7 +134,9 @@ def load_data(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> Image
         raise PluginError(f"{who} returned {type(data).__name__}, not a qdcore.ImageSet")
     shape = (recipe.model.height, recipe.model.width)
     if data.images.ndim != 3 or tuple(data.images.shape[1:]) != shape:
-        raise PluginError(f"{who} returned images shaped {tuple(data.images.shape)}; the model needs (N, {shape[0]}, {shape[1]})")
+        raise PluginError(
+            f"{who} returned images shaped {tuple(data.images.shape)}; the model needs (N, {shape[0]}, {shape[1]})"
+        )
     if len(data.images) == 0:
         raise InputError(f"{who} found no images: check the dataset's parameters")
     return data
@@ -151,16 +154,27 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, repor
         # Not under TF_CONFIG: the workers of one multi-worker run train together in lockstep, and
         # a lock would make them wait for each other forever.
         workdir = model_dir(recipe)
-        lock = contextlib.nullcontext() if os.environ.get("TF_CONFIG") else \
-            hold(workdir.with_name(workdir.name + ".lock"), "training this model", None if reporter.quiet else reporter.warn)
+        lock = (
+            contextlib.nullcontext()
+            if os.environ.get("TF_CONFIG")
+            else hold(
+                workdir.with_name(workdir.name + ".lock"),
+                "training this model",
+                None if reporter.quiet else reporter.warn,
+            )
+        )
         with lock:
             _describe_model(recipe, workdir)
-            return train.train(recipe.model, recipe.train, data, workdir, restart=restart, quiet=reporter.quiet,
-                               on_step=on_step)
+            return train.train(
+                recipe.model, recipe.train, data, workdir, restart=restart, quiet=reporter.quiet, on_step=on_step
+            )
     shared = recipe.shared
     if restart:
-        fix = (f"to retrain that, run `{shared.build_command()} --restart`" if source.pack is None else
-               "a pack is not retrained here: train the recipe that made it, or drop `model.from`")
+        fix = (
+            f"to retrain that, run `{shared.build_command()} --restart`"
+            if source.pack is None
+            else "a pack is not retrained here: train the recipe that made it, or drop `model.from`"
+        )
         raise RecipeError(f"this recipe draws {category!r} from {source.label}; {fix}", shared.where)
     return _load_shared(shared, category, source)
 
@@ -172,7 +186,9 @@ def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QU
     if category is None:
         workdir = model_dir(recipe)
         if not models.is_finished(workdir):
-            raise NotTrained(f"the model for recipe {recipe.name!r} is not trained yet: run `qd train` on the recipe first")
+            raise NotTrained(
+                f"the model for recipe {recipe.name!r} is not trained yet: run `qd train` on the recipe first"
+            )
         key = str(workdir)
     else:
         key = f"{source.workdir or source.pack.path}#{category}"
@@ -228,15 +244,21 @@ def shared_source(shared) -> Optional[SharedSource]:
     then the packs installed plugins provide; None when the name is in none of them."""
     if shared.recipe is not None and models.is_finished(model_dir(shared.recipe)):
         cfg = shared.recipe.model
-        return SharedSource(f"the shared model {shared.recipe.name!r}", models.classes(model_dir(shared.recipe)) or [],
-                            (cfg.height, cfg.width), workdir=model_dir(shared.recipe))
+        return SharedSource(
+            f"the shared model {shared.recipe.name!r}",
+            models.classes(model_dir(shared.recipe)) or [],
+            (cfg.height, cfg.width),
+            workdir=model_dir(shared.recipe),
+        )
     pack = packs.find(paths.cache_dir(), shared.name, shared.pack)
     if pack is None:
         return None
     return SharedSource(pack.label, pack.categories, pack.size, pack=pack)
 
 
-def shared_category(recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET) -> tuple[Optional[str], Optional[SharedSource]]:
+def shared_category(
+    recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET
+) -> tuple[Optional[str], Optional[SharedSource]]:
     """The category this recipe draws from its `model.from` model, and where that model is;
     (None, None) when it trains its own (no `from`, or `if_missing: train` and no shared model
     or pack can serve it)."""
@@ -244,18 +266,27 @@ def shared_category(recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET) 
     if shared is None:
         return None, None
     if not data.classes or len(data.classes) != 1:
-        raise RecipeError(f"a shared model draws one category, and the dataset gives "
-                          f"{len(data.classes) if data.classes else 'no'} category names: name one category", shared.where)
+        raise RecipeError(
+            f"a shared model draws one category, and the dataset gives "
+            f"{len(data.classes) if data.classes else 'no'} category names: name one category",
+            shared.where,
+        )
     category, source = data.classes[0], shared_source(shared)
     if source is None:
         problem = _not_cached(shared)
     elif category not in source.categories:
         known = source.categories
-        problem = f"{source.label} was not trained on {category!r} (its {len(known)} categories: {', '.join(known) or 'none'})"
+        problem = (
+            f"{source.label} was not trained on {category!r} "
+            f"(its {len(known)} categories: {', '.join(known) or 'none'})"
+        )
     else:
         if tuple(source.size) != (recipe.model.height, recipe.model.width):
-            raise RecipeError(f"{source.label} draws {source.size[0]}x{source.size[1]} images, "
-                              f"this recipe's model is {recipe.model.height}x{recipe.model.width}: make them agree", shared.where)
+            raise RecipeError(
+                f"{source.label} draws {source.size[0]}x{source.size[1]} images, "
+                f"this recipe's model is {recipe.model.height}x{recipe.model.width}: make them agree",
+                shared.where,
+            )
         reporter.say(f"model: {category!r} from {source.label}")
         return category, source
     if shared.if_missing == "error":
@@ -277,15 +308,19 @@ def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     done = (models.describe(workdir)["steps"] or 0) if workdir.is_dir() else 0
     left = max(cfg.iterations - done, 0)
     images = left * cfg.batch_size
-    what = (f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
-            f"{cfg.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else ""))
+    what = (
+        f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
+        f"{cfg.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else "")
+    )
     from .training.plan import known_speed  # reads the step-plan cache; nothing is measured here
     from .training.stopping import budget_eta
 
     speed = known_speed(recipe.model, cfg)
     if not speed:
         return what + "; no training speed of this model is measured here yet to say how long"
-    return what + f", {budget_eta(left, cfg.batch_size, speed)} at the {speed:,.0f} images/s measured here for this model"
+    return (
+        what + f", {budget_eta(left, cfg.batch_size, speed)} at the {speed:,.0f} images/s measured here for this model"
+    )
 
 
 def trained_recipe(recipe: Recipe, trained) -> Recipe:
@@ -297,15 +332,23 @@ def trained_recipe(recipe: Recipe, trained) -> Recipe:
 
         pack = Pack(trained.pack["name"], Path(trained.workdir), trained.pack)
         return replace(recipe, model=pack.model_config, train=pack.train_config)
-    return shared.recipe if shared is not None and shared.recipe is not None and \
-        Path(trained.workdir) == model_dir(shared.recipe) else recipe
+    return (
+        shared.recipe
+        if shared is not None and shared.recipe is not None and Path(trained.workdir) == model_dir(shared.recipe)
+        else recipe
+    )
 
 
 def _not_cached(shared) -> str:
     if shared.recipe is None:
-        return f"no model named {shared.name!r} is in the cache or the installed packs; import one with `{shared.build_command()}`"
-    return (f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}) and no model "
-            f"pack of that name is imported or installed; build it once with `{shared.build_command()}`")
+        return (
+            f"no model named {shared.name!r} is in the cache or the installed packs; "
+            f"import one with `{shared.build_command()}`"
+        )
+    return (
+        f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}) and no model "
+        f"pack of that name is imported or installed; build it once with `{shared.build_command()}`"
+    )
 
 
 def _describe_model(recipe: Recipe, workdir: Path) -> None:
@@ -323,11 +366,23 @@ def _describe_model(recipe: Recipe, workdir: Path) -> None:
     raw = recipe.raw or {}
     workdir.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps({"name": recipe.name, "model_key": recipe.model_key(), "dataset": raw.get("dataset"),
-                                   "model": recipe.model.as_dict(), "train": recipe.train.as_dict()}, default=str))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "name": recipe.name,
+                    "model_key": recipe.model_key(),
+                    "dataset": raw.get("dataset"),
+                    "model": recipe.model.as_dict(),
+                    "train": recipe.train.as_dict(),
+                },
+                default=str,
+            )
+        )
 
 
-def make_seeds(recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], reporter: Reporter = QUIET):
+def make_seeds(
+    recipe: Recipe, built: Built, data: ImageSet, last_batch: Optional[np.ndarray], reporter: Reporter = QUIET
+):
     n = recipe.generate.n
     given = SeedInput(n=n, dataset=data, last_batch=last_batch)
     seeds = None
@@ -379,18 +434,28 @@ def check_best_of(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> N
 def _categories(recipe: Recipe) -> list[str]:
     names = recog.categories_of(recipe.dataset.params)
     if not names:
-        raise InputError(f"best_of keeps the pictures most like the recipe's category, and dataset "
-                         f"{recipe.dataset.use!r} names none")
+        raise InputError(
+            f"best_of keeps the pictures most like the recipe's category, and dataset {recipe.dataset.use!r} names none"
+        )
     return names
 
 
 def _finals(drawing: Drawing) -> Drawing:
-    return replace(drawing, canvases=drawing.canvases[-1:],
-                   windows=None if drawing.windows is None else drawing.windows[-1:])
+    return replace(
+        drawing, canvases=drawing.canvases[-1:], windows=None if drawing.windows is None else drawing.windows[-1:]
+    )
 
 
-def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, reporter: Reporter = QUIET,
-         categories: Optional[list[str]] = None, final_only: bool = False) -> Drawing:
+def draw(
+    recipe: Recipe,
+    built: Built,
+    model,
+    seeds: Optional[np.ndarray],
+    *,
+    reporter: Reporter = QUIET,
+    categories: Optional[list[str]] = None,
+    final_only: bool = False,
+) -> Drawing:
     """Generate and filter the recipe's n pictures. With generate.best_of = K, K x n candidates
     are drawn and the recognizer keeps the n most confident they show `categories` (default:
     the recipe's dataset's): of all prior samples, or the best try at each seed image. The
@@ -412,16 +477,26 @@ def draw(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], *, re
     probabilities, _ = judge.classify(recog.to_bitmaps(filtered.canvases[0]))
     keep = recog.best_of(recog.confidence(probabilities, columns), recipe.generate.n, None if seeds is None else k)
     if final_only:
-        return replace(filtered, canvases=filtered.canvases[:, keep],
-                       windows=None if filtered.windows is None else filtered.windows[:, keep])
-    kept = replace(candidates, canvases=candidates.canvases[:, keep],
-                   windows=None if candidates.windows is None else candidates.windows[:, keep])
+        return replace(
+            filtered,
+            canvases=filtered.canvases[:, keep],
+            windows=None if filtered.windows is None else filtered.windows[:, keep],
+        )
+    kept = replace(
+        candidates,
+        canvases=candidates.canvases[:, keep],
+        windows=None if candidates.windows is None else candidates.windows[:, keep],
+    )
     return apply_filters(recipe, built, kept, reporter)
 
 
-def generate_mode(recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], reporter: Reporter = QUIET) -> Drawing:
+def generate_mode(
+    recipe: Recipe, built: Built, model, seeds: Optional[np.ndarray], reporter: Reporter = QUIET
+) -> Drawing:
     """The recipe's `mode:` generator makes the pictures (docs/generation.md)."""
-    drawn = built.mode.generate(model, seeds, recipe.generate.n, recipe.seed, context(recipe, _STAGE_MODE, quiet=reporter.quiet))
+    drawn = built.mode.generate(
+        model, seeds, recipe.generate.n, recipe.seed, context(recipe, _STAGE_MODE, quiet=reporter.quiet)
+    )
     who = _who(recipe.mode)
     if not isinstance(drawn, Drawing):
         raise PluginError(f"{who} returned {type(drawn).__name__}, not a qdcore.Drawing")
@@ -446,8 +521,8 @@ def apply_filters(recipe: Recipe, built: Built, drawing: Drawing, reporter: Repo
         if frames.ndim != 3 or frames.shape[0] != count:
             raise PluginError(f"{_who(step)} returned frames shaped {frames.shape}; expected ({count}, H, W)")
     frames = np.clip(frames, 0.0, 1.0)
-    given = None if drawing.given is None else frames[T * n:]
-    return replace(drawing, canvases=frames[:T * n].reshape((T, n) + frames.shape[1:]), given=given)
+    given = None if drawing.given is None else frames[T * n :]
+    return replace(drawing, canvases=frames[: T * n].reshape((T, n) + frames.shape[1:]), given=given)
 
 
 class Run:
@@ -463,8 +538,15 @@ class Run:
     loaded models for `model(train=False)`; `trained` a model already loaded for this recipe
     (a figure script's copy of a model folder), which model() then returns."""
 
-    def __init__(self, recipe: Recipe, reporter: Reporter = QUIET, *, data: Optional[ImageSet] = None,
-                 models: Optional[dict] = None, trained=None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        reporter: Reporter = QUIET,
+        *,
+        data: Optional[ImageSet] = None,
+        models: Optional[dict] = None,
+        trained=None,
+    ):
         self.recipe, self.reporter = recipe, reporter
         self.built = prepare(recipe)
         self._data, self._models = data, models
@@ -497,8 +579,11 @@ class Run:
         if self._trained is None:
             # Only training and `model.from` (which category?) need the dataset.
             data = self.data() if train or self.recipe.shared is not None else None
-            self._trained = ensure_model(self.recipe, data, restart=restart, reporter=self.reporter, on_step=on_step) \
-                if train else load_model(self.recipe, data, self.reporter, self._models)
+            self._trained = (
+                ensure_model(self.recipe, data, restart=restart, reporter=self.reporter, on_step=on_step)
+                if train
+                else load_model(self.recipe, data, self.reporter, self._models)
+            )
         return self._trained
 
     def check_drawing(self) -> None:
@@ -517,14 +602,23 @@ class Run:
             self._seeds = [make_seeds(self.recipe, self.built, self.data(), self.model().last_batch, self.reporter)]
         return self._seeds[0]
 
-    def drawing(self, *, prior: bool = False, final_only: bool = False, categories: Optional[list[str]] = None) -> Drawing:
+    def drawing(
+        self, *, prior: bool = False, final_only: bool = False, categories: Optional[list[str]] = None
+    ) -> Drawing:
         """The recipe's n pictures, filtered (see draw): from its seeds, or from the prior
         when `prior` (qd sample, qd eval), whatever seeds the recipe names."""
         if categories is None:
             self.check_drawing()
         seeds = None if prior else self.seeds()
-        return draw(self.recipe, self.built, self.model().model, seeds, reporter=self.reporter, categories=categories,
-                    final_only=final_only)
+        return draw(
+            self.recipe,
+            self.built,
+            self.model().model,
+            seeds,
+            reporter=self.reporter,
+            categories=categories,
+            final_only=final_only,
+        )
 
     def filtered(self, drawing: Drawing) -> Drawing:
         """A drawing made elsewhere (a benchmark's model) through the recipe's filters."""
@@ -569,11 +663,16 @@ def run(recipe: Recipe, *, out: Optional[Path] = None, reporter: Reporter = QUIE
 def eval_category(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> tuple[Optional[str], str]:
     """The category `qd eval` judges, or None and why not (checked before any training)."""
     if built.recognizer is None:
-        return None, f"no recognizer is installed (the default is {recog.DEFAULT!r}, from qd's built-in `recognizers` plugin)"
+        return (
+            None,
+            f"no recognizer is installed (the default is {recog.DEFAULT!r}, from qd's built-in `recognizers` plugin)",
+        )
     names = recog.categories_of(recipe.dataset.params)
     if len(names) != 1:
-        return None, (f"dataset {recipe.dataset.use!r} names {len(names)} categories; the recognizer figures "
-                      "are for a recipe of one category")
+        return None, (
+            f"dataset {recipe.dataset.use!r} names {len(names)} categories; the recognizer figures "
+            "are for a recipe of one category"
+        )
     try:
         check_recognizer(recipe, built, names, reporter)
     except InputError as e:
@@ -585,11 +684,17 @@ def recognition(recipe: Recipe, built: Built, model, category: str, reporter: Re
     """qd eval's recognizer figures: generate.n prior samples (best_of applied, through the
     recipe's filters, scaled back to 28x28) against as many real drawings of `category`."""
     judge = classifier(recipe, built, reporter)
-    shown = recog.to_bitmaps(draw(recipe, built, model, None, reporter=reporter, categories=[category], final_only=True).final)
+    shown = recog.to_bitmaps(
+        draw(recipe, built, model, None, reporter=reporter, categories=[category], final_only=True).final
+    )
     rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
     figures = recog.figures(judge, shown, category, rng, who=recipe.recognizer.use)
-    return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None),
-            "best_of": recipe.generate.best_of, **figures}
+    return {
+        "recognizer": recipe.recognizer.use,
+        "recognizer_accuracy": getattr(judge, "held_out_accuracy", None),
+        "best_of": recipe.generate.best_of,
+        **figures,
+    }
 
 
 def real_recognition(recipe: Recipe, built: Built, category: str, reporter: Reporter = QUIET) -> dict:
@@ -598,9 +703,19 @@ def real_recognition(recipe: Recipe, built: Built, category: str, reporter: Repo
     real sets are those `recognition` compares samples with."""
     judge = classifier(recipe, built, reporter)
     rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 1])
-    figures = recog.real_figures(judge, category, recipe.generate.n, rng,
-                                 lambda images: filtered_bitmaps(recipe, built, images, reporter), who=recipe.recognizer.use)
-    return {"recognizer": recipe.recognizer.use, "recognizer_accuracy": getattr(judge, "held_out_accuracy", None), **figures}
+    figures = recog.real_figures(
+        judge,
+        category,
+        recipe.generate.n,
+        rng,
+        lambda images: filtered_bitmaps(recipe, built, images, reporter),
+        who=recipe.recognizer.use,
+    )
+    return {
+        "recognizer": recipe.recognizer.use,
+        "recognizer_accuracy": getattr(judge, "held_out_accuracy", None),
+        **figures,
+    }
 
 
 def filtered_bitmaps(recipe: Recipe, built: Built, images: np.ndarray, reporter: Reporter = QUIET) -> np.ndarray:

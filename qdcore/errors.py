@@ -1,4 +1,5 @@
 """Domain errors. Only cli.py turns them into one `Error: ...` line and an exit code."""
+
 from __future__ import annotations
 
 import errno

@@ -1,4 +1,5 @@
 """The hooks a qd plugin may implement. Markers and bodiless specs only."""
+
 from __future__ import annotations
 
 import pluggy

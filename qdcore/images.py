@@ -6,6 +6,7 @@ checked from the header before a single pixel is decoded: a small PNG can claim 
 (400 million pixels, about 1.6 GB once decoded as RGBA) and take the machine down. DRAW
 works at 28x28; a photo of a doodle is a few megapixels.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,18 @@ Source = Union[str, Path, bytes, BinaryIO]
 
 # What Pillow raises for a file that is not a valid image, depending on the format and on
 # where in the file the damage is (header, chunk table, compressed data).
-_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, TypeError, KeyError,
-               ZeroDivisionError, MemoryError)
+_UNREADABLE = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    struct.error,
+    TypeError,
+    KeyError,
+    ZeroDivisionError,
+    MemoryError,
+)
 
 
 def too_large(name: str, width: int | None = None, height: int | None = None, pixels: int | None = None) -> InputError:
@@ -38,7 +49,7 @@ def too_large(name: str, width: int | None = None, height: int | None = None, pi
         size = f"{width}x{height} = {width * height:,} pixels"
     else:
         size = f"{pixels:,} pixels" if pixels else "more pixels than Pillow allows"
-    side = int(MAX_PIXELS ** 0.5)
+    side = int(MAX_PIXELS**0.5)
     return InputError(
         f"{name} is too large ({size}); the limit is {MAX_PIXELS:,} pixels (for example {side}x{side}): "
         "shrink the image first"

@@ -6,6 +6,7 @@ int, a slice or an index array reads only the rows asked for, from the parts tha
 so a 345-category set (about 50M drawings, 39 GB) costs a few bytes of offsets in memory,
 not 39 GB. The trainer only ever asks for batches of rows.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -47,7 +48,9 @@ class ImageStack:
                 raise IndexError(f"boolean index of shape {rows.shape} for {n} rows")
             return np.flatnonzero(rows)
         if not np.issubdtype(rows.dtype, np.integer):
-            raise IndexError(f"only integers, slices and integer or boolean arrays index an ImageStack, got {rows.dtype}")
+            raise IndexError(
+                f"only integers, slices and integer or boolean arrays index an ImageStack, got {rows.dtype}"
+            )
         rows = rows.astype(np.int64)
         if rows.size and (rows.min() < -n or rows.max() >= n):
             raise IndexError(f"index out of range for {n} rows")

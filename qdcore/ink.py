@@ -21,6 +21,7 @@ until the last frame, which shows its final value.
 
 Plain numpy: a writer, a filter or a web page can call it without TensorFlow.
 """
+
 from __future__ import annotations
 
 import numpy as np

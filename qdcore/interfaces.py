@@ -6,6 +6,7 @@ engine then calls the one method of the interface below. Everything crossing a s
 is numpy, float32 in [0, 1] with ink bright (1) on 0, shaped (N, H, W), so plugins never
 need TensorFlow.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -9,6 +9,7 @@ read, counting every value as often as aliases repeat it, and refused past MAX_V
 MAX_DEPTH before anything else looks at it. Duplicate keys are refused too: YAML keeps the
 last one silently, so a second `filters:` would drop the first.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,9 +71,11 @@ class _Loader(yaml.SafeLoader):
                 continue  # an unhashable key: the safe loader reports it itself
             if again:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
+                    "while constructing a mapping",
+                    node.start_mark,
                     f"duplicate key {shown(key)} (YAML would keep only the last one): give each key once",
-                    key_node.start_mark)
+                    key_node.start_mark,
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -142,8 +145,11 @@ def check_shape(data: Any, label: str) -> None:
         value, depth = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise RecipeError(f"holds more than {MAX_VALUES:,} values once its aliases are expanded: "
-                              "write the values out, or use fewer aliases", label)
+            raise RecipeError(
+                f"holds more than {MAX_VALUES:,} values once its aliases are expanded: "
+                "write the values out, or use fewer aliases",
+                label,
+            )
         if isinstance(value, dict):
             children = [v for kv in value.items() for v in kv]
         elif isinstance(value, (list, tuple)):

@@ -5,6 +5,7 @@ checkpoints/, finished.json once training completed (steps, settings, and the cl
 a conditional model) and, once `qd eval` ran on the recipe that trained it, eval.json (the
 held-out bound). Reading them needs no TensorFlow, so `qd models` is fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ def record_evaluation(workdir: Path, figures: dict) -> None:
 def _checkpoint_step(workdir: Path) -> Optional[int]:
     # tf.train.CheckpointManager's index file names the newest checkpoint `ckpt-<step>`.
     try:
-        text = limits.read_text(workdir / CHECKPOINTS / "checkpoint", limits.MAX_JSON_FILE_BYTES, "not a checkpoint record")
+        text = limits.read_text(
+            workdir / CHECKPOINTS / "checkpoint", limits.MAX_JSON_FILE_BYTES, "not a checkpoint record"
+        )
     except (OSError, ValueError, QdError):
         return None  # a damaged record: the row says "empty" rather than losing the table
     found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', text, re.M)
@@ -124,8 +127,10 @@ def table(rows: list[dict]) -> str:
             cats = f"{len(cats)}: {', '.join(cats[:3])}{', ...' if len(cats) > 3 else ''}"
         steps = "-" if r["steps"] is None else f"{r['steps']}" + ("" if r["status"] == "finished" else "*")
         bound = "-" if r["bound"] is None else f"{r['bound']:.1f}"
-        lines.append(f"{r['name']:<20} {str(cats or '-'):<28.28} {steps:>7} {bound:>8} {_human(r['size_bytes']):>9}  "
-                     f"{_source(r):<22} {r['path']}")
+        lines.append(
+            f"{r['name']:<20} {str(cats or '-'):<28.28} {steps:>7} {bound:>8} {_human(r['size_bytes']):>9}  "
+            f"{_source(r):<22} {r['path']}"
+        )
     if any(r["status"] not in ("finished", "damaged") for r in rows):
         lines.append("* training not finished (resume it with qd train)")
     for r in rows:
@@ -137,7 +142,11 @@ def table(rows: list[dict]) -> str:
 def _source(row: dict) -> str:
     """Where a row's model comes from: trained here, imported (qd models import), or a plugin's pack."""
     source = row.get("source", "cache")
-    return f"pack ({row['plugin']})" if source == "plugin" else {"cache": "cache", "imported": "pack (imported)"}.get(source, source)
+    return (
+        f"pack ({row['plugin']})"
+        if source == "plugin"
+        else {"cache": "cache", "imported": "pack (imported)"}.get(source, source)
+    )
 
 
 def _human(n: int) -> str:

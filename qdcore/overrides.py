@@ -6,6 +6,7 @@ before it is checked, so an override is validated exactly like the same key in t
 Missing mappings on the way are created; a list index may be at most the list's length
 (equal to it appends a step). A malformed or impossible path is a RecipeError naming it.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,9 @@ _PART = re.compile(rf"({_NAME})|\[(\d+)\]")
 def parse_path(path: str) -> list[str | int]:
     """`filters[0].passes` -> ['filters', 0, 'passes']."""
     if not _PATH.fullmatch(path):
-        raise RecipeError(f"cannot read the key path {path!r}: write it like train.iterations or filters[0].passes", f"-s {path}")
+        raise RecipeError(
+            f"cannot read the key path {path!r}: write it like train.iterations or filters[0].passes", f"-s {path}"
+        )
     return [m.group(1) if m.group(1) else int(m.group(2)) for m in _PART.finditer(path)]
 
 
@@ -67,10 +70,13 @@ def set_path(data: dict, parts: list[str | int], value: Any, label: str) -> None
             if not isinstance(node, list):
                 raise RecipeError(f"{here} is not a list, so [{part}] cannot index it", f"-s {label}")
             if part > len(node):
-                raise RecipeError(f"{here} has {len(node)} step{'s' if len(node) != 1 else ''}: the index may be 0 to {len(node)} "
-                                  f"({len(node)} appends one)", f"-s {label}")
+                raise RecipeError(
+                    f"{here} has {len(node)} step{'s' if len(node) != 1 else ''}: the index may be 0 to {len(node)} "
+                    f"({len(node)} appends one)",
+                    f"-s {label}",
+                )
             if last:
-                node[part:part + 1] = [value]
+                node[part : part + 1] = [value]
                 return
             if part == len(node):
                 node.append({})

@@ -14,6 +14,7 @@ truncated, foreign, oversized or hostile pack is an InputError (one line, exit 2
 nothing is written. Reading a manifest needs no TensorFlow (`qd models` stays fast); only
 `load` and `import_pack` build the model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,6 +107,7 @@ class Pack:
 
 # -- reading and checking -------------------------------------------------------------------
 
+
 def _refuse(where, problem: str) -> InputError:
     return InputError(f"{where}: {problem}")
 
@@ -119,8 +121,11 @@ def _read_archive(path: Path, limit: int, only_manifest: bool = False) -> dict[s
     if path.is_dir():
         raise _refuse(path, "is a folder; a model pack is one .qdpack file (qd models export writes one)")
     if size > limit:
-        raise _refuse(path, f"is {size / 2**20:.3g} MB, above the {limit / 2**20:.3g} MB limit for a model pack "
-                            f"(set {LIMIT_ENV} to allow more)")
+        raise _refuse(
+            path,
+            f"is {size / 2**20:.3g} MB, above the {limit / 2**20:.3g} MB limit for a model pack "
+            f"(set {LIMIT_ENV} to allow more)",
+        )
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
@@ -137,7 +142,9 @@ def _read_archive(path: Path, limit: int, only_manifest: bool = False) -> dict[s
                     out[info.filename] = data
             return out
     except zipfile.BadZipFile as e:
-        raise _refuse(path, f"is damaged or not a qd model pack ({e}); export it again with `qd models export`") from None
+        raise _refuse(
+            path, f"is damaged or not a qd model pack ({e}); export it again with `qd models export`"
+        ) from None
     except (EOFError, OSError, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as e:
         # A truncated member, an encrypted or unknown compression method.
         raise _refuse(path, f"is damaged or truncated ({type(e).__name__}: {e})") from None
@@ -152,23 +159,32 @@ def _check_members(where, members: list[tuple[str, int, int, bool]], limit: int)
         if stat.S_IFMT(mode) == _S_IFLNK:
             raise _refuse(where, f"refused: member {name!r} is a symbolic link")
         if is_dir or name not in MEMBERS:
-            raise _refuse(where, f"refused: unexpected member {name!r} (a qd model pack holds only {' and '.join(MEMBERS)})")
+            raise _refuse(
+                where, f"refused: unexpected member {name!r} (a qd model pack holds only {' and '.join(MEMBERS)})"
+            )
         if name in seen:
             raise _refuse(where, f"refused: member {name!r} appears twice")
         seen.add(name)
     if MANIFEST not in seen:
         raise _refuse(where, f"is not a qd model pack: it has no {MANIFEST}")
     if sum(m[2] for m in members) > limit:
-        raise _refuse(where, f"unpacks to more than the {limit / 2**20:.3g} MB limit for a model pack (set {LIMIT_ENV} to allow more)")
+        raise _refuse(
+            where,
+            f"unpacks to more than the {limit / 2**20:.3g} MB limit for a model pack (set {LIMIT_ENV} to allow more)",
+        )
 
 
 def _read_folder(path: Path, limit: int, only_manifest: bool = False) -> dict[str, bytes]:
     """An imported pack's two files (links refused, sizes capped)."""
     out = {}
-    for name in ((MANIFEST,) if only_manifest else MEMBERS):
+    for name in (MANIFEST,) if only_manifest else MEMBERS:
         file = path / name
         if file.is_symlink() or not file.is_file():
-            raise _refuse(path, f"is damaged: {name} is missing or not a plain file; import the pack again (qd models import FILE --force)")
+            raise _refuse(
+                path,
+                f"is damaged: {name} is missing or not a plain file; "
+                "import the pack again (qd models import FILE --force)",
+            )
         cap = MANIFEST_LIMIT if name == MANIFEST else limit
         with open(file, "rb") as f:
             data = f.read(cap + 1)
@@ -192,13 +208,20 @@ def check_manifest(where, raw: bytes) -> dict:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise _refuse(where, f"is not a qd model pack: its {MANIFEST} does not say format {FORMAT!r}")
     if m.get("format_version") != FORMAT_VERSION:
-        raise _refuse(where, f"is a model pack of format version {m.get('format_version')!r}; this qd ({__version__}) "
-                             f"reads version {FORMAT_VERSION}: use a qd of the version that made it")
+        raise _refuse(
+            where,
+            f"is a model pack of format version {m.get('format_version')!r}; this qd ({__version__}) "
+            f"reads version {FORMAT_VERSION}: use a qd of the version that made it",
+        )
     name = m.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise _refuse(where, f"its manifest's name {name!r} is not a pack name (letters, digits, '.', '_', '-')")
     cats = m.get("categories")
-    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats) or not isinstance(m.get("conditional"), bool):
+    if (
+        not isinstance(cats, list)
+        or not all(isinstance(c, str) for c in cats)
+        or not isinstance(m.get("conditional"), bool)
+    ):
         raise _refuse(where, "its manifest lacks `categories` (a list of names) or `conditional`")
     if m["conditional"] != (len(cats) > 1):
         raise _refuse(where, "its manifest's `conditional` does not agree with its number of categories")
@@ -207,7 +230,9 @@ def check_manifest(where, raw: bytes) -> dict:
             raise _refuse(where, f"its manifest lacks the `{section}` settings")
         # Checked like a recipe's section (types, ranges, defaults for keys it predates); train
         # settings a newer qd added describe how it trained, not the weights, and are dropped.
-        given = m[section] if cls is ModelConfig else {k: v for k, v in m[section].items() if k in params.parameters(cls)}
+        given = (
+            m[section] if cls is ModelConfig else {k: v for k, v in m[section].items() if k in params.parameters(cls)}
+        )
         try:
             m[section] = params.check(cls, given, section)
         except RecipeError as e:
@@ -215,7 +240,11 @@ def check_manifest(where, raw: bytes) -> dict:
     if not isinstance(m.get("steps"), int):
         raise _refuse(where, "its manifest lacks `steps`")
     weights = (m.get("files") or {}).get(WEIGHTS) if isinstance(m.get("files"), dict) else None
-    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str) or not isinstance(weights.get("bytes"), int):
+    if (
+        not isinstance(weights, dict)
+        or not isinstance(weights.get("sha256"), str)
+        or not isinstance(weights.get("bytes"), int)
+    ):
         raise _refuse(where, f"its manifest lacks the sha256 and size of {WEIGHTS}")
     return m
 
@@ -236,8 +265,10 @@ def read(path: Path, registered_as: Optional[str] = None, plugin: Optional[str] 
         weights = members[WEIGHTS]
         expect = m["files"][WEIGHTS]
         if len(weights) != expect["bytes"] or hashlib.sha256(weights).hexdigest() != expect["sha256"]:
-            raise _refuse(path, f"{WEIGHTS} does not match the sha256 in its manifest: the pack is damaged; "
-                                "copy or export it again")
+            raise _refuse(
+                path,
+                f"{WEIGHTS} does not match the sha256 in its manifest: the pack is damaged; copy or export it again",
+            )
     return Pack(m["name"], path, m, plugin), weights
 
 
@@ -260,6 +291,7 @@ def arrays(where, weights: bytes) -> dict[str, np.ndarray]:
 
 
 # -- where packs are ------------------------------------------------------------------------
+
 
 def imported_root(cache_dir: Path) -> Path:
     return Path(cache_dir) / FOLDER
@@ -288,14 +320,27 @@ def listing(cache_dir: Path, installed: dict) -> list[dict]:
     rows = []
     root = imported_root(cache_dir)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and NAME.match(p.name)) if root.is_dir() else []
-    for where, name, plugin in [(p, p.name, None) for p in folders] + \
-                               [(Path(e.factory), n, e.plugin) for n, e in sorted(installed.items())]:
+    for where, name, plugin in [(p, p.name, None) for p in folders] + [
+        (Path(e.factory), n, e.plugin) for n, e in sorted(installed.items())
+    ]:
         try:
             rows.append(_row(read(where, name, plugin, verify=False)[0]))
         except QdError as e:
-            rows.append({"name": name, "key": None, "categories": None, "steps": None, "status": "damaged",
-                         "bound": None, "size_bytes": _size(where), "path": str(where), "source": _source(plugin),
-                         "plugin": plugin, "error": str(e)})
+            rows.append(
+                {
+                    "name": name,
+                    "key": None,
+                    "categories": None,
+                    "steps": None,
+                    "status": "damaged",
+                    "bound": None,
+                    "size_bytes": _size(where),
+                    "path": str(where),
+                    "source": _source(plugin),
+                    "plugin": plugin,
+                    "error": str(e),
+                }
+            )
     return rows
 
 
@@ -314,12 +359,22 @@ def _size(path: Path) -> int:
 def _row(pack: Pack) -> dict:
     m = pack.manifest
     held = m.get("held_out") if isinstance(m.get("held_out"), dict) else {}
-    return {"name": pack.name, "key": None, "categories": pack.categories if pack.conditional else (pack.categories[:1] or None),
-            "steps": m["steps"], "status": "finished", "bound": held.get("bound"), "size_bytes": _size(pack.path),
-            "path": str(pack.path), "source": _source(pack.plugin), "plugin": pack.plugin}
+    return {
+        "name": pack.name,
+        "key": None,
+        "categories": pack.categories if pack.conditional else (pack.categories[:1] or None),
+        "steps": m["steps"],
+        "status": "finished",
+        "bound": held.get("bound"),
+        "size_bytes": _size(pack.path),
+        "path": str(pack.path),
+        "source": _source(pack.plugin),
+        "plugin": pack.plugin,
+    }
 
 
 # -- building the model ---------------------------------------------------------------------
+
 
 def _variables(model) -> dict:
     return {v.name.split(":")[0]: v for v in model.weights}
@@ -334,12 +389,17 @@ def build(pack: Pack, weights: bytes):
     given, wanted = arrays(pack.path, weights), _variables(model)
     if set(given) != set(wanted):
         missing, extra = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
-        raise _refuse(pack.path, f"{WEIGHTS} does not fit its manifest's model (missing {missing or 'none'}, "
-                                 f"unexpected {extra or 'none'})")
+        raise _refuse(
+            pack.path,
+            f"{WEIGHTS} does not fit its manifest's model (missing {missing or 'none'}, unexpected {extra or 'none'})",
+        )
     for name, var in wanted.items():
         if tuple(given[name].shape) != tuple(var.shape):
-            raise _refuse(pack.path, f"{WEIGHTS}: {name} is shaped {tuple(given[name].shape)}, the manifest's model "
-                                     f"needs {tuple(var.shape)}")
+            raise _refuse(
+                pack.path,
+                f"{WEIGHTS}: {name} is shaped {tuple(given[name].shape)}, the manifest's model "
+                f"needs {tuple(var.shape)}",
+            )
         var.assign(given[name])
     return model
 
@@ -349,11 +409,17 @@ def load(pack: Pack):
     from .training.train import TrainedModel
 
     checked, weights = read(pack.path, pack.name, pack.plugin)
-    return TrainedModel(model=build(checked, weights), step=checked.manifest["steps"], last_batch=None,
-                        workdir=checked.path, pack=checked.manifest)
+    return TrainedModel(
+        model=build(checked, weights),
+        step=checked.manifest["steps"],
+        last_batch=None,
+        workdir=checked.path,
+        pack=checked.manifest,
+    )
 
 
 # -- making one -----------------------------------------------------------------------------
+
 
 def weights_bytes(model) -> bytes:
     buf = io.BytesIO()
@@ -374,12 +440,19 @@ def manifest_of_cached(workdir: Path, name: str, weights: bytes) -> dict:
     held_keys = ("bound", "lx", "lz", "n_images", "targets", "per_category")
     rec_keys = ("recognizer", "recognizer_accuracy", "best_of", "recognized", "frechet", "frechet_floor")
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
         "description": f"exported from the cache entry {workdir.name}",
         "categories": classes or categories_of((dataset or {}) if isinstance(dataset, dict) else {}),
         "conditional": bool(classes),
-        "model": finished["model"], "train": finished["train"], "steps": finished["step"],
-        "data": {"dataset": dataset if dataset is not None else finished.get("dataset"), **(finished.get("data") or {})},
+        "model": finished["model"],
+        "train": finished["train"],
+        "steps": finished["step"],
+        "data": {
+            "dataset": dataset if dataset is not None else finished.get("dataset"),
+            **(finished.get("data") or {}),
+        },
         "held_out": {k: evaluation[k] for k in held_keys if k in evaluation} or None,
         "recognizer": {k: evaluation[k] for k in rec_keys if k in evaluation} or None,
         "qd_version": __version__,
@@ -403,6 +476,7 @@ def write(path: Path, manifest: dict, weights: bytes) -> Path:
 
 # -- import ---------------------------------------------------------------------------------
 
+
 def import_pack(file: Path, cache_dir: Path, force: bool = False) -> Pack:
     """Check the archive whole (members, manifest, checksum, weights against the model) before
     the cache is touched; then unpack into a temporary folder inside the cache, check that
@@ -415,8 +489,7 @@ def import_pack(file: Path, cache_dir: Path, force: bool = False) -> Pack:
     root = imported_root(cache_dir)
     target = root / pack.name
     if target.exists() and not force:
-        raise InputError(f"a model named {pack.name!r} is already imported ({target}); "
-                         "add --force to replace it")
+        raise InputError(f"a model named {pack.name!r} is already imported ({target}); add --force to replace it")
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     _sweep(root)
@@ -458,18 +531,31 @@ def _sweep(root: Path, age: float = STALE_SECONDS) -> None:
 
 # -- export ---------------------------------------------------------------------------------
 
+
 def _cached(cache_dir: Path, name: str) -> Optional[Path]:
     """The finished model trained into the cache that `name` names (its name, or folder name)."""
-    found = [Path(r["path"]) for r in models.listing(cache_dir)
-             if r["status"] == "finished" and name in (r["name"], Path(r["path"]).name)]
+    found = [
+        Path(r["path"])
+        for r in models.listing(cache_dir)
+        if r["status"] == "finished" and name in (r["name"], Path(r["path"]).name)
+    ]
     if len(found) > 1:
-        raise InputError(f"{len(found)} cached models are named {name!r}: name one of "
-                         f"{', '.join(p.name for p in found)} (`qd models` lists them)")
+        raise InputError(
+            f"{len(found)} cached models are named {name!r}: name one of "
+            f"{', '.join(p.name for p in found)} (`qd models` lists them)"
+        )
     return found[0] if found else None
 
 
-def export(name: str, file: Path, cache_dir: Path, installed: dict, *, description: Optional[str] = None,
-           figures: Optional[Path] = None) -> Pack:
+def export(
+    name: str,
+    file: Path,
+    cache_dir: Path,
+    installed: dict,
+    *,
+    description: Optional[str] = None,
+    figures: Optional[Path] = None,
+) -> Pack:
     """Write the model `name` as a pack archive at `file`: a model trained into the cache
     (by name, or by folder name when several share one), else an imported or installed pack.
     `description` and `figures` (a JSON file: recognizer figures measured by whoever made the
@@ -491,10 +577,15 @@ def export(name: str, file: Path, cache_dir: Path, installed: dict, *, descripti
     else:
         found = find(cache_dir, name, installed.get(name))
         if found is None:
-            names = sorted({r["name"] for r in models.listing(cache_dir)} | set(installed)
-                           | {p.name for p in imported_root(cache_dir).glob("*") if p.is_dir()})
-            raise UnknownNameError(f"no model named {name!r} in the cache or the installed packs. "
-                                   f"Available: {', '.join(names) or '(none)'}")
+            names = sorted(
+                {r["name"] for r in models.listing(cache_dir)}
+                | set(installed)
+                | {p.name for p in imported_root(cache_dir).glob("*") if p.is_dir()}
+            )
+            raise UnknownNameError(
+                f"no model named {name!r} in the cache or the installed packs. "
+                f"Available: {', '.join(names) or '(none)'}"
+            )
         checked, weights = read(found.path, found.name, found.plugin)
         manifest = checked.manifest
     if description is not None:

@@ -4,6 +4,7 @@ Annotations understood: int, float, str, bool, pathlib.Path, Literal[...], Optio
 list[X], tuple[X, ...], and Annotated[X, Range(lo, hi)] for inclusive bounds.
 Errors name the location (for example `filters[2].scale`) and what is allowed.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -79,6 +80,7 @@ def coerce(value: Any, tp: Any, where: str, base_dir: Path | None = None) -> Any
 
 # -- the composite annotations: Annotated[X, Range], Literal, Optional / Union, list and tuple --
 
+
 def _annotated(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
     base, *extra = get_args(tp)
     out = coerce(value, base, where, base_dir)
@@ -91,7 +93,9 @@ def _annotated(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
 def _literal(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
     allowed = get_args(tp)
     if value not in allowed:
-        raise RecipeError(f"{shown(value)} is not allowed: must be one of " + ", ".join(repr(a) for a in allowed), where)
+        raise RecipeError(
+            f"{shown(value)} is not allowed: must be one of " + ", ".join(repr(a) for a in allowed), where
+        )
     return value
 
 
@@ -121,6 +125,7 @@ def _sequence(value: Any, tp: Any, where: str, base_dir: Path | None) -> Any:
 
 
 # -- the plain types: bool, int, float, str, Path ------------------------------------------
+
 
 def _bool(value: Any, tp: Any, where: str, base_dir: Path | None) -> bool:
     if isinstance(value, bool):

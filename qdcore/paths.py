@@ -1,4 +1,5 @@
 """Where qd reads data and keeps its caches. Environment variables win over defaults."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Builds the pluggy manager: built-ins and third parties alike come in through the `qd`
 entry-point group, each loaded in isolation so one broken plugin cannot take down the rest."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -72,8 +73,9 @@ def build(extra: Iterable[tuple[str, object]] = ()) -> Plugins:
     return Plugins(pm, registry, info)
 
 
-def _load(pm: pluggy.PluginManager, registry: Registry, info: dict[str, PluginInfo],
-          extra: Iterable[tuple[str, object]]) -> None:
+def _load(
+    pm: pluggy.PluginManager, registry: Registry, info: dict[str, PluginInfo], extra: Iterable[tuple[str, object]]
+) -> None:
     """Register each allowed entry point's module, then `extra`; one that fails is recorded
     as broken (and an entry point's failure warned about), and the others go on."""
     allowed = _allowed()

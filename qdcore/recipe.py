@@ -1,6 +1,7 @@
 """YAML -> a validated Recipe. Everything is checked before any work starts: every step names
 a registered component, and its parameters are checked against the component's signature.
 Errors carry the file and the location, for example `windmill.yaml: filters[2].scale`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -87,17 +88,27 @@ class Recipe:
     def folder(self) -> Path:
         return self.path.parent
 
-    def with_overrides(self, *, iterations: int | None = None, seed: int | None = None, n: int | None = None,
-                       best_of: int | None = None) -> "Recipe":
+    def with_overrides(
+        self,
+        *,
+        iterations: int | None = None,
+        seed: int | None = None,
+        n: int | None = None,
+        best_of: int | None = None,
+    ) -> "Recipe":
         r = self
         if iterations is not None:
-            r = replace(r, train=replace(r.train, iterations=_checked(TrainConfig, "iterations", iterations, "--iterations")))
+            r = replace(
+                r, train=replace(r.train, iterations=_checked(TrainConfig, "iterations", iterations, "--iterations"))
+            )
         if seed is not None:
             r = replace(r, seed=params.coerce(seed, Seed, "--seed"))
         if n is not None:
             r = replace(r, generate=replace(r.generate, n=_checked(GenerateConfig, "n", n, "--n")))
         if best_of is not None:
-            r = replace(r, generate=replace(r.generate, best_of=_checked(GenerateConfig, "best_of", best_of, "--best-of")))
+            r = replace(
+                r, generate=replace(r.generate, best_of=_checked(GenerateConfig, "best_of", best_of, "--best-of"))
+            )
         return r
 
     def model_key(self) -> str:
@@ -107,8 +118,9 @@ class Recipe:
         # of the key while at its default, so models cached before it existed are still found.
         omitted = getattr(self.dataset.entry.factory, "key_omits_default", ())
         defaults = params.parameters(self.dataset.entry.factory)
-        dataset = {k: _jsonable(v) for k, v in self.dataset.params.items()
-                   if not (k in omitted and v == defaults[k].default)}
+        dataset = {
+            k: _jsonable(v) for k, v in self.dataset.params.items() if not (k in omitted and v == defaults[k].default)
+        }
         material = {
             "format": MODEL_FORMAT,
             "dataset": {"use": self.dataset.use, **dataset},
@@ -132,7 +144,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def load(path: Path | str, registry: Registry, overrides: Iterable[str] = (), *, shared_by: str | None = None) -> Recipe:
+def load(
+    path: Path | str, registry: Registry, overrides: Iterable[str] = (), *, shared_by: str | None = None
+) -> Recipe:
     """Read, apply `-s key=value` overrides (qdcore/overrides.py), then validate.
     `shared_by`: the `model.from` (a location) that names this recipe, which may not use
     `model.from` itself: refused before it loads another recipe, so a cycle never recurses."""
@@ -150,7 +164,9 @@ def load(path: Path | str, registry: Registry, overrides: Iterable[str] = (), *,
     return parse(data, path.resolve(), registry, label=label, shared_by=shared_by)
 
 
-def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None, shared_by: str | None = None) -> Recipe:
+def parse(
+    data: Any, path: Path, registry: Registry, *, label: str | None = None, shared_by: str | None = None
+) -> Recipe:
     label = label or str(path)
     if data is None:
         raise RecipeError("the recipe is empty: it needs at least `dataset:` (see docs/recipes.md)", label)
@@ -178,17 +194,38 @@ def parse(data: Any, path: Path, registry: Registry, *, label: str | None = None
     generate = _config(GenerateConfig, data.get("generate"), "generate", label)
 
     seeds = _seeds(data.get("seeds", DEFAULT_SEEDS), registry, label, folder)
-    filters = [_step(f, "filters", f"filters[{i}]", registry, label, folder) for i, f in enumerate(_list(data.get("filters", []), "filters", label))]
+    filters = [
+        _step(f, "filters", f"filters[{i}]", registry, label, folder)
+        for i, f in enumerate(_list(data.get("filters", []), "filters", label))
+    ]
     output, output_path = _output(data.get("output", DEFAULT_OUTPUT), registry, label, folder)
     recognizer = _recognizer(data, dataset, generate, registry, label, folder)
     mode = _mode(data.get("mode"), generate, registry, label, folder)
-    return Recipe(path, name, seed, dataset, model, train, generate, seeds, filters, output, output_path, data,
-                  shared=shared, recognizer=recognizer, mode=mode)
+    return Recipe(
+        path,
+        name,
+        seed,
+        dataset,
+        model,
+        train,
+        generate,
+        seeds,
+        filters,
+        output,
+        output_path,
+        data,
+        shared=shared,
+        recognizer=recognizer,
+        mode=mode,
+    )
 
 
 def _seeds(raw: Any, registry: Registry, label: str, folder: Path) -> list[Step]:
     """The seed chain: one source first (prior, training-batch, file-image...), then changers."""
-    seeds = [_step(s, "seed_strategies", f"seeds[{i}]", registry, label, folder) for i, s in enumerate(_list(raw, "seeds", label))]
+    seeds = [
+        _step(s, "seed_strategies", f"seeds[{i}]", registry, label, folder)
+        for i, s in enumerate(_list(raw, "seeds", label))
+    ]
     if not seeds:
         raise RecipeError("is empty: give a source, for example `- use: prior`", f"{label}: seeds")
     for i, s in enumerate(seeds):
@@ -196,9 +233,13 @@ def _seeds(raw: Any, registry: Registry, label: str, folder: Path) -> list[Step]
         if i == 0 and not is_source:
             raise RecipeError(
                 f"{s.use!r} changes seed images and needs a source before it: start the chain with "
-                "a source such as `prior`, `training-batch` or `file-image`", f"{label}: seeds[0]")
+                "a source such as `prior`, `training-batch` or `file-image`",
+                f"{label}: seeds[0]",
+            )
         if i > 0 and is_source:
-            raise RecipeError(f"{s.use!r} is a source; only the first seed step may be a source", f"{label}: seeds[{i}]")
+            raise RecipeError(
+                f"{s.use!r} is a source; only the first seed step may be a source", f"{label}: seeds[{i}]"
+            )
     return seeds
 
 
@@ -216,16 +257,20 @@ def _mode(raw: Any, generate: GenerateConfig, registry: Registry, label: str, fo
         return None
     mode = _step(raw, "generators", "mode", registry, label, folder)
     if generate.best_of > 1:
-        raise RecipeError(f"best_of picks among samples or reconstructions; mode {mode.use!r} makes its own "
-                          "pictures: use best_of: 1, or leave `mode:` out", f"{label}: generate.best_of")
+        raise RecipeError(
+            f"best_of picks among samples or reconstructions; mode {mode.use!r} makes its own "
+            "pictures: use best_of: 1, or leave `mode:` out",
+            f"{label}: generate.best_of",
+        )
     return mode
 
 
 SHARED_KEYS = ("from", "if_missing")
 
 
-def _shared(model: Any, folder: Path, registry: Registry, label: str, here: Path,
-            shared_by: str | None = None) -> tuple[Any, Optional[Shared]]:
+def _shared(
+    model: Any, folder: Path, registry: Registry, label: str, here: Path, shared_by: str | None = None
+) -> tuple[Any, Optional[Shared]]:
     """Split `model.from` / `model.if_missing` off the model section; load the named recipe.
 
     `from: zoo-26` names the recipe zoo-26.yaml beside this one; a value ending in .yaml (or
@@ -237,13 +282,22 @@ def _shared(model: Any, folder: Path, registry: Registry, label: str, here: Path
     rest = {k: v for k, v in model.items() if k not in SHARED_KEYS}
     where = f"{label}: model.from"
     if shared_by is not None:
-        raise RecipeError(f"{_shown(Path(label))} itself uses `model.from`; name the recipe that trains the model", shared_by)
+        raise RecipeError(
+            f"{_shown(Path(label))} itself uses `model.from`; name the recipe that trains the model", shared_by
+        )
     if "from" not in model:
-        raise RecipeError("`if_missing` needs `from:` naming a shared model's recipe, for example `from: zoo-26`", f"{label}: model.if_missing")
+        raise RecipeError(
+            "`if_missing` needs `from:` naming a shared model's recipe, for example `from: zoo-26`",
+            f"{label}: model.if_missing",
+        )
     source = model["from"]
     if not isinstance(source, str) or not source.strip():
-        raise RecipeError(f"{limits.shown(source)} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where)
-    if_missing = params.coerce(model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing")
+        raise RecipeError(
+            f"{limits.shown(source)} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where
+        )
+    if_missing = params.coerce(
+        model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing"
+    )
     is_path = source.endswith((".yaml", ".yml"))
     path = folder / source if is_path else folder / f"{source}.yaml"
     installed = registry.entries["models"]
@@ -251,11 +305,16 @@ def _shared(model: Any, folder: Path, registry: Registry, label: str, here: Path
         # Not a recipe: a model pack of that name, imported into the cache or installed.
         if not is_path and (source in installed or packs.imported(paths.cache_dir(), source) is not None):
             return rest, Shared(None, if_missing, where, source, installed.get(source))
-        raise RecipeError(f"no recipe {limits.shown(source)}: {path} does not exist, and no model pack of that name is "
-                          "imported or installed. Name a recipe beside this one (zoo-26 for zoo-26.yaml), give the path "
-                          "to its .yaml, or name a model `qd models` lists", where)
+        raise RecipeError(
+            f"no recipe {limits.shown(source)}: {path} does not exist, and no model pack of that name is "
+            "imported or installed. Name a recipe beside this one (zoo-26 for zoo-26.yaml), give the path "
+            "to its .yaml, or name a model `qd models` lists",
+            where,
+        )
     if path.resolve() == here.resolve():
-        raise RecipeError(f"{limits.shown(source)} is this recipe itself; name the recipe that trains the shared model", where)
+        raise RecipeError(
+            f"{limits.shown(source)} is this recipe itself; name the recipe that trains the shared model", where
+        )
     # load() refuses a named recipe that itself uses `model.from` (shared_by), so no chain or cycle is followed.
     shared = load(path, registry, shared_by=where)
     # The recipe's model exported and imported elsewhere is a pack under the recipe's name.
@@ -270,12 +329,17 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _recognizer(data: dict, dataset: Step, generate: GenerateConfig, registry: Registry, label: str, folder: Path) -> Step | None:
+def _recognizer(
+    data: dict, dataset: Step, generate: GenerateConfig, registry: Registry, label: str, folder: Path
+) -> Step | None:
     """The `recognizer:` step. Without one, the default when it is installed; a recipe that
     needs a recognizer (best_of) and cannot have one fails here, before any training."""
     if generate.best_of > 1 and not categories_of(dataset.params):
-        raise RecipeError(f"best_of keeps the pictures most like the recipe's category, and dataset "
-                          f"{dataset.use!r} names none: use a Quick, Draw! dataset, or best_of: 1", f"{label}: generate.best_of")
+        raise RecipeError(
+            f"best_of keeps the pictures most like the recipe's category, and dataset "
+            f"{dataset.use!r} names none: use a Quick, Draw! dataset, or best_of: 1",
+            f"{label}: generate.best_of",
+        )
     if "recognizer" in data:
         return _step(data["recognizer"], "recognizers", "recognizer", registry, label, folder)
     if generate.best_of > 1 or DEFAULT_RECOGNIZER in registry.names("recognizers"):
@@ -316,5 +380,11 @@ def _step(value: Any, kind: str, where: str, registry: Registry, label: str, fol
 
 
 def _example(kind: str) -> str:
-    return {"datasets": "quickdraw", "seed_strategies": "prior", "filters": "sharpen", "writers": "gif",
-            "recognizers": DEFAULT_RECOGNIZER, "generators": "complete"}[kind]
+    return {
+        "datasets": "quickdraw",
+        "seed_strategies": "prior",
+        "filters": "sharpen",
+        "writers": "gif",
+        "recognizers": DEFAULT_RECOGNIZER,
+        "generators": "complete",
+    }[kind]

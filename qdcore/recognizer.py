@@ -14,6 +14,7 @@ From those this file computes what `qd eval` reports and what `generate.best_of`
 
 numpy only at import: scipy is imported where the distance is computed, TensorFlow never.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -177,11 +178,12 @@ def real_sets(classifier: Classifier, category: str, n: int, rng: np.random.Gene
             f"{len(unseen) + len(seen)}: use --n {(len(unseen) + len(seen)) // 2} or less"
         )
     pool = np.concatenate([unseen[rng.permutation(len(unseen))], seen[rng.permutation(len(seen))]])
-    return RealSets(pool[:n], pool[n:2 * n], min(len(unseen), 2 * n), unseen)
+    return RealSets(pool[:n], pool[n : 2 * n], min(len(unseen), 2 * n), unseen)
 
 
-def figures(classifier: Classifier, generated: np.ndarray, category: str, rng: np.random.Generator,
-            who: str = DEFAULT) -> dict:
+def figures(
+    classifier: Classifier, generated: np.ndarray, category: str, rng: np.random.Generator, who: str = DEFAULT
+) -> dict:
     """qd eval's recognizer figures for n generated 28x28 drawings of `category`: the fraction
     recognized, the Frechet distance to n real drawings and the distance between two real
     sets of n (its floor: what a perfect generator would score at this n), and the fraction
@@ -208,8 +210,9 @@ def figures(classifier: Classifier, generated: np.ndarray, category: str, rng: n
     }
 
 
-def real_figures(classifier: Classifier, category: str, n: int, rng: np.random.Generator, show,
-                 who: str = DEFAULT) -> dict:
+def real_figures(
+    classifier: Classifier, category: str, n: int, rng: np.random.Generator, show, who: str = DEFAULT
+) -> dict:
     """A display chain judged on real drawings: the figures of `figures` for n real drawings
     as they are (`raw`) and after `show` ((n, 28, 28) ink bright -> the same after the
     recipe's filters, scaled back to 28x28), against the same other n real drawings. A
@@ -228,8 +231,11 @@ def real_figures(classifier: Classifier, category: str, n: int, rng: np.random.G
         p, f = classifier.classify(images)
         fd = frechet_distance(f, f_a)
         floor = fd if floor is None else floor  # raw: the b set against the a set, as `figures` takes it
-        out[name] = {"recognized": float(recognized(p, columns).mean()), "frechet": fd,
-                     "frechet_over_floor": fd / floor if floor > 0 else float("inf"),
-                     "ink": float(images.mean())}
+        out[name] = {
+            "recognized": float(recognized(p, columns).mean()),
+            "frechet": fd,
+            "frechet_over_floor": fd / floor if floor > 0 else float("inf"),
+            "ink": float(images.mean()),
+        }
     out["frechet_floor"] = floor
     return out

@@ -1,4 +1,5 @@
 """Name -> component, remembering which plugin (and version) provided each name."""
+
 from __future__ import annotations
 
 import difflib
@@ -43,11 +44,14 @@ class Registry:
             raise PluginError(f"plugin {entry.plugin!r} registered a {KINDS[kind][1]} with an empty or non-string name")
         if kind in FILE_KINDS:
             if not isinstance(entry.factory, (str, os.PathLike)):
-                raise PluginError(f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} with a "
-                                  f"{type(entry.factory).__name__}: register the path of its .qdpack file")
+                raise PluginError(
+                    f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} with a "
+                    f"{type(entry.factory).__name__}: register the path of its .qdpack file"
+                )
         elif not callable(entry.factory):
             raise PluginError(
-                f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} with a {type(entry.factory).__name__}, "
+                f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} "
+                f"with a {type(entry.factory).__name__}, "
                 "which is not callable: register a class or function that builds it"
             )
         if entry.name in table:

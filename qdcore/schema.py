@@ -5,6 +5,7 @@ yaml-language-server), the studio page (its forms are generated from it) and peo
 docs. Nothing here validates: params.py stays the one judge, and this file only describes
 what it accepts (types, ranges, choices, defaults) so the three never disagree.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -121,12 +122,17 @@ def config_schema(cls) -> dict:
 def _model_schema() -> dict:
     """ModelConfig plus `from` / `if_missing`, which draw from a shared model (docs/categories.md)."""
     s = config_schema(ModelConfig)
-    s["properties"]["from"] = {"type": "string",
-                               "description": "a recipe (zoo-26, or a path to its .yaml) whose trained multi-category "
-                                              "model draws this recipe's category, or a model pack (`qd models` lists them)"}
-    s["properties"]["if_missing"] = {"enum": ["error", "train"], "default": "error",
-                                     "description": "when neither that model nor a pack of its name is there: stop with an "
-                                                    "error, or train this recipe's own"}
+    s["properties"]["from"] = {
+        "type": "string",
+        "description": "a recipe (zoo-26, or a path to its .yaml) whose trained multi-category "
+        "model draws this recipe's category, or a model pack (`qd models` lists them)",
+    }
+    s["properties"]["if_missing"] = {
+        "enum": ["error", "train"],
+        "default": "error",
+        "description": "when neither that model nor a pack of its name is there: stop with an "
+        "error, or train this recipe's own",
+    }
     return s
 
 
@@ -134,8 +140,15 @@ def recipe_schema(registry: Registry) -> dict:
     """The whole recipe: every installed plugin's components and their parameters."""
     output = step_schema("writers", registry)
     # `output:` also takes `path:`, which the recipe loader reads before the writer sees it.
-    output = {"anyOf": [{**o, "properties": {**o["properties"], "path": {"type": "string", "format": "path"}}}
-                        if "properties" in o else o for o in output["anyOf"]], "description": output["description"]}
+    output = {
+        "anyOf": [
+            {**o, "properties": {**o["properties"], "path": {"type": "string", "format": "path"}}}
+            if "properties" in o
+            else o
+            for o in output["anyOf"]
+        ],
+        "description": output["description"],
+    }
     return {
         "$schema": DRAFT,
         "title": "qd recipe",
@@ -150,11 +163,19 @@ def recipe_schema(registry: Registry) -> dict:
             "model": _model_schema(),
             "train": config_schema(TrainConfig),
             "generate": config_schema(GenerateConfig),
-            "seeds": {"type": "array", "items": {"$ref": "#/$defs/seed_strategy"}, "minItems": 1,
-                      "default": [{"use": "prior"}],
-                      "description": "one source first, then any perturbations, in order"},
-            "filters": {"type": "array", "items": {"$ref": "#/$defs/filter"}, "default": [],
-                        "description": "applied in order to every canvas of every step"},
+            "seeds": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/seed_strategy"},
+                "minItems": 1,
+                "default": [{"use": "prior"}],
+                "description": "one source first, then any perturbations, in order",
+            },
+            "filters": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/filter"},
+                "default": [],
+                "description": "applied in order to every canvas of every step",
+            },
             "output": {"$ref": "#/$defs/writer"},
             "recognizer": {"$ref": "#/$defs/recognizer"},
             "mode": {"$ref": "#/$defs/generator"},

@@ -3,6 +3,7 @@
 Without the data they skip on a developer's machine (with the reason) but FAIL under CI
 (CI=true), so a CI run can never go green while silently skipping the real-data tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qd-cache"))
 
 
-def write_distribution(root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1") -> Path:
+def write_distribution(
+    root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1"
+) -> Path:
     """Make `root` look like a site-packages holding distribution `dist`: its modules plus a
     .dist-info with `qd` entry points. Put `root` on sys.path (or PYTHONPATH) to install it."""
     root.mkdir(parents=True, exist_ok=True)

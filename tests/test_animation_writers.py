@@ -1,5 +1,6 @@
 """The GIF's animation as WebP and MP4: same frames, same timing, read back; and a
 completion's steps in two inks (the person's, then the model's)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,6 @@
 """Many categories as one dataset (real Quick, Draw! files): labels and class names, balanced
 and proportional mixing, the per-category held-out split, and memmaps that stay on disk."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -28,8 +29,12 @@ def test_several_categories_give_labels_names_and_rows_from_each_file(quickdraw_
     assert isinstance(s.images, ImageStack) and all(isinstance(p, np.memmap) for p in s.images.parts)
     assert np.array_equal(np.bincount(s.labels), [40, 40, 40])
     rows = np.array([0, 39, 40, 79, 80, 119, 41])
-    expect = np.stack([raw(quickdraw_dir, c)[i] for c, i in
-                       [("cat", 0), ("cat", 39), ("apple", 0), ("apple", 39), ("fish", 0), ("fish", 39), ("apple", 1)]])
+    expect = np.stack(
+        [
+            raw(quickdraw_dir, c)[i]
+            for c, i in [("cat", 0), ("cat", 39), ("apple", 0), ("apple", 39), ("fish", 0), ("fish", 39), ("apple", 1)]
+        ]
+    )
     assert np.array_equal(s.images[rows], expect)
     assert np.array_equal(s.images[40:42], raw(quickdraw_dir, "apple")[:2])
     assert s.images[80, 14, 14] == raw(quickdraw_dir, "fish")[0, 14, 14]
@@ -76,8 +81,13 @@ def test_loading_26_categories_reads_no_images_into_memory(quickdraw_dir, tmp_pa
 
 def _set(counts: list[int], mix: str) -> ImageSet:
     labels = np.repeat(np.arange(len(counts), dtype=np.int16), counts)
-    return ImageSet(np.zeros((sum(counts), 2, 2), np.uint8), "x", labels=labels,
-                    classes=[f"c{i}" for i in range(len(counts))], mix=mix)
+    return ImageSet(
+        np.zeros((sum(counts), 2, 2), np.uint8),
+        "x",
+        labels=labels,
+        classes=[f"c{i}" for i in range(len(counts))],
+        mix=mix,
+    )
 
 
 def test_balanced_mixing_shows_each_category_equally_often_and_every_drawing(quickdraw_dir):
@@ -143,8 +153,13 @@ def test_bench_data_prints_the_memory_of_a_many_category_set(tmp_path, quickdraw
     recipe = tmp_path / "three.yaml"
     recipe.write_text("dataset: {use: quickdraw, category: [cat, apple, fish], limit: 200}\ntrain: {batch_size: 50}\n")
     qd = str(Path(sys.executable).parent / "qd")
-    r = subprocess.run([qd, "bench", "data", str(recipe), "--batches", "3"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "QD_DATA_DIR": str(quickdraw_dir), "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers"})
+    r = subprocess.run(
+        [qd, "bench", "data", str(recipe), "--batches", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "QD_DATA_DIR": str(quickdraw_dir), "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers"},
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["categories"] == 3 and out["drawings"] == 600 and out["image_bytes"] == 600 * 784

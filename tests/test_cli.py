@@ -1,5 +1,6 @@
 """The `qd` command as a user meets it: hostile recipes each give one `Error:` line, the
 documented exit code, no traceback and no output file; fast commands never import TensorFlow."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,11 @@ HOSTILE = {
     "no dataset": ("name: x\n", 2, "missing section `dataset:`"),
     "dataset without use": ("dataset: {category: apple}\n", 2, "missing `use:`"),
     "unknown dataset": ("dataset: {use: quickdraws, category: apple}\n", 2, "Did you mean 'quickdraw'"),
-    "unknown filter": (OK + "filters: [sharpn]\n", 2, "filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'"),
+    "unknown filter": (
+        OK + "filters: [sharpn]\n",
+        2,
+        "filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'",
+    ),
     "unknown seed strategy": (OK + "seeds: [{use: sobel-edge}]\n", 2, "Did you mean 'sobel-edges'"),
     "unknown writer": (OK + "output: {use: giff}\n", 2, "Can't find writer 'giff'"),
     "unknown key": (OK + "filters: [{use: sharpen, amount: 2}]\n", 2, "filters[0].amount: unknown key 'amount'"),
@@ -97,10 +102,13 @@ def test_output_under_a_file_is_refused_before_work(tmp_path):
     assert_one_error(qd("run", p, "--out", tmp_path / "afile" / "x.gif"), 2, "is a file, not a folder")
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (b"not a numpy file at all", "apple.npy"),
-    (None, "apple.npy"),  # a valid .npy of the wrong shape
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"not a numpy file at all", "apple.npy"),
+        (None, "apple.npy"),  # a valid .npy of the wrong shape
+    ],
+)
 def test_bad_local_data_file_fails_before_training(tmp_path, content, fragment):
     data = tmp_path / "data" / "numpy_bitmap"
     data.mkdir(parents=True)
@@ -111,14 +119,20 @@ def test_bad_local_data_file_fails_before_training(tmp_path, content, fragment):
     p = tmp_path / "r.yaml"
     p.write_text(OK)
     out = tmp_path / "out.gif"
-    r = qd("run", p, "--out", out, env={"QD_DATA_DIR": str(tmp_path / "data"), "QD_DOWNLOAD_URL": "http://127.0.0.1:9/"})
+    r = qd(
+        "run", p, "--out", out, env={"QD_DATA_DIR": str(tmp_path / "data"), "QD_DOWNLOAD_URL": "http://127.0.0.1:9/"}
+    )
     assert_one_error(r, 2, fragment)
     assert not out.exists()
 
 
 def test_plugin_that_raises_at_import(tmp_path):
-    site = write_distribution(tmp_path / "site", "qd-broken", {"qdtest_broken": "raise ImportError('no such lib')\n"},
-                              {"broken": "qdtest_broken"})
+    site = write_distribution(
+        tmp_path / "site",
+        "qd-broken",
+        {"qdtest_broken": "raise ImportError('no such lib')\n"},
+        {"broken": "qdtest_broken"},
+    )
     p = tmp_path / "r.yaml"
     p.write_text(OK + "seeds: [{use: spiral}]\n")
     env = {"PYTHONPATH": str(site), "QD_LOAD_PLUGINS": BUILTINS + ",broken"}
@@ -170,10 +184,18 @@ def test_plugins_json_lists_the_builtins():
 @pytest.mark.parametrize("argv", [["plugins", "--json"], ["validate", "recipes/apple.yaml"], ["models", "--json"]])
 def test_fast_commands_never_import_tensorflow(argv):
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys\nfrom qdcore.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n" % argv)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
-                       env={**os.environ, "QD_LOAD_PLUGINS": BUILTINS})
+    code = (
+        "import sys\nfrom qdcore.cli import main\ntry:\n    main(%r)\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n" % argv
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "QD_LOAD_PLUGINS": BUILTINS},
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -194,6 +216,7 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     r = qd("sample", recipe, "--n", 6, "--out", tmp_path / "s.png", "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     from PIL import Image
+
     assert Image.open(tmp_path / "s.png").size == (3 * 40 + 2 * 2, 2 * 40 + 2)  # 6 samples on a 3x2 grid
     r = qd("eval", recipe, "--quiet", env=env, timeout=900)  # trains the tiny recognizer
     assert r.returncode == 0, r.stderr
@@ -219,7 +242,18 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     assert real["category"] == "cat" and real["n"] == 100 and "bound" not in real
     assert real["raw"]["frechet"] == real["frechet_floor"] > 0 and real["raw"]["frechet_over_floor"] == 1.0
     assert real["filtered"] == pytest.approx(real["raw"])
-    r = qd("eval", recipe, "--quiet", "--real", "--n", 100, "-s", "filters[0]={use: ink, size: 84, width: 3}", env=env, timeout=600)
+    r = qd(
+        "eval",
+        recipe,
+        "--quiet",
+        "--real",
+        "--n",
+        100,
+        "-s",
+        "filters[0]={use: ink, size: 84, width: 3}",
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     pen = json.loads(r.stdout)
     assert pen["raw"] == real["raw"] and pen["filtered"]["ink"] < 0.7 * pen["raw"]["ink"]
@@ -228,7 +262,11 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     two.write_text(recipe.read_text().replace("category: cat", "category: [cat, apple]"))
     r = qd("eval", two, "--quiet", "--real", env=env)
     last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode == 2 and last.startswith("Error: --real needs the recognizer figures") and "names 2 categories" in last
+    assert (
+        r.returncode == 2
+        and last.startswith("Error: --real needs the recognizer figures")
+        and "names 2 categories" in last
+    )
 
 
 def test_bench_quality_prints_one_json_line_and_writes_the_sheet(tmp_path, quickdraw_dir):
@@ -243,14 +281,23 @@ filters: [{use: upscale, size: 32}]
     sheet = tmp_path / "sheet.png"
     # The recipe's 10,000 iterations would have auto measure the step plans first (a minute
     # or more); what is tested here is the quality bench, so the plan is named.
-    r = qd("bench", "quality", recipe, "--minutes", 0.02, "--sheet", sheet,
-           env={"QD_DATA_DIR": str(quickdraw_dir), "QD_STEP_PLAN": "float32-xla"})
+    r = qd(
+        "bench",
+        "quality",
+        recipe,
+        "--minutes",
+        0.02,
+        "--sheet",
+        sheet,
+        env={"QD_DATA_DIR": str(quickdraw_dir), "QD_STEP_PLAN": "float32-xla"},
+    )
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout)  # the whole of stdout is one JSON document
     assert [m["minutes"] for m in figures["marks"]] == [0.02]
     assert figures["marks"][0]["step"] > 0 and figures["n_held_out"] == 20
     assert figures["sheet"] == str(sheet)
     from PIL import Image
+
     assert Image.open(sheet).size == (2 * 32 + 2, 2 * 32 + 2)  # 4 samples, upscaled, 2x2 grid
 
 
@@ -260,8 +307,18 @@ def test_bench_train_prints_every_plan_and_auto_choice(tmp_path):
     from qdcore.training.plan import cpu_count
 
     cache = tmp_path / "cache"
-    r = qd("bench", "train", "--iterations", 1, "--batch-size", 8, "--no-bf16", "--quiet",
-           env={"QD_CACHE_DIR": str(cache)}, timeout=600)
+    r = qd(
+        "bench",
+        "train",
+        "--iterations",
+        1,
+        "--batch-size",
+        8,
+        "--no-bf16",
+        "--quiet",
+        env={"QD_CACHE_DIR": str(cache)},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout)  # the whole of stdout is one JSON document
     assert figures["numpy_matmul_peak_gflop_per_s"] > 0
@@ -275,7 +332,9 @@ def test_bench_train_prints_every_plan_and_auto_choice(tmp_path):
     assert ref["threads"] == [0, 0]  # the reference runs at TensorFlow's defaults
     for row in rows:  # each plan's own process set its own threads before TensorFlow started
         assert row["threads"] == ([0, 0] if row["plan"] == "float32-xla" else [1, cpu_count()])
-        assert row["ratio_to_reference"] == pytest.approx(row["images_per_s_median"] / ref["images_per_s_median"], abs=0.01)
+        assert row["ratio_to_reference"] == pytest.approx(
+            row["images_per_s_median"] / ref["images_per_s_median"], abs=0.01
+        )
     assert figures["auto"] == default["plan"] == max(rows, key=lambda row: row["images_per_s_median"])["plan"]
     assert figures["images_per_s_ratio_default_over_reference"] == default["ratio_to_reference"]
     cached = json.loads(Path(figures["plan_cache"]).read_text())
@@ -283,4 +342,6 @@ def test_bench_train_prints_every_plan_and_auto_choice(tmp_path):
     assert [row["name"] for row in cached["rows"]] == names
 
     both = qd("bench", "train", "--precision", "bfloat16", "--no-bf16", env={"QD_CACHE_DIR": str(cache)})
-    assert both.returncode == 2 and both.stderr.strip().splitlines()[-1].startswith("Error: --precision bfloat16 with --no-bf16")
+    assert both.returncode == 2 and both.stderr.strip().splitlines()[-1].startswith(
+        "Error: --precision bfloat16 with --no-bf16"
+    )

@@ -1,5 +1,6 @@
 """Class-conditional DRAW: a named category steers sampling and reconstruction, labels reach
 the loss, and a one-category model stays today's unconditional model, variable for variable."""
+
 from __future__ import annotations
 
 import numpy as np

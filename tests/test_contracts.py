@@ -1,6 +1,7 @@
 """Contracts between code and docs (as datasette does): every hook documented with its exact
 signature and a runnable example, every hook exercised by a test, every shipped recipe valid,
 the README's test command identical to what CI runs, every recipe key documented."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,15 @@ HOOK_DOC = (ROOT / "docs" / "hooks.md").read_text()
 
 
 def test_there_are_seven_hooks():
-    assert sorted(HOOKS) == ["qd_register_datasets", "qd_register_filters", "qd_register_generators", "qd_register_models",
-                             "qd_register_recognizers", "qd_register_seed_strategies", "qd_register_writers"]
+    assert sorted(HOOKS) == [
+        "qd_register_datasets",
+        "qd_register_filters",
+        "qd_register_generators",
+        "qd_register_models",
+        "qd_register_recognizers",
+        "qd_register_seed_strategies",
+        "qd_register_writers",
+    ]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -54,7 +62,9 @@ def test_each_hook_has_an_example_and_every_example_runs(tmp_path, monkeypatch):
     for i, code in enumerate(examples):
         ns: dict = {"__file__": str(tmp_path / f"example{i}.py")}  # as a plugin module has
         exec(compile(code, f"docs/hooks.md example {i}", "exec"), ns)
-        modules.append((f"example{i}", type("M", (), {k: staticmethod(v) for k, v in ns.items() if k.startswith("qd_")})()))
+        modules.append(
+            (f"example{i}", type("M", (), {k: staticmethod(v) for k, v in ns.items() if k.startswith("qd_")})())
+        )
     reg = build(extra=modules).registry
     ctx = Context((12, 12), np.random.default_rng(0), tmp_path, None, tmp_path)
     data = reg.get("datasets", "squares").factory(count=4).load(ctx)
@@ -80,7 +90,9 @@ def test_each_hook_has_an_example_and_every_example_runs(tmp_path, monkeypatch):
     unseen, seen = classifier.drawings("left")
     assert len(unseen) == len(seen) == 3
     # A pack is registered by path; reading it waits until a recipe or `qd models` asks.
-    assert [(n, str(reg.get("models", n).factory)) for n in reg.names("models")] == [("doodles", str(tmp_path / "doodles.qdpack"))]
+    assert [(n, str(reg.get("models", n).factory)) for n in reg.names("models")] == [
+        ("doodles", str(tmp_path / "doodles.qdpack"))
+    ]
 
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -111,8 +123,9 @@ def test_every_recipe_key_is_documented():
         assert f"`{key}`" in doc, key
     for cls, section in ((ModelConfig, "model"), (TrainConfig, "train"), (GenerateConfig, "generate")):
         for f in dataclasses.fields(cls):
-            assert re.search(rf"`{section}\.{f.name}`.*`{re.escape(repr(f.default))}`", doc) or \
-                re.search(rf"`{section}\.{f.name}`.*`{f.default}`", doc), f"{section}.{f.name} (default {f.default}) missing"
+            assert re.search(rf"`{section}\.{f.name}`.*`{re.escape(repr(f.default))}`", doc) or re.search(
+                rf"`{section}\.{f.name}`.*`{f.default}`", doc
+            ), f"{section}.{f.name} (default {f.default}) missing"
 
 
 def test_every_builtin_is_documented(monkeypatch):

@@ -1,4 +1,5 @@
 """Datasets: loading, lookup order, downloading from a local server, and every bad-data error."""
+
 from __future__ import annotations
 
 import http.server
@@ -48,7 +49,9 @@ def test_category_list_is_the_345_names():
     assert {"windmill", "coffee cup", "alarm clock", "The Eiffel Tower"} <= set(names)
 
 
-@pytest.mark.parametrize("wrong, suggestion", [("windmil", "windmill"), ("Coffee_Cup", "coffee cup"), ("aple", "apple")])
+@pytest.mark.parametrize(
+    "wrong, suggestion", [("windmil", "windmill"), ("Coffee_Cup", "coffee cup"), ("aple", "apple")]
+)
 def test_unknown_category_suggests_close_names(wrong, suggestion):
     with pytest.raises(InputError) as e:
         QuickDraw(category=wrong)
@@ -58,8 +61,16 @@ def test_unknown_category_suggests_close_names(wrong, suggestion):
 
 
 def test_parameters_validate_through_the_recipe_checker():
-    out = check(QuickDraw, {"category": ["apple", "cat"], "limit": 10, "binarize": "threshold", "threshold": 0.3}, "dataset")
-    assert out == {"category": ["apple", "cat"], "limit": 10, "binarize": "threshold", "threshold": 0.3, "mix": "balanced"}
+    out = check(
+        QuickDraw, {"category": ["apple", "cat"], "limit": 10, "binarize": "threshold", "threshold": 0.3}, "dataset"
+    )
+    assert out == {
+        "category": ["apple", "cat"],
+        "limit": 10,
+        "binarize": "threshold",
+        "threshold": 0.3,
+        "mix": "balanced",
+    }
     assert check(QuickDrawStrokes, {"category": "windmill"}, "dataset")["supersample"] == 8
     for bad in ({"category": "apple", "limit": 0}, {"category": "apple", "binarize": "otsu"}, {"category": 3}, {}):
         with pytest.raises(RecipeError):
@@ -290,14 +301,22 @@ def test_raster_cache_follows_the_source(data):
 
 @pytest.mark.parametrize(
     "text, expect",
-    [("", "holds no drawings"), ('{"word": "x", "drawing": [[[0, 1], [0, 1]]]}\n{not json\n', "line 2"),
-     ('{"word": "x"}\n', "line 1"), ('{"drawing": [[[0, 1, 2], [0, 1]]]}\n', "line 1"),
-     ('{"drawing": [[0, 1]]}\n', "line 1"),
-     # issue 17: odd coordinates were exit 1 "unexpected ValueError" with no file or line
-     ('{"drawing": [[[0, 1], [0, 1]]]}\n{"drawing": [[["a", "b"], [0, 1]]]}\n', "line 2"),
-     ('{"drawing": [[[[0], [1]], [0, 1]]]}\n', "line 1"), ('{"drawing": [[[true, 1], [0, 1]]]}\n', "line 1"),
-     ('{"drawing": [[[1e300, 1], [0, 1]]]}\n', "line 1"), ('{"drawing": [[[NaN, 1], [0, 1]]]}\n', "line 1"),
-     ('[1, 2]\n', "line 1"), ('"drawing"\n', "line 1"), ('{"drawing": ' + "[" * 5000 + "]" * 5000 + '}\n', "line 1")],
+    [
+        ("", "holds no drawings"),
+        ('{"word": "x", "drawing": [[[0, 1], [0, 1]]]}\n{not json\n', "line 2"),
+        ('{"word": "x"}\n', "line 1"),
+        ('{"drawing": [[[0, 1, 2], [0, 1]]]}\n', "line 1"),
+        ('{"drawing": [[0, 1]]}\n', "line 1"),
+        # issue 17: odd coordinates were exit 1 "unexpected ValueError" with no file or line
+        ('{"drawing": [[[0, 1], [0, 1]]]}\n{"drawing": [[["a", "b"], [0, 1]]]}\n', "line 2"),
+        ('{"drawing": [[[[0], [1]], [0, 1]]]}\n', "line 1"),
+        ('{"drawing": [[[true, 1], [0, 1]]]}\n', "line 1"),
+        ('{"drawing": [[[1e300, 1], [0, 1]]]}\n', "line 1"),
+        ('{"drawing": [[[NaN, 1], [0, 1]]]}\n', "line 1"),
+        ("[1, 2]\n", "line 1"),
+        ('"drawing"\n', "line 1"),
+        ('{"drawing": ' + "[" * 5000 + "]" * 5000 + "}\n", "line 1"),
+    ],
 )
 def test_bad_ndjson_is_an_input_error(data, text, expect):
     path = data / "simplified" / "hexagon.ndjson"
@@ -334,7 +353,7 @@ def doodle(size, dark_on_light: bool) -> np.ndarray:
     """A filled square in the middle, ink value 1, as a float image of `size` (h, w)."""
     h, w = size
     ink = np.zeros(size, np.float32)
-    ink[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 1.0
+    ink[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = 1.0
     return 1.0 - ink if dark_on_light else ink
 
 
@@ -385,7 +404,9 @@ def test_images_pad_keeps_the_aspect_ratio(data, tmp_path):
     assert stretched.min() > 0.95
 
 
-@pytest.mark.parametrize("make, expect", [("missing", "does not exist"), ("empty", "no .png"), ("broken", "not a readable image")])
+@pytest.mark.parametrize(
+    "make, expect", [("missing", "does not exist"), ("empty", "no .png"), ("broken", "not a readable image")]
+)
 def test_images_errors(data, tmp_path, make, expect):
     folder = tmp_path / "doodles"
     if make != "missing":
@@ -415,8 +436,12 @@ def test_every_builtin_parameter_is_documented_in_its_section():
     from qdplugins import datasets
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "builtins.md").read_text()
-    hooks = [(datasets, "qd_register_datasets"), (qdplugins.seeds, "qd_register_seed_strategies"),
-             (qdplugins.filters, "qd_register_filters"), (qdplugins.writers, "qd_register_writers")]
+    hooks = [
+        (datasets, "qd_register_datasets"),
+        (qdplugins.seeds, "qd_register_seed_strategies"),
+        (qdplugins.filters, "qd_register_filters"),
+        (qdplugins.writers, "qd_register_writers"),
+    ]
     seen = 0
     for module, hook in hooks:
         found = []

@@ -12,6 +12,7 @@ rows, a gradient summed twice) is off by far more.
 
 Every subprocess has a timeout; a hang fails the test instead of stalling the suite.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,13 @@ train: {{iterations: {iterations}, batch_size: 16, checkpoint_every: {checkpoint
 
 
 def _env(cache: Path, quickdraw_dir: Path, tf_config: dict | None) -> dict:
-    env = {**os.environ, "QD_CACHE_DIR": str(cache), "QD_DATA_DIR": str(quickdraw_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "QD_COLLECTIVE_TIMEOUT": "60"}
+    env = {
+        **os.environ,
+        "QD_CACHE_DIR": str(cache),
+        "QD_DATA_DIR": str(quickdraw_dir),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "QD_COLLECTIVE_TIMEOUT": "60",
+    }
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
@@ -66,14 +72,23 @@ def _env(cache: Path, quickdraw_dir: Path, tf_config: dict | None) -> dict:
 
 
 def _start(recipe: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _workers(recipe: Path, caches: list[Path], quickdraw_dir: Path) -> list[subprocess.Popen]:
     hosts = [f"localhost:{p}" for p in _free_ports(len(caches))]
-    return [_start(recipe, _env(cache, quickdraw_dir, {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}}))
-            for i, cache in enumerate(caches)]
+    return [
+        _start(
+            recipe, _env(cache, quickdraw_dir, {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
+        )
+        for i, cache in enumerate(caches)
+    ]
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = DEADLINE) -> list[tuple[int, str, str]]:
@@ -109,7 +124,11 @@ def _scalars(model_dir: Path, only_newest: bool = False) -> dict[str, dict[int, 
 
 def _weights(model_dir: Path) -> dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("model/") and "noise" not in k}
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if k.startswith("model/") and "noise" not in k
+    }
 
 
 def _check(results, who: str):
@@ -191,7 +210,9 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path, quickdraw_dir
 # set the new key must find the models cached by earlier versions.
 KEYS_BEFORE_DISTRIBUTE = {
     "dataset: {use: quickdraw, category: cat}": "d2e21ea1ade04d3a",
-    "dataset: {use: quickdraw, category: cat}\ntrain: {iterations: 2500, batch_size: 100, precision: float32}": "ab249997a54355cd",
+    (
+        "dataset: {use: quickdraw, category: cat}\ntrain: {iterations: 2500, batch_size: 100, precision: float32}"
+    ): "ab249997a54355cd",
 }
 
 

@@ -1,6 +1,7 @@
 """Downloading from a hostile server on 127.0.0.1 (issue 11): truncated bodies, wrong lengths,
 HTML error pages, 404s, 5xx and stalls. A bounded timeout, retries with backoff, one clear
 error, no partial file in the cache, and an interrupted download never poisons the next run."""
+
 from __future__ import annotations
 
 import http.server
@@ -66,7 +67,7 @@ class Hostile:
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body) if length is None else length))
                 self.end_headers()
-                self.wfile.write(body[: length] if length is not None else body)
+                self.wfile.write(body[:length] if length is not None else body)
 
             def log_message(self, *a):
                 pass
@@ -112,14 +113,17 @@ def nothing_left(tmp_path) -> bool:
     return not folder.exists() or list(folder.iterdir()) == []
 
 
-@pytest.mark.parametrize("act, words, tries", [
-    ("404", "HTTP 404", 1),  # a missing file is not retried
-    ("html", "an HTML page", 1),
-    ("500", "HTTP 500", 3),
-    ("truncated", "stopped after", 3),
-    ("wrong length", "bytes", 3),
-    ("stall", "timed out", 3),
-])
+@pytest.mark.parametrize(
+    "act, words, tries",
+    [
+        ("404", "HTTP 404", 1),  # a missing file is not retried
+        ("html", "an HTML page", 1),
+        ("500", "HTTP 500", 3),
+        ("truncated", "stopped after", 3),
+        ("wrong length", "bytes", 3),
+        ("stall", "timed out", 3),
+    ],
+)
 def test_a_hostile_server_gives_one_clear_error_and_no_file(tmp_path, fast, act, words, tries):
     with Hostile(act) as server:
         start = time.monotonic()

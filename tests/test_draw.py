@@ -1,4 +1,5 @@
 """The DRAW model: attention geometry, the KL term, shapes, generation, numerical safety."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,12 +55,12 @@ def test_kl_matches_closed_form_and_monte_carlo():
     log_sigma = rng.normal(scale=0.5, size=(3, 4)).astype(np.float32)
     kl = gaussian_kl(tf.constant(mu), tf.constant(log_sigma)).numpy()
     sigma2 = np.exp(2 * log_sigma)
-    closed = 0.5 * np.sum(mu ** 2 + sigma2 - np.log(sigma2) - 1, axis=1)
+    closed = 0.5 * np.sum(mu**2 + sigma2 - np.log(sigma2) - 1, axis=1)
     np.testing.assert_allclose(kl, closed, rtol=1e-5)
     # Independent check: E_q[log q(z) - log p(z)] by sampling.
     z = mu + np.exp(log_sigma) * rng.standard_normal((200_000, 3, 4))
     log_q = -0.5 * ((z - mu) / np.exp(log_sigma)) ** 2 - log_sigma
-    log_p = -0.5 * z ** 2
+    log_p = -0.5 * z**2
     np.testing.assert_allclose(kl, (log_q - log_p).sum(axis=2).mean(axis=0), rtol=0.02, atol=0.02)
     # The prior against itself costs nothing: the -1 is per dimension.
     assert gaussian_kl(tf.zeros([1, 10]), tf.zeros([1, 10])).numpy()[0] == 0.0

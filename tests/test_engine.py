@@ -1,5 +1,6 @@
 """End to end on real Quick, Draw! data with a tiny model: the engine's order, the model
 cache, byte-for-byte reproducibility, and atomic output."""
+
 from __future__ import annotations
 
 import os
@@ -83,8 +84,10 @@ def test_the_run_object_makes_each_step_once_and_its_reporter_gets_the_run_lines
 
 def test_prior_and_steps_gif_with_attention_boxes(tmp_path, registry, quickdraw_dir):
     text = TINY.replace("seeds:\n  - {use: training-batch, pick: last}\n  - {use: random-pixels}\n", "seeds: [prior]\n")
-    text = text.replace("output: {use: gif, frames: samples, duration: 0.12, hold_last: 0.5}",
-                        "output: {use: gif, frames: steps, attention: true, duration: 0.2, spacing: 0}")
+    text = text.replace(
+        "output: {use: gif, frames: samples, duration: 0.12, hold_last: 0.5}",
+        "output: {use: gif, frames: steps, attention: true, duration: 0.2, spacing: 0}",
+    )
     r = load(recipe_file(tmp_path, text), registry)
     out = engine.run(r, out=tmp_path / "steps.gif").path
     frames = iio.imread(out, index=None)

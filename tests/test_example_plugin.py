@@ -1,5 +1,6 @@
 """The third-party example in docs/examples/qd-spiral, installed for real with pip where the
 `qd` command can see it, listed by `qd plugins --json`, and used by name in a recipe run."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,21 @@ def spiral_site(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     # --no-build-isolation: build with this environment's setuptools, no index needed;
     # --no-deps: qd itself is already installed here.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(ROOT / "docs" / "examples" / "qd-spiral")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(ROOT / "docs" / "examples" / "qd-spiral"),
+        ],
+        check=True,
+    )
     return site
 
 
@@ -34,9 +48,22 @@ def test_qd_plugins_lists_the_installed_example(spiral_site, tmp_path):
     r = run_qd(["plugins", "--json"], spiral_site, tmp_path)
     assert r.returncode == 0, r.stderr
     spiral = [p for p in json.loads(r.stdout) if p["name"] == "spiral"]
-    assert spiral == [{"name": "spiral", "version": "0.1.0", "hooks": ["qd_register_seed_strategies"],
-                       "provides": {"datasets": [], "seed_strategies": ["spiral"], "filters": [], "writers": [], "recognizers": [],
-                                    "generators": [], "models": []}}]
+    assert spiral == [
+        {
+            "name": "spiral",
+            "version": "0.1.0",
+            "hooks": ["qd_register_seed_strategies"],
+            "provides": {
+                "datasets": [],
+                "seed_strategies": ["spiral"],
+                "filters": [],
+                "writers": [],
+                "recognizers": [],
+                "generators": [],
+                "models": [],
+            },
+        }
+    ]
 
 
 def test_a_recipe_uses_the_example_by_name(spiral_site, tmp_path, quickdraw_dir):
@@ -64,7 +91,13 @@ output: {use: gif, frames: steps, duration: 0.2}
 def test_the_examples_own_tests_pass_against_the_installed_package(spiral_site, tmp_path):
     tests = ROOT / "docs" / "examples" / "qd-spiral" / "test_qd_spiral.py"
     env = {**os.environ, "PYTHONPATH": str(spiral_site)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tests)],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tests)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed" in r.stdout

@@ -4,6 +4,7 @@ Nothing is lost: a rerun resumes from the newest complete checkpoint and ends wi
 GIF, byte for byte, as a run that was never interrupted; a signal exits 130 / 143 with one
 line and leaves no half-written file.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,12 @@ import pytest
 
 QD = str(Path(sys.executable).parent / "qd")
 
-RECIPE = ("name: faults\ndataset: {{use: quickdraw, category: apple, limit: 60}}\n"
-          "model: {{height: 12, width: 12, T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}}\n"
-          "train: {{iterations: {iterations}, batch_size: 8, checkpoint_every: 1, precision: bfloat16}}\n"
-          "generate: {{n: {n}}}\n{extra}")
+RECIPE = (
+    "name: faults\ndataset: {{use: quickdraw, category: apple, limit: 60}}\n"
+    "model: {{height: 12, width: 12, T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}}\n"
+    "train: {{iterations: {iterations}, batch_size: 8, checkpoint_every: 1, precision: bfloat16}}\n"
+    "generate: {{n: {n}}}\n{extra}"
+)
 
 
 def recipe(tmp_path: Path, iterations: int = 120, n: int = 4, extra: str = "") -> Path:
@@ -42,8 +45,15 @@ def default_sigint():
 
 
 def start(cache: Path, *args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([QD, *map(str, args)], env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=default_sigint, **kw)
+    return subprocess.Popen(
+        [QD, *map(str, args)],
+        env=env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+        **kw,
+    )
 
 
 def wait_for_checkpoint(cache: Path, proc: subprocess.Popen, timeout: float = 180) -> Path:
@@ -73,7 +83,9 @@ def newest_restores(checkpoints: Path) -> int:
 
 
 def half_written(*folders: Path) -> list[str]:
-    return sorted(str(p) for f in folders for p in f.rglob("*") if ".part" in p.name or p.name.endswith(("_temp", ".tmp")))
+    return sorted(
+        str(p) for f in folders for p in f.rglob("*") if ".part" in p.name or p.name.endswith(("_temp", ".tmp"))
+    )
 
 
 def test_kill_9_at_random_moments_loses_nothing(tmp_path, quickdraw_dir):
@@ -91,11 +103,22 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, quickdraw_dir):
         proc.wait()
         steps.append(newest_restores(folder))
     assert steps == sorted(steps) and steps[-1] < 120, steps  # never went backwards, never finished
-    done = subprocess.run([QD, "run", r, "-o", tmp_path / "killed.gif", "--quiet"], env=env(cache), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [QD, "run", r, "-o", tmp_path / "killed.gif", "--quiet"],
+        env=env(cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "damaged" not in done.stderr
-    clean = subprocess.run([QD, "run", r, "-o", tmp_path / "clean.gif", "--quiet"], env=env(tmp_path / "clean"),
-                           capture_output=True, text=True, timeout=600)
+    clean = subprocess.run(
+        [QD, "run", r, "-o", tmp_path / "clean.gif", "--quiet"],
+        env=env(tmp_path / "clean"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert clean.returncode == 0, clean.stderr
     assert (tmp_path / "killed.gif").read_bytes() == (tmp_path / "clean.gif").read_bytes()
     assert half_written(cache, tmp_path) == []

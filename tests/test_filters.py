@@ -1,4 +1,5 @@
 """Post-filters: equal to Pillow's own output, any frame size, values kept in [0, 1]."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """qd bench frontier: candidates are valid recipes, equal compute means steps from measured speed,
 timings are measured once per machine and plan, and the table ranks by Frechet / floor."""
+
 from __future__ import annotations
 
 import subprocess
@@ -33,11 +34,16 @@ def test_every_candidate_is_a_valid_override_of_the_recipe():
 def test_an_unknown_candidate_names_the_known_ones():
     with pytest.raises(InputError, match="T20-z32"):
         bf.by_name(["blog", "T99"])
-    proc = subprocess.run([str(Path(sys.executable).parent / "qd"), "bench", "frontier", str(CAT), "--candidate", "T99",
-                           "--time-only"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "qd"), "bench", "frontier", str(CAT), "--candidate", "T99", "--time-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "Error: no frontier candidate named T99; the candidates: " + ", ".join(c.name for c in bf.CANDIDATES)]
+        "Error: no frontier candidate named T99; the candidates: " + ", ".join(c.name for c in bf.CANDIDATES)
+    ]
 
 
 def test_the_budget_buys_steps_in_proportion_to_measured_speed():
@@ -73,9 +79,16 @@ def test_the_table_ranks_by_frechet_over_floor():
     base = _recipe(CAT)
 
     def row(name, frechet):
-        return {"name": name, "model": base.model.as_dict(), "batch_size": 400, "learning_rate": 2e-3,
-                "images_per_s": 1000.0, "mflop_per_image": 52.0, "steps": 100,
-                "eval": {"bound": 240.0, "recognized": 0.5, "frechet": frechet, "frechet_floor": 3.0}}
+        return {
+            "name": name,
+            "model": base.model.as_dict(),
+            "batch_size": 400,
+            "learning_rate": 2e-3,
+            "images_per_s": 1000.0,
+            "mflop_per_image": 52.0,
+            "steps": 100,
+            "eval": {"bound": 240.0, "recognized": 0.5, "frechet": frechet, "frechet_floor": 3.0},
+        }
 
     text = bf.table({"candidates": [row("worse", 45.0), row("unscored", 0) | {"eval": None}, row("better", 15.0)]})
     lines = text.splitlines()

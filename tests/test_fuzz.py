@@ -7,6 +7,7 @@ Whole YAML documents and JSON bodies (issue 17) against `qd validate`, `qd run` 
 tests' tiny model and every studio POST endpoint: there, exit 0 or 2 (a 4xx) only.
 In-process and bounded (max_examples below) so the whole fuzzer stays near a minute.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,32 +25,92 @@ from hypothesis import strategies as st
 from qdcore import Context, Drawing, QdError
 from qdcore.params import Range, check, parameters
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # --- random recipe documents ----------------------------------------------------------------------
 
-KEYS = ["name", "seed", "dataset", "model", "train", "generate", "seeds", "filters", "output", "use",
-        "category", "limit", "path", "T", "height", "width", "iterations", "batch_size", "learning_rate",
-        "n", "frames", "duration", "size", "passes", "p_one", "count", "attention", "binarize", "précision", "🎨"]
-NAMES = ["quickdraw", "quickdraw-strokes", "images", "file-image", "training-batch", "prior", "sobel-edges",
-         "random-pixels", "sharpen", "upscale", "anti-alias", "invert", "gif", "png-sheet", "apple", "nope"]
+KEYS = [
+    "name",
+    "seed",
+    "dataset",
+    "model",
+    "train",
+    "generate",
+    "seeds",
+    "filters",
+    "output",
+    "use",
+    "category",
+    "limit",
+    "path",
+    "T",
+    "height",
+    "width",
+    "iterations",
+    "batch_size",
+    "learning_rate",
+    "n",
+    "frames",
+    "duration",
+    "size",
+    "passes",
+    "p_one",
+    "count",
+    "attention",
+    "binarize",
+    "précision",
+    "🎨",
+]
+NAMES = [
+    "quickdraw",
+    "quickdraw-strokes",
+    "images",
+    "file-image",
+    "training-batch",
+    "prior",
+    "sobel-edges",
+    "random-pixels",
+    "sharpen",
+    "upscale",
+    "anti-alias",
+    "invert",
+    "gif",
+    "png-sheet",
+    "apple",
+    "nope",
+]
 
 scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, 1, -1, 1e308, -1e308, 1e-320, float("nan"), float("inf"), 2 ** 63, 28, 0.5]),
-    st.text(max_size=20), st.sampled_from(NAMES),
+    st.sampled_from([0, 1, -1, 1e308, -1e308, 1e-320, float("nan"), float("inf"), 2**63, 28, 0.5]),
+    st.text(max_size=20),
+    st.sampled_from(NAMES),
 )
 documents = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner, max_size=5)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner, max_size=5),
+    ),
     max_leaves=25,
 )
 recipe_like = st.fixed_dictionaries(
-    {"dataset": st.one_of(documents, st.fixed_dictionaries({"use": st.sampled_from(NAMES)}, optional={"category": documents, "limit": documents}))},
+    {
+        "dataset": st.one_of(
+            documents,
+            st.fixed_dictionaries(
+                {"use": st.sampled_from(NAMES)}, optional={"category": documents, "limit": documents}
+            ),
+        )
+    },
     optional={k: documents for k in ["name", "seed", "model", "train", "generate", "seeds", "filters", "output"]},
 )
 
@@ -103,9 +164,23 @@ def test_random_recipe_documents_keep_the_contract(sandbox, capsys, doc):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
-                      st.sampled_from(["&a [*a, *a]", "a: &x [1]\nb: *x\n", "!!binary AAAA", "? [a]\n: b",
-                                       "dataset: !!python/name:os.system\n", "%YAML 1.1\n---\n", "\t\x00"])))
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+        st.sampled_from(
+            [
+                "&a [*a, *a]",
+                "a: &x [1]\nb: *x\n",
+                "!!binary AAAA",
+                "? [a]\n: b",
+                "dataset: !!python/name:os.system\n",
+                "%YAML 1.1\n---\n",
+                "\t\x00",
+            ]
+        ),
+    )
+)
 def test_random_recipe_text_keeps_the_contract(sandbox, capsys, text):
     recipe = sandbox / "fuzz.yaml"
     recipe.write_bytes(text.encode("utf-8", "surrogatepass"))
@@ -127,7 +202,7 @@ def image_files(draw):
     mode = draw(st.sampled_from(MODES))
     w, h = draw(st.integers(1, 70)), draw(st.integers(1, 70))
     fmt = draw(st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF"]))
-    seed = draw(st.integers(0, 2 ** 32 - 1))
+    seed = draw(st.integers(0, 2**32 - 1))
     pixels = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
     im = Image.fromarray(pixels, "L").convert(mode)
     buf = io.BytesIO()
@@ -145,8 +220,13 @@ def image_files(draw):
 
 
 @FUZZ
-@given(image=image_files(), shape=st.tuples(st.integers(2, 40), st.integers(2, 40)),
-       invert=st.sampled_from(["auto", "always", "never"]), fit=st.sampled_from(["pad", "stretch"]), normalize=st.booleans())
+@given(
+    image=image_files(),
+    shape=st.tuples(st.integers(2, 40), st.integers(2, 40)),
+    invert=st.sampled_from(["auto", "always", "never"]),
+    fit=st.sampled_from(["pad", "stretch"]),
+    normalize=st.booleans(),
+)
 def test_random_seed_images_load_or_fail_cleanly(tmp_path, image, shape, invert, fit, normalize):
     from qdplugins.datasets import load_image
 
@@ -163,6 +243,7 @@ def test_random_seed_images_load_or_fail_cleanly(tmp_path, image, shape, invert,
 
 
 # --- random parameters for every registered plugin, from its signature -----------------------------
+
 
 def valid_value(tp, name: str):
     """A strategy of values that `tp` accepts (kept small where a value sets a size)."""
@@ -213,8 +294,11 @@ def registered():
     from qdcore.plugin_manager import build
 
     reg = build().registry
-    return [(kind, name, reg.get(kind, name).factory) for kind in ("datasets", "seed_strategies", "filters", "writers")
-            for name in reg.names(kind)]
+    return [
+        (kind, name, reg.get(kind, name).factory)
+        for kind in ("datasets", "seed_strategies", "filters", "writers")
+        for name in reg.names(kind)
+    ]
 
 
 def ctx(tmp_path, shape=(12, 12)) -> Context:
@@ -224,8 +308,12 @@ def ctx(tmp_path, shape=(12, 12)) -> Context:
 def drawing(shape=(12, 12), T=2, n=3) -> Drawing:
     rng = np.random.default_rng(1)
     windows = np.concatenate([rng.uniform(0, 12, (T, n, 2)), rng.uniform(0.5, 3, (T, n, 1))], axis=2)
-    return Drawing(canvases=rng.random((T, n) + shape, dtype=np.float32), windows=windows.astype(np.float32),
-                   write_n=2, source="prior")
+    return Drawing(
+        canvases=rng.random((T, n) + shape, dtype=np.float32),
+        windows=windows.astype(np.float32),
+        write_n=2,
+        source="prior",
+    )
 
 
 @pytest.mark.parametrize("kind, name, factory", registered(), ids=lambda v: v if isinstance(v, str) else "")
@@ -280,7 +368,8 @@ def test_random_plugin_parameters_keep_the_contract(tmp_path, monkeypatch, kind,
 # exactly what an attacker would type (PyYAML's emitter would recurse on deep nesting itself).
 
 BASE = {
-    "name": "tiny", "seed": 3,
+    "name": "tiny",
+    "seed": 3,
     "dataset": {"use": "quickdraw", "category": "apple", "limit": 200},
     "model": {"T": 4, "enc_size": 32, "dec_size": 32, "z_size": 4},
     "train": {"iterations": 30, "batch_size": 20, "warmup": 0},
@@ -290,9 +379,22 @@ BASE = {
     "output": {"use": "gif", "frames": "steps", "sample": 0, "attention": True, "duration": 0.1},
 }
 # ODD is replaced by the absolute path of the odd_files fixture's folder.
-ODD_FILES = ["ODD/secret.yaml", "ODD/secret", "ODD/folder", "ODD/empty.png", "ODD/text.png", "ODD/cut.png",
-             "ODD/loop.png", "ODD/fifo.png", "/dev/zero", "/dev/null", "/proc/self/environ", "../../../../etc/passwd",
-             "odd/text.png", "odd/secret"]
+ODD_FILES = [
+    "ODD/secret.yaml",
+    "ODD/secret",
+    "ODD/folder",
+    "ODD/empty.png",
+    "ODD/text.png",
+    "ODD/cut.png",
+    "ODD/loop.png",
+    "ODD/fifo.png",
+    "/dev/zero",
+    "/dev/null",
+    "/proc/self/environ",
+    "../../../../etc/passwd",
+    "odd/text.png",
+    "odd/secret",
+]
 
 
 def key_paths(value, prefix=()):
@@ -303,12 +405,20 @@ def key_paths(value, prefix=()):
         yield from key_paths(v, prefix + (k,))
 
 
-PATHS = list(key_paths(BASE)) + [("model", "from"), ("seeds", 0, "path"), ("output", "path"), ("dataset", "path"),
-                                 ("recognizer",), ("zzz",), ("train", "seed"), ("generate", "zzz")]
+PATHS = list(key_paths(BASE)) + [
+    ("model", "from"),
+    ("seeds", 0, "path"),
+    ("output", "path"),
+    ("dataset", "path"),
+    ("recognizer",),
+    ("zzz",),
+    ("train", "seed"),
+    ("generate", "zzz"),
+]
 # The keys a `qd run` fuzz may change without training a new model (the model key is the
 # name, dataset, model and train sections).
 RUN_PATHS = [p for p in PATHS if p[0] not in ("name", "dataset", "model", "train")]
-EDGES = ["-1", "-9223372036854775809", "9223372036854775808", str(2 ** 70), "1e308", "-1e308", "0", "-0.0"]
+EDGES = ["-1", "-9223372036854775809", "9223372036854775808", str(2**70), "1e308", "-1e308", "0", "-0.0"]
 
 
 def deep(depth: int, kind: str) -> str:
@@ -316,12 +426,30 @@ def deep(depth: int, kind: str) -> str:
 
 
 def bomb(levels: int, width: int) -> str:
-    return "[" + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "x"] * width) + "]" for i in range(levels)) + "]"
+    return (
+        "[" + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "x"] * width) + "]" for i in range(levels)) + "]"
+    )
 
 
 yaml_fragments = st.one_of(
-    st.sampled_from(EDGES + [".nan", ".inf", "-.inf", "~", "true", "[]", "{}", "''", "'x'", "!!binary AAAA",
-                             "!!python/name:os.system", "{use: prior, use: gif}", "[prior, {use: sharpen, passes: 1, passes: 2}]"]),
+    st.sampled_from(
+        EDGES
+        + [
+            ".nan",
+            ".inf",
+            "-.inf",
+            "~",
+            "true",
+            "[]",
+            "{}",
+            "''",
+            "'x'",
+            "!!binary AAAA",
+            "!!python/name:os.system",
+            "{use: prior, use: gif}",
+            "[prior, {use: sharpen, passes: 1, passes: 2}]",
+        ]
+    ),
     st.integers(-3, 3).map(str),
     st.text(max_size=30).map(lambda t: json.dumps(t)),
     st.sampled_from(ODD_FILES).map(json.dumps),
@@ -329,8 +457,22 @@ yaml_fragments = st.one_of(
     st.builds(bomb, st.integers(1, 10), st.integers(2, 10)),
 )
 json_fragments = st.one_of(
-    st.sampled_from(EDGES + ["1e400", "-1e400", "NaN", "Infinity", "null", "true", "[]", "{}", '""',
-                             '{"use": "prior", "use": "gif"}', '[{"use": "sharpen", "passes": 1, "passes": 2}]']),
+    st.sampled_from(
+        EDGES
+        + [
+            "1e400",
+            "-1e400",
+            "NaN",
+            "Infinity",
+            "null",
+            "true",
+            "[]",
+            "{}",
+            '""',
+            '{"use": "prior", "use": "gif"}',
+            '[{"use": "sharpen", "passes": 1, "passes": 2}]',
+        ]
+    ),
     st.integers(-3, 3).map(str),
     st.text(max_size=30).map(lambda t: json.dumps(t)),
     st.sampled_from(ODD_FILES).map(json.dumps),
@@ -339,16 +481,23 @@ json_fragments = st.one_of(
 )
 # Keys that name a file, each with the fragment that names one there; half of the examples
 # aim an odd file at one of them (a page must never make the studio open any).
-FILE_KEYS = {("model", "from"): "{}", ("seeds", 0): '{{"use": "file-image", "path": {}}}',
-             ("dataset",): '{{"use": "images", "path": {}}}', ("output", "path"): "{}"}
+FILE_KEYS = {
+    ("model", "from"): "{}",
+    ("seeds", 0): '{{"use": "file-image", "path": {}}}',
+    ("dataset",): '{{"use": "images", "path": {}}}',
+    ("output", "path"): "{}",
+}
 file_holes = st.tuples(st.sampled_from(list(FILE_KEYS)), st.sampled_from(ODD_FILES)).map(
-    lambda kf: (kf[0], FILE_KEYS[kf[0]].format(json.dumps(kf[1]))))
+    lambda kf: (kf[0], FILE_KEYS[kf[0]].format(json.dumps(kf[1])))
+)
 
 
 def holes(paths, fragments):
     """(key path, fragment): a hostile value at any key, or an odd file at a key naming one."""
-    return st.one_of(st.tuples(st.sampled_from(paths), fragments),
-                     file_holes.filter(lambda h: h[0] in paths or h[0][0] in {p[0] for p in paths}))
+    return st.one_of(
+        st.tuples(st.sampled_from(paths), fragments),
+        file_holes.filter(lambda h: h[0] in paths or h[0][0] in {p[0] for p in paths}),
+    )
 
 
 HOLE = "QD-FUZZ-HOLE"
@@ -393,8 +542,12 @@ def odd_files(tmp_path):
     return odd
 
 
-DOCS = settings(max_examples=120, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+DOCS = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def assert_refused_or_ok(code, err, before, after, allowed=()):
@@ -424,8 +577,12 @@ def run_sandbox(sandbox, tiny_model, monkeypatch):
     return sandbox
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(hole=holes(RUN_PATHS, yaml_fragments), twice=sometimes)
 def test_whole_yaml_documents_against_qd_run_with_a_tiny_model(run_sandbox, odd_files, capsys, hole, twice):
     path, fragment = hole
@@ -460,9 +617,22 @@ ENDPOINTS = ["/api/validate", "/api/generate", "/api/recipe.yaml", "/api/upload"
 
 
 @DOCS
-@given(endpoint=st.sampled_from(ENDPOINTS), hole=holes(PATHS, json_fragments), twice=sometimes,
-       extra=st.sampled_from([None, ("n", "-1"), ("n", "1e400"), ("n", '"2"'), ("image", '"data:image/png;base64,AAAA"'),
-                              ("key", "[[[]]]"), ("image", "[" * 5000 + "]" * 5000)]))
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    hole=holes(PATHS, json_fragments),
+    twice=sometimes,
+    extra=st.sampled_from(
+        [
+            None,
+            ("n", "-1"),
+            ("n", "1e400"),
+            ("n", '"2"'),
+            ("image", '"data:image/png;base64,AAAA"'),
+            ("key", "[[[]]]"),
+            ("image", "[" * 5000 + "]" * 5000),
+        ]
+    ),
+)
 def test_json_bodies_against_every_studio_endpoint(studio_client, odd_files, endpoint, hole, twice, extra):
     client, studio = studio_client
     path, fragment = hole

@@ -1,5 +1,6 @@
 """Generation modes (docs/generation.md): `complete` finishes a partial drawing, `morph`
 turns one drawing into another; both reached through the `qd_register_generators` hook."""
+
 from __future__ import annotations
 
 import os
@@ -104,14 +105,23 @@ def test_slerp_keeps_its_ends_and_the_length_of_equal_vectors():
     assert np.all(np.diff(eased(6)) > 0) and eased(6)[0] == 0 and eased(6)[-1] == 1
 
 
-@pytest.mark.parametrize("call, fragment", [
-    (lambda m, z: m.complete(images(), 5), "k = 5 glimpses is outside 1..4"),
-    (lambda m, z: m.complete(images(), 0), "outside 1..4"),
-    (lambda m, z: Complete().generate(m, np.zeros((2, 12, 12), np.float32), 2, 0, ctx()), "partial drawing 0 is blank"),
-    (lambda m, z: Morph.encode_ends(m, images(2), images(3)), "the two ends differ"),
-    (lambda m, z: Morph(start="cat").generate(m, None, 2, 0, ctx()), "not class-conditional"),
-    (lambda m, z: Morph(start="cat", end="dgo").generate(z, None, 2, 0, ctx()), "not trained on category 'dgo' (did you mean 'dog'?)"),
-])
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda m, z: m.complete(images(), 5), "k = 5 glimpses is outside 1..4"),
+        (lambda m, z: m.complete(images(), 0), "outside 1..4"),
+        (
+            lambda m, z: Complete().generate(m, np.zeros((2, 12, 12), np.float32), 2, 0, ctx()),
+            "partial drawing 0 is blank",
+        ),
+        (lambda m, z: Morph.encode_ends(m, images(2), images(3)), "the two ends differ"),
+        (lambda m, z: Morph(start="cat").generate(m, None, 2, 0, ctx()), "not class-conditional"),
+        (
+            lambda m, z: Morph(start="cat", end="dgo").generate(z, None, 2, 0, ctx()),
+            "not trained on category 'dgo' (did you mean 'dog'?)",
+        ),
+    ],
+)
 def test_bad_input_is_one_input_error(model, zoo, call, fragment):
     with pytest.raises(InputError) as e:
         call(model, zoo)
@@ -136,23 +146,40 @@ def test_remove_ink_keeps_one_half_of_each_drawing():
 def test_recipes_name_modes_and_the_schema_knows_them(tmp_path):
     registry = build().registry
     assert registry.names("generators") == ["complete", "morph"]
-    r = parse({"dataset": {"use": "quickdraw", "category": "cat"}, "mode": {"use": "complete", "k": 3, "tries": 2},
-               "seeds": ["training-batch", {"use": "remove-ink", "keep": "left"}]}, tmp_path / "r.yaml", registry)
+    r = parse(
+        {
+            "dataset": {"use": "quickdraw", "category": "cat"},
+            "mode": {"use": "complete", "k": 3, "tries": 2},
+            "seeds": ["training-batch", {"use": "remove-ink", "keep": "left"}],
+        },
+        tmp_path / "r.yaml",
+        registry,
+    )
     assert r.mode.use == "complete" and r.mode.params == {"k": 3, "tries": 2}
     with pytest.raises(RecipeError, match="best_of"):
-        parse({"dataset": {"use": "quickdraw", "category": "cat"}, "mode": "morph", "generate": {"best_of": 2}},
-              tmp_path / "r.yaml", registry)
+        parse(
+            {"dataset": {"use": "quickdraw", "category": "cat"}, "mode": "morph", "generate": {"best_of": 2}},
+            tmp_path / "r.yaml",
+            registry,
+        )
     from qdcore.schema import recipe_schema
 
     schema = recipe_schema(registry)
     modes = {o["title"]: o for o in schema["$defs"]["generator"]["anyOf"] if "title" in o}
     assert set(modes) == {"complete", "morph"}
-    assert modes["morph"]["properties"]["frames"] == {"type": "integer", "minimum": 2, "maximum": 256,
-                                                      "x-type": "int between 2 and 256", "default": 16}
+    assert modes["morph"]["properties"]["frames"] == {
+        "type": "integer",
+        "minimum": 2,
+        "maximum": 256,
+        "x-type": "int between 2 and 256",
+        "default": 16,
+    }
 
 
 def qd(*args, cwd):
-    return subprocess.run([QD, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=dict(os.environ), timeout=600)
+    return subprocess.run(
+        [QD, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=dict(os.environ), timeout=600
+    )
 
 
 @pytest.mark.realdata
@@ -160,10 +187,13 @@ def test_finish_and_morph_from_recipes_on_the_command_line(tiny_model, tmp_path)
     """The tiny model of conftest (apple, T=4): completions of half-erased real apples, a morph
     between real apples; bad k and a blank partial drawing are one Error line and exit 2."""
     base = TINY_RECIPE.replace("generate: {n: 16}\n", "generate: {n: 2}\n").replace(
-        "output: {use: gif, frames: steps, attention: true, duration: 0.1}\n", "")
+        "output: {use: gif, frames: steps, attention: true, duration: 0.1}\n", ""
+    )
     finish = tmp_path / "finish.yaml"
-    finish.write_text(base + "mode: {use: complete, k: 2, tries: 3}\nseeds: [training-batch, {use: remove-ink, keep: top}]\n"
-                      "output: {use: gif, frames: steps, columns: 3}\n")
+    finish.write_text(
+        base + "mode: {use: complete, k: 2, tries: 3}\nseeds: [training-batch, {use: remove-ink, keep: top}]\n"
+        "output: {use: gif, frames: steps, columns: 3}\n"
+    )
     r = qd("run", finish, "--out", tmp_path / "finish.gif", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     gif = Image.open(tmp_path / "finish.gif")
@@ -173,16 +203,22 @@ def test_finish_and_morph_from_recipes_on_the_command_line(tiny_model, tmp_path)
     assert (rgb[..., 2] - rgb[..., 0] > 60).any()  # the model's ink is blue, the person's grey
 
     morph = tmp_path / "morph.yaml"
-    morph.write_text(base + "mode: {use: morph, frames: 4}\nseeds: [training-batch]\noutput: {use: gif, frames: steps}\n")
+    morph.write_text(
+        base + "mode: {use: morph, frames: 4}\nseeds: [training-batch]\noutput: {use: gif, frames: steps}\n"
+    )
     r = qd("run", morph, "--out", tmp_path / "morph.gif", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "morph.gif").n_frames == 6  # 4 there, 2 back
 
     blank = tmp_path / "blank.png"
     Image.new("L", (28, 28), 255).save(blank)
-    for override, fragment in [("mode.k=9", "k = 9 glimpses is outside 1..4"),
-                               (f"seeds=[{{use: file-image, path: {blank}}}]", "partial drawing 0 is blank")]:
+    for override, fragment in [
+        ("mode.k=9", "k = 9 glimpses is outside 1..4"),
+        (f"seeds=[{{use: file-image, path: {blank}}}]", "partial drawing 0 is blank"),
+    ]:
         r = qd("run", finish, "--out", tmp_path / "bad.gif", "-s", override, "--quiet", cwd=tmp_path)
         errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]  # TensorFlow logs aside
-        assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0] and "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0] and "Traceback" not in r.stderr, (
+            r.stderr
+        )
         assert not (tmp_path / "bad.gif").exists()

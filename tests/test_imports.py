@@ -9,6 +9,7 @@
   the studio, the benchmarks or the CLI; the model (draw.py) never reaches the trainer; only the
   CLI imports the benchmarks (qdcore/bench/); validating a recipe never imports TensorFlow.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,11 +22,24 @@ from pathlib import Path
 import qdcore
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_FILES = sorted((ROOT / "plugins").rglob("*.py")) + sorted((ROOT / "docs" / "examples" / "qd-spiral").rglob("*.py"))
+PLUGIN_FILES = sorted((ROOT / "plugins").rglob("*.py")) + sorted(
+    (ROOT / "docs" / "examples" / "qd-spiral").rglob("*.py")
+)
 
 # The trainer and its machinery: the modules of qdcore/training/.
-TRAINING = {"train", "step", "plan", "timing", "distribute", "optimizer", "checkpoints", "mixing", "summaries", "locks",
-            "stopping"}
+TRAINING = {
+    "train",
+    "step",
+    "plan",
+    "timing",
+    "distribute",
+    "optimizer",
+    "checkpoints",
+    "mixing",
+    "summaries",
+    "locks",
+    "stopping",
+}
 # The DRAW model: what the trainer, the pipeline and the packs build on.
 MODEL = ["qdcore.draw", "qdcore.conditioning", "qdcore.ink"]
 # Loading and validating a recipe: what `qd validate` and `qd plugins` run.
@@ -58,20 +72,38 @@ def private_imports(source: str, public: set[str]) -> list[str]:
                 elif module == "qdcore" and a.name not in public:
                     found.append(f"line {node.lineno}: from qdcore import {a.name} (not in qdcore.__all__)")
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in qdcore_aliases
-                and node.attr not in public):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in qdcore_aliases
+            and node.attr not in public
+        ):
             found.append(f"line {node.lineno}: {node.value.id}.{node.attr} (not in qdcore.__all__)")
     return found
 
 
 def test_the_checker_finds_what_it_forbids():
-    source = ("import qdcore\nimport qdcore.paths\nfrom qdcore.atomic import atomic_path\nfrom qdcore import _x, hookimpl\n"
-              "from .datasets import _check_categories, categories\nfrom qdcore import paths\nqdcore.atomic.current_umask()\n"
-              "def f():\n    from qdcore.images import open_image\n")
+    source = (
+        "import qdcore\nimport qdcore.paths\nfrom qdcore.atomic import atomic_path\nfrom qdcore import _x, hookimpl\n"
+        "from .datasets import _check_categories, categories\nfrom qdcore import paths\nqdcore.atomic.current_umask()\n"
+        "def f():\n    from qdcore.images import open_image\n"
+    )
     found = private_imports(source, set(qdcore.__all__))
-    assert [line.split(":")[0] for line in found] == ["line 2", "line 3", "line 4", "line 5", "line 6", "line 9", "line 7"]
-    assert private_imports("from qdcore import hookimpl, atomic_path\nfrom .datasets import load_image\n",
-                           set(qdcore.__all__)) == []
+    assert [line.split(":")[0] for line in found] == [
+        "line 2",
+        "line 3",
+        "line 4",
+        "line 5",
+        "line 6",
+        "line 9",
+        "line 7",
+    ]
+    assert (
+        private_imports(
+            "from qdcore import hookimpl, atomic_path\nfrom .datasets import load_image\n", set(qdcore.__all__)
+        )
+        == []
+    )
 
 
 def test_plugins_import_only_qdcores_public_surface():
@@ -116,7 +148,7 @@ def imported(module: str, path: Path, mods: dict[str, Path]) -> set[str]:
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module
             for a in node.names:
@@ -137,7 +169,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(graph[node] & graph.keys()):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt, path + [nxt])):
                 return found
         state[node] = 2
@@ -180,8 +212,11 @@ def unresolved(folder: str = "qdcore", package: str = "qdcore") -> list[str]:
         pkg = m.split(".") if path.name == "__init__.py" else m.split(".")[:-1]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == package):
-                base = ".".join(pkg[:len(pkg) - node.level + 1] + ([node.module] if node.module else [])) if node.level \
+                base = (
+                    ".".join(pkg[: len(pkg) - node.level + 1] + ([node.module] if node.module else []))
+                    if node.level
                     else node.module
+                )
                 if base not in mods:
                     found.append(f"{m} line {node.lineno}: no module {base}")
                     continue
@@ -227,17 +262,29 @@ def test_the_trainer_lives_in_its_own_subpackage_and_never_reaches_the_outer_lay
     graph = import_graph()
     training = sorted(m for m in graph if m.startswith("qdcore.training."))
     assert {m.split(".")[-1] for m in training} == TRAINING  # every one named above, and only they
-    assert not any(m.split(".")[-1] in TRAINING for m in graph if not m.startswith("qdcore.training"))  # none left behind
-    bad = {m: hits for m in training if (hits := sorted(t for t in reachable(graph, m) if outer(t) or t == "qdcore.engine"))}
+    assert not any(
+        m.split(".")[-1] in TRAINING for m in graph if not m.startswith("qdcore.training")
+    )  # none left behind
+    bad = {
+        m: hits
+        for m in training
+        if (hits := sorted(t for t in reachable(graph, m) if outer(t) or t == "qdcore.engine"))
+    }
     assert bad == {}
 
 
 def test_the_model_never_reaches_the_trainer_the_pipeline_or_the_outer_layers():
     graph = import_graph()
     assert set(MODEL) <= graph.keys()
-    bad = {m: hits for m in MODEL
-           if (hits := sorted(t for t in reachable(graph, m)
-                              if outer(t) or t.startswith("qdcore.training") or t == "qdcore.engine"))}
+    bad = {
+        m: hits
+        for m in MODEL
+        if (
+            hits := sorted(
+                t for t in reachable(graph, m) if outer(t) or t.startswith("qdcore.training") or t == "qdcore.engine"
+            )
+        )
+    }
     assert bad == {}
 
 
@@ -246,8 +293,12 @@ def test_only_the_command_line_imports_the_benchmarks():
     # so `precision: auto` runs no benchmark code.
     graph = import_graph()
     assert {"qdcore.bench.bench", "qdcore.bench.bench_data", "qdcore.bench.bench_frontier"} <= graph.keys()
-    bad = {m: hits for m, deps in graph.items() if not m.startswith("qdcore.bench") and m != "qdcore.cli"
-           if (hits := sorted(t for t in deps if t.startswith("qdcore.bench")))}
+    bad = {
+        m: hits
+        for m, deps in graph.items()
+        if not m.startswith("qdcore.bench") and m != "qdcore.cli"
+        if (hits := sorted(t for t in deps if t.startswith("qdcore.bench")))
+    }
     assert bad == {}
 
 

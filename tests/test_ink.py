@@ -1,5 +1,6 @@
 """Ink on a page: step frames start blank and only gain ink (qdcore/ink.py), every writer shows
 them so, and the `ink` filter's threshold, pen width and anti-aliased edges."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ def drawn_logits(seed=0) -> np.ndarray:
     steps[0] = rng.normal(0.0, 0.3, (N, H, W))
     steps[1] = -6.0
     for t in range(2, T):
-        steps[t, :, 4 * t:4 * t + 3, 3:25] = 9.0
+        steps[t, :, 4 * t : 4 * t + 3, 3:25] = 9.0
     steps[-1, :, 8:11, 3:14] -= 15.0  # erases the left half of step 3's bar
     return np.cumsum(steps, axis=0)
 
@@ -128,11 +129,24 @@ def test_drawn_steps_from_the_model_start_blank():
 
 
 def test_ink_validates_its_parameters():
-    assert check(Ink, {}, "f") == {"threshold": "otsu", "width": None, "size": None, "supersample": 4, "min_length": None,
-                                   "softness": 0.0}
+    assert check(Ink, {}, "f") == {
+        "threshold": "otsu",
+        "width": None,
+        "size": None,
+        "supersample": 4,
+        "min_length": None,
+        "softness": 0.0,
+    }
     assert check(Ink, {"threshold": 0.3, "width": 2}, "f")["threshold"] == 0.3
-    for bad in ({"threshold": "auto"}, {"threshold": 1.5}, {"width": 0}, {"supersample": 0}, {"size": 0},
-                {"softness": -0.1}, {"softness": 1.5}):
+    for bad in (
+        {"threshold": "auto"},
+        {"threshold": 1.5},
+        {"width": 0},
+        {"supersample": 0},
+        {"size": 0},
+        {"softness": -0.1},
+        {"softness": 1.5},
+    ):
         with pytest.raises(RecipeError):
             check(Ink, bad, "filters[0]")
     with pytest.raises(RecipeError, match="set one of `softness`, `width`"):
@@ -184,8 +198,9 @@ def across(images: np.ndarray) -> np.ndarray:
     return images[0, :, 10:18].sum(axis=0)
 
 
-@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.name in ("cat.yaml", "windmill.yaml", "zoo-26.yaml")],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe", [p for p in RECIPES if p.name in ("cat.yaml", "windmill.yaml", "zoo-26.yaml")], ids=lambda p: p.name
+)
 def test_the_shipped_chain_keeps_googles_stroke_weight_at_28(recipe):
     stroke = google_stroke(2.0)
     raw = across(stroke)
@@ -197,10 +212,17 @@ def test_the_shipped_chain_keeps_googles_stroke_weight_at_28(recipe):
 
 
 def test_every_shipped_recipe_inks_at_the_same_weight():
-    inks = {p.name: [{k: v for k, v in f.params.items() if k not in ("size", "supersample")}
-                     for f in load(p, build().registry).filters if f.use == "ink"] for p in RECIPES}
-    assert len(inks) >= 10 and all(v == [{"threshold": 0.55, "softness": 0.5, "width": None, "min_length": None}]
-                                   for v in inks.values()), inks
+    inks = {
+        p.name: [
+            {k: v for k, v in f.params.items() if k not in ("size", "supersample")}
+            for f in load(p, build().registry).filters
+            if f.use == "ink"
+        ]
+        for p in RECIPES
+    }
+    assert len(inks) >= 10 and all(
+        v == [{"threshold": 0.55, "softness": 0.5, "width": None, "min_length": None}] for v in inks.values()
+    ), inks
 
 
 @pytest.mark.realdata
@@ -225,8 +247,8 @@ def test_otsu_keeps_strong_strokes_and_drops_faint_haze():
 
 def _bar(thickness: int) -> np.ndarray:
     x = np.zeros((1, 28, 28), np.float32)
-    x[0, 14 - thickness // 2:14 - thickness // 2 + thickness, 4:24] = 1.0
-    x[0, 14 - thickness // 2 - 1:14 - thickness // 2 + thickness + 1, 4:24] += 0.5  # soft edges
+    x[0, 14 - thickness // 2 : 14 - thickness // 2 + thickness, 4:24] = 1.0
+    x[0, 14 - thickness // 2 - 1 : 14 - thickness // 2 + thickness + 1, 4:24] += 0.5  # soft edges
     return np.clip(x, 0, 1)
 
 

@@ -4,6 +4,7 @@ A function of 60 lines or more mixes concerns (the trainer's loop once held its 
 stop rule and its final writes): split it along its concepts, as train.py's phases and
 params.py's one checker per annotation are.
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,8 +18,11 @@ MAX_LINES = 60
 def long_functions(source: str, limit: int = MAX_LINES) -> list[tuple[str, int, int]]:
     """(name, first line, lines) of each function, nested ones and methods too, of `limit`
     lines or more, counted from its `def` (decorators aside) to its last line."""
-    return [(node.name, node.lineno, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= limit]
+    return [
+        (node.name, node.lineno, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= limit
+    ]
 
 
 def test_the_counter_counts_a_function_from_def_to_its_last_line():
@@ -32,8 +36,11 @@ def test_the_counter_counts_a_function_from_def_to_its_last_line():
 def test_every_function_in_qdcore_is_under_60_lines():
     files = sorted((ROOT / "qdcore").rglob("*.py"))
     assert len(files) > 30
-    found = {f"{path.relative_to(ROOT)}:{line} {name}": n for path in files
-             for name, line, n in long_functions(path.read_text(encoding="utf-8"))}
+    found = {
+        f"{path.relative_to(ROOT)}:{line} {name}": n
+        for path in files
+        for name, line, n in long_functions(path.read_text(encoding="utf-8"))
+    }
     assert found == {}
 
 
@@ -41,7 +48,7 @@ def test_architecture_md_names_every_module_where_it_lives():
     # The file table is how a newcomer finds a concept: a module it does not name, or names
     # where it no longer lives, sends them to the wrong place.
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    table = doc[doc.index("## Files"):].split("\n## ")[0]
+    table = doc[doc.index("## Files") :].split("\n## ")[0]
     missing = []
     for path in sorted((ROOT / "qdcore").rglob("*.py")):
         rel = path.relative_to(ROOT / "qdcore").as_posix()

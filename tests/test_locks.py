@@ -1,4 +1,5 @@
 """One model folder, one trainer: a lock per folder, never stale (issue 11)."""
+
 from __future__ import annotations
 
 import os
@@ -83,13 +84,17 @@ def test_two_runs_of_one_recipe_train_once(tmp_path):
     first = subprocess.Popen([QD, "run", recipe, "-o", tmp_path / "a.gif"], env=env, stderr=subprocess.PIPE, text=True)
     # Start the second only once the first holds the lock (its pid is in the lock file).
     deadline = time.monotonic() + 120
-    while not any(p.read_text().strip() == str(first.pid) for p in lock_dir.glob("*.lock")) if lock_dir.exists() else True:
+    while (
+        not any(p.read_text().strip() == str(first.pid) for p in lock_dir.glob("*.lock")) if lock_dir.exists() else True
+    ):
         assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
         time.sleep(0.05)
     # Freeze the first while it holds the lock, so the second surely finds it taken.
     first.send_signal(signal.SIGSTOP)
     try:
-        second = subprocess.Popen([QD, "run", recipe, "-o", tmp_path / "b.gif"], env=env, stderr=subprocess.PIPE, text=True)
+        second = subprocess.Popen(
+            [QD, "run", recipe, "-o", tmp_path / "b.gif"], env=env, stderr=subprocess.PIPE, text=True
+        )
         seen = []
         while not seen or "waiting for" not in seen[-1]:
             line = second.stderr.readline()

@@ -2,6 +2,7 @@
 imported into a fresh cache and drawn by a recipe's `model.from`; a plugin provides a pack
 through `qd_register_models`, found after the user's cache; every damaged, foreign, oversized
 or hostile pack is refused with one line and exit 2, leaving the cache exactly as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -94,7 +95,11 @@ def test_an_exported_pack_is_a_manifest_and_named_float_arrays(exported):
         manifest = json.loads(z.read("manifest.json"))
         weights = z.read("weights.npz")
     assert manifest["format"] == "qd-model-pack" and manifest["format_version"] == 1
-    assert manifest["name"] == "tiny-zoo" and manifest["categories"] == ["cat", "apple", "fish"] and manifest["conditional"]
+    assert (
+        manifest["name"] == "tiny-zoo"
+        and manifest["categories"] == ["cat", "apple", "fish"]
+        and manifest["conditional"]
+    )
     assert manifest["steps"] == 6 and manifest["model"]["enc_size"] == 16 and manifest["train"]["batch_size"] == 30
     assert manifest["files"]["weights.npz"] == {"sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)}
     assert manifest["held_out"]["bound"] == pytest.approx(exported["bound"])
@@ -118,8 +123,9 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (cache / "packs" / "tiny-zoo").iterdir()) == ["manifest.json", "weights.npz"]
     rows = json.loads(qd("models", "--json", cache=cache).stdout)
-    assert [(r["name"], r["source"], r["steps"], r["categories"]) for r in rows] == \
-        [("tiny-zoo", "imported", 6, ["cat", "apple", "fish"])]
+    assert [(r["name"], r["source"], r["steps"], r["categories"]) for r in rows] == [
+        ("tiny-zoo", "imported", 6, ["cat", "apple", "fish"])
+    ]
     assert rows[0]["bound"] == pytest.approx(exported["bound"])
     assert "pack (imported)" in qd("models", cache=cache).stdout
 
@@ -177,8 +183,9 @@ def test_a_plugin_provides_a_pack_found_after_the_cache(exported, tmp_path, monk
     assert engine.run(cat, out=tmp_path / "cat.gif").path.exists()
     env = {"PYTHONPATH": str(site), "QD_LOAD_PLUGINS": BUILTINS + ",testpacks"}
     rows = json.loads(qd("models", "--json", cache=cache, extra_env=env).stdout)
-    assert [(r["name"], r["source"], r["plugin"], r["path"]) for r in rows] == \
-        [("tiny-zoo", "plugin", "testpacks", str(exported["file"]))]
+    assert [(r["name"], r["source"], r["plugin"], r["path"]) for r in rows] == [
+        ("tiny-zoo", "plugin", "testpacks", str(exported["file"]))
+    ]
     assert "pack (testpacks)" in qd("models", cache=cache, extra_env=env).stdout
     plugins = {p["name"]: p for p in json.loads(qd("plugins", "--json", cache=cache, extra_env=env).stdout)}
     assert plugins["testpacks"]["provides"]["models"] == ["tiny-zoo"]
@@ -194,8 +201,14 @@ def test_a_plugin_provides_a_pack_found_after_the_cache(exported, tmp_path, monk
 
 
 def test_a_plugin_must_register_a_path(fake_site, monkeypatch):
-    fake_site("qdtest-badpack", {"qdtest_badpack": "from qdcore import hookimpl\n\n@hookimpl\n"
-                                 "def qd_register_models(register):\n    register('x', 42)\n"}, {"badpack": "qdtest_badpack"})
+    fake_site(
+        "qdtest-badpack",
+        {
+            "qdtest_badpack": "from qdcore import hookimpl\n\n@hookimpl\n"
+            "def qd_register_models(register):\n    register('x', 42)\n"
+        },
+        {"badpack": "qdtest_badpack"},
+    )
     monkeypatch.setenv("QD_LOAD_PLUGINS", "badpack")
     with pytest.raises(PluginError, match="register the path of its .qdpack file"):
         build()
@@ -218,6 +231,7 @@ def test_the_builtin_plugin_registers_each_shipped_pack_file_and_nothing_else(tm
 
 
 # -- refusals ---------------------------------------------------------------------------------
+
 
 def _members(file: Path) -> dict:
     with zipfile.ZipFile(file) as z:
@@ -282,7 +296,10 @@ def _bad(kind: str, good_file: Path, tmp: Path) -> tuple[Path, str, dict]:
         env = {packs.LIMIT_ENV: "0.01"}
         match = "above the 0.01 MB limit for a model pack"
     elif kind == "wrong-model":  # checksums fine, but the weights are not the manifest's model
-        _zip(out, [("manifest.json", _manifest(good, model={**json.loads(m)["model"], "enc_size": 17})), ("weights.npz", w)])
+        _zip(
+            out,
+            [("manifest.json", _manifest(good, model={**json.loads(m)["model"], "enc_size": 17})), ("weights.npz", w)],
+        )
         match = "shaped"
     elif kind == "pickle":
         buf = io.BytesIO()
@@ -294,8 +311,21 @@ def _bad(kind: str, good_file: Path, tmp: Path) -> tuple[Path, str, dict]:
     return out, match, env
 
 
-REFUSALS = ["checksum", "truncated", "traversal", "absolute", "symlink", "unexpected", "foreign", "version",
-            "not-a-zip", "no-weights", "too-large", "wrong-model", "pickle"]
+REFUSALS = [
+    "checksum",
+    "truncated",
+    "traversal",
+    "absolute",
+    "symlink",
+    "unexpected",
+    "foreign",
+    "version",
+    "not-a-zip",
+    "no-weights",
+    "too-large",
+    "wrong-model",
+    "pickle",
+]
 
 
 @pytest.mark.parametrize("kind", REFUSALS)
@@ -353,11 +383,16 @@ def test_a_recipe_without_a_pack_says_why_and_how_long_it_trains(tmp_path, monke
     (tmp_path / "zoo.yaml").write_text(ZOO)
     own = load(_write(tmp_path, "banana.yaml", CAT % ("banana", "zoo", "train")), build().registry)
     lines = []
-    category, source = engine.shared_category(own, engine.load_data(own, engine.prepare(own)), engine.Reporter(lines=lines.append))
+    category, source = engine.shared_category(
+        own, engine.load_data(own, engine.prepare(own)), engine.Reporter(lines=lines.append)
+    )
     assert category is None and source is None
     assert len(lines) == 1
     line = lines[0]
-    assert line.startswith("model: the shared model 'tiny-zoo' is not in the cache") and "no model pack of that name" in line
+    assert (
+        line.startswith("model: the shared model 'tiny-zoo' is not in the cache")
+        and "no model pack of that name" in line
+    )
     assert "training this recipe's own model instead (if_missing: train): 2 steps of 30 = 60 images" in line
     # Nothing was measured for this tiny model here, so no time is promised.
     assert "no training speed of this model is measured here yet" in line
@@ -382,8 +417,17 @@ def test_export_takes_a_description_and_recognizer_figures(exported, tmp_path):
     figures = tmp_path / "figures.json"
     figures.write_text(json.dumps({"cat": {"recognized": 0.5, "frechet": 12.0, "frechet_floor": 1.0}}))
     out = tmp_path / "described.qdpack"
-    r = qd("models", "export", "tiny-zoo", out, "--description", "6 steps on 300 drawings", "--figures", figures,
-           cache=exported["cache"])
+    r = qd(
+        "models",
+        "export",
+        "tiny-zoo",
+        out,
+        "--description",
+        "6 steps on 300 drawings",
+        "--figures",
+        figures,
+        cache=exported["cache"],
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads(_members(out)["manifest.json"])
     assert manifest["description"] == "6 steps on 300 drawings" and manifest["recognizer"]["cat"]["recognized"] == 0.5

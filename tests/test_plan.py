@@ -1,4 +1,5 @@
 """The step plan: candidates, the cache key, measuring once, the cache, falling back."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,17 @@ class FakeMeasure:
 
 
 def choose(train_cfg=LONG, model_cfg=TINY, info=EPYC, gpus=(), measure=None, say=None, busy=False):
-    return P.choose(model_cfg, train_cfg, measure=measure, info=info, cores=2, gpus=list(gpus),
-                    tf_version="2.21.0", say=say or (lambda m: None), busy=busy)
+    return P.choose(
+        model_cfg,
+        train_cfg,
+        measure=measure,
+        info=info,
+        cores=2,
+        gpus=list(gpus),
+        tf_version="2.21.0",
+        say=say or (lambda m: None),
+        busy=busy,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -104,14 +114,23 @@ def test_key_fields_hold_what_decides_the_plan():
     path = P.cache_path(fields)
     assert path.parent.name == "plans" and path.suffix == ".json"
     assert P.cache_path(dict(fields)) == path  # a pure function of the fields
-    for change in ({"batch_size": 800}, {"model": ModelConfig().as_dict()}, {"cores": 4}, {"tensorflow": "2.22.0"},
-                   {"devices": []}, {"cpu": "Intel Xeon"}, {"flags": ["avx2"]}):
+    for change in (
+        {"batch_size": 800},
+        {"model": ModelConfig().as_dict()},
+        {"cores": 4},
+        {"tensorflow": "2.22.0"},
+        {"devices": []},
+        {"cpu": "Intel Xeon"},
+        {"flags": ["avx2"]},
+    ):
         assert P.cache_path({**fields, **change}) != path, change
 
 
 def test_auto_measures_once_then_reuses_the_cache():
     said = []
-    fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300})
+    fake = FakeMeasure(
+        {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300}
+    )
     first = choose(measure=fake, say=said.append)
     assert first.how == "measured" and first.plan.name == "bfloat16-streams"
     assert [c[0] for c in fake.calls] == ["float32-xla", "float32-xla-streams", "float32-streams", "bfloat16-streams"]
@@ -153,6 +172,7 @@ def test_busy_share_sees_other_processes_on_every_core():
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(P.cpu_count())]
     try:
         import time
+
         time.sleep(0.3)  # let them start
         share = P.busy_share(0.5)
     finally:
@@ -214,8 +234,12 @@ def test_a_corrupt_cache_file_is_measured_again(tmp_path):
 
 def test_a_plan_that_fails_to_run_loses():
     said = []
-    c = choose(measure=FakeMeasure({"float32-xla": 100, "float32-xla-streams": None, "float32-streams": 120,
-                                    "bfloat16-streams": None}), say=said.append)
+    c = choose(
+        measure=FakeMeasure(
+            {"float32-xla": 100, "float32-xla-streams": None, "float32-streams": 120, "bfloat16-streams": None}
+        ),
+        say=said.append,
+    )
     assert c.plan.name == "float32-streams" and [r["name"] for r in c.rows] == ["float32-xla", "float32-streams"]
     assert sum("failed to run" in m for m in said) == 2
     with pytest.raises(TrainingError, match="no step plan could run"):
@@ -230,8 +254,12 @@ def test_short_runs_forced_plans_and_single_candidates_measure_nothing(monkeypat
     gpu_short = choose(TrainConfig(iterations=10), measure=never, gpus=["/physical_device:GPU:0"])
     assert gpu_short.how == "unmeasured" and gpu_short.plan.name == "gpu-float32-xla"
     assert choose(TrainConfig(iterations=10_000, precision="bfloat16"), measure=never).how == "only"
-    assert choose(info=F32_ONLY, measure=FakeMeasure({"float32-xla": 1, "float32-xla-streams": 2, "float32-streams": 3})
-                  ).plan.name == "float32-streams"
+    assert (
+        choose(
+            info=F32_ONLY, measure=FakeMeasure({"float32-xla": 1, "float32-xla-streams": 2, "float32-streams": 3})
+        ).plan.name
+        == "float32-streams"
+    )
     monkeypatch.setenv(P.FORCE_ENV, "float32-streams")
     forced = choose(measure=never)
     assert forced.how == "forced" and forced.plan.name == "float32-streams"
@@ -242,8 +270,16 @@ def test_short_runs_forced_plans_and_single_candidates_measure_nothing(monkeypat
 
 
 def test_gpu_plans_are_measured_like_the_others():
-    fake = FakeMeasure({"gpu-float32-xla": 900, "gpu-bfloat16-xla": 1200, "float32-xla": 100,
-                        "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300})
+    fake = FakeMeasure(
+        {
+            "gpu-float32-xla": 900,
+            "gpu-bfloat16-xla": 1200,
+            "float32-xla": 100,
+            "float32-xla-streams": 150,
+            "float32-streams": 120,
+            "bfloat16-streams": 300,
+        }
+    )
     c = choose(gpus=GPU, measure=fake)
     assert c.plan.name == "gpu-bfloat16-xla" and c.plan.device == "gpu" and len(fake.calls) == 6
     assert choose(measure=fake).path != c.path  # the devices are part of the key
@@ -252,7 +288,10 @@ def test_gpu_plans_are_measured_like_the_others():
 def test_threads_that_can_no_longer_be_set_fall_back_and_say_so():
     tf = pytest.importorskip("tensorflow")
     tf.constant(1.0) + 1.0  # TensorFlow has started in this process: its pools are fixed
-    now = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+    now = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
     odd = (now[0] + 3, now[1] + 5)
     f32 = P.apply(P.Choice(P.StepPlan("float32", False, 2, odd, name="float32-streams"), "cached"))
     assert f32.plan.name == "float32-xla" and f32.plan.threads is None

@@ -1,4 +1,5 @@
 """The rasteriser reproduces Google's numpy_bitmap from the simplified strokes."""
+
 from __future__ import annotations
 
 import json

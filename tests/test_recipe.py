@@ -1,4 +1,5 @@
 """Recipe parsing and validation against component signatures, with no built-ins loaded."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,7 +83,10 @@ def test_minimal_recipe_gets_documented_defaults(tmp_path, registry):
 
 
 def test_full_recipe_in_order_with_short_step_form(tmp_path, registry):
-    r = load(write(tmp_path, """
+    r = load(
+        write(
+            tmp_path,
+            """
 name: demo
 seed: 3
 dataset: {use: data, category: cat, limit: 50}
@@ -92,8 +96,18 @@ generate: {n: 5}
 seeds: [{use: source}, {use: nudge, p: 0.5}]
 filters: [{use: scale, scale: 4}, scale]
 output: {use: gif, path: out/demo.gif, frames: steps}
-"""), registry)
-    assert (r.name, r.seed, r.model.T, r.model.attention, r.train.iterations, r.generate.n) == ("demo", 3, 4, False, 7, 5)
+""",
+        ),
+        registry,
+    )
+    assert (r.name, r.seed, r.model.T, r.model.attention, r.train.iterations, r.generate.n) == (
+        "demo",
+        3,
+        4,
+        False,
+        7,
+        5,
+    )
     assert r.train.learning_rate == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string
     assert [f.params["scale"] for f in r.filters] == [4, 2]
     assert r.output.params == {"duration": 0.1, "frames": "steps"}
@@ -108,23 +122,38 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path, registry, mo
     assert r.seeds[0].params["image"] == sub.resolve() / "tri.png"
 
 
-@pytest.mark.parametrize("text, where, what", [
-    ("dataset: {use: data, category: c}\nfilters: [{use: scale, scale: 99}]", "filters[0].scale", "between 1 and 16"),
-    ("dataset: {use: data, category: c}\nfilters: [scale, {use: scale, sclae: 2}]", "filters[1].sclae", "Allowed: scale, method"),
-    ("dataset: {use: data, category: c}\nfilters: [{use: scale, method: bicubic}]", "filters[0].method", "'nearest', 'lanczos'"),
-    ("dataset: {use: data, category: c}\ngenerate: {n: many}", "generate.n", "not an integer"),
-    ("dataset: {use: data, category: c}\nmodel: {attention: yes please}", "model.attention", "not a boolean"),
-    ("dataset: {use: data, category: c}\ntrain: {learning_rate: 3}", "train.learning_rate", "out of range"),
-    ("dataset: {use: data}", "dataset", "missing required key 'category'"),
-    ("dataset: {category: c}", "dataset", "missing `use:`"),
-    ("dataset: {use: data, category: c}\nseeds: [{use: nudge}]", "seeds[0]", "needs a source"),
-    ("dataset: {use: data, category: c}\nseeds: [prior, source]", "seeds[1]", "only the first"),
-    ("dataset: {use: data, category: c}\nseeds: []", "seeds", "is empty"),
-    ("dataset: {use: data, category: c}\nseeds: prior", "seeds", "must be a list"),
-    ("dataset: {use: data, category: c}\nfilter: [scale]", "filter", "unknown section 'filter'"),
-    ("dataset: {use: data, category: c}\nname: 5", "name", "non-empty string"),
-    ("dataset: {use: data, category: c}\nfilters: [42]", "filters[0]", "a step is `use: NAME`"),
-])
+@pytest.mark.parametrize(
+    "text, where, what",
+    [
+        (
+            "dataset: {use: data, category: c}\nfilters: [{use: scale, scale: 99}]",
+            "filters[0].scale",
+            "between 1 and 16",
+        ),
+        (
+            "dataset: {use: data, category: c}\nfilters: [scale, {use: scale, sclae: 2}]",
+            "filters[1].sclae",
+            "Allowed: scale, method",
+        ),
+        (
+            "dataset: {use: data, category: c}\nfilters: [{use: scale, method: bicubic}]",
+            "filters[0].method",
+            "'nearest', 'lanczos'",
+        ),
+        ("dataset: {use: data, category: c}\ngenerate: {n: many}", "generate.n", "not an integer"),
+        ("dataset: {use: data, category: c}\nmodel: {attention: yes please}", "model.attention", "not a boolean"),
+        ("dataset: {use: data, category: c}\ntrain: {learning_rate: 3}", "train.learning_rate", "out of range"),
+        ("dataset: {use: data}", "dataset", "missing required key 'category'"),
+        ("dataset: {category: c}", "dataset", "missing `use:`"),
+        ("dataset: {use: data, category: c}\nseeds: [{use: nudge}]", "seeds[0]", "needs a source"),
+        ("dataset: {use: data, category: c}\nseeds: [prior, source]", "seeds[1]", "only the first"),
+        ("dataset: {use: data, category: c}\nseeds: []", "seeds", "is empty"),
+        ("dataset: {use: data, category: c}\nseeds: prior", "seeds", "must be a list"),
+        ("dataset: {use: data, category: c}\nfilter: [scale]", "filter", "unknown section 'filter'"),
+        ("dataset: {use: data, category: c}\nname: 5", "name", "non-empty string"),
+        ("dataset: {use: data, category: c}\nfilters: [42]", "filters[0]", "a step is `use: NAME`"),
+    ],
+)
 def test_each_validation_error_names_file_location_and_what_is_allowed(tmp_path, registry, text, where, what):
     path = write(tmp_path, text)
     with pytest.raises(RecipeError) as e:
@@ -140,12 +169,15 @@ def test_unknown_component_name_says_where_and_suggests(tmp_path, registry):
     assert f"{path}: filters[1].use: Can't find filter 'scael'. Did you mean 'scale'?" in str(e.value)
 
 
-@pytest.mark.parametrize("text, what", [
-    ("", "the recipe is empty"),
-    ("dataset: [unclosed", "invalid YAML"),
-    ("- just\n- a list\n", "a recipe is a mapping"),
-    ("!!python/object/apply:os.system ['true']", "invalid YAML"),  # safe loading only
-])
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        ("", "the recipe is empty"),
+        ("dataset: [unclosed", "invalid YAML"),
+        ("- just\n- a list\n", "a recipe is a mapping"),
+        ("!!python/object/apply:os.system ['true']", "invalid YAML"),  # safe loading only
+    ],
+)
 def test_bad_files(tmp_path, registry, text, what):
     with pytest.raises(RecipeError, match=what):
         load(write(tmp_path, text), registry)

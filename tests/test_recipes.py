@@ -1,6 +1,7 @@
 """Every recipe in recipes/ runs (real data from QD_DATA_DIR, at most 3 pictures, zoo-345
 also two training steps) and writes the GIF it promises: frame count, pixel size and frame
 durations read back with imageio."""
+
 from __future__ import annotations
 
 import math

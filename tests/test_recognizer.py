@@ -1,5 +1,6 @@
 """The recognizer: its hook, recipe section and figures, generate.best_of, and the built-in
 `cnn` trained on the real Quick, Draw! bitmaps."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qdcore import Classifier, Drawing, InputError, PluginError, QdError, Recognizer, RecipeError, UnknownNameError, hookimpl
+from qdcore import (
+    Classifier,
+    Drawing,
+    InputError,
+    PluginError,
+    QdError,
+    Recognizer,
+    RecipeError,
+    UnknownNameError,
+    hookimpl,
+)
 from qdcore import engine, recognizer as recog
 from qdcore.interfaces import Context
 from qdcore.plugin_manager import build
 from qdcore.recipe import load, parse
 
 BUILTINS = "datasets,seeds,filters,writers,recognizers,generators"
-TINY = {"categories": ["cat", "apple", "rainbow", "banana"], "per_class": 400, "holdout": 300, "epochs": 3,
-        "width": 8, "features": 32}
+TINY = {
+    "categories": ["cat", "apple", "rainbow", "banana"],
+    "per_class": 400,
+    "holdout": 300,
+    "epochs": 3,
+    "width": 8,
+    "features": 32,
+}
 
 
 # --- a recognizer with no TensorFlow: "how much ink" stands in for "how much like the category"
@@ -28,7 +45,7 @@ class InkClassifier(Classifier):
     def classify(self, images):
         ink = np.asarray(images, np.float32).reshape(len(images), -1).mean(axis=1)
         p_cat = np.clip(ink * 4, 0, 1)
-        return np.stack([1 - p_cat, p_cat], axis=1), np.stack([ink, ink ** 2], axis=1)
+        return np.stack([1 - p_cat, p_cat], axis=1), np.stack([ink, ink**2], axis=1)
 
     def drawings(self, category):
         return np.zeros((4, 28, 28), np.float32), np.zeros((0, 28, 28), np.float32)
@@ -78,7 +95,9 @@ def test_recognizers_are_registered_with_their_plugin(registry):
 
 def test_duplicate_recognizer_names_fail_naming_both_plugins(monkeypatch):
     monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
-    with pytest.raises(PluginError, match=r"recognizer 'cnn' is registered twice: by plugin 'recognizers' and by plugin 'rival'"):
+    with pytest.raises(
+        PluginError, match=r"recognizer 'cnn' is registered twice: by plugin 'recognizers' and by plugin 'rival'"
+    ):
         build(extra=[("rival", RivalCNN())])
 
 
@@ -107,8 +126,14 @@ def test_the_default_recognizer_is_cnn_and_a_recipe_may_name_another(registry, t
 
 
 def test_best_of_needs_a_category_and_an_installed_recognizer(tmp_path, monkeypatch, registry):
-    with pytest.raises(RecipeError, match="generate.best_of: best_of keeps the pictures most like the recipe's category"):
-        parse({"dataset": {"use": "images", "path": str(tmp_path)}, "generate": {"best_of": 2}}, tmp_path / "t.yaml", registry)
+    with pytest.raises(
+        RecipeError, match="generate.best_of: best_of keeps the pictures most like the recipe's category"
+    ):
+        parse(
+            {"dataset": {"use": "images", "path": str(tmp_path)}, "generate": {"best_of": 2}},
+            tmp_path / "t.yaml",
+            registry,
+        )
     monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers")
     without = build().registry
     assert recipe(without, tmp_path).recognizer is None  # not needed: the recipe still works
@@ -164,13 +189,13 @@ class StubModel:
     def sample(self, n, seed=None):
         canvases = np.zeros((2, n, 28, 28), np.float32)
         for i in range(n):
-            canvases[:, i, :i % 28, :i % 28] = 1.0
+            canvases[:, i, : i % 28, : i % 28] = 1.0
         return Drawing(canvases, np.zeros((2, n, 3), np.float32) + np.arange(n)[None, :, None], 5, "prior")
 
     def reconstruct(self, seeds, seed=None):
         canvases = np.repeat(np.asarray(seeds, np.float32)[None], 2, axis=0).copy()
         for i in range(len(seeds)):
-            canvases[:, i, 0, :i % 4] = 1.0  # the k-th try at a seed image gets k - 1 extra pixels
+            canvases[:, i, 0, : i % 4] = 1.0  # the k-th try at a seed image gets k - 1 extra pixels
         return Drawing(canvases, None, 5, "reconstruction")
 
 
@@ -193,7 +218,9 @@ def test_final_only_filters_just_the_finished_drawings(registry, tmp_path):
     """qd eval judges finished drawings: filtering only the last step gives what the full
     drawing's last frame shows (for a filter that treats frames alike), with or without best_of."""
     for best_of in (1, 4):
-        r = recipe(registry, tmp_path, generate={"n": 3, "best_of": best_of}, recognizer="ink", filters=[{"use": "invert"}])
+        r = recipe(
+            registry, tmp_path, generate={"n": 3, "best_of": best_of}, recognizer="ink", filters=[{"use": "invert"}]
+        )
         built = engine.prepare(r)
         full = engine.draw(r, built, StubModel(), None)
         final = engine.draw(r, built, StubModel(), None, final_only=True)
@@ -322,8 +349,9 @@ def test_the_shipped_chain_keeps_real_drawings_recognizable(trained, registry):
     def judged(sets=()):
         r = load(root / "recipes" / "cat.yaml", registry, sets)
         built = engine.prepare(r)
-        return recog.real_figures(clf, "cat", 200, np.random.default_rng(4),
-                                  lambda x: engine.filtered_bitmaps(r, built, x))
+        return recog.real_figures(
+            clf, "cat", 200, np.random.default_rng(4), lambda x: engine.filtered_bitmaps(r, built, x)
+        )
 
     shipped, pen = judged(), judged(["filters[0]={use: ink, size: 84, width: 3}"])
     assert abs(shipped["filtered"]["recognized"] - shipped["raw"]["recognized"]) <= 0.1 * shipped["raw"]["recognized"]

@@ -1,4 +1,5 @@
 """The plugin manager and the registry: isolation, duplicates, unknown names, provenance."""
+
 from __future__ import annotations
 
 import warnings
@@ -8,7 +9,7 @@ import pytest
 from qdcore import Filter, PluginError, UnknownNameError, hookimpl
 from qdcore.plugin_manager import build
 
-GOOD = '''
+GOOD = """
 from qdcore import hookimpl, Filter
 class Double(Filter):
     def __init__(self, k: float = 2.0): self.k = k
@@ -16,7 +17,7 @@ class Double(Filter):
 @hookimpl
 def qd_register_filters(register):
     register("double", Double, description="twice as bright")
-'''
+"""
 BROKEN = "raise ImportError('this plugin needs a library that is not installed')\n"
 
 
@@ -35,6 +36,7 @@ class DuplicateOfSharpen:
 def only(monkeypatch):
     def restrict(*names):
         monkeypatch.setenv("QD_LOAD_PLUGINS", ",".join(names))
+
     return restrict
 
 

@@ -2,6 +2,7 @@
 
 Each test here failed before its fix. docs/reliability.md lists them with the promise each keeps.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,12 +79,17 @@ def test_a_decompression_bomb_is_bad_input_exit_2(bomb, tmp_path, where):
     folder.mkdir()
     os.symlink(bomb, folder / "bomb.png")
     if where == "seed":
-        text = f"dataset: {{use: quickdraw, category: apple, limit: 20}}\nseeds: [{{use: file-image, path: {folder / 'bomb.png'}}}]\n"
+        text = (
+            "dataset: {use: quickdraw, category: apple, limit: 20}\n"
+            f"seeds: [{{use: file-image, path: {folder / 'bomb.png'}}}]\n"
+        )
     else:
         text = f"dataset: {{use: images, path: {folder}}}\n"
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(text + "model: {T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}\n"
-                      "train: {iterations: 1, batch_size: 4, holdout: 0}\ngenerate: {n: 2}\n")
+    recipe.write_text(
+        text + "model: {T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}\n"
+        "train: {iterations: 1, batch_size: 4, holdout: 0}\ngenerate: {n: 2}\n"
+    )
     out = tmp_path / "out.gif"
     r = qd("run", recipe, "--out", out, "--quiet", env={"QD_CACHE_DIR": str(tmp_path / "cache")})
     assert r.returncode == 2, r.stderr
@@ -236,10 +242,12 @@ class warnings_as_errors:
 # OS and TensorFlow raise there (measured once on a 256 KB tmpfs: TensorFlow's SaveV2 raises
 # ResourceExhaustedError "...; No space left on device" and leaves a ckpt-N_temp folder).
 
-RECIPE = ("name: faults\ndataset: {use: quickdraw, category: apple, limit: 40}\n"
-          "model: {height: 10, width: 13, T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}\n"
-          "train: {iterations: 4, batch_size: 8, checkpoint_every: 2, precision: bfloat16}\n"
-          "generate: {n: 2}\n")
+RECIPE = (
+    "name: faults\ndataset: {use: quickdraw, category: apple, limit: 40}\n"
+    "model: {height: 10, width: 13, T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}\n"
+    "train: {iterations: 4, batch_size: 8, checkpoint_every: 2, precision: bfloat16}\n"
+    "generate: {n: 2}\n"
+)
 
 
 def run_main(*argv, capsys):
@@ -312,7 +320,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path, cac
         calls.append(checkpoint_number)
         if len(calls) > 1:
             (Path(self.directory) / f"ckpt-{checkpoint_number}_temp").mkdir()
-            raise tf.errors.ResourceExhaustedError(None, None, f"{self.directory}/ckpt-{checkpoint_number}_temp/part; No space left on device")
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"{self.directory}/ckpt-{checkpoint_number}_temp/part; No space left on device"
+            )
         return real(self, checkpoint_number=checkpoint_number, **kw)
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full_after_first)
@@ -361,6 +371,7 @@ def test_every_listed_test_exists():
 
 # --- issue 17: hardening, round two ---------------------------------------------------------------
 
+
 def cli(*argv, capsys):
     """qdcore.cli.main in this process, as typed: (exit code, stderr)."""
     from qdcore.cli import main
@@ -374,17 +385,23 @@ GOOD = "dataset: {use: quickdraw, category: apple, limit: 40}\n"
 BOMB = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "x"] * 9) + "]\n" for i in range(10))
 
 
-@pytest.mark.parametrize("text, fragments", [
-    # An alias bomb (9^10 values) under a parameter: the error once built the repr of all of it.
-    (BOMB + GOOD, ("values once its aliases are expanded",)),
-    ("a: &a [1, 2]\n" + GOOD, ("unknown section 'a'",)),
-    (GOOD + "generate: {n: " + "[" * 20000 + "]" * 20000 + "}\n", ("nested more than 32 levels",)),
-    (GOOD + "seed: -1\n", ("seed: -1 is out of range",)),
-    (GOOD + "train: {seed: -1}\n", ("train.seed: -1 is out of range",)),
-    (GOOD + "filters: [sharpen]\nfilters: [invert]\n", ("duplicate key 'filters'", "r.yaml:3:1:")),
-    (GOOD + "output: {use: gif, frames: steps, sample: 5}\ngenerate: {n: 3}\n", ("output: gif: `sample: 5`", "generate.n draws 3")),
-    ("# " + "x" * (1 << 20) + "\n" + GOOD, ("is over 1024 KiB",)),
-])
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        # An alias bomb (9^10 values) under a parameter: the error once built the repr of all of it.
+        (BOMB + GOOD, ("values once its aliases are expanded",)),
+        ("a: &a [1, 2]\n" + GOOD, ("unknown section 'a'",)),
+        (GOOD + "generate: {n: " + "[" * 20000 + "]" * 20000 + "}\n", ("nested more than 32 levels",)),
+        (GOOD + "seed: -1\n", ("seed: -1 is out of range",)),
+        (GOOD + "train: {seed: -1}\n", ("train.seed: -1 is out of range",)),
+        (GOOD + "filters: [sharpen]\nfilters: [invert]\n", ("duplicate key 'filters'", "r.yaml:3:1:")),
+        (
+            GOOD + "output: {use: gif, frames: steps, sample: 5}\ngenerate: {n: 3}\n",
+            ("output: gif: `sample: 5`", "generate.n draws 3"),
+        ),
+        ("# " + "x" * (1 << 20) + "\n" + GOOD, ("is over 1024 KiB",)),
+    ],
+)
 def test_hostile_recipes_of_round_two_are_one_line_exit_2(tmp_path, capsys, monkeypatch, text, fragments):
     import tracemalloc
 
@@ -405,8 +422,10 @@ def test_hostile_recipes_of_round_two_are_one_line_exit_2(tmp_path, capsys, monk
 def test_alias_bombs_in_parameter_values_are_refused_without_expanding(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
     levels = ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "x"] * 9) + "]" for i in range(9))
-    for text in (f"dataset: {{use: quickdraw, category: cat}}\ngenerate: {{n: [{levels}]}}\n",
-                 f"dataset: {{use: quickdraw, category: [{levels}]}}\n"):
+    for text in (
+        f"dataset: {{use: quickdraw, category: cat}}\ngenerate: {{n: [{levels}]}}\n",
+        f"dataset: {{use: quickdraw, category: [{levels}]}}\n",
+    ):
         recipe = tmp_path / "r.yaml"
         recipe.write_text(text)
         code, err = cli("validate", recipe, capsys=capsys)
@@ -505,7 +524,11 @@ def test_a_killed_writers_temporary_file_is_removed_by_a_later_write(tmp_path):
     from qdcore.atomic import STALE_AFTER, atomic_path
 
     out = tmp_path / "doodle.gif"
-    stale, live, other = tmp_path / ".doodle.k1ll3d.gif.part.gif", tmp_path / ".doodle.l1ve.gif.part.gif", tmp_path / ".other.x.gif.part.gif"
+    stale, live, other = (
+        tmp_path / ".doodle.k1ll3d.gif.part.gif",
+        tmp_path / ".doodle.l1ve.gif.part.gif",
+        tmp_path / ".other.x.gif.part.gif",
+    )
     for p in (stale, live, other):
         p.write_bytes(b"GIF89a")
     old = time.time() - STALE_AFTER - 60

@@ -1,5 +1,6 @@
 """`qd schema` and `-s key=value` overrides: one description of a recipe for the page, the
 editor and the command line, built from the same signatures recipe validation checks."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,12 @@ def _option(schema, kind, name):
 
 def test_schema_describes_every_registered_component_with_types_ranges_choices_defaults(registry):
     schema = recipe_schema(registry)
-    for kind, key in (("datasets", "dataset"), ("seed_strategies", "seed_strategy"), ("filters", "filter"), ("writers", "writer")):
+    for kind, key in (
+        ("datasets", "dataset"),
+        ("seed_strategies", "seed_strategy"),
+        ("filters", "filter"),
+        ("writers", "writer"),
+    ):
         titles = {o.get("title") for o in schema["$defs"][key]["anyOf"]} - {None}
         assert titles == set(registry.names(kind))
     passes = _option(schema, "filter", "sharpen")["properties"]["passes"]
@@ -46,11 +52,16 @@ def test_type_schema_of_optional_and_lists():
     from typing import Optional, Union
 
     assert type_schema(Optional[int]) == {"anyOf": [{"type": "integer"}, {"type": "null"}]}
-    assert type_schema(Union[str, list[str]]) == {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    assert type_schema(Union[str, list[str]]) == {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+    }
 
 
 def test_schema_lists_a_third_party_plugin_the_moment_it_is_installed(fake_site, monkeypatch):
-    fake_site("qdtest-glow", {"qdtest_glow": textwrap.dedent('''
+    fake_site(
+        "qdtest-glow",
+        {
+            "qdtest_glow": textwrap.dedent("""
         from typing import Annotated, Literal
         from qdcore import Filter, Range, hookimpl
 
@@ -63,11 +74,20 @@ def test_schema_lists_a_third_party_plugin_the_moment_it_is_installed(fake_site,
         @hookimpl
         def qd_register_filters(register):
             register("glow", Glow, description="a soft halo around the ink")
-    ''')}, {"glow": "qdtest_glow"})
+    """)
+        },
+        {"glow": "qdtest_glow"},
+    )
     monkeypatch.delenv("QD_LOAD_PLUGINS", raising=False)
     glow = _option(recipe_schema(build().registry), "filter", "glow")
     assert glow["description"] == "a soft halo around the ink" and glow["x-plugin"] == "glow"
-    assert glow["properties"]["radius"] == {"type": "number", "minimum": 0.5, "maximum": 8, "default": 2.0, "x-type": "float between 0.5 and 8"}
+    assert glow["properties"]["radius"] == {
+        "type": "number",
+        "minimum": 0.5,
+        "maximum": 8,
+        "default": 2.0,
+        "x-type": "float between 0.5 and 8",
+    }
 
 
 def test_qd_schema_prints_json():
@@ -77,15 +97,18 @@ def test_qd_schema_prints_json():
     assert schema["$schema"].startswith("https://json-schema.org/") and "filter" in schema["$defs"]
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("train.iterations=200", {"train": {"iterations": 200}}),
-    ("filters[0].passes=2", {"filters": [{"use": "sharpen", "passes": 2}]}),
-    ("filters[1]=upscale", {"filters": ["sharpen", "upscale"]}),
-    ("seeds=[training-batch, random-pixels]", {"seeds": ["training-batch", "random-pixels"]}),
-    ("model.attention=false", {"model": {"attention": False}}),
-    ("name='a: b'", {"name": "a: b"}),
-    ("name=a: b", {"name": {"a": "b"}}),  # YAML, like the file: quote to keep a string
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("train.iterations=200", {"train": {"iterations": 200}}),
+        ("filters[0].passes=2", {"filters": [{"use": "sharpen", "passes": 2}]}),
+        ("filters[1]=upscale", {"filters": ["sharpen", "upscale"]}),
+        ("seeds=[training-batch, random-pixels]", {"seeds": ["training-batch", "random-pixels"]}),
+        ("model.attention=false", {"model": {"attention": False}}),
+        ("name='a: b'", {"name": "a: b"}),
+        ("name=a: b", {"name": {"a": "b"}}),  # YAML, like the file: quote to keep a string
+    ],
+)
 def test_overrides_set_yaml_typed_values(item, expected):
     data = {"dataset": {"use": "quickdraw"}, "filters": ["sharpen"]}
     out = overrides.apply(data, [item])
@@ -94,15 +117,18 @@ def test_overrides_set_yaml_typed_values(item, expected):
     assert data["filters"] == ["sharpen"], "the input is not changed"
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("train.iterations", "is not KEY=VALUE"),
-    ("bad..x=1", "cannot read the key path"),
-    ("[0]=1", "cannot read the key path"),
-    ("filters[5].passes=2", "filters has 1 step: the index may be 0 to 1"),
-    ("name.first=x", "name is not a mapping"),
-    ("train[0]=x", "train is not a list"),
-    ("train.iterations=[1", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("train.iterations", "is not KEY=VALUE"),
+        ("bad..x=1", "cannot read the key path"),
+        ("[0]=1", "cannot read the key path"),
+        ("filters[5].passes=2", "filters has 1 step: the index may be 0 to 1"),
+        ("name.first=x", "name is not a mapping"),
+        ("train[0]=x", "train is not a list"),
+        ("train.iterations=[1", "invalid YAML"),
+    ],
+)
 def test_bad_overrides_name_the_path(item, fragment):
     with pytest.raises(RecipeError, match=None) as e:
         overrides.apply({"name": "x", "train": {}, "filters": ["sharpen"]}, [item])
@@ -124,10 +150,14 @@ def test_cli_set_option_bad_path_is_one_error_line_exit_2(command, tmp_path):
     recipe.write_text(OK + "filters: [sharpen]\n")
     p = qd(command, recipe, "-s", "filters[3].passes=2", cwd=tmp_path)
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == ["Error: -s filters[3].passes: filters has 1 step: the index may be 0 to 1 (1 appends one)"]
+    assert p.stderr.strip().splitlines() == [
+        "Error: -s filters[3].passes: filters has 1 step: the index may be 0 to 1 (1 appends one)"
+    ]
     p = qd(command, recipe, "-s", "train.iterations=-1", cwd=tmp_path)
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == [f"Error: {recipe}: train.iterations: -1 is out of range: must be between 0 and 1e+07"]
+    assert p.stderr.strip().splitlines() == [
+        f"Error: {recipe}: train.iterations: -1 is out of range: must be between 0 and 1e+07"
+    ]
 
 
 def test_cli_set_option_applies(tmp_path):

@@ -1,4 +1,5 @@
 """Seed strategies on small arrays: shapes, range, reproducibility, and the chain's rules."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,15 +36,22 @@ def blobs(n=4, shape=(28, 28), seed=0) -> np.ndarray:
 
 def reference_edges(x: np.ndarray, threshold: float) -> np.ndarray:
     """Sobel magnitude per image, computed independently with scipy's own sobel."""
-    return np.stack([
-        np.hypot(ndimage.sobel(i, axis=0, mode="constant"), ndimage.sobel(i, axis=1, mode="constant")) > threshold
-        for i in x
-    ])
+    return np.stack(
+        [
+            np.hypot(ndimage.sobel(i, axis=0, mode="constant"), ndimage.sobel(i, axis=1, mode="constant")) > threshold
+            for i in x
+        ]
+    )
 
 
 def test_every_strategy_validates_with_its_defaults():
-    for cls, given in [(TrainingBatch, {}), (Prior, {}), (SobelEdges, {}), (RandomPixels, {}),
-                       (FileImage, {"path": "crooked-triangle.png"})]:
+    for cls, given in [
+        (TrainingBatch, {}),
+        (Prior, {}),
+        (SobelEdges, {}),
+        (RandomPixels, {}),
+        (FileImage, {"path": "crooked-triangle.png"}),
+    ]:
         params = check(cls, given, "seeds[0]", base_dir=RECIPES)
         assert "n" not in params
         cls(**params)

@@ -1,6 +1,7 @@
 """One shared model, many recipes (real data, tiny models): `model: {from: ...}` reuses a
 trained multi-category model, fails clearly when it is not cached, falls back when asked to;
 `qd models` lists the cache; the shipped one-category recipes keep their cache keys."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def write(tmp_path, name, text) -> Path:
 
 
 def qd(*args, env):
-    return subprocess.run([QD, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers", **env})
+    return subprocess.run(
+        [QD, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers", **env},
+    )
 
 
 def test_shipped_one_category_recipes_keep_their_cache_keys(registry):
@@ -82,6 +88,7 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
 
     # The same drawings as the shared model sampled for "cat" directly.
     from qdcore.training import train
+
     model = train.load(zoo.model, engine.model_dir(zoo)).model
     frames = iio.imread(result.path, index=None)
     expect = np.round(model.sample(4, seed=cat.seed, category="cat").final * 255)
@@ -105,7 +112,14 @@ def test_from_needs_a_recipe_and_one_category(tmp_path, registry, quickdraw_dir)
     with pytest.raises(RecipeError, match="model.from: no recipe 'nowhere'"):
         load(write(tmp_path, "a.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: nowhere}\n"), registry)
     write(tmp_path, "zoo.yaml", ZOO)
-    two = load(write(tmp_path, "two.yaml", "dataset: {use: quickdraw, category: [cat, fish]}\nmodel: {from: zoo, if_missing: train}\n"), registry)
+    two = load(
+        write(
+            tmp_path,
+            "two.yaml",
+            "dataset: {use: quickdraw, category: [cat, fish]}\nmodel: {from: zoo, if_missing: train}\n",
+        ),
+        registry,
+    )
     with pytest.raises(RecipeError, match="draws one category"):
         engine.ensure_model(two, engine.load_data(two, engine.prepare(two)))
 

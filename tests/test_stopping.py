@@ -1,5 +1,6 @@
 """The stop rule (qdcore/training/stopping.py): the rule on sequences of figures, and the trainer
 stopping by it, saying why, resuming, and keeping the cache keys of recipes written before it."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,11 @@ def test_a_worse_figure_is_flat_and_a_zero_margin_takes_any_gain():
 
 def test_resumed_replays_the_recorded_checks_of_the_same_rule_only():
     cfg = TrainConfig(patience=3, min_gain=1.0, check_every=10)
-    record = {"rule": stopping.rule_of(cfg), "signal": stopping.TRAINING,
-              "checks": [[10, 100.0], [20, 100.5], [30, 99.9], [40, 100.2]]}
+    record = {
+        "rule": stopping.rule_of(cfg),
+        "signal": stopping.TRAINING,
+        "checks": [[10, 100.0], [20, 100.5], [30, 99.9], [40, 100.2]],
+    }
     rule = Plateau.resumed(cfg, stopping.TRAINING, record, upto=35)
     assert rule.checks == [(10, 100.0), (20, 100.5), (30, 99.9)] and rule.flat == 2 and rule.best_step == 10
     assert rule.observe(40, 100.2)
@@ -85,9 +89,20 @@ def test_the_held_out_bound_is_watched_only_where_enough_images_are_held_out():
 
 # TrainConfig().key_dict() before the stop rule existed; every model cached before it was keyed
 # with this section, so it must not change (models.md: a changed key retrains silently).
-OLD_TRAIN_KEY = {"batch_size": 400, "beta1": 0.5, "checkpoint_every": 1000, "clip_norm": 5.0, "holdout": 0.1,
-                 "iterations": 10000, "learning_rate": 0.002, "lr_final_fraction": 0.05, "lr_schedule": "cosine",
-                 "precision": "auto", "seed": 0, "warmup": 200}
+OLD_TRAIN_KEY = {
+    "batch_size": 400,
+    "beta1": 0.5,
+    "checkpoint_every": 1000,
+    "clip_norm": 5.0,
+    "holdout": 0.1,
+    "iterations": 10000,
+    "learning_rate": 0.002,
+    "lr_final_fraction": 0.05,
+    "lr_schedule": "cosine",
+    "precision": "auto",
+    "seed": 0,
+    "warmup": 200,
+}
 
 
 def test_the_stop_settings_stay_out_of_the_train_key():
@@ -98,10 +113,17 @@ def test_the_stop_settings_stay_out_of_the_train_key():
 
 # The shipped recipes' model keys computed before the stop rule existed.
 OLD_KEYS = {
-    "apple-quality": "ad2e9b480674766a", "apple": "641825f978c339b9", "cat-quality": "d2e21ea1ade04d3a",
-    "cat": "d4b2dae6e60b0825", "coffee-cup": "6d2ee68197d7dc51", "crooked-triangle": "f757f15f13224600",
-    "hexagon": "a9c59edcbeb1590e", "whale": "71bb4051987c860e", "windmill": "602dcf7b01302244",
-    "zoo-26": "03fa8e2adba8eaf7", "zoo-345": "3e9bd9fe6d6ff960",
+    "apple-quality": "ad2e9b480674766a",
+    "apple": "641825f978c339b9",
+    "cat-quality": "d2e21ea1ade04d3a",
+    "cat": "d4b2dae6e60b0825",
+    "coffee-cup": "6d2ee68197d7dc51",
+    "crooked-triangle": "f757f15f13224600",
+    "hexagon": "a9c59edcbeb1590e",
+    "whale": "71bb4051987c860e",
+    "windmill": "602dcf7b01302244",
+    "zoo-26": "03fa8e2adba8eaf7",
+    "zoo-345": "3e9bd9fe6d6ff960",
 }
 
 
@@ -135,8 +157,17 @@ def _images(n=60, seed=0):
 
 
 def _cfg(**kw):
-    return TrainConfig(**{"iterations": 40, "batch_size": 8, "checkpoint_every": 8, "check_every": 4,
-                          "patience": 2, "min_gain": 1.0, **kw})
+    return TrainConfig(
+        **{
+            "iterations": 40,
+            "batch_size": 8,
+            "checkpoint_every": 8,
+            "check_every": 4,
+            "patience": 2,
+            "min_gain": 1.0,
+            **kw,
+        }
+    )
 
 
 def _loss_of(monkeypatch, loss):
@@ -233,6 +264,7 @@ def test_enough_held_out_images_are_judged_by_their_bound(tmp_path, monkeypatch)
 
 # --- a batch that fits the data (mixing.fit_batch) ---------------------------------------
 
+
 def test_a_batch_never_holds_more_than_the_training_set():
     from qdcore.training.mixing import fit_batch, split
 
@@ -254,5 +286,11 @@ def test_the_trainer_trains_a_small_set_in_batches_of_the_whole_set(tmp_path, ca
     assert "full budget 6 steps of 11 images" in err
     assert trained.step == 6 and len(trained.last_batch) == 11
     # loaded again: the same model, nothing trained
-    assert len(train_mod.train(TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path,
-                               quiet=True).last_batch) == 11
+    assert (
+        len(
+            train_mod.train(
+                TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path, quiet=True
+            ).last_batch
+        )
+        == 11
+    )

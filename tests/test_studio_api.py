@@ -1,6 +1,7 @@
 """The studio's HTTP API (Starlette's TestClient): every endpoint, and every error as a 4xx
 with one `Error:` line, never a traceback. Generation uses the tiny model trained once per
 session (conftest.tiny_model); real training and cancelling run in the browser test."""
+
 from __future__ import annotations
 
 import base64
@@ -113,7 +114,8 @@ def test_schema_and_plugins_include_a_plugin_installed_by_the_test(client):
 def test_recipe_is_the_starting_recipe_or_the_default(client, studio, tmp_path, installed_packs):
     body = client.get("/api/recipe").json()
     assert body["recipe"]["name"] == "tiny" and body["file"].endswith("tiny.yaml")
-    installed_packs()  # no pack draws cats (the one qd ships: test_the_default_recipe_draws_cats_from_the_installed_pack)
+    # no pack draws cats (the one qd ships: test_the_default_recipe_draws_cats_from_the_installed_pack)
+    installed_packs()
     bare = Studio(build(), None, workdir=tmp_path / "bare")
     with TestClient(create_app(bare)) as c:
         assert c.get("/api/recipe").json() == {"recipe": DEFAULT_RECIPE, "file": None}
@@ -127,21 +129,47 @@ def test_validate_ok_and_says_whether_the_model_is_trained(client, recipe):
     assert client.post("/api/validate", json={"recipe": other}).json()["trained"] is False
 
 
-@pytest.mark.parametrize("change, status, fragment", [
-    (lambda r: {**r, "filters": [{"use": "sharpen", "passes": 20}]}, 400, "studio: filters[0].passes: 20 is out of range: must be between 1 and 10"),
-    (lambda r: {**r, "filters": [{"use": "sharpn"}]}, 400, "Can't find filter 'sharpn'. Did you mean 'sharpen'"),
-    (lambda r: {**r, "filters": [{"use": "glow", "radius": "big"}]}, 400, "filters[0].radius: 'big' is not a number"),
-    (lambda r: {**r, "seeds": [{"use": "sobel-edges"}]}, 400, "needs a source before it"),
-    (lambda r: {**r, "bogus": 1}, 400, "unknown section 'bogus'"),
-    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "/etc/passwd"}]}, 400,
-     "studio: seeds[0].path: the studio does not open files named by the page"),
-    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "../../tiny.yaml"}]}, 400, "does not open files named by the page"),
-    (lambda r: {**r, "dataset": {"use": "images", "path": "/etc"}}, 400, "studio: dataset.path: the studio does not open files"),
-    (lambda r: {**r, "output": {"use": "gif", "path": "/tmp/x.gif"}}, 400, "does not write where the page says"),
-    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "upload:" + "0" * 32}]}, 404, "is not on this server"),
-    (lambda r: {**r, "seeds": [{"use": "file-image", "path": "upload:../../etc/passwd"}]}, 400, "is not an upload id"),
-    (lambda r: "not a recipe", 400, "the request must hold a recipe object"),
-])
+@pytest.mark.parametrize(
+    "change, status, fragment",
+    [
+        (
+            lambda r: {**r, "filters": [{"use": "sharpen", "passes": 20}]},
+            400,
+            "studio: filters[0].passes: 20 is out of range: must be between 1 and 10",
+        ),
+        (lambda r: {**r, "filters": [{"use": "sharpn"}]}, 400, "Can't find filter 'sharpn'. Did you mean 'sharpen'"),
+        (
+            lambda r: {**r, "filters": [{"use": "glow", "radius": "big"}]},
+            400,
+            "filters[0].radius: 'big' is not a number",
+        ),
+        (lambda r: {**r, "seeds": [{"use": "sobel-edges"}]}, 400, "needs a source before it"),
+        (lambda r: {**r, "bogus": 1}, 400, "unknown section 'bogus'"),
+        (
+            lambda r: {**r, "seeds": [{"use": "file-image", "path": "/etc/passwd"}]},
+            400,
+            "studio: seeds[0].path: the studio does not open files named by the page",
+        ),
+        (
+            lambda r: {**r, "seeds": [{"use": "file-image", "path": "../../tiny.yaml"}]},
+            400,
+            "does not open files named by the page",
+        ),
+        (
+            lambda r: {**r, "dataset": {"use": "images", "path": "/etc"}},
+            400,
+            "studio: dataset.path: the studio does not open files",
+        ),
+        (lambda r: {**r, "output": {"use": "gif", "path": "/tmp/x.gif"}}, 400, "does not write where the page says"),
+        (lambda r: {**r, "seeds": [{"use": "file-image", "path": "upload:" + "0" * 32}]}, 404, "is not on this server"),
+        (
+            lambda r: {**r, "seeds": [{"use": "file-image", "path": "upload:../../etc/passwd"}]},
+            400,
+            "is not an upload id",
+        ),
+        (lambda r: "not a recipe", 400, "the request must hold a recipe object"),
+    ],
+)
 def test_validate_errors_are_one_line(client, recipe, change, status, fragment):
     one_error(client.post("/api/validate", json={"recipe": change(recipe)}), status, fragment)
 
@@ -155,8 +183,11 @@ def test_bad_bodies(client):
 
 
 def test_foreign_origin_is_refused_and_own_origin_accepted(client, recipe):
-    one_error(client.post("/api/validate", json={"recipe": recipe}, headers={"Origin": "http://evil.example"}), 403,
-              "requests from another site (http://evil.example) are refused")
+    one_error(
+        client.post("/api/validate", json={"recipe": recipe}, headers={"Origin": "http://evil.example"}),
+        403,
+        "requests from another site (http://evil.example) are refused",
+    )
     one_error(client.get("/api/schema", headers={"Origin": "http://127.0.0.1.evil.example"}), 403, "refused")
     assert client.post("/api/validate", json={"recipe": recipe}, headers={"Origin": ORIGIN}).status_code == 200
 
@@ -169,9 +200,15 @@ def test_bound_to_loopback_only_loopback_host_names_are_served(studio, recipe):
         assert c.get("/api/recipe", headers={"Host": "localhost:8765"}).status_code == 200
         assert c.get("/api/recipe", headers={"Host": "[::1]:8765"}).status_code == 200
         # DNS rebinding: evil.example now resolves to 127.0.0.1, and its page is same-origin
-        one_error(c.post("/api/validate", json={"recipe": recipe},
-                         headers={"Host": "evil.example:8765", "Origin": "http://evil.example:8765"}), 403,
-                  "requests for host 'evil.example:8765' are refused")
+        one_error(
+            c.post(
+                "/api/validate",
+                json={"recipe": recipe},
+                headers={"Host": "evil.example:8765", "Origin": "http://evil.example:8765"},
+            ),
+            403,
+            "requests for host 'evil.example:8765' are refused",
+        )
 
 
 def test_upload_goes_through_the_file_image_rules(client, studio):
@@ -190,12 +227,15 @@ def test_upload_goes_through_the_file_image_rules(client, studio):
     assert served.status_code == 200 and served.headers["content-type"] == "image/png"
 
 
-@pytest.mark.parametrize("image, status, fragment", [
-    ("hello", 400, "as a data URL"),
-    ("data:image/png;base64,!!!not-base64", 400, "base64 is corrupt"),
-    ("data:image/png;base64," + base64.b64encode(b"not an image at all").decode(), 400, "not a readable image"),
-    (None, 400, "as a data URL"),
-])
+@pytest.mark.parametrize(
+    "image, status, fragment",
+    [
+        ("hello", 400, "as a data URL"),
+        ("data:image/png;base64,!!!not-base64", 400, "base64 is corrupt"),
+        ("data:image/png;base64," + base64.b64encode(b"not an image at all").decode(), 400, "not a readable image"),
+        (None, 400, "as a data URL"),
+    ],
+)
 def test_upload_errors(client, image, status, fragment):
     one_error(client.post("/api/upload", json={"image": image}), status, fragment)
 
@@ -244,8 +284,11 @@ def test_generate_prior_plays_every_step_with_write_windows(client, recipe):
 
 def test_generate_from_an_upload_with_filters_and_download(client, recipe):
     ref = client.post("/api/upload", json={"image": png_url(stroke_image())}).json()["ref"]
-    r = {**recipe, "seeds": [{"use": "file-image", "path": ref}, {"use": "random-pixels"}],
-         "filters": [{"use": "glow"}, {"use": "upscale", "size": 56}]}
+    r = {
+        **recipe,
+        "seeds": [{"use": "file-image", "path": ref}, {"use": "random-pixels"}],
+        "filters": [{"use": "glow"}, {"use": "upscale", "size": 56}],
+    }
     g = client.post("/api/generate", json={"recipe": r, "n": 3}).json()
     assert g["source"] == "reconstruction" and (g["height"], g["width"]) == (56, 56)
     gif = client.get(f"/api/generations/{g['id']}.gif")
@@ -266,10 +309,15 @@ def test_generate_errors(client, recipe, studio):
     untrained = {**recipe, "train": {**recipe["train"], "iterations": 31}}
     one_error(client.post("/api/generate", json={"recipe": untrained}), 409, "is not trained yet: press Train")
     one_error(client.post("/api/generate", json={"recipe": recipe, "n": "many"}), 400, "n must be a whole number")
-    line = one_error(client.post("/api/generate", json={"recipe": recipe, "n": 0}), 400, "studio: generate.n: 0 is out of range")
+    line = one_error(
+        client.post("/api/generate", json={"recipe": recipe, "n": 0}), 400, "studio: generate.n: 0 is out of range"
+    )
     assert "--" not in line, "the page has no command-line flags"
-    one_error(client.post("/api/generate", json={"recipe": {**recipe, "filters": ["boom"]}}), 500,
-              "Error: unexpected RuntimeError: the boom filter always fails second line")
+    one_error(
+        client.post("/api/generate", json={"recipe": {**recipe, "filters": ["boom"]}}),
+        500,
+        "Error: unexpected RuntimeError: the boom filter always fails second line",
+    )
     one_error(client.get("/api/generations/" + "f" * 32 + ".gif"), 404, "that generation is gone")
     g = client.post("/api/generate", json={"recipe": recipe, "n": 2}).json()
     one_error(client.get(f"/api/generations/{g['id']}.jpg"), 404, "downloads are .gif or .png")
@@ -281,7 +329,11 @@ def test_one_training_job_per_model(client, recipe, studio):
 
     key = str(engine.model_dir(parse(recipe, studio.base_path, studio.registry)))
     studio.jobs[key] = Job(key=key, name="tiny", total=30, state="running", step=3)
-    one_error(client.post("/api/train", json={"recipe": recipe}), 409, "is already training (step 3 of 30): one training job per model")
+    one_error(
+        client.post("/api/train", json={"recipe": recipe}),
+        409,
+        "is already training (step 3 of 30): one training job per model",
+    )
     one_error(client.post("/api/generate", json={"recipe": recipe}), 409, "training right now")
     assert client.post("/api/validate", json={"recipe": recipe}).json()["training"] is True
     jobs = client.get("/api/jobs").json()["jobs"]
@@ -291,7 +343,9 @@ def test_one_training_job_per_model(client, recipe, studio):
     studio.jobs[key].state = "cancelled"
     one_error(client.post("/api/jobs/cancel", json={"key": key}), 409, "the job is not running (it is cancelled)")
     one_error(client.post("/api/jobs/cancel", json={"key": "nope"}), 404, "no such training job")
-    one_error(client.post("/api/train", json={"recipe": {**recipe, "model": {"T": 0}}}), 400, "model.T: 0 is out of range")
+    one_error(
+        client.post("/api/train", json={"recipe": {**recipe, "model": {"T": 0}}}), 400, "model.T: 0 is out of range"
+    )
 
 
 def test_a_finished_model_trains_nothing_and_the_job_reports_done(client, recipe):
@@ -332,11 +386,14 @@ def test_the_studio_page_never_waits_for_tensorflow():
     from qdcore.studio import models
 
     assert models.FINISHED == train.FINISHED
-    code = ("import sys; from qdcore.plugin_manager import build; from qdcore.studio.server import Studio, create_app; "
-            "from starlette.testclient import TestClient; s = Studio(build(), None); c = TestClient(create_app(s)); "
-            "r = c.get('/api/recipe').json()['recipe']; assert c.post('/api/validate', json={'recipe': r}).status_code == 200; "
-            "c.get('/api/models'); c.get('/api/schema'); c.get('/api/plugins'); s.close(); "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    code = (
+        "import sys; from qdcore.plugin_manager import build; from qdcore.studio.server import Studio, create_app; "
+        "from starlette.testclient import TestClient; s = Studio(build(), None); c = TestClient(create_app(s)); "
+        "r = c.get('/api/recipe').json()['recipe']; "
+        "assert c.post('/api/validate', json={'recipe': r}).status_code == 200; "
+        "c.get('/api/models'); c.get('/api/schema'); c.get('/api/plugins'); s.close(); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
 
@@ -347,8 +404,12 @@ def test_qd_studio_warns_when_not_on_loopback_and_bad_recipe_is_one_line(tmp_pat
     from pathlib import Path
 
     qd = str(Path(sys.executable).parent / "qd")
-    p = subprocess.Popen([qd, "studio", "--host", "0.0.0.0", "--port", "0", "--no-browser"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [qd, "studio", "--host", "0.0.0.0", "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         warning = p.stderr.readline()
         address = p.stdout.readline()
@@ -364,8 +425,10 @@ def test_qd_studio_warns_when_not_on_loopback_and_bad_recipe_is_one_line(tmp_pat
     env = {**os.environ, "QD_LOAD_PLUGINS": "datasets,seeds,filters,writers"}
     r = subprocess.run([qd, "studio", str(bad), "--no-browser"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"Error: {bad}: filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'? "
-                                             "Available: anti-alias, edge-enhance, ink, invert, sharpen, upscale"]
+    assert r.stderr.strip().splitlines() == [
+        f"Error: {bad}: filters[0].use: Can't find filter 'sharpn'. Did you mean 'sharpen'? "
+        "Available: anti-alias, edge-enhance, ink, invert, sharpen, upscale"
+    ]
 
 
 # --- issue 17: the studio reads nothing it was not given; no "unexpected" error from a page ----
@@ -377,10 +440,20 @@ def test_model_from_never_opens_a_recipe_the_page_names(client, recipe, tmp_path
     # A bare name is refused unless a finished model of that name is in the cache (other tests
     # in the same run may train one called zoo-26, which the page may then name), so the name
     # here is one no test trains.
-    for source in (str(secret), "../" * 12 + str(secret)[1:], str(secret.with_suffix("")), "zoo-26-never-cached", 7, None):
+    for source in (
+        str(secret),
+        "../" * 12 + str(secret)[1:],
+        str(secret.with_suffix("")),
+        "zoo-26-never-cached",
+        7,
+        None,
+    ):
         body = {**recipe, "model": {**recipe["model"], "from": source}}
-        line = one_error(client.post("/api/validate", json={"recipe": body}), 400,
-                         "studio: model.from: the studio does not open recipes named by the page")
+        line = one_error(
+            client.post("/api/validate", json={"recipe": body}),
+            400,
+            "studio: model.from: the studio does not open recipes named by the page",
+        )
         assert "SECRET" not in line
 
 
@@ -414,7 +487,9 @@ def test_model_from_of_the_starting_recipe_is_allowed(tmp_path, tiny_model, monk
 def test_a_cmyk_jpeg_upload_is_accepted(client):
     buf = io.BytesIO()
     Image.fromarray(stroke_image()).convert("CMYK").save(buf, format="JPEG")
-    res = client.post("/api/upload", json={"image": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()})
+    res = client.post(
+        "/api/upload", json={"image": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()}
+    )
     assert res.status_code == 200, res.text
     preview = iio.imread(base64.b64decode(res.json()["preview"].split(",", 1)[1]))
     assert preview.max() > 200, "the bar survives as ink"
@@ -428,15 +503,24 @@ def test_deep_json_and_negative_seeds_are_400(client, recipe):
         value = [value]
     nested = {"recipe": {**recipe, "generate": {"n": value}}}
     one_error(client.post("/api/validate", json=nested), 400, "nested more than 32 levels deep")
-    one_error(client.post("/api/validate", json={"recipe": {**recipe, "seed": -1}}), 400, "studio: seed: -1 is out of range")
-    one_error(client.post("/api/generate", json={"recipe": {**recipe, "seed": -1}}), 400, "studio: seed: -1 is out of range")
+    one_error(
+        client.post("/api/validate", json={"recipe": {**recipe, "seed": -1}}), 400, "studio: seed: -1 is out of range"
+    )
+    one_error(
+        client.post("/api/generate", json={"recipe": {**recipe, "seed": -1}}), 400, "studio: seed: -1 is out of range"
+    )
     train = {**recipe, "train": {**recipe["train"], "seed": -1}}
     one_error(client.post("/api/train", json={"recipe": train}), 400, "studio: train.seed: -1 is out of range")
 
 
 def test_error_lines_carry_no_object_reprs(client):
-    line = one_error(client.post("/api/upload", json={"image": "data:image/png;base64," + base64.b64encode(b"GIF89a junk").decode()}),
-                     400, "not a readable image")
+    line = one_error(
+        client.post(
+            "/api/upload", json={"image": "data:image/png;base64," + base64.b64encode(b"GIF89a junk").decode()}
+        ),
+        400,
+        "not a readable image",
+    )
     assert " at 0x" not in line and "<_io" not in line
     from qdcore.studio.session import one_line
 
@@ -512,7 +596,9 @@ def test_the_studio_draws_a_model_from_recipe_as_qd_run_does(tmp_path, quickdraw
     # The comparison sees a difference in the pictures: another seed's differ.
     assert not np.array_equal(studio, _qd_run(tmp_path / "copied.yaml", tmp_path / "other.gif", "--seed", "2"))
     # A category the shared model does not know falls back to the recipe's own model: not trained.
-    start.write_text(FROM_ZOO.replace("category: apple", "category: banana").replace("if_missing: error", "if_missing: train"))
+    start.write_text(
+        FROM_ZOO.replace("category: apple", "category: banana").replace("if_missing: error", "if_missing: train")
+    )
     s = Studio(build(), start, workdir=tmp_path / "studio2")
     try:
         with TestClient(create_app(s)) as c:
@@ -570,10 +656,14 @@ def test_the_default_recipe_draws_cats_from_the_installed_pack(tmp_path, tiny_pa
             assert given == {**DEFAULT_RECIPE, "model": {"from": "zoo-26", "if_missing": "train"}}
             listed = c.get("/api/models").json()
             assert listed["models"] == []
-            assert [(p["name"], p["source"], p["plugin"], p["categories"], p["steps"]) for p in listed["packs"]] == \
-                [("zoo-26", "plugin", "packs", ["cat", "apple", "fish"], 6)]
+            assert [(p["name"], p["source"], p["plugin"], p["categories"], p["steps"]) for p in listed["packs"]] == [
+                ("zoo-26", "plugin", "packs", ["cat", "apple", "fish"], 6)
+            ]
             checked = c.post("/api/validate", json={"recipe": given}).json()
-            assert checked["trained"] is True and checked["draws_from"] == "the model pack 'zoo-26' (pack from plugin 'packs')"
+            assert (
+                checked["trained"] is True
+                and checked["draws_from"] == "the model pack 'zoo-26' (pack from plugin 'packs')"
+            )
             g = c.post("/api/generate", json={"recipe": given, "n": 4})
             assert g.status_code == 200, g.text
             g = g.json()
@@ -590,18 +680,27 @@ def test_the_default_recipe_draws_cats_from_the_installed_pack(tmp_path, tiny_pa
     assert np.array_equal(_frames(gif), _qd_run(tmp_path / "copied.yaml", tmp_path / "run.gif"))
 
 
-def test_the_page_may_name_a_pack_and_the_default_trains_without_one(tmp_path, tiny_pack, installed_packs, monkeypatch, studio):
+def test_the_page_may_name_a_pack_and_the_default_trains_without_one(
+    tmp_path, tiny_pack, installed_packs, monkeypatch, studio
+):
     installed_packs(tiny_pack)
     s = Studio(build(), studio.base_path, workdir=tmp_path / "studio")  # the tiny recipe, its cache
     try:
         with TestClient(create_app(s)) as c:
             recipe = c.get("/api/recipe").json()["recipe"]
             assert c.get("/api/models").json()["packs"][0]["name"] == "zoo-26"
-            cat = {**recipe, "dataset": {"use": "quickdraw", "category": "cat", "limit": 100}, "model": {"from": "zoo-26"}}
+            cat = {
+                **recipe,
+                "dataset": {"use": "quickdraw", "category": "cat", "limit": 100},
+                "model": {"from": "zoo-26"},
+            }
             checked = c.post("/api/validate", json={"recipe": cat}).json()
             assert checked["trained"] and checked["draws_from"].startswith("the model pack 'zoo-26'")
-            line = one_error(c.post("/api/validate", json={"recipe": {**cat, "model": {"from": "zoo-27"}}}), 400,
-                             "does not open recipes named by the page")
+            line = one_error(
+                c.post("/api/validate", json={"recipe": {**cat, "model": {"from": "zoo-27"}}}),
+                400,
+                "does not open recipes named by the page",
+            )
             assert "'zoo-26'" in line, "the refusal names the packs the page may use"
     finally:
         s.close()

@@ -6,6 +6,7 @@ These tests FAIL, never skip, when the browser is missing.
 Screenshots go to $QD_STUDIO_SHOTS when set (docs/studio.md's pictures are made that way),
 else to the test's temporary folder.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,10 @@ GLOW = textwrap.dedent('''
 def chromium_path() -> str:
     path = os.environ.get("QD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("the studio's browser tests need the system Chromium: apt-get install chromium "
-                    "(the README's test command does this), or set QD_CHROMIUM to its path")
+        pytest.fail(
+            "the studio's browser tests need the system Chromium: apt-get install chromium "
+            "(the README's test command does this), or set QD_CHROMIUM to its path"
+        )
     return path
 
 
@@ -62,12 +65,17 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     """`qd studio tiny.yaml` with a third-party plugin installed just for this test."""
-    site = write_distribution(tmp_path_factory.mktemp("site"), "qdtest-glow", {"qdtest_glow": GLOW}, {"glow": "qdtest_glow"})
-    env = {**os.environ, "QD_CACHE_DIR": str(tiny_model.parent.parent / "qd-cache"),
-           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           # The page's long training run would first time every step plan in fresh processes
-           # (half a minute; tests/test_plan.py covers that): the page is the subject here.
-           "QD_STEP_PLAN": "float32-xla"}
+    site = write_distribution(
+        tmp_path_factory.mktemp("site"), "qdtest-glow", {"qdtest_glow": GLOW}, {"glow": "qdtest_glow"}
+    )
+    env = {
+        **os.environ,
+        "QD_CACHE_DIR": str(tiny_model.parent.parent / "qd-cache"),
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        # The page's long training run would first time every step plan in fresh processes
+        # (half a minute; tests/test_plan.py covers that): the page is the subject here.
+        "QD_STEP_PLAN": "float32-xla",
+    }
     env.pop("QD_LOAD_PLUGINS", None)
     yield from studio_process([str(tiny_model)], env)
 
@@ -76,8 +84,13 @@ def studio_process(args: list, env: dict):
     """`qd studio ARGS` on a free port until the module's tests are done: yields its url,
     process, start time and cache (QD_CACHE_DIR in `env`)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([QD, "studio", *args, "--no-browser", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [QD, "studio", *args, "--no-browser", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     line = proc.stdout.readline()
     m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
     if not m:
@@ -127,7 +140,10 @@ def draw_stroke(pg, points):
 
 def test_page_usable_and_shows_a_plugin_installed_in_the_test(page, server, shots):
     ready = time.perf_counter() - server["started"]
-    print(f"\nqd studio start to usable page: {ready:.1f} s (page's own load {page.locator('body').get_attribute('data-ready-ms')} ms)")
+    print(
+        f"\nqd studio start to usable page: {ready:.1f} s "
+        f"(page's own load {page.locator('body').get_attribute('data-ready-ms')} ms)"
+    )
     glow = page.locator("#plugins [data-kind=filters] li[data-name=glow]")
     assert "installed by the browser test" in glow.inner_text()
     assert page.locator("#add-filter option[value=glow]").count() == 1
@@ -201,8 +217,14 @@ def run_copied(text: str, server, folder: Path) -> bytes:
         (folder / seed.group(2)).write_bytes(r.read())
     (folder / "copied.yaml").write_text(text)
     env = {**os.environ, "QD_CACHE_DIR": str(server["cache"])}
-    run = subprocess.run([QD, "run", "copied.yaml", "--out", "again.gif", "-q"], cwd=folder, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [QD, "run", "copied.yaml", "--out", "again.gif", "-q"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     return (folder / "again.gif").read_bytes()
 
@@ -218,7 +240,9 @@ def test_upload_an_image_as_seed(page, tmp_path):
     page.wait_for_selector("#upload-preview:not([hidden])")
     preview = page.locator("#upload-preview").get_attribute("src")
     seed = iio.imread(base64.b64decode(preview.split(",", 1)[1]))
-    assert seed.shape == (28, 28) and seed[0, 0] < 30 and seed.max() == 255, "file-image rules: inverted, padded, normalised"
+    assert seed.shape == (28, 28) and seed[0, 0] < 30 and seed.max() == 255, (
+        "file-image rules: inverted, padded, normalised"
+    )
     page.click("#generate")
     page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=60_000)
     assert "reconstructions" in page.locator("#status").inner_text()

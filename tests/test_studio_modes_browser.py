@@ -1,13 +1,17 @@
 """The studio's "Finish my drawing" and "Morph" in a real browser (headless system Chromium,
 driven by Playwright, as tests/test_studio_browser.py does; they FAIL when it is missing)."""
+
 from __future__ import annotations
 
 import imageio.v3 as iio
 
 from test_studio_browser import browser, draw_stroke, page, run_copied, server, shots  # noqa: F401 - fixtures
 
-BLUE = "(() => { const c = document.querySelector('#player canvas'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;" \
-       " let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] - d[i] > 40) n++; return n; })()"
+BLUE = (
+    "(() => { const c = document.querySelector('#player canvas'); "
+    "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    " let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] - d[i] > 40) n++; return n; })()"
+)
 
 
 def test_finish_my_drawing_plays_step_by_step_downloads_and_copies(page, server, shots, tmp_path):  # noqa: F811

@@ -6,6 +6,7 @@ The pack is the tests' tiny zoo-26 (conftest.tiny_pack), imported into the serve
 cache: the user's cache comes first, so this holds whether or not the repository ships
 plugins/packs/zoo-26.qdpack (the same lookup serves an installed pack: test_studio_api.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,19 +39,26 @@ def test_the_first_page_lists_the_pack_and_draws_cats_from_it(browser, pack_serv
         assert page.locator("#name").input_value() == "studio-cat"
         listed = page.locator("#models li[data-pack=zoo-26]")
         pack = listed.first  # the imported one; then the repository's own zoo-26 when it ships one
-        assert "pack imported into the cache" in pack.inner_text() and "3 categories: cat, apple, fish" in pack.inner_text()
+        assert (
+            "pack imported into the cache" in pack.inner_text()
+            and "3 categories: cat, apple, fish" in pack.inner_text()
+        )
         if listed.count() > 1:
             assert "not used: the imported pack of this name comes first" in listed.nth(1).inner_text()
             assert listed.nth(1).locator("button").count() == 0
         page.wait_for_function("document.querySelector('#model-state').innerText.includes('draws from')")
-        assert page.locator("#model-state").inner_text() == \
-            "\"studio-cat\" draws from the model pack 'zoo-26' (pack imported into the cache): nothing to train."
+        assert (
+            page.locator("#model-state").inner_text()
+            == "\"studio-cat\" draws from the model pack 'zoo-26' (pack imported into the cache): nothing to train."
+        )
         clicked = time.perf_counter()
         page.click("#generate")
         page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=120_000)
         first = time.perf_counter() - clicked
-        print(f"\nstudio start to first drawing from the pack: {time.perf_counter() - pack_server['started']:.1f} s "
-              f"(the generation: {first:.1f} s; page says {page.locator('#gen-time').inner_text()})")
+        print(
+            f"\nstudio start to first drawing from the pack: {time.perf_counter() - pack_server['started']:.1f} s "
+            f"(the generation: {first:.1f} s; page says {page.locator('#gen-time').inner_text()})"
+        )
         assert page.locator("#player canvas").count() == 16
         assert int(page.locator("#scrub").get_attribute("max")) + 1 == 3  # the tiny pack's T = 3
         page.screenshot(path=str(shots / "studio-pack.png"), full_page=True)

@@ -1,4 +1,5 @@
 """The cycling trainer: splits, cycles, binarization, learning, checkpoints, resume, the NaN guard."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -92,8 +93,17 @@ def test_loss_falls_on_real_quickdraw_data(quickdraw_dir, tmp_path, precision):
     data = ImageSet(images, "quickdraw:cat")
     cfg = ModelConfig(T=4, enc_size=64, dec_size=64, z_size=8)
     before = evaluate(train(cfg, _cfg(iterations=0), data, tmp_path / "a", quiet=True), data, _cfg())
-    after = evaluate(train(cfg, _cfg(iterations=40, batch_size=32, checkpoint_every=100, precision=precision), data,
-                           tmp_path / "b", quiet=True), data, _cfg())
+    after = evaluate(
+        train(
+            cfg,
+            _cfg(iterations=40, batch_size=32, checkpoint_every=100, precision=precision),
+            data,
+            tmp_path / "b",
+            quiet=True,
+        ),
+        data,
+        _cfg(),
+    )
     assert before["n_images"] == after["n_images"] == 100
     assert after["targets"] == "greyscale"
     assert np.isfinite(after["bound"]) and after["bound"] == pytest.approx(after["lx"] + after["lz"])
@@ -107,12 +117,16 @@ def test_forced_precision_picks_that_arithmetic_without_measuring(monkeypatch):
     monkeypatch.setattr(plan_mod, "time_plan", lambda *a, **kw: pytest.fail("a forced short run measured"))
     f32 = train_mod.plan_step(TINY, TrainConfig(precision="float32", iterations=10)).plan
     assert f32 == train_mod.StepPlan("float32", False, 1, name="float32")  # short: nothing compiled
-    bf16 = train_mod.plan_step(TINY, TrainConfig(precision="bfloat16")).plan  # the one bfloat16 plan: nothing to measure
+    bf16 = train_mod.plan_step(
+        TINY, TrainConfig(precision="bfloat16")
+    ).plan  # the one bfloat16 plan: nothing to measure
     assert bf16.precision == "bfloat16" and not bf16.jit_compile and bf16.streams >= 1
 
 
 def test_step_plans():
-    assert plan_candidates(400, cpu_count(), True, [], "float32")[0] == train_mod.StepPlan("float32", True, 1, name="float32-xla")
+    assert plan_candidates(400, cpu_count(), True, [], "float32")[0] == train_mod.StepPlan(
+        "float32", True, 1, name="float32-xla"
+    )
     plan = plan_candidates(400, cpu_count(), True, [], "bfloat16")[0]
     assert plan.precision == "bfloat16" and not plan.jit_compile and plan.streams >= 1
     # A stream never gets fewer than MIN_STREAM images.
@@ -120,8 +134,10 @@ def test_step_plans():
     assert split_sizes(7, 3) == [3, 2, 2]
 
 
-@pytest.mark.parametrize("precision, xla, rtol, atol", [("float32", False, 1e-5, 1e-6), ("bfloat16", False, 1e-3, 1e-4),
-                                                       ("float32", True, 1e-5, 1e-6)])
+@pytest.mark.parametrize(
+    "precision, xla, rtol, atol",
+    [("float32", False, 1e-5, 1e-6), ("bfloat16", False, 1e-3, 1e-4), ("float32", True, 1e-5, 1e-6)],
+)
 def test_streams_split_the_batch_without_changing_the_step(precision, xla, rtol, atol):
     """Splitting the batch reorders sums only: same loss, gradient norm and update. With XLA
     each stream is its own compiled cluster, compared with the uncompiled single stream
@@ -161,7 +177,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert loaded.step == trained.step == 4
     np.testing.assert_array_equal(trained.model.sample(3, seed=5).canvases, loaded.model.sample(3, seed=5).canvases)
     x = _images(2).as_float()
-    np.testing.assert_array_equal(trained.model.reconstruct(x, seed=1).canvases, loaded.model.reconstruct(x, seed=1).canvases)
+    np.testing.assert_array_equal(
+        trained.model.reconstruct(x, seed=1).canvases, loaded.model.reconstruct(x, seed=1).canvases
+    )
     np.testing.assert_array_equal(loaded.last_batch, trained.last_batch)
     assert loaded.last_batch.shape == (8, 10, 13)
 
@@ -279,7 +297,9 @@ def test_mirrored_strategy_trains_like_the_single_device_step(tmp_path):
     assert mirrored.step == plain.step == 4
     for a, b in zip(plain.model.weights, mirrored.model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(np.load(tmp_path / "none" / train_mod.LAST_BATCH), np.load(tmp_path / "mirrored" / train_mod.LAST_BATCH))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "none" / train_mod.LAST_BATCH), np.load(tmp_path / "mirrored" / train_mod.LAST_BATCH)
+    )
 
 
 def _labelled(n=60, classes=("cat", "dog", "fish"), seed=0):
@@ -307,8 +327,8 @@ def test_each_replica_gets_its_rows_labels():
     for e in elements:
         k, lo = int(e["k"]), int(e["lo"])
         assert lo in (0, 3)
-        np.testing.assert_array_equal(e["x"].numpy(), batches(k)[lo:lo + 3])
-        np.testing.assert_array_equal(e["y"].numpy(), batches.labels_of(k)[lo:lo + 3])
+        np.testing.assert_array_equal(e["x"].numpy(), batches(k)[lo : lo + 3])
+        np.testing.assert_array_equal(e["y"].numpy(), batches.labels_of(k)[lo : lo + 3])
     assert any(e["y"].numpy().any() for e in elements)  # real labels, not an unlabelled set's zeros
 
 

@@ -1,4 +1,5 @@
 """Writers: GIFs and PNG sheets read back (frames, per-frame durations, sizes, pixels)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,9 +66,9 @@ def test_gif_of_steps_as_a_grid_with_hold_and_loop(tmp_path):
     assert durations == [50] * (T - 1) + [1500]
     assert iio.immeta(out, index=0).get("loop") == 2
     step2 = np.round(d.canvases[2] * 255).astype(np.uint8)
-    assert np.array_equal(frames[2, :H, W + 3:2 * W + 3], step2[1])  # row 0, column 1 = sample 1
-    assert np.array_equal(frames[2, H + 3:, W + 3:2 * W + 3], step2[4])
-    assert (frames[2, H:H + 3] == 128).all()  # the gap's shade
+    assert np.array_equal(frames[2, :H, W + 3 : 2 * W + 3], step2[1])  # row 0, column 1 = sample 1
+    assert np.array_equal(frames[2, H + 3 :, W + 3 : 2 * W + 3], step2[4])
+    assert (frames[2, H : H + 3] == 128).all()  # the gap's shade
 
 
 def test_gif_of_one_sample_and_columns(tmp_path):
@@ -154,7 +155,7 @@ def test_png_sheet_of_samples(tmp_path):
     out = PngSheet(columns=5, spacing=1).write(d, tmp_path / "s.png", ctx())
     img = np.asarray(Image.open(out))
     assert img.shape == (H, 5 * W + 4)
-    assert np.array_equal(img[:, 2 * (W + 1):2 * (W + 1) + W], np.round(d.canvases[-1, 2] * 255).astype(np.uint8))
+    assert np.array_equal(img[:, 2 * (W + 1) : 2 * (W + 1) + W], np.round(d.canvases[-1, 2] * 255).astype(np.uint8))
     default = np.asarray(Image.open(PngSheet().write(d, tmp_path / "d.png", ctx())))
     assert default.shape == (2 * H + 2, 3 * W + 4)
 
@@ -164,7 +165,7 @@ def test_png_sheet_of_steps_rows_are_samples(tmp_path):
     img = np.asarray(Image.open(PngSheet(frames="steps", spacing=2).write(d, tmp_path / "t.png", ctx())))
     assert img.shape == (N * H + (N - 1) * 2, T * W + (T - 1) * 2)
     r, c = 2, 1  # sample 2, step 1
-    cell = img[r * (H + 2):r * (H + 2) + H, c * (W + 2):c * (W + 2) + W]
+    cell = img[r * (H + 2) : r * (H + 2) + H, c * (W + 2) : c * (W + 2) + W]
     assert np.array_equal(cell, np.round(d.canvases[1, 2] * 255).astype(np.uint8))
     boxed = np.asarray(Image.open(PngSheet(frames="steps", attention=True).write(d, tmp_path / "b.png", ctx())))
     assert boxed.shape == img.shape + (3,)

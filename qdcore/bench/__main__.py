@@ -1,6 +1,7 @@
 """`python -m qdcore.bench side SPEC | ablation | workers | profile [auto|float32|bfloat16]`:
 one measurement in this process (`side`, for bench.run_child), or the figures of
 docs/performance.md and docs/distributed.md as one JSON line."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ batch 100: the reference), and qd's own trainer under every step plan `auto` cho
 (qdcore/training/plan.py). Each training measurement runs in a fresh process (run_child). See
 docs/performance.md for what the numbers mean.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,11 @@ from ..training.train import Batches, TrainedModel, evaluate, new_training, spli
 
 # -- what this machine can do ---------------------------------------------------------------
 
+
 def numpy_matmul_peak(cfg: ModelConfig, batch: int, seconds: float = 0.5) -> float:
     """Best float32 numpy (BLAS) GFLOP/s over the model's big shape and a square one."""
     rng = np.random.default_rng(0)
-    enc_in = 2 * cfg.read_n ** 2 + cfg.dec_size + cfg.enc_size
+    enc_in = 2 * cfg.read_n**2 + cfg.dec_size + cfg.enc_size
     best = 0.0
     for m, k, n in [(batch, enc_in, 4 * cfg.enc_size), (1024, 1024, 1024)]:
         a = rng.standard_normal((m, k), dtype=np.float32)
@@ -49,6 +51,7 @@ def numpy_matmul_peak(cfg: ModelConfig, batch: int, seconds: float = 0.5) -> flo
 
 
 # -- the reference: the blog's model written the obvious TF2 way ------------------------------
+
 
 class ReferenceDraw(tf.Module):
     """ericjang/draw's model ported plainly to TF2 (with the paper's equations, not its bugs).
@@ -68,7 +71,7 @@ class ReferenceDraw(tf.Module):
         self.log_sigma = keras.layers.Dense(cfg.z_size)
         self.read_attn = keras.layers.Dense(5)
         self.write_attn = keras.layers.Dense(5)
-        self.write_patch = keras.layers.Dense(cfg.write_n ** 2)
+        self.write_patch = keras.layers.Dense(cfg.write_n**2)
         self.opt = keras.optimizers.Adam(1e-3, beta_1=0.5)
         self.layers = [self.enc, self.dec, self.mu, self.log_sigma, self.read_attn, self.write_attn, self.write_patch]
         self.loss(tf.zeros([1, cfg.height, cfg.width]))  # builds the layers' variables
@@ -125,14 +128,16 @@ def run_reference(cfg: ModelConfig, iterations: int, batch: int = 100) -> dict:
 # (plan.apply), so each configuration runs in a fresh process of its own, one after the
 # other (run_child): the reference gets TensorFlow's defaults, as a plain script would.
 
+
 def _side(spec: dict) -> dict:
     """Run one measurement described by `spec` in this (fresh) process: the reference, or
     qd's step under spec["plan"] (a StepPlan as a dict; the timing child's measure)."""
     if spec["kind"] == "qd":
         return measure(spec)
     cfg = ModelConfig(**spec.get("model", {}))
-    return in_this_process(spec, spec.get("threads"),
-                           lambda: run_reference(cfg, spec["iterations"], spec.get("batch_size", 100)))
+    return in_this_process(
+        spec, spec.get("threads"), lambda: run_reference(cfg, spec["iterations"], spec.get("batch_size", 100))
+    )
 
 
 def run_child(spec: dict) -> dict:
@@ -156,8 +161,9 @@ def _time_between_references(plans, cfg: ModelConfig, batch: int, iterations: in
     return references, rows, ref_rate
 
 
-def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto",
-                bf16: bool = True) -> dict:
+def bench_train(
+    batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto", bf16: bool = True
+) -> dict:
     """numpy's peak, the reference at batch 100, and every step plan `auto` would choose
     from, each in its own process; the fastest is auto's choice and is cached as if a
     training run had measured it (these runs are longer than its few steps).
@@ -168,13 +174,18 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
     QD_PLAN_NO_BF16=1) leaves the bfloat16 candidates out, as on a float32-only CPU.
     """
     cfg = ModelConfig()
-    train_cfg = TrainConfig(precision=precision) if batch_size is None else TrainConfig(batch_size=batch_size, precision=precision)
+    train_cfg = (
+        TrainConfig(precision=precision)
+        if batch_size is None
+        else TrainConfig(batch_size=batch_size, precision=precision)
+    )
     batch = train_cfg.batch_size
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=sys.stderr))
     info, cores, gpus = step_plans.cpu_info(), step_plans.cpu_count(), step_plans.gpu_names()
     # As in training (plan.choose): asking for bfloat16 gets it on any CPU.
-    plans = step_plans.candidates(batch, cores, bf16 and (precision == "bfloat16" or step_plans.bf16_allowed(info)),
-                                  gpus, precision)
+    plans = step_plans.candidates(
+        batch, cores, bf16 and (precision == "bfloat16" or step_plans.bf16_allowed(info)), gpus, precision
+    )
     if not plans:
         raise InputError(f"--precision {precision} with --no-bf16 leaves no step plan to measure: drop one of the two")
     busy = step_plans.machine_busy()
@@ -194,8 +205,11 @@ def bench_train(batch_size: int | None, iterations: int, quiet: bool = False, pr
         say(f"auto chose {winner.name} (cached in {path})")
     return {
         "numpy_matmul_peak_gflop_per_s": round(peak, 1),
-        "reference": {**references[0], "images_per_s_median": round(ref_rate, 1),
-                      "images_per_s_median_each_run": [r["images_per_s_median"] for r in references]},
+        "reference": {
+            **references[0],
+            "images_per_s_median": round(ref_rate, 1),
+            "images_per_s_median_each_run": [r["images_per_s_median"] for r in references],
+        },
         "candidates": rows,
         "auto": winner.name,
         "default": default,
@@ -209,14 +223,23 @@ def _table(say, rows: list[dict], ref_rate: float, default: dict) -> None:
     say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
     say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
     for r in rows:
-        say(f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} {r['ratio_to_reference']:>12.2f}"
-            + ("  <- auto" if r is default else ""))
+        say(
+            f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} "
+            f"{r['ratio_to_reference']:>12.2f}" + ("  <- auto" if r is default else "")
+        )
 
 
 # -- quality per minute ----------------------------------------------------------------------
 
-def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, minutes: list[float],
-                  n_samples: int = 64, quiet: bool = False) -> tuple[dict, Drawing]:
+
+def bench_quality(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: ImageSet,
+    minutes: list[float],
+    n_samples: int = 64,
+    quiet: bool = False,
+) -> tuple[dict, Drawing]:
     """Train at train_cfg for max(minutes) of wall clock, reporting the held-out bound at each mark.
 
     Returns the figures and `n_samples` prior samples of the final model (the CLI writes them
@@ -230,7 +253,7 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
     trained = TrainedModel(model=model, step=0, last_batch=None, workdir=Path(tempfile.gettempdir()))
     results, elapsed, k = [], 0.0, 0
-    it = iter(batches.dataset(0, 10 ** 9))
+    it = iter(batches.dataset(0, 10**9))
     for mark in marks:
         t0 = time.perf_counter()
         while elapsed + (time.perf_counter() - t0) < mark * 60:
@@ -241,18 +264,32 @@ def bench_quality(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet
         elapsed += time.perf_counter() - t0
         trained.step = int(k) + 1
         ev = evaluate(trained, data, train_cfg)
-        row = {"minutes": mark, "step": trained.step, "images_seen": trained.step * train_cfg.batch_size,
-               "cycles": round(trained.step * train_cfg.batch_size / len(train_idx), 2), **ev,
-               "train_lx_last": float(lx), "train_lz_last": float(lz)}
+        row = {
+            "minutes": mark,
+            "step": trained.step,
+            "images_seen": trained.step * train_cfg.batch_size,
+            "cycles": round(trained.step * train_cfg.batch_size / len(train_idx), 2),
+            **ev,
+            "train_lx_last": float(lx),
+            "train_lz_last": float(lz),
+        }
         results.append(row)
         if not quiet:  # stderr: stdout carries the one JSON line
             print(row, file=sys.stderr, flush=True)
-    figures = {"dataset": data.name, "n_train": len(train_idx), "n_held_out": len(held), "model": model_cfg.as_dict(),
-               "train": train_cfg.as_dict(), "step_plan": choice.plan.describe(), "marks": results}
+    figures = {
+        "dataset": data.name,
+        "n_train": len(train_idx),
+        "n_held_out": len(held),
+        "model": model_cfg.as_dict(),
+        "train": train_cfg.as_dict(),
+        "step_plan": choice.plan.describe(),
+        "marks": results,
+    }
     return figures, model.sample(n_samples, seed=0)
 
 
 # -- where the time goes (python -m qdcore.bench ablation) ---------------------------------------
+
 
 def _ablation() -> list[tuple[str, dict]]:
     """(name, spec): one change at a time; each runs in its own process (see run_child)."""
@@ -275,8 +312,10 @@ def _ablation() -> list[tuple[str, dict]]:
         (f"qd bfloat16, no XLA, 1+{n} threads, 1 stream", P("bfloat16", False, 1, tuple(pools))),
         (f"qd bfloat16, no XLA, 1+{n} threads, {n} streams (bfloat16-streams)", P("bfloat16", False, n, tuple(pools))),
         ("qd bfloat16-streams, batch 800", {**P("bfloat16", False, n, tuple(pools)), "batch_size": 800}),
-        ("qd bfloat16-streams, attention and glue only (LSTMs of 1 unit)",
-         {**P("bfloat16", False, n, tuple(pools)), "model": {"enc_size": 1, "dec_size": 1}}),
+        (
+            "qd bfloat16-streams, attention and glue only (LSTMs of 1 unit)",
+            {**P("bfloat16", False, n, tuple(pools)), "model": {"enc_size": 1, "dec_size": 1}},
+        ),
     ]
 
 
@@ -284,10 +323,23 @@ def ablation(iterations: int = 20) -> list[dict]:
     """Step time with one thing changed at a time (batch 400 unless said), one process each."""
     rows = []
     for name, spec in _ablation():
-        spec = {"batch_size": 100 if spec["kind"] == "reference" else 400, **spec, "iterations": iterations, "name": name}
+        spec = {
+            "batch_size": 100 if spec["kind"] == "reference" else 400,
+            **spec,
+            "iterations": iterations,
+            "name": name,
+        }
         r = run_child(spec)
-        rows.append({"variant": name, "batch_size": r["batch_size"], "ms_per_step": round(1000 / r["steps_per_s"], 1),
-                     "images_per_s": r["images_per_s"], "images_per_s_median": r["images_per_s_median"], "threads": r["threads"]})
+        rows.append(
+            {
+                "variant": name,
+                "batch_size": r["batch_size"],
+                "ms_per_step": round(1000 / r["steps_per_s"], 1),
+                "images_per_s": r["images_per_s"],
+                "images_per_s_median": r["images_per_s_median"],
+                "threads": r["threads"],
+            }
+        )
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -304,7 +356,13 @@ def _op_kinds(logdir: Path, steps: int) -> tuple[dict, dict]:
     kinds: Counter = Counter()
     calls: Counter = Counter()
     # Wrappers that contain the ops below them; counting them too would count time twice.
-    wrappers = {"ThunkExecutor::Execute", "SlinkyThreadPool::Await", "ExecutorState::Process", "ExecutorDoneCallback", "ParallelFor"}
+    wrappers = {
+        "ThunkExecutor::Execute",
+        "SlinkyThreadPool::Await",
+        "ExecutorState::Process",
+        "ExecutorDoneCallback",
+        "ParallelFor",
+    }
     for plane in space.planes:
         names = {i: m.name for i, m in plane.event_metadata.items()}
         for line in plane.lines:
@@ -329,7 +387,9 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
     take the thread time: XLA's thunks (`MatMul.306` -> `MatMul`) for a compiled step,
     TensorFlow's kernels (`gradient_tape/mul:Mul` -> `Mul`) for an uncompiled one.
     """
-    train_cfg = TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
+    train_cfg = (
+        TrainConfig(precision=precision) if batch is None else TrainConfig(batch_size=batch, precision=precision)
+    )
     choice, model, _, step = new_training(ModelConfig(), train_cfg)
     plan = choice.plan
     x = tf.constant(synthetic(train_cfg.batch_size, model.cfg).astype(np.float32) / 255)
@@ -345,13 +405,21 @@ def profile(precision: str = "auto", batch: int | None = None, steps: int = 5, t
     tf.profiler.experimental.stop()
     kinds, calls = _op_kinds(logdir, steps)
     busy = sum(kinds.values())
-    return {"batch_size": train_cfg.batch_size, "plan": plan.describe(), "wall_ms_per_step": round(1000 * wall, 1),
-            "thread_ms_per_step": round(busy, 1), "trace": str(logdir),
-            "top": [{"op": op, "ms_per_step": round(ms, 2), "calls_per_step": round(calls[op]), "share": round(ms / busy, 3)}
-                    for op, ms in kinds.most_common(top)]}
+    return {
+        "batch_size": train_cfg.batch_size,
+        "plan": plan.describe(),
+        "wall_ms_per_step": round(1000 * wall, 1),
+        "thread_ms_per_step": round(busy, 1),
+        "trace": str(logdir),
+        "top": [
+            {"op": op, "ms_per_step": round(ms, 2), "calls_per_step": round(calls[op]), "share": round(ms / busy, 3)}
+            for op, ms in kinds.most_common(top)
+        ],
+    }
 
 
 # -- one worker against two (python -m qdcore.bench workers) ------------------------------------
+
 
 def _start_workers(recipe: Path, workers: int, tmp: Path) -> list[subprocess.Popen]:
     """`qd train RECIPE` as `workers` processes on free localhost ports (TF_CONFIG for two)."""
@@ -370,8 +438,15 @@ def _start_workers(recipe: Path, workers: int, tmp: Path) -> list[subprocess.Pop
         env.pop("TF_CONFIG", None)
         if workers > 1:
             env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i}})
-        procs.append(subprocess.Popen([sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "qdcore.cli", "train", str(recipe), "--quiet"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -387,20 +462,28 @@ def bench_workers(category: str = "cat", steps: int = 60, batch_size: int = 400)
         tmp = Path(tmp)
         for workers in (1, 2):
             recipe = tmp / f"w{workers}.yaml"
-            recipe.write_text(f"name: w{workers}\ndataset: {{use: quickdraw, category: {category}}}\n"
-                              f"train: {{iterations: {steps}, batch_size: {batch_size}, checkpoint_every: {steps}, stop: budget, "
-                              f"distribute: {'none' if workers == 1 else 'multi-worker'}}}\n")
+            recipe.write_text(
+                f"name: w{workers}\ndataset: {{use: quickdraw, category: {category}}}\n"
+                f"train: {{iterations: {steps}, batch_size: {batch_size}, checkpoint_every: {steps}, stop: budget, "
+                f"distribute: {'none' if workers == 1 else 'multi-worker'}}}\n"
+            )
             procs = _start_workers(recipe, workers, tmp)
             for p in procs:
                 _, err = p.communicate()
                 if p.returncode:
                     raise TrainingError(f"worker failed: {err.strip().splitlines()[-1:]}")
             events = next((tmp / f"cache{workers}-0" / "models").glob(f"*/{FOLDER}/events.out.tfevents.*"))
-            rates = [float(tf.make_ndarray(v.tensor)) for e in tf.compat.v1.train.summary_iterator(str(events))
-                     for v in e.summary.value if v.tag == "train/steps_per_s" and e.step > 20]
+            rates = [
+                float(tf.make_ndarray(v.tensor))
+                for e in tf.compat.v1.train.summary_iterator(str(events))
+                for v in e.summary.value
+                if v.tag == "train/steps_per_s" and e.step > 20
+            ]
             steps_per_s = sum(rates) / len(rates)
             rows[f"{workers}_worker{'s' if workers > 1 else ''}"] = {
-                "steps_per_s": round(steps_per_s, 3), "images_per_s": round(steps_per_s * batch_size, 1)}
+                "steps_per_s": round(steps_per_s, 3),
+                "images_per_s": round(steps_per_s * batch_size, 1),
+            }
             print(rows, file=sys.stderr, flush=True)
     rows["ratio_2_over_1"] = round(rows["2_workers"]["images_per_s"] / rows["1_worker"]["images_per_s"], 3)
     return {"category": category, "batch_size": batch_size, "steps": steps, **rows}

@@ -5,6 +5,7 @@ the trainer's held-out split and draws batches exactly as training would. Peak R
 getrusage, so run it in a fresh process (the CLI does). docs/categories.md has the figures for
 26 real and 345 made-up categories.
 """
+
 from __future__ import annotations
 
 import resource
@@ -35,10 +36,16 @@ def bench_data(pipeline, batches: int) -> dict:
     for k in range(batches):
         stream(k), stream.labels_of(k)
     return {
-        "dataset": pipeline.built.dataset.describe(), "categories": len(data.classes or [data.name]),
-        "drawings": len(data.images), "image_bytes": int(len(data.images) * data.images[0].nbytes),
-        "rss_start_mb": round(start_mb), "rss_after_load_mb": round(load_mb), "load_s": round(load_s, 2),
-        "rss_after_tensorflow_mb": round(tf_mb), "rss_peak_mb": round(_peak_mb()),
-        "split_and_batches_s": round(time.perf_counter() - t0, 1), "batches": batches,
+        "dataset": pipeline.built.dataset.describe(),
+        "categories": len(data.classes or [data.name]),
+        "drawings": len(data.images),
+        "image_bytes": int(len(data.images) * data.images[0].nbytes),
+        "rss_start_mb": round(start_mb),
+        "rss_after_load_mb": round(load_mb),
+        "load_s": round(load_s, 2),
+        "rss_after_tensorflow_mb": round(tf_mb),
+        "rss_peak_mb": round(_peak_mb()),
+        "split_and_batches_s": round(time.perf_counter() - t0, 1),
+        "batches": batches,
         "cycle_length": int(stream.cycle_len),
     }

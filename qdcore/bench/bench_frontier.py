@@ -20,6 +20,7 @@ overrides) and gets the same budget of this machine's time:
 Each candidate's model lands in the cache under its own key, so any row can be drawn or
 re-scored later with the same `qd eval RECIPE --iterations STEPS -s ...` the table prints.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,6 +92,7 @@ def mflop_per_image(model: ModelConfig) -> float:
 
 # -- 1. time ------------------------------------------------------------------------------------
 
+
 def base_plan(model: ModelConfig, train: TrainConfig, say: Callable[[str], None]) -> str:
     """The step plan `auto` uses for the recipe's own configuration (measured once, cached)."""
     forced = os.environ.get(step_plans.FORCE_ENV, "").strip()
@@ -98,8 +100,9 @@ def base_plan(model: ModelConfig, train: TrainConfig, say: Callable[[str], None]
         return forced
     from dataclasses import replace
 
-    choice = step_plans.choose(model, replace(train, iterations=max(train.iterations, step_plans.MEASURE_MIN_ITERATIONS)),
-                               say=say)
+    choice = step_plans.choose(
+        model, replace(train, iterations=max(train.iterations, step_plans.MEASURE_MIN_ITERATIONS)), say=say
+    )
     return choice.plan.name
 
 
@@ -108,19 +111,34 @@ def _plan_for(name: str, batch_size: int) -> step_plans.StepPlan:
     for p in plans:
         if p.name == name:
             return p
-    raise TrainingError(f"step plan {name!r} has no form at batch {batch_size}: choose another with {step_plans.FORCE_ENV}")
+    raise TrainingError(
+        f"step plan {name!r} has no form at batch {batch_size}: choose another with {step_plans.FORCE_ENV}"
+    )
 
 
 def timings_path(plan_name: str, cands: list[Candidate], model: ModelConfig, train: TrainConfig) -> Path:
     info = step_plans.cpu_info()
-    key = {"cpu": info["model"], "flags": info["flags"], "cores": step_plans.cpu_count(), "plan": plan_name,
-           "base_model": model.as_dict(), "base_batch": train.batch_size, "steps": TIMED_STEPS}
+    key = {
+        "cpu": info["model"],
+        "flags": info["flags"],
+        "cores": step_plans.cpu_count(),
+        "plan": plan_name,
+        "base_model": model.as_dict(),
+        "base_batch": train.batch_size,
+        "steps": TIMED_STEPS,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "frontier" / f"timings-{digest}.json"
 
 
-def time_candidates(cands: list[Candidate], model: ModelConfig, train: TrainConfig, plan_name: str,
-                    say: Callable[[str], None], retime: bool = False) -> dict[str, dict]:
+def time_candidates(
+    cands: list[Candidate],
+    model: ModelConfig,
+    train: TrainConfig,
+    plan_name: str,
+    say: Callable[[str], None],
+    retime: bool = False,
+) -> dict[str, dict]:
     """{name: {"images_per_s", "busy"}}: the best median step over ROUNDS alternating rounds."""
     path = timings_path(plan_name, cands, model, train)
     known = {}
@@ -133,14 +151,23 @@ def time_candidates(cands: list[Candidate], model: ModelConfig, train: TrainConf
     if todo:
         busy = step_plans.machine_busy()
         if busy:
-            say("other work keeps the cores busy: the step timings may rank candidates wrongly; "
-                "time them on a quiet machine (--retime)")
+            say(
+                "other work keeps the cores busy: the step timings may rank candidates wrongly; "
+                "time them on a quiet machine (--retime)"
+            )
         best: dict[str, float] = {}
         for r in range(ROUNDS):
-            for c in (todo if r % 2 == 0 else todo[::-1]):
+            for c in todo if r % 2 == 0 else todo[::-1]:
                 m, t = configs(c, model, train)
-                row = step_plans.run_child({"kind": "qd", "plan": _plan_for(plan_name, t.batch_size).as_dict(),
-                                            "model": m.as_dict(), "batch_size": t.batch_size, "iterations": TIMED_STEPS})
+                row = step_plans.run_child(
+                    {
+                        "kind": "qd",
+                        "plan": _plan_for(plan_name, t.batch_size).as_dict(),
+                        "model": m.as_dict(),
+                        "batch_size": t.batch_size,
+                        "iterations": TIMED_STEPS,
+                    }
+                )
                 best[c.name] = max(best.get(c.name, 0.0), float(row["images_per_s_median"]))
                 say(f"timed {c.name}: {row['images_per_s_median']:.0f} img/s (round {r + 1} of {ROUNDS})")
         for c in todo:
@@ -156,6 +183,7 @@ def budget_steps(minutes: float, images_per_s: float, batch_size: int) -> int:
 
 
 # -- 2. train, 3. score -------------------------------------------------------------------------
+
 
 def _qd(*args: str) -> list[str]:
     return [sys.executable, "-m", "qdcore.cli", *args]
@@ -173,8 +201,9 @@ def _run(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True)
 
 
-def train_and_score(recipe: Path, rows: list[dict], plan_name: str, n: int, jobs: int, logs: Path,
-                    say: Callable[[str], None]) -> None:
+def train_and_score(
+    recipe: Path, rows: list[dict], plan_name: str, n: int, jobs: int, logs: Path, say: Callable[[str], None]
+) -> None:
     """Train every row's candidate (up to `jobs` at once), then score it; fills row["eval"]."""
     env = {**os.environ, step_plans.FORCE_ENV: plan_name}
     pending, running = list(rows), []
@@ -210,13 +239,25 @@ def summary(row: dict) -> str:
         return row.get("error", "not scored")
     parts = [f"bound {e['bound']:.1f}"]
     if "recognized" in e:
-        parts += [f"recognized {e['recognized']:.3f}", f"frechet {e['frechet']:.1f} ({e['frechet'] / e['frechet_floor']:.1f}x floor)"]
+        parts += [
+            f"recognized {e['recognized']:.3f}",
+            f"frechet {e['frechet']:.1f} ({e['frechet'] / e['frechet_floor']:.1f}x floor)",
+        ]
     return ", ".join(parts)
 
 
-def frontier(recipe: Path, model: ModelConfig, train: TrainConfig, minutes: float, names: list[str] | None = None,
-             n: int = 500, jobs: int = 1, retime: bool = False, time_only: bool = False,
-             say: Callable[[str], None] = lambda m: None) -> dict:
+def frontier(
+    recipe: Path,
+    model: ModelConfig,
+    train: TrainConfig,
+    minutes: float,
+    names: list[str] | None = None,
+    n: int = 500,
+    jobs: int = 1,
+    retime: bool = False,
+    time_only: bool = False,
+    say: Callable[[str], None] = lambda m: None,
+) -> dict:
     cands = by_name(names)
     plan_name = base_plan(model, train, say)
     say(f"step plan for every candidate: {plan_name}")
@@ -226,11 +267,21 @@ def frontier(recipe: Path, model: ModelConfig, train: TrainConfig, minutes: floa
         m, t = configs(c, model, train)
         ips = speeds[c.name]["images_per_s"]
         steps = budget_steps(minutes, ips, t.batch_size)
-        rows.append({"name": c.name, "sets": c.sets(), "model": m.as_dict(), "batch_size": t.batch_size,
-                     "learning_rate": t.learning_rate, "images_per_s": round(ips, 1),
-                     "timed_busy": speeds[c.name]["busy"], "mflop_per_image": round(mflop_per_image(m), 1),
-                     "steps": steps, "images": steps * t.batch_size,
-                     "commands": commands(recipe, c, steps, n)})
+        rows.append(
+            {
+                "name": c.name,
+                "sets": c.sets(),
+                "model": m.as_dict(),
+                "batch_size": t.batch_size,
+                "learning_rate": t.learning_rate,
+                "images_per_s": round(ips, 1),
+                "timed_busy": speeds[c.name]["busy"],
+                "mflop_per_image": round(mflop_per_image(m), 1),
+                "steps": steps,
+                "images": steps * t.batch_size,
+                "commands": commands(recipe, c, steps, n),
+            }
+        )
     if not time_only:
         train_and_score(recipe, rows, plan_name, n, jobs, cache_dir() / "frontier" / "logs", say)
     for row in rows:
@@ -239,17 +290,26 @@ def frontier(recipe: Path, model: ModelConfig, train: TrainConfig, minutes: floa
 
 
 def table(result: dict) -> str:
-    head = ("| candidate | T | z | enc/dec | read/write | batch | lr | img/s | MFLOP/img | steps | bound "
-            "| recognized | Frechet | floor | Frechet/floor |")
+    head = (
+        "| candidate | T | z | enc/dec | read/write | batch | lr | img/s | MFLOP/img | steps | bound "
+        "| recognized | Frechet | floor | Frechet/floor |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    ranked = sorted(result["candidates"], key=lambda r: (r.get("eval") or {}).get("frechet", float("inf")) /
-                    max((r.get("eval") or {}).get("frechet_floor", 1.0), 1e-9))
+    ranked = sorted(
+        result["candidates"],
+        key=lambda r: (
+            (r.get("eval") or {}).get("frechet", float("inf"))
+            / max((r.get("eval") or {}).get("frechet_floor", 1.0), 1e-9)
+        ),
+    )
     for r in ranked:
         m, e = r["model"], r.get("eval") or {}
         f = lambda k, fmt: format(e[k], fmt) if k in e else "-"  # noqa: E731
         ratio = f"{e['frechet'] / e['frechet_floor']:.1f}x" if "frechet" in e else "-"
-        lines.append(f"| {r['name']} | {m['T']} | {m['z_size']} | {m['enc_size']}/{m['dec_size']} | "
-                     f"{m['read_n']}/{m['write_n']} | {r['batch_size']} | {r['learning_rate']:g} | {r['images_per_s']:,.0f} | "
-                     f"{r['mflop_per_image']:.0f} | {r['steps']:,} | {f('bound', '.1f')} | {f('recognized', '.3f')} | "
-                     f"{f('frechet', '.1f')} | {f('frechet_floor', '.2f')} | {ratio} |")
+        lines.append(
+            f"| {r['name']} | {m['T']} | {m['z_size']} | {m['enc_size']}/{m['dec_size']} | "
+            f"{m['read_n']}/{m['write_n']} | {r['batch_size']} | {r['learning_rate']:g} | {r['images_per_s']:,.0f} | "
+            f"{r['mflop_per_image']:.0f} | {r['steps']:,} | {f('bound', '.1f')} | {f('recognized', '.3f')} | "
+            f"{f('frechet', '.1f')} | {f('frechet_floor', '.2f')} | {ratio} |"
+        )
     return "\n".join(lines)

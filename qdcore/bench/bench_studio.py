@@ -6,6 +6,7 @@ page's weight, and the latency of Generate with 16 prior samples (server side an
 browser sees it, after a first call that loads the model). The recipe's model must be
 trained (qd train RECIPE) in QD_CACHE_DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def main() -> None:
 
     qd = str(Path(sys.executable).parent / "qd")
     start = time.perf_counter()
-    proc = subprocess.Popen([qd, "studio", str(args.recipe), "--no-browser", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [qd, "studio", str(args.recipe), "--no-browser", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     try:
         url = re.search(r"http://\S+/", proc.stdout.readline()).group(0)
         with sync_playwright() as p:
@@ -76,8 +79,11 @@ def _measure(page, url: str, start: float, runs: int) -> dict:
     return {
         "start_to_usable_page_s": round(usable, 2),
         "page_weight_kB": {"html_js_css": round(static / 1024, 1), "api_json_at_load": round(api / 1024, 1)},
-        "generate_16_ms": {"server_median": statistics.median(server), "browser_median": statistics.median(browser_ms),
-                           "runs": runs},
+        "generate_16_ms": {
+            "server_median": statistics.median(server),
+            "browser_median": statistics.median(browser_ms),
+            "runs": runs,
+        },
     }
 
 
@@ -110,7 +116,10 @@ def screenshot(page, folder: Path) -> None:
     page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=300_000)
     page.click("#play")
     steps = int(page.locator("#scrub").get_attribute("max")) + 1
-    page.evaluate(f"(() => {{ const s = document.querySelector('#scrub'); s.value = {steps // 2}; s.dispatchEvent(new Event('input')); }})()")
+    page.evaluate(
+        f"(() => {{ const s = document.querySelector('#scrub'); s.value = {steps // 2}; "
+        "s.dispatchEvent(new Event('input')); })()"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / "studio.png"))
 

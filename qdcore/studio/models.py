@@ -3,6 +3,7 @@ recipe's `model.from` can name (imported into the cache, or installed by a plugi
 
 Nothing here imports TensorFlow: the page lists models before any is loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def list_models() -> list[dict]:
         row = {"folder": folder.name, "finished": False, "step": None, "recipe": None}
         for name, key in ((FINISHED, "finished"), ("recipe.json", "recipe")):
             try:
-                data = json.loads(limits.read_text(folder / name, limits.MAX_JSON_FILE_BYTES, "not one of qd's records"))
+                data = json.loads(
+                    limits.read_text(folder / name, limits.MAX_JSON_FILE_BYTES, "not one of qd's records")
+                )
             except (OSError, ValueError, RecursionError, QdError):
                 continue
             if not isinstance(data, dict):
@@ -60,8 +63,9 @@ def pack_for(registry, category: str, size: tuple[int, int], prefer: str) -> Opt
     from .. import packs
 
     installed = registry.entries["models"]
-    names = sorted({r["name"] for r in list_packs(registry) if r["status"] == "finished"},
-                   key=lambda n: (n != prefer, n))
+    names = sorted(
+        {r["name"] for r in list_packs(registry) if r["status"] == "finished"}, key=lambda n: (n != prefer, n)
+    )
     for name in names:
         try:
             pack = packs.find(paths.cache_dir(), name, installed.get(name))

@@ -5,6 +5,7 @@ loopback so are requests for any host name but a loopback one (DNS rebinding); b
 size-limited; every error is a 4xx (or 500) JSON body `{"error": "Error: ..."}` with one
 line, never a traceback.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -75,8 +76,10 @@ def _guarded(fn, hosts: Optional[set]):
 
     async def endpoint(request: Request):
         if hosts is not None and _host_name(request) not in hosts:
-            return _error(403, f"requests for host {request.headers.get('host')!r} are refused: open the "
-                               "address qd studio printed")
+            return _error(
+                403,
+                f"requests for host {request.headers.get('host')!r} are refused: open the address qd studio printed",
+            )
         if not _same_origin(request):
             return _error(403, f"requests from another site ({request.headers.get('origin')}) are refused")
         try:
@@ -88,6 +91,7 @@ def _guarded(fn, hosts: Optional[set]):
             # gets the traceback; the page one line, with object reprs cut out (one_line).
             traceback.print_exc(file=sys.stderr)
             return _error(500, f"unexpected {type(e).__name__}: {e}")
+
     return endpoint
 
 
@@ -107,17 +111,35 @@ class _Endpoints:
         studio = self.studio
         rows = []
         for name, info in sorted(studio.plugins.info.items()):
-            rows.append({"name": name, "version": info.version, "error": info.error,
-                         "provides": studio.registry.provided_by(name)})
-        kinds = {kind: [{"name": n, "description": studio.registry.get(kind, n).description,
-                         "plugin": studio.registry.get(kind, n).plugin} for n in studio.registry.names(kind)]
-                 for kind in KINDS}
+            rows.append(
+                {
+                    "name": name,
+                    "version": info.version,
+                    "error": info.error,
+                    "provides": studio.registry.provided_by(name),
+                }
+            )
+        kinds = {
+            kind: [
+                {
+                    "name": n,
+                    "description": studio.registry.get(kind, n).description,
+                    "plugin": studio.registry.get(kind, n).plugin,
+                }
+                for n in studio.registry.names(kind)
+            ]
+            for kind in KINDS
+        }
         return JSONResponse({"plugins": rows, "kinds": kinds})
 
     async def recipe(self, request):
         studio = self.studio
-        return JSONResponse({"recipe": studio.base_data,
-                             "file": None if studio.base_path.parent == studio.tmp else str(studio.base_path)})
+        return JSONResponse(
+            {
+                "recipe": studio.base_data,
+                "file": None if studio.base_path.parent == studio.tmp else str(studio.base_path),
+            }
+        )
 
     async def validate(self, request):
         body = await _json(request)
@@ -126,15 +148,22 @@ class _Endpoints:
     async def upload(self, request):
         body = await _json(request)
         r, _ = self.studio.intake(body.get("recipe", self.studio.base_data))
-        return JSONResponse(await run_in_threadpool(self.studio.upload, body.get("image"), (r.model.height, r.model.width)))
+        return JSONResponse(
+            await run_in_threadpool(self.studio.upload, body.get("image"), (r.model.height, r.model.width))
+        )
 
     async def upload_file(self, request):
         uid = request.path_params["name"].removesuffix(".png")
         return FileResponse(self.studio.upload_path(uid), media_type="image/png")
 
     async def models(self, request):
-        return JSONResponse({"models": list_models(), "packs": list_packs(self.studio.registry),
-                             "cache": str(paths.cache_dir() / "models")})
+        return JSONResponse(
+            {
+                "models": list_models(),
+                "packs": list_packs(self.studio.registry),
+                "cache": str(paths.cache_dir() / "models"),
+            }
+        )
 
     async def generate(self, request):
         body = await _json(request)
@@ -146,8 +175,9 @@ class _Endpoints:
     async def download(self, request):
         gid, kind = request.path_params["gid"], request.path_params["kind"]
         blob, filename = await run_in_threadpool(self.studio.download, gid, kind)
-        return Response(blob, media_type=f"image/{kind}",
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return Response(
+            blob, media_type=f"image/{kind}", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
 
     async def as_yaml(self, request):
         body = await _json(request)
@@ -202,7 +232,6 @@ def create_app(studio: Studio, hosts: Optional[set] = None) -> Starlette:
     return app
 
 
-
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -236,8 +265,11 @@ def serve(recipe: Optional[Path], *, host: str, port: int, open_browser: bool, p
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{shown}:{port}/"
     if not is_loopback(host):
-        print(f"Warning: qd studio is listening on {host}, reachable from other machines: anyone who can "
-              "reach it can train and generate. Use --host 127.0.0.1 to keep it on this machine.", file=sys.stderr)
+        print(
+            f"Warning: qd studio is listening on {host}, reachable from other machines: anyone who can "
+            "reach it can train and generate. Use --host 127.0.0.1 to keep it on this machine.",
+            file=sys.stderr,
+        )
     print(f"qd studio: {url}  (Ctrl+C to stop)", flush=True)
     if open_browser:
         import webbrowser

@@ -8,6 +8,7 @@ same checks, the same one-line errors) and engine.Run (the same model, `model.fr
 The page never names a file: a file parameter may only be `upload:ID` (a file this module
 wrote into its private temporary folder) or a file the starting recipe itself named.
 """
+
 from __future__ import annotations
 
 import base64
@@ -106,9 +107,19 @@ class Job:
             elapsed = time.time() - self.first_step_at
             rate = (self.step - self.start_step) / max(elapsed, 1e-9)
             eta = (self.total - self.step) / rate if rate > 0 else None
-        return {"key": self.key, "name": self.name, "state": self.state, "step": self.step, "total": self.total,
-                "lx": self.lx, "lz": self.lz, "steps_per_s": rate, "eta_s": eta, "error": self.error,
-                "elapsed_s": time.time() - self.started}
+        return {
+            "key": self.key,
+            "name": self.name,
+            "state": self.state,
+            "step": self.step,
+            "total": self.total,
+            "lx": self.lx,
+            "lz": self.lz,
+            "steps_per_s": rate,
+            "eta_s": eta,
+            "error": self.error,
+            "elapsed_s": time.time() - self.started,
+        }
 
 
 @dataclass
@@ -159,8 +170,11 @@ class Studio:
 
     def _steps(self, data: dict):
         """(kind, where, step dict) of every step that is a mapping."""
-        sections = [("datasets", "dataset", data.get("dataset")), ("writers", "output", data.get("output")),
-                    ("generators", "mode", data.get("mode"))]
+        sections = [
+            ("datasets", "dataset", data.get("dataset")),
+            ("writers", "output", data.get("output")),
+            ("generators", "mode", data.get("mode")),
+        ]
         for kind, key in (("seed_strategies", "seeds"), ("filters", "filters")):
             if isinstance(data.get(key), list):
                 sections += [(kind, f"{key}[{i}]", s) for i, s in enumerate(data[key])]
@@ -183,7 +197,9 @@ class Studio:
             raise RecipeError("the request must hold a recipe object (`recipe: {...}`)", "studio")
         data = json.loads(json.dumps(data))  # a private copy, JSON types only
         if isinstance(data.get("output"), dict) and "path" in data["output"]:
-            raise RecipeError("the studio does not write where the page says: downloads go to your browser", "studio: output.path")
+            raise RecipeError(
+                "the studio does not write where the page says: downloads go to your browser", "studio: output.path"
+            )
         if isinstance(data.get("model"), dict) and "from" in data["model"]:
             data["model"]["from"] = self._shared_source(data["model"]["from"])
         used = {}
@@ -193,15 +209,17 @@ class Studio:
                     continue
                 value = step[name]
                 if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
-                    uid = value[len(UPLOAD_PREFIX):]
+                    uid = value[len(UPLOAD_PREFIX) :]
                     stored = self.upload_path(uid)
                     step[name] = str(stored)
                     used[uid] = stored
                     continue
                 p = _resolved(str(value), self.base_path.parent)
                 if p is None or p not in self.allowed_files:
-                    raise RecipeError("the studio does not open files named by the page: upload the image instead",
-                                      f"studio: {where}.{name}")
+                    raise RecipeError(
+                        "the studio does not open files named by the page: upload the image instead",
+                        f"studio: {where}.{name}",
+                    )
         return parse(data, self.base_path, self.registry, label="studio"), used
 
     def _shared_source(self, source: Any) -> Any:
@@ -228,8 +246,11 @@ class Studio:
         known = [repr(self.base_from)] if isinstance(self.base_from, str) else []
         known += [repr(n) for n in sorted(self._pack_names())]
         known += [repr(r["folder"]) for r in list_models() if r["finished"] and r["recipe"]]
-        raise RecipeError("the studio does not open recipes named by the page: `from` may name "
-                          + (", ".join(known[:8]) if known else "no model yet (train one first)"), "studio: model.from")
+        raise RecipeError(
+            "the studio does not open recipes named by the page: `from` may name "
+            + (", ".join(known[:8]) if known else "no model yet (train one first)"),
+            "studio: model.from",
+        )
 
     def _pack_names(self) -> set[str]:
         return {r["name"] for r in list_packs(self.registry) if r["status"] == "finished"}
@@ -296,9 +317,17 @@ class Studio:
             tmp.write_bytes(clean.getvalue())
         # The same rules as a recipe's file-image step decide what the seed looks like.
         entry = self.registry.get("seed_strategies", "file-image")
-        seed = entry.factory(path=path).apply(None, SeedInput(n=1), Context(
-            image_shape=shape, rng=np.random.default_rng(0), recipe_dir=self.tmp, data_dir=None,
-            cache_dir=paths.cache_dir()))
+        seed = entry.factory(path=path).apply(
+            None,
+            SeedInput(n=1),
+            Context(
+                image_shape=shape,
+                rng=np.random.default_rng(0),
+                recipe_dir=self.tmp,
+                data_dir=None,
+                cache_dir=paths.cache_dir(),
+            ),
+        )
         return {"id": uid, "ref": UPLOAD_PREFIX + uid, "preview": png_data_url(np.asarray(seed)[0])}
 
     # --- models ----------------------------------------------------------------------------
@@ -326,16 +355,23 @@ class Studio:
         try:
             return run.model(train=False)
         except NotTrained:
-            raise NotTrained(f"the model for recipe {r.name!r} is not trained yet: press Train "
-                             f"(or run `qd train`) first") from None
+            raise NotTrained(
+                f"the model for recipe {r.name!r} is not trained yet: press Train (or run `qd train`) first"
+            ) from None
 
     def check(self, data: Any) -> dict:
         """The page's recipe checked as `qd validate` would, and whether it can draw now."""
         r, _ = self.intake(data)
         engine.Run(r)
         job = self.jobs.get(str(engine.model_dir(r)))
-        return {"ok": True, "name": r.name, "model_key": r.model_key(), "trained": engine.has_model(r),
-                "training": bool(job and job.state in ("starting", "running")), "draws_from": _draws_from(r)}
+        return {
+            "ok": True,
+            "name": r.name,
+            "model_key": r.model_key(),
+            "trained": engine.has_model(r),
+            "training": bool(job and job.state in ("starting", "running")),
+            "draws_from": _draws_from(r),
+        }
 
     # --- generate --------------------------------------------------------------------------
 
@@ -366,10 +402,18 @@ class Studio:
         # One PNG strip per step (the samples side by side): small, and lossless.
         frames = [png_data_url(np.concatenate(list(step), axis=1)) for step in canvases]
         return {
-            "id": gid, "steps": len(frames), "n": count, "height": h, "width": w, "frames": frames,
+            "id": gid,
+            "steps": len(frames),
+            "n": count,
+            "height": h,
+            "width": w,
+            "frames": frames,
             "windows": windows,
-            "write_n": drawing.write_n, "model_shape": list(drawing.model_shape), "source": drawing.source,
-            "model_step": trained.step, "seconds": time.perf_counter() - start,
+            "write_n": drawing.write_n,
+            "model_shape": list(drawing.model_shape),
+            "source": drawing.source,
+            "model_step": trained.step,
+            "seconds": time.perf_counter() - start,
         }
 
     def download(self, gid: str, kind: str) -> tuple[bytes, str]:
@@ -383,7 +427,11 @@ class Studio:
         r = g.run.recipe
         # The recipe's own writer settings when it names this writer, so the download is
         # what `qd run` of "copy as recipe" writes; else the writer's defaults with steps.
-        given = dict(r.output.params) if r.output.use == name else {"frames": "steps", "attention": g.drawing.windows is not None}
+        given = (
+            dict(r.output.params)
+            if r.output.use == name
+            else {"frames": "steps", "attention": g.drawing.windows is not None}
+        )
         if g.drawing.windows is None:
             given["attention"] = False  # a morph's frames have no write window to box
         writer = self.registry.get("writers", name).factory(**given)
@@ -403,7 +451,7 @@ class Studio:
             for name in self._path_params(kind, step.get("use")):
                 value = step.get(name)
                 if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
-                    uid = value[len(UPLOAD_PREFIX):]
+                    uid = value[len(UPLOAD_PREFIX) :]
                     step[name] = f"studio-seed-{uid[:8]}.png"
                     files.append({"name": step[name], "url": f"/api/uploads/{uid}.png"})
         head = "# Made in qd studio. Run it with: qd run THIS.yaml\n"
@@ -426,9 +474,11 @@ class Studio:
         if not isinstance(name, str) or not name:
             return ""
         model["from"] = name
-        return (f"# model.from: {name!r} is the recipe that trained the cached model {found[0]['folder']}: save this "
-                f"file beside {name}.yaml, or import that model as a pack: qd models export {found[0]['folder']} "
-                f"{name}.qdpack && qd models import {name}.qdpack\n")
+        return (
+            f"# model.from: {name!r} is the recipe that trained the cached model {found[0]['folder']}: save this "
+            f"file beside {name}.yaml, or import that model as a pack: qd models export {found[0]['folder']} "
+            f"{name}.qdpack && qd models import {name}.qdpack\n"
+        )
 
     # --- training --------------------------------------------------------------------------
 
@@ -439,8 +489,9 @@ class Studio:
         with self.lock:
             old = self.jobs.get(key)
             if old and old.state in ("starting", "running"):
-                raise Conflict(f"{r.name!r} is already training (step {old.step} of {old.total}): "
-                               "one training job per model")
+                raise Conflict(
+                    f"{r.name!r} is already training (step {old.step} of {old.total}): one training job per model"
+                )
             job = Job(key=key, name=r.name, total=r.train.iterations)
             self.jobs[key] = job
             # The model, and what recipes drawing from it by `model.from` loaded (engine.load_model's keys).

@@ -6,6 +6,7 @@ checks every tensor's CRC and length when it restores), `finished.json` truncate
 the newest checkpoint that restores wins, a damaged one is moved to `checkpoints/damaged/`
 (kept for a post-mortem, out of TensorFlow's way), and each finding is one warning line.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,10 @@ def set_aside_damaged_state(directory: Path) -> None:
     try:
         tf.train.get_checkpoint_state(str(directory))
     except Exception as e:  # noqa: BLE001 - UnicodeDecodeError, a protobuf ParseError, ...
-        warn(f"{state} is damaged ({type(e).__name__}); moved it to {DAMAGED}/ and looking at the checkpoint files instead")
+        warn(
+            f"{state} is damaged ({type(e).__name__}); "
+            f"moved it to {DAMAGED}/ and looking at the checkpoint files instead"
+        )
         aside = state.parent / DAMAGED
         aside.mkdir(exist_ok=True)
         shutil.move(str(state), aside / state.name)
@@ -62,7 +66,9 @@ def _number(prefix: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, directory: Path, *, partial: bool = False, restore=None) -> str | None:
+def restore_newest(
+    checkpoint: tf.train.Checkpoint, directory: Path, *, partial: bool = False, restore=None
+) -> str | None:
     """Restore the newest checkpoint in `directory` that reads back whole; its prefix, or None.
 
     A checkpoint that fails is moved aside with one warning, so the next run does not trip
@@ -84,8 +90,10 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: Path, *, partial:
             nxt = f"trying {Path(found[i + 1]).name}" if i + 1 < len(found) else "no older checkpoint is left"
             step = _number(found[i + 1]) if i + 1 < len(found) else None
             where = f" (step {step})" if step is not None else ""
-            warn(f"checkpoint {Path(prefix).name} in {directory} is damaged ({type(e).__name__}: "
-                 f"{_first_line(e)}); moved it to {DAMAGED}/, {nxt}{where}")
+            warn(
+                f"checkpoint {Path(prefix).name} in {directory} is damaged ({type(e).__name__}: "
+                f"{_first_line(e)}); moved it to {DAMAGED}/, {nxt}{where}"
+            )
             _move_aside(Path(prefix))
     return None
 
@@ -151,7 +159,11 @@ def save(manager: tf.train.CheckpointManager, step: int, last_saved: int | None)
         message = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))
         reason = message.rsplit("; ", 1)[-1].strip()
         reason = reason[:1].lower() + reason[1:]
-        kept = f"the checkpoint of step {last_saved} is kept" if last_saved is not None else "no checkpoint had been saved yet"
+        kept = (
+            f"the checkpoint of step {last_saved} is kept"
+            if last_saved is not None
+            else "no checkpoint had been saved yet"
+        )
         raise TrainingError(
             f"cannot save the checkpoint of step {step} in {manager.directory}: {reason}; {kept}. "
             "Free some space or set QD_CACHE_DIR to a writable folder, then run again to resume"

@@ -25,6 +25,7 @@ Under a strategy, following TensorFlow's guide to custom training loops:
   time out after QD_COLLECTIVE_TIMEOUT seconds (default 300). Either way each survivor stops
   with one `Error:` line naming the last checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,28 +111,39 @@ def timeout() -> float:
 def _multi_worker() -> Placement:
     raw = os.environ.get("TF_CONFIG", "")
     if not raw.strip():
-        raise InputError("train.distribute is multi-worker but TF_CONFIG is not set: set it on every worker "
-                         "(docs/distributed.md), or use distribute: auto")
+        raise InputError(
+            "train.distribute is multi-worker but TF_CONFIG is not set: set it on every worker "
+            "(docs/distributed.md), or use distribute: auto"
+        )
     try:
         conf = json.loads(raw)
         cluster, task = conf["cluster"], conf["task"]
         kind, index = task["type"], int(task["index"])
         jobs = {name: list(cluster[name]) for name in ("chief", "worker") if name in cluster}
     except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"TF_CONFIG is not a cluster description ({e}): it needs "
-                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}') from e
+        raise InputError(
+            f"TF_CONFIG is not a cluster description ({e}): it needs "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+        ) from e
     if kind not in jobs or not 0 <= index < len(jobs[kind]):
-        raise InputError(f"TF_CONFIG: task {kind!r} {index} is not in its cluster (jobs: "
-                         f"{', '.join(f'{k} x{len(v)}' for k, v in jobs.items()) or 'none'}); qd runs chief and worker tasks only")
+        raise InputError(
+            f"TF_CONFIG: task {kind!r} {index} is not in its cluster (jobs: "
+            f"{', '.join(f'{k} x{len(v)}' for k, v in jobs.items()) or 'none'}); qd runs chief and worker tasks only"
+        )
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            communication_options=tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout()))
+            communication_options=tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout())
+        )
     except RuntimeError as e:
-        raise TrainingError(f"cannot start multi-worker training in this process ({e}): it must start before "
-                            "TensorFlow does; run it as `qd train` or `qd run` in a fresh process") from e
+        raise TrainingError(
+            f"cannot start multi-worker training in this process ({e}): it must start before "
+            "TensorFlow does; run it as `qd train` or `qd run` in a fresh process"
+        ) from e
     chiefs = len(jobs.get("chief", []))
     worker = index if kind == "chief" else chiefs + index
-    return Placement("multi-worker", strategy, worker=worker, workers=chiefs + len(jobs.get("worker", [])), chief=worker == 0)
+    return Placement(
+        "multi-worker", strategy, worker=worker, workers=chiefs + len(jobs.get("worker", [])), chief=worker == 0
+    )
 
 
 def writes_here(train_cfg: TrainConfig) -> bool:
@@ -151,8 +163,10 @@ def writes_here(train_cfg: TrainConfig) -> bool:
 
 def check_batch(train_cfg: TrainConfig, placement: Placement) -> None:
     if train_cfg.batch_size % placement.replicas:
-        raise InputError(f"train.batch_size {train_cfg.batch_size} does not split evenly over {placement.replicas} "
-                         f"replicas: use a multiple of {placement.replicas}")
+        raise InputError(
+            f"train.batch_size {train_cfg.batch_size} does not split evenly over {placement.replicas} "
+            f"replicas: use a multiple of {placement.replicas}"
+        )
 
 
 def dataset(placement: Placement, batches, start: int, stop: int):
@@ -174,7 +188,7 @@ def dataset(placement: Placement, batches, start: int, stop: int):
             x = tf.numpy_function(lambda k, lo: batches.rows(k, lo, lo + per), [k, lo], tf.float32, stateful=False)
             x.set_shape((per,) + tuple(shape))
             # The same rows' class labels: every replica conditions its rows on their own labels.
-            y = tf.numpy_function(lambda k, lo: batches.labels_of(k)[lo:lo + per], [k, lo], tf.int32, stateful=False)
+            y = tf.numpy_function(lambda k, lo: batches.labels_of(k)[lo : lo + per], [k, lo], tf.int32, stateful=False)
             y.set_shape((per,))
             return {"x": x, "y": y, "lo": lo, "k": k}
 
@@ -197,7 +211,7 @@ def make_strategy_step(model, opt, train_cfg: TrainConfig, plan, strategy):
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
     def gradients(batch):
         lo = tf.cast(batch["lo"], tf.int32)
-        eps = step_noise(model, train_cfg, batch["k"], train_cfg.batch_size)[:, lo:lo + tf.shape(batch["x"])[0]]
+        eps = step_noise(model, train_cfg, batch["k"], train_cfg.batch_size)[:, lo : lo + tf.shape(batch["x"])[0]]
         with tf.GradientTape() as tape:
             lx, lz = batch_sums(model, batch, eps, plan)
             # Per-replica loss scaling: the replicas' gradients add up to the global mean's.
@@ -232,8 +246,10 @@ def sync_from_chief(placement: Placement, variables: list) -> None:
             ctx = tf.distribute.get_replica_context()
             first = tf.equal(ctx.replica_id_in_sync_group, 0)
             # float64 holds int64 steps exactly (below 2^53) and float32 values exactly.
-            return ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                  [tf.where(first, tf.cast(v, tf.float64), tf.zeros_like(v, tf.float64)) for v in variables])
+            return ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                [tf.where(first, tf.cast(v, tf.float64), tf.zeros_like(v, tf.float64)) for v in variables],
+            )
 
         return [strategy.experimental_local_results(v)[0] for v in strategy.run(replica)]
 
@@ -247,4 +263,5 @@ def lost_peer(error: Exception, step: int, kept: str) -> TrainingError:
     detail = first[0] if first else type(error).__name__
     return TrainingError(
         f"lost contact with another worker at step {step} ({type(error).__name__}: {detail[:200]}); {kept}. "
-        "Start every worker again with the same command to resume from it")
+        "Start every worker again with the same command to resume from it"
+    )

@@ -9,6 +9,7 @@ holds the pid of the last holder, which is only used to say whom we are waiting 
 Standard library only (fcntl, on Linux and macOS). Where fcntl is missing (Windows), runs are
 not serialised; docs/reliability.md says so.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,10 @@ def hold(path: Path, what: str, on_wait: Optional[Callable[[str], None]] = None)
                 break
             except BlockingIOError:
                 if not told and on_wait is not None:
-                    on_wait(f"waiting for another qd process{_holder(fd)} that is {what} ({path}); "
-                            "this run goes on when it finishes")
+                    on_wait(
+                        f"waiting for another qd process{_holder(fd)} that is {what} ({path}); "
+                        "this run goes on when it finishes"
+                    )
                 told = True
                 time.sleep(POLL_SECONDS)
         os.ftruncate(fd, 0)

@@ -7,6 +7,7 @@ the largest has training drawings, its own drawings repeated in a fresh random o
 small class is seen more often and every drawing at least once. `proportional` (and any
 unlabelled or one-class set) is one fresh permutation of the training rows per cycle.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -97,8 +98,15 @@ def cycle_order(groups: Optional[list[np.ndarray]], train_idx: np.ndarray, rng: 
     return rng.permutation(np.concatenate([g[rng.permutation(m) % len(g)] for g in groups]))
 
 
-def last_by_class(indices: Callable[[int], np.ndarray], labels: np.ndarray, n_classes: int, last_k: int,
-                  batch_size: int, cycle_len: int, keep: int) -> tuple[np.ndarray, np.ndarray]:
+def last_by_class(
+    indices: Callable[[int], np.ndarray],
+    labels: np.ndarray,
+    n_classes: int,
+    last_k: int,
+    batch_size: int,
+    cycle_len: int,
+    keep: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Row numbers of the last `keep` training rows of each class up to batch last_k (walking
     back at most one cycle), oldest first, and their labels: what `training-batch pick: last`
     shows of one category of a shared model."""

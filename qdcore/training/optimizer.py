@@ -13,6 +13,7 @@ with two settings the blog's configuration needs:
   `Adam._all_reduce_sum_gradients` therefore passes gradients through; Keras 2 offered the
   same as `experimental_aggregate_gradients=False`.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     @classmethod
     def from_config_of(cls, train_cfg: TrainConfig) -> "WarmupCosine":
-        return cls(train_cfg.learning_rate, max(train_cfg.iterations, 1), min(train_cfg.warmup, train_cfg.iterations // 10),
-                   train_cfg.lr_schedule, train_cfg.lr_final_fraction)
+        return cls(
+            train_cfg.learning_rate,
+            max(train_cfg.iterations, 1),
+            min(train_cfg.warmup, train_cfg.iterations // 10),
+            train_cfg.lr_schedule,
+            train_cfg.lr_final_fraction,
+        )
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -53,8 +59,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self) -> dict:
-        return {"peak": self.peak, "total": self.total, "warmup": self.warmup, "kind": self.kind,
-                "final_fraction": self.final_fraction}
+        return {
+            "peak": self.peak,
+            "total": self.total,
+            "warmup": self.warmup,
+            "kind": self.kind,
+            "final_fraction": self.final_fraction,
+        }
 
 
 class Adam(keras.optimizers.Adam):

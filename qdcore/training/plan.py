@@ -12,6 +12,7 @@ the measurements behind the candidates.
 This module imports TensorFlow only inside the functions that need it (the device list, the
 version, the thread pools), so building candidates and keys stays cheap.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,10 +71,13 @@ class StepPlan:
     name: str = ""  # the candidate's name (the cache and QD_STEP_PLAN use it)
 
     def describe(self) -> str:
-        parts = [self.device.upper() if self.device != "cpu" else None,
-                 f"{self.precision} matmuls", "XLA" if self.jit_compile else "no XLA",
-                 f"{self.streams} streams" if self.streams > 1 else None,
-                 f"{self.threads[0]}+{self.threads[1]} threads" if self.threads else None]
+        parts = [
+            self.device.upper() if self.device != "cpu" else None,
+            f"{self.precision} matmuls",
+            "XLA" if self.jit_compile else "no XLA",
+            f"{self.streams} streams" if self.streams > 1 else None,
+            f"{self.threads[0]}+{self.threads[1]} threads" if self.threads else None,
+        ]
         return (f"{self.name}: " if self.name else "") + ", ".join(p for p in parts if p)
 
     def as_dict(self) -> dict:
@@ -88,6 +92,7 @@ class StepPlan:
 
 
 # -- what decides the plan ----------------------------------------------------------------
+
 
 def cpu_count() -> int:
     """Cores this process may run on (a container's limit, not the host's count)."""
@@ -144,6 +149,7 @@ def gpu_names() -> list[str]:
 
 # -- the candidates -------------------------------------------------------------------------
 
+
 def candidates(batch_size: int, cores: int, bf16: bool, gpus: list[str], precision: str = "auto") -> list[StepPlan]:
     """The plans worth timing here, the plain float32 XLA step first (the fallback).
 
@@ -163,8 +169,10 @@ def candidates(batch_size: int, cores: int, bf16: bool, gpus: list[str], precisi
     pools = (1, cores) if cores > 1 else None
     plans = []
     if gpus:
-        plans += [StepPlan("float32", True, device="gpu", name="gpu-float32-xla"),
-                  StepPlan("bfloat16", True, device="gpu", name="gpu-bfloat16-xla")]
+        plans += [
+            StepPlan("float32", True, device="gpu", name="gpu-float32-xla"),
+            StepPlan("bfloat16", True, device="gpu", name="gpu-bfloat16-xla"),
+        ]
     plans.append(StepPlan("float32", True, name="float32-xla"))
     if pools:
         plans.append(StepPlan("float32", True, streams, pools, name="float32-xla-streams"))
@@ -185,13 +193,29 @@ def candidates(batch_size: int, cores: int, bf16: bool, gpus: list[str], precisi
     return unique
 
 
-def key_fields(model_cfg: ModelConfig, batch_size: int, plans: list[StepPlan], info: dict, cores: int,
-               tf_version: str, gpus: list[str]) -> dict:
+def key_fields(
+    model_cfg: ModelConfig,
+    batch_size: int,
+    plans: list[StepPlan],
+    info: dict,
+    cores: int,
+    tf_version: str,
+    gpus: list[str],
+) -> dict:
     """Everything that decides which plan wins (and nothing else: not the data, not the
     learning rate)."""
-    return {"format": FORMAT, "cpu": info["model"], "machine": info["machine"], "flags": info["flags"],
-            "cores": cores, "tensorflow": tf_version, "model": model_cfg.as_dict(), "batch_size": batch_size,
-            "devices": gpus, "candidates": [p.name for p in plans]}
+    return {
+        "format": FORMAT,
+        "cpu": info["model"],
+        "machine": info["machine"],
+        "flags": info["flags"],
+        "cores": cores,
+        "tensorflow": tf_version,
+        "model": model_cfg.as_dict(),
+        "batch_size": batch_size,
+        "devices": gpus,
+        "candidates": [p.name for p in plans],
+    }
 
 
 def cache_path(fields: dict) -> Path:
@@ -220,8 +244,15 @@ def run_child(spec: dict, command: tuple[str, ...] = TIMING_CHILD) -> dict:
 
 def time_plan(plan: StepPlan, model_cfg: ModelConfig, batch_size: int, steps: int = MEASURE_STEPS) -> dict:
     """qd's training step under `plan` on synthetic data, timed in a fresh process."""
-    return run_child({"kind": "qd", "plan": plan.as_dict(), "model": model_cfg.as_dict(),
-                      "batch_size": batch_size, "iterations": steps})
+    return run_child(
+        {
+            "kind": "qd",
+            "plan": plan.as_dict(),
+            "model": model_cfg.as_dict(),
+            "batch_size": batch_size,
+            "iterations": steps,
+        }
+    )
 
 
 @dataclass
@@ -295,8 +326,11 @@ def short_run_plan(plans: list[StepPlan]) -> StepPlan:
 
 def save(path: Path, fields: dict, winner: StepPlan, rows: list[dict], busy: bool = False) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"key": fields, "winner": winner.name, "plan": winner.as_dict(), "rows": rows,
-                                   "busy": busy}, indent=1))
+        tmp.write_text(
+            json.dumps(
+                {"key": fields, "winner": winner.name, "plan": winner.as_dict(), "rows": rows, "busy": busy}, indent=1
+            )
+        )
 
 
 def best(rows: list[dict], plans: list[StepPlan]) -> StepPlan:
@@ -304,9 +338,18 @@ def best(rows: list[dict], plans: list[StepPlan]) -> StepPlan:
     return by_name[max((r for r in rows if r["name"] in by_name), key=lambda r: r["images_per_s"])["name"]]
 
 
-def choose(model_cfg: ModelConfig, train_cfg: TrainConfig, *, say: Callable[[str], None] = lambda m: None,
-           measure: Callable[..., dict] | None = None, info: dict | None = None, cores: int | None = None,
-           gpus: list[str] | None = None, tf_version: str | None = None, busy: bool | None = None) -> Choice:
+def choose(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    say: Callable[[str], None] = lambda m: None,
+    measure: Callable[..., dict] | None = None,
+    info: dict | None = None,
+    cores: int | None = None,
+    gpus: list[str] | None = None,
+    tf_version: str | None = None,
+    busy: bool | None = None,
+) -> Choice:
     """The plan for this training run: forced, the only candidate, cached, or measured now.
 
     The keyword arguments after `measure` replace what would be read from this machine
@@ -350,8 +393,16 @@ def _usable(cached, busy: bool) -> bool:
     return cached is not None and (not cached[2] or busy)
 
 
-def _measure(model_cfg: ModelConfig, train_cfg: TrainConfig, plans: list[StepPlan], fields: dict, path: Path,
-             busy: bool, say: Callable[[str], None], measure: Callable[..., dict]) -> Choice:
+def _measure(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    plans: list[StepPlan],
+    fields: dict,
+    path: Path,
+    busy: bool,
+    say: Callable[[str], None],
+    measure: Callable[..., dict],
+) -> Choice:
     """Time every candidate and cache the winner, unless another run measured it meanwhile.
 
     One measurement at a time per key: a second run started meanwhile waits for it and
@@ -365,10 +416,14 @@ def _measure(model_cfg: ModelConfig, train_cfg: TrainConfig, plans: list[StepPla
         elif path.exists():
             say(f"step plan cache {path} is unreadable; measuring again")
         if busy:
-            say("other work keeps the cores busy: the plan measured now may not be the fastest; "
-                "the next run that starts on a quiet machine measures again")
-        say(f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
-            f"this happens once, the winner is cached in {path.parent}")
+            say(
+                "other work keeps the cores busy: the plan measured now may not be the fastest; "
+                "the next run that starts on a quiet machine measures again"
+            )
+        say(
+            f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
+            f"this happens once, the winner is cached in {path.parent}"
+        )
         rows = []
         for p in plans:
             try:
@@ -380,7 +435,11 @@ def _measure(model_cfg: ModelConfig, train_cfg: TrainConfig, plans: list[StepPla
             raise TrainingError("no step plan could run on this machine; run `qd bench train` for the details")
         winner = best(rows, plans)
         save(path, fields, winner, rows, busy)
-        say("step plans: " + ", ".join(f"{r['name']} {r['images_per_s']:.0f} img/s" for r in rows) + f"; using {winner.name}")
+        say(
+            "step plans: "
+            + ", ".join(f"{r['name']} {r['images_per_s']:.0f} img/s" for r in rows)
+            + f"; using {winner.name}"
+        )
         return Choice(winner, "measured", rows, path)
 
 
@@ -392,9 +451,12 @@ def known_speed(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float | None:
     if os.environ.get(FORCE_ENV, "").strip():
         return None
     info, cores, gpus = cpu_info(), cpu_count(), gpu_names()
-    plans = candidates(train_cfg.batch_size, cores, train_cfg.precision == "bfloat16" or bf16_allowed(info), gpus,
-                       train_cfg.precision)
-    cached = _read_cache(cache_path(key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf.__version__, gpus)), plans)
+    plans = candidates(
+        train_cfg.batch_size, cores, train_cfg.precision == "bfloat16" or bf16_allowed(info), gpus, train_cfg.precision
+    )
+    cached = _read_cache(
+        cache_path(key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf.__version__, gpus)), plans
+    )
     if cached is None:
         return None
     winner, rows, _ = cached
@@ -402,6 +464,7 @@ def known_speed(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float | None:
 
 
 # -- applying a plan in this process --------------------------------------------------------
+
 
 def apply(choice: Choice) -> Choice:
     """Set the plan's thread pools in this process, or fall back when TensorFlow has already
@@ -419,14 +482,18 @@ def apply(choice: Choice) -> Choice:
         return choice
     except RuntimeError:  # TensorFlow already started in this process; its pools are fixed
         pass
-    now = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+    now = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
     if now == (intra, inter):
         return choice
     if plan.precision == "bfloat16":  # keep the arithmetic the user or the measurement chose
         fallback = StepPlan("bfloat16", False, name="bfloat16")
     else:
         fallback = StepPlan("float32", True, name="float32-xla")
-    note = (f"step plan {plan.name} needs {intra}+{inter} threads, but TensorFlow already started in this "
-            f"process with {now[0]}+{now[1]} (0 = its default); using {fallback.describe()}")
+    note = (
+        f"step plan {plan.name} needs {intra}+{inter} threads, but TensorFlow already started in this "
+        f"process with {now[0]}+{now[1]} (0 = its default); using {fallback.describe()}"
+    )
     return replace(choice, plan=fallback, note=note)
-

@@ -2,6 +2,7 @@
 strategy step (distribute.make_strategy_step) share: the batch's noise, its summed losses and
 the global-norm clip. Both build on this module, so neither imports the other.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -39,8 +40,10 @@ def batch_sums(model: Draw, batch: dict, eps, plan: StepPlan):
     streams = min(plan.streams, n) if n else 1
     if streams > 1:
         sizes = split_sizes(n, streams)
-        parts = [model.loss_with_noise(xs, es, plan.precision, ys)
-                 for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1), tf.split(y, sizes, 0))]
+        parts = [
+            model.loss_with_noise(xs, es, plan.precision, ys)
+            for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(eps, sizes, 1), tf.split(y, sizes, 0))
+        ]
         lx, lz = tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
     else:
         lx, lz = model.loss_with_noise(x, eps, plan.precision, y)

@@ -13,6 +13,7 @@ creep (less than `min_gain` over the whole window) counts as flat too.
 The checks are kept in the model folder (STATE), so a resumed run replays them and stops
 where the uninterrupted run would have; a stop is recorded there and in finished.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,10 @@ class Plateau:
         return self.flat >= self.patience
 
     def reason(self) -> str:
-        return (f"{self.signal} flat for {self.flat} checks (no gain of {self.min_gain:g} nats/image "
-                f"on {self.best:.2f} since step {self.best_step})")
+        return (
+            f"{self.signal} flat for {self.flat} checks (no gain of {self.min_gain:g} nats/image "
+            f"on {self.best:.2f} since step {self.best_step})"
+        )
 
     def to_dict(self, rule: dict) -> dict:
         return {"rule": rule, "signal": self.signal, "checks": [list(c) for c in self.checks]}
@@ -115,8 +118,10 @@ def describe(cfg: TrainConfig, signal: str, multi_worker: bool = False) -> str:
     if multi_worker:
         return "trains the whole budget (a multi-worker run does not stop early)"
     what = f"training loss (mean of each {cfg.check_every} steps)" if signal == TRAINING else "held-out bound"
-    return (f"stops earlier when the {what} gains less than {cfg.min_gain:g} nats/image in "
-            f"{cfg.patience} checks, one every {cfg.check_every} steps (stop: plateau)")
+    return (
+        f"stops earlier when the {what} gains less than {cfg.min_gain:g} nats/image in "
+        f"{cfg.patience} checks, one every {cfg.check_every} steps (stop: plateau)"
+    )
 
 
 def budget_eta(steps: int, batch_size: int, images_per_s: float | None) -> str:

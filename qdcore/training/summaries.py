@@ -10,6 +10,7 @@ written with TensorFlow's own `tf.summary.write`, tagged for TensorBoard's scala
 plugins exactly as tensorboard.summary.v2's scalar() and image() tag them, which
 tensorflow-cpu cannot call without the tensorboard package installed.
 """
+
 from __future__ import annotations
 
 import time

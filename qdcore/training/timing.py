@@ -9,6 +9,7 @@ them, so `precision: auto` needs no benchmark code.
 Imports TensorFlow only inside the functions that time a step: the cost model
 (`gflop_per_step`) stays cheap to import.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,12 +67,17 @@ def timed(run_step: Callable[[], object], iterations: int, batch: int, cfg: Mode
     seconds, median = sum(times), float(np.median(times))
     gflop = gflop_per_step(cfg, batch)
     return {
-        "name": name, "batch_size": batch, "steps": iterations, "seconds": round(seconds, 3),
-        "steps_per_s": round(iterations / seconds, 3), "images_per_s": round(iterations * batch / seconds, 1),
+        "name": name,
+        "batch_size": batch,
+        "steps": iterations,
+        "seconds": round(seconds, 3),
+        "steps_per_s": round(iterations / seconds, 3),
+        "images_per_s": round(iterations * batch / seconds, 1),
         # The median step is what plans are ranked by: a burst of someone else's load
         # moves the mean of a few steps much more than the median.
         "images_per_s_median": round(batch / median, 1),
-        "gflop_per_step": round(gflop, 3), "achieved_gflop_per_s": round(gflop * iterations / seconds, 2),
+        "gflop_per_step": round(gflop, 3),
+        "achieved_gflop_per_s": round(gflop * iterations / seconds, 2),
     }
 
 
@@ -91,7 +97,9 @@ def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: Step
         lx, lz, _, ok = (v.numpy() for v in step(x, k))
         assert ok
 
-    row = timed(run_step, iterations, train_cfg.batch_size, cfg, f"qd (batch {train_cfg.batch_size}, {plan.describe()})")
+    row = timed(
+        run_step, iterations, train_cfg.batch_size, cfg, f"qd (batch {train_cfg.batch_size}, {plan.describe()})"
+    )
     return {**row, "plan": plan.name, "precision": plan.precision, "xla": plan.jit_compile, "streams": plan.streams}
 
 
@@ -106,7 +114,10 @@ def in_this_process(spec: dict, threads: list[int] | tuple[int, int] | None, run
     row = run()
     if spec.get("name"):
         row["name"] = spec["name"]
-    row["threads"] = [tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()]
+    row["threads"] = [
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    ]
     return row
 
 
@@ -115,7 +126,9 @@ def measure(spec: dict) -> dict:
     plan = StepPlan.from_dict(spec["plan"])
     cfg = ModelConfig(**spec.get("model", {}))
     train_cfg = TrainConfig(batch_size=spec.get("batch_size", TrainConfig.batch_size), precision=plan.precision)
-    return in_this_process(spec, spec.get("threads") or plan.threads, lambda: run_qd(cfg, train_cfg, spec["iterations"], plan))
+    return in_this_process(
+        spec, spec.get("threads") or plan.threads, lambda: run_qd(cfg, train_cfg, spec["iterations"], plan)
+    )
 
 
 if __name__ == "__main__":  # one measurement, for plan.run_child()

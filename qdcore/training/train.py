@@ -16,6 +16,7 @@ end to end as one freshly shuffled permutation per cycle, and batch k is the k-t
 batch_size positions in that stream. Every example is seen once per cycle (pitfall 8,
 docs/architecture.md), and a resumed run picks up exactly where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -130,8 +131,9 @@ class Batches:
 
     def last_by_class(self, last_k: int, keep: int = KEEP_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
         """Each class's last `keep` training images up to batch last_k, and their labels."""
-        rows, labels = last_by_class(self.indices, self.labels, len(self.data.classes), last_k,
-                                     self.batch_size, self.cycle_len, keep)
+        rows, labels = last_by_class(
+            self.indices, self.labels, len(self.data.classes), last_k, self.batch_size, self.cycle_len, keep
+        )
         return targets(self.data, rows, np.random.default_rng([self.seed, 0xB1, last_k])), labels
 
     def dataset(self, start: int, stop: int) -> tf.data.Dataset:
@@ -163,7 +165,9 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
     if plan is None:
         precision = "bfloat16" if train_cfg.precision == "bfloat16" else "float32"
         plan = StepPlan(precision, precision == "float32")
-    return (_xla_streams_step if plan.jit_compile and plan.streams > 1 else _one_graph_step)(model, opt, train_cfg, plan)
+    return (_xla_streams_step if plan.jit_compile and plan.streams > 1 else _one_graph_step)(
+        model, opt, train_cfg, plan
+    )
 
 
 def _unpack(x, y):
@@ -236,10 +240,14 @@ def _xla_streams_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
             sizes = split_sizes(batch, min(plan.streams, batch))
             inv = tf.constant(1.0 / batch)
             noise = step_noise(model, train_cfg, k, tf.shape(x)[0])
-            parts = [part(xs, es, ys, inv) for xs, es, ys in
-                     zip(tf.split(x, sizes, 0), tf.split(noise, sizes, 1), tf.split(y, sizes, 0))]
+            parts = [
+                part(xs, es, ys, inv)
+                for xs, es, ys in zip(tf.split(x, sizes, 0), tf.split(noise, sizes, 1), tf.split(y, sizes, 0))
+            ]
             grads = [tf.add_n(list(g)) for g in zip(*[p[2] for p in parts])]
-            return compiled_update(tf.add_n([p[0] for p in parts]) * inv, tf.add_n([p[1] for p in parts]) * inv, grads, k)
+            return compiled_update(
+                tf.add_n([p[0] for p in parts]) * inv, tf.add_n([p[1] for p in parts]) * inv, grads, k
+            )
 
     return step
 
@@ -252,8 +260,14 @@ def plan_step(model_cfg: ModelConfig, train_cfg: TrainConfig, say=lambda m: None
     return choice
 
 
-def new_training(model_cfg: ModelConfig, train_cfg: TrainConfig, plan: StepPlan | Choice | None = None,
-                 say=lambda m: None, classes=None, strategy=None):
+def new_training(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    plan: StepPlan | Choice | None = None,
+    say=lambda m: None,
+    classes=None,
+    strategy=None,
+):
     """(plan choice, model, optimizer, compiled step) for a fresh run, built in the order that
     matters: the plan first, because TensorFlow's threads can only be set before the model's
     variables start it. `classes` (2 or more) makes the model class-conditional. Under a
@@ -284,13 +298,25 @@ class _Progress:
         if quiet:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("L^x {task.fields[lx]:8.2f}  L^z {task.fields[lz]:6.2f}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self.task = self.bar.add_task(label, total=total, completed=start, lx=float("nan"), lz=float("nan"))
 
@@ -336,12 +362,21 @@ def _check_shape(model_cfg: ModelConfig, data: ImageSet) -> None:
     shape = tuple(data.images.shape[1:])
     if data.images.ndim != 3 or shape != (model_cfg.height, model_cfg.width):
         raise InputError(
-            f"{data.name}: images are {tuple(data.images.shape)}, the model wants (N, {model_cfg.height}, {model_cfg.width})"
+            f"{data.name}: images are {tuple(data.images.shape)}, "
+            f"the model wants (N, {model_cfg.height}, {model_cfg.width})"
         )
 
 
-def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, *,
-          restart: bool = False, quiet: bool = False, on_step=None) -> TrainedModel:
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: ImageSet,
+    workdir: Path,
+    *,
+    restart: bool = False,
+    quiet: bool = False,
+    on_step=None,
+) -> TrainedModel:
     """Train to train_cfg.iterations or until the stop rule stops it (qdcore/training/stopping.py),
     resuming from workdir's checkpoints if present, in batches of train_cfg.batch_size or of
     the whole training set when that is smaller (mixing.fit_batch).
@@ -367,8 +402,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
     # strategy (a multi-worker one must also come before TensorFlow's runtime starts).
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if train_cfg.batch_size < asked:
-        say(f"batch: {train_cfg.batch_size} images, the whole training set (train.batch_size {asked} "
-            f"would hold each drawing {asked / train_cfg.batch_size:.0f} times)")
+        say(
+            f"batch: {train_cfg.batch_size} images, the whole training set (train.batch_size {asked} "
+            f"would hold each drawing {asked / train_cfg.batch_size:.0f} times)"
+        )
     choice = plan_step(model_cfg, train_cfg, say)
     placement = distribute.choose(train_cfg)
     try:
@@ -377,7 +414,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdi
         placement.cleanup()
 
 
-def _train(model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step) -> TrainedModel:
+def _train(
+    model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step
+) -> TrainedModel:
     from . import distribute
 
     if restart and placement.chief:
@@ -408,8 +447,9 @@ class _Training:
     or a fresh model; then every worker takes the chief's), loop() (the steps, checkpoints,
     summaries and the stop rule) and finish() (finished.json and what a later run reads)."""
 
-    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, placement,
-                 quiet: bool):
+    def __init__(
+        self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, placement, quiet: bool
+    ):
         self.model_cfg, self.train_cfg, self.data, self.workdir = model_cfg, train_cfg, data, workdir
         self.placement, self.quiet = placement, quiet
         self.chief, self.multi = placement.chief, placement.workers > 1
@@ -420,10 +460,12 @@ class _Training:
 
     def _build(self, choice: Choice, classes) -> None:
         self.choice, self.model, self.opt, self.train_step = new_training(
-            self.model_cfg, self.train_cfg, choice, classes=classes, strategy=self.placement.strategy)
+            self.model_cfg, self.train_cfg, choice, classes=classes, strategy=self.placement.strategy
+        )
         self.step_var = tf.Variable(0, dtype=tf.int64, name="step")
-        self.ckpt, self.manager = _checkpointing(self.model, self.opt, self.step_var,
-                                                 self.placement.checkpoint_dir(self.workdir))
+        self.ckpt, self.manager = _checkpointing(
+            self.model, self.opt, self.step_var, self.placement.checkpoint_dir(self.workdir)
+        )
 
     def resume(self, choice: Choice, classes) -> None:
         from . import distribute
@@ -432,13 +474,16 @@ class _Training:
         ckpt_dir = Path(self.manager.directory)
         tried = checkpoints.candidates(ckpt_dir)
         restored = checkpoints.restore_newest(
-            self.ckpt, ckpt_dir, restore=lambda p: _restore(self.ckpt, self.model, self.opt, self.step_var, p))
+            self.ckpt, ckpt_dir, restore=lambda p: _restore(self.ckpt, self.model, self.opt, self.step_var, p)
+        )
         if tried and restored is None:  # every one was damaged, and a failed restore writes some variables
             self._build(self.choice, classes)
         self.last_saved = int(self.step_var.numpy()) if restored else None
         if self.multi:
             try:
-                distribute.sync_from_chief(self.placement, self.model.weights + list(self.opt.variables) + [self.step_var])
+                distribute.sync_from_chief(
+                    self.placement, self.model.weights + list(self.opt.variables) + [self.step_var]
+                )
             except tf.errors.OpError as e:
                 raise distribute.lost_peer(e, int(self.step_var.numpy()), self.kept()) from e
             self.last_saved = int(self.step_var.numpy()) or self.last_saved
@@ -457,8 +502,10 @@ class _Training:
 
         cfg, train_step = self.train_cfg, self.train_step
         if self.placement.strategy is None:
-            return ((int(k), lambda x=x, k=k, y=y: train_step(x, k, y))
-                    for k, x, y in self.batches.dataset(start, cfg.iterations))
+            return (
+                (int(k), lambda x=x, k=k, y=y: train_step(x, k, y))
+                for k, x, y in self.batches.dataset(start, cfg.iterations)
+            )
         dist = distribute.dataset(self.placement, self.batches, start, cfg.iterations)
         return ((start + i, lambda b=b: train_step(b)) for i, b in enumerate(dist))
 
@@ -516,8 +563,10 @@ class _Training:
         self.summaries.scalars(step, float(lx), float(lz), float(gnorm), lambda: float(schedule(step - 1)))
         if on_step is not None and on_step(step, cfg.iterations, float(lx), float(lz)):
             self.save(step)
-            raise Cancelled(f"training stopped at step {step} of {cfg.iterations}; the checkpoint is kept "
-                            f"in {self.workdir} and the next run resumes from it")
+            raise Cancelled(
+                f"training stopped at step {step} of {cfg.iterations}; the checkpoint is kept "
+                f"in {self.workdir} and the next run resumes from it"
+            )
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             self.save(step)
             self.last_saved = step
@@ -571,8 +620,13 @@ class _Training:
         if not self.chief:
             return TrainedModel(model=self.model, step=step, last_batch=None, workdir=workdir)
         last_batch = np.load(workdir / LAST_BATCH) if (workdir / LAST_BATCH).exists() else None
-        finished = {"step": step, "model": self.model_cfg.as_dict(), "train": self.train_cfg.as_dict(),
-                    "dataset": self.data.name, "data": _counts(self.data, train_idx)}
+        finished = {
+            "step": step,
+            "model": self.model_cfg.as_dict(),
+            "train": self.train_cfg.as_dict(),
+            "dataset": self.data.name,
+            "data": _counts(self.data, train_idx),
+        }
         if stopped is not None:
             finished["stopped"] = stopped
             self.say(f"stopped at step {step:,} of {self.train_cfg.iterations:,}: {stopped['reason']}")
@@ -599,8 +653,10 @@ def _plan_line(choice: Choice, placement, train_cfg: TrainConfig, start: int, si
     eta = stopping.budget_eta(left, train_cfg.batch_size, rate) if placement.strategy is None else ""
     budget = f"{left:,} steps" if start == 0 else f"its last {left:,} of {train_cfg.iterations:,} steps"
     speed = f", {rate:,.0f} img/s" if rate and placement.strategy is None else ""
-    return (f"plan: {choice.label()}{speed}; full budget {budget} of {train_cfg.batch_size} images"
-            f"{': ' + eta if eta else ''}; {stopping.describe(train_cfg, signal, placement.workers > 1)}")
+    return (
+        f"plan: {choice.label()}{speed}; full budget {budget} of {train_cfg.batch_size} images"
+        f"{': ' + eta if eta else ''}; {stopping.describe(train_cfg, signal, placement.workers > 1)}"
+    )
 
 
 def _counts(data: ImageSet, train_idx: np.ndarray) -> dict:
@@ -643,7 +699,10 @@ def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
     model = Draw(model_cfg, classes=classes)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     # Adam's state is in the checkpoint too; partial lets us skip it here.
-    if checkpoints.restore_newest(tf.train.Checkpoint(model=model, step=step_var), workdir / CHECKPOINTS, partial=True) is None:
+    if (
+        checkpoints.restore_newest(tf.train.Checkpoint(model=model, step=step_var), workdir / CHECKPOINTS, partial=True)
+        is None
+    ):
         raise QdError(f"no checkpoint in {workdir / CHECKPOINTS} restores: train the model again (qd train --restart)")
     last = checkpoints.read_last_batch(workdir / LAST_BATCH, (model_cfg.height, model_cfg.width))
     by_class, kept = workdir / LAST_BY_CLASS, None
@@ -653,8 +712,9 @@ def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
     return TrainedModel(model=model, step=int(step_var.numpy()), last_batch=last, workdir=workdir, last_by_class=kept)
 
 
-def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500,
-             limit: int | None = None) -> dict:
+def evaluate(
+    trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batch_size: int = 500, limit: int | None = None
+) -> dict:
     """The held-out bound L^x + L^z in nats per image (one-sample estimate, fixed noise), over
     the first `limit` held-out images (all when None).
 
@@ -673,16 +733,23 @@ def evaluate(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, batc
     rng = np.random.default_rng([train_cfg.seed, 0xE7A1])
     sums = np.zeros((len(data.classes) if labelled else 1, 2))
     for i, lo in enumerate(range(0, len(held), batch_size)):
-        rows = held[lo:lo + batch_size]
+        rows = held[lo : lo + batch_size]
         x = targets(data, rows, rng)
         own = data.labels[rows].astype(np.int64) if labelled else np.zeros(len(rows), np.int64)
         lx, lz = trained.model.loss(x, training=False, seed=i, labels=None if to_model is None else to_model[own])
         np.add.at(sums, own, np.stack([lx.numpy(), lz.numpy()], axis=1))
     n = len(held)
     lx_sum, lz_sum = sums.sum(axis=0)
-    out = {"bound": float(lx_sum + lz_sum) / n, "lx": float(lx_sum) / n, "lz": float(lz_sum) / n, "n_images": n, "targets": describe_targets(data)}
+    out = {
+        "bound": float(lx_sum + lz_sum) / n,
+        "lx": float(lx_sum) / n,
+        "lz": float(lz_sum) / n,
+        "n_images": n,
+        "targets": describe_targets(data),
+    }
     if labelled and len(data.classes) > 1:
         counts = np.bincount(data.labels[held], minlength=len(data.classes))
-        out["per_category"] = {name: round(float(sums[c].sum() / counts[c]), 3)
-                               for c, name in enumerate(data.classes) if counts[c]}
+        out["per_category"] = {
+            name: round(float(sums[c].sum() / counts[c]), 3) for c, name in enumerate(data.classes) if counts[c]
+        }
     return out

@@ -8,6 +8,7 @@ Use it in a recipe as:
         turns: 3
       - use: random-pixels     # built-in perturbations can follow
 """
+
 from typing import Annotated
 
 import numpy as np
@@ -18,9 +19,12 @@ from qdcore import Range, SeedStrategy, hookimpl
 class Spiral(SeedStrategy):
     is_source = True
 
-    def __init__(self, turns: Annotated[float, Range(0.5, 10)] = 2.5,
-                 thickness: Annotated[float, Range(0.5, 5)] = 1.2,
-                 jitter: Annotated[float, Range(0, 1)] = 0.0):
+    def __init__(
+        self,
+        turns: Annotated[float, Range(0.5, 10)] = 2.5,
+        thickness: Annotated[float, Range(0.5, 5)] = 1.2,
+        jitter: Annotated[float, Range(0, 1)] = 0.0,
+    ):
         self.turns, self.thickness, self.jitter = turns, thickness, jitter
 
     def apply(self, seeds, given, ctx):
@@ -35,7 +39,7 @@ class Spiral(SeedStrategy):
             px = w / 2 + a * (theta - theta[0]) * np.cos(theta)
             py = h / 2 + a * (theta - theta[0]) * np.sin(theta)
             d2 = (xx[..., None] - px) ** 2 + (yy[..., None] - py) ** 2
-            out[k] = np.exp(-d2 / (2 * self.thickness ** 2)).max(axis=-1)
+            out[k] = np.exp(-d2 / (2 * self.thickness**2)).max(axis=-1)
         return np.clip(out, 0.0, 1.0)
 
 

@@ -1,4 +1,5 @@
 """The example plugin's own tests: call the class directly, no training needed."""
+
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,9 @@ from qd_spiral import Spiral
 
 
 def ctx(seed=0):
-    return Context(image_shape=(28, 28), rng=np.random.default_rng(seed), recipe_dir=Path("."),
-                   data_dir=None, cache_dir=Path("."))
+    return Context(
+        image_shape=(28, 28), rng=np.random.default_rng(seed), recipe_dir=Path("."), data_dir=None, cache_dir=Path(".")
+    )
 
 
 def test_spiral_is_ink_on_black_and_reproducible():
