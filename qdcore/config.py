@@ -76,13 +76,19 @@ class TrainConfig:
     check_every: Annotated[int, Range(1, 10_000_000)] = 100
     patience: Annotated[int, Range(1, 10_000)] = 5
     min_gain: Annotated[float, Range(0.0, 1e6)] = 1.0
+    # Flat checks count only once at most this fraction of the learning rate's decay is still
+    # to come: the last third of a cosine schedule's iterations at 0.25; from the start under
+    # a constant schedule, or at 1.0. A plateau at a high learning rate is the noise floor of
+    # that rate, not the end of learning: cat stopped at 40% of its budget lost 5.5 nats of
+    # held-out bound and went from 7.4x to 11.7x the Frechet floor (docs/performance.md).
+    decay_left: Annotated[float, Range(0.0, 1.0)] = 0.25
 
     # Settings that choose how a run executes, not what it learns: they stay out of the
     # model's cache key, so a run started on one machine can be resumed on several. The
     # stop rule is among them: it only decides where a run ends on one trajectory (batch k,
     # its noise and the learning rate at k depend on neither), so a run stopped early and
     # one trained to the budget share a folder, and keys from before the rule existed hold.
-    EXECUTION_ONLY = ("distribute", "stop", "check_every", "patience", "min_gain")
+    EXECUTION_ONLY = ("distribute", "stop", "check_every", "patience", "min_gain", "decay_left")
 
     def as_dict(self) -> dict:
         return asdict(self)

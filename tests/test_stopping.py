@@ -55,7 +55,7 @@ def test_a_worse_figure_is_flat_and_a_zero_margin_takes_any_gain():
 
 
 def test_resumed_replays_the_recorded_checks_of_the_same_rule_only():
-    cfg = TrainConfig(patience=3, min_gain=1.0, check_every=10)
+    cfg = TrainConfig(patience=3, min_gain=1.0, check_every=10, decay_left=1.0)
     record = {
         "rule": stopping.rule_of(cfg),
         "signal": stopping.TRAINING,
@@ -64,7 +64,7 @@ def test_resumed_replays_the_recorded_checks_of_the_same_rule_only():
     rule = Plateau.resumed(cfg, stopping.TRAINING, record, upto=35)
     assert rule.checks == [(10, 100.0), (20, 100.5), (30, 99.9)] and rule.flat == 2 and rule.best_step == 10
     assert rule.observe(40, 100.2)
-    other = TrainConfig(patience=4, min_gain=1.0, check_every=10)
+    other = TrainConfig(patience=4, min_gain=1.0, check_every=10, decay_left=1.0)
     assert Plateau.resumed(other, stopping.TRAINING, record, upto=35).checks == []
     assert Plateau.resumed(cfg, stopping.HELDOUT, record, upto=35).checks == []
 
@@ -77,6 +77,26 @@ def test_a_stop_is_final_only_under_the_rule_that_made_it():
     assert stopping.needs_more(stopped, TrainConfig(patience=cfg.patience + 1))
     assert not stopping.needs_more({"step": 10_000}, TrainConfig(stop="budget"))  # trained to its budget
     assert not stopping.needs_more({"step": 10_000}, cfg)
+
+
+def test_flat_checks_count_only_in_the_last_part_of_the_decay():
+    # cosine: a quarter of the decay is left at 2/3 of the iterations
+    assert stopping.watch_from(TrainConfig(iterations=10_000)) == 6667
+    assert stopping.watch_from(TrainConfig(iterations=10_000, decay_left=0.5)) == 5000
+    assert stopping.watch_from(TrainConfig(iterations=10_000, decay_left=1.0)) == 0
+    assert stopping.watch_from(TrainConfig(iterations=10_000, decay_left=0.0)) == 10_000  # never stops early
+    assert stopping.watch_from(TrainConfig(iterations=10_000, lr_schedule="constant")) == 0  # nothing to wait for
+    rule = Plateau(3, 1.0, watch_from=45)
+    flat = [120.0, 100.0, 99.8, 100.3, 99.5, 99.9, 100.1, 99.7, 100.2]  # checks at steps 10..90
+    stops = [step for step, v in zip(range(10, 100, 10), flat) if rule.observe(step, v)]
+    assert stops[0] == 70  # flat checks at 50, 60, 70; those at 30 and 40 did not count
+    assert "since step 20" in rule.reason()
+
+
+def test_a_stop_under_an_older_rule_trains_on_to_the_new_one():
+    """A model stopped before decay_left existed (its recorded rule lacks it) trains on."""
+    old = {"stop": "plateau", "check_every": 100, "patience": 5, "min_gain": 1.0}
+    assert stopping.needs_more({"step": 4000, "stopped": {"step": 4000, "reason": "r", "rule": old}}, TrainConfig())
 
 
 def test_the_held_out_bound_is_watched_only_where_enough_images_are_held_out():
@@ -107,7 +127,9 @@ OLD_TRAIN_KEY = {
 
 def test_the_stop_settings_stay_out_of_the_train_key():
     assert TrainConfig().key_dict() == OLD_TRAIN_KEY
-    assert TrainConfig(stop="budget", check_every=7, patience=2, min_gain=0.25).key_dict() == OLD_TRAIN_KEY
+    assert (
+        TrainConfig(stop="budget", check_every=7, patience=2, min_gain=0.25, decay_left=0.5).key_dict() == OLD_TRAIN_KEY
+    )
     assert TrainConfig(iterations=5).key_dict() != OLD_TRAIN_KEY  # what is learned still counts
 
 
@@ -165,6 +187,7 @@ def _cfg(**kw):
             "check_every": 4,
             "patience": 2,
             "min_gain": 1.0,
+            "decay_left": 1.0,  # flat checks count from the start (the gate: test below)
             **kw,
         }
     )
@@ -211,6 +234,14 @@ def test_a_plateau_stops_the_run_says_why_and_records_it(tmp_path, monkeypatch, 
     assert finished["stopped"]["step"] == 12 and "flat for 2 checks" in finished["stopped"]["reason"]
     assert [c[0] for c in json.loads((tmp_path / stopping.STATE).read_text())["checks"]] == [4, 8, 12]
     assert train_mod.load(TINY, tmp_path).step == 12  # the stop's checkpoint
+
+
+def test_a_plateau_early_in_the_decay_does_not_stop_the_run(tmp_path, monkeypatch):
+    taken = _loss_of(monkeypatch, _flat)
+    cfg = _cfg(decay_left=0.25)  # flat checks count from step 27 (2/3 of 40)
+    trained = train_mod.train(TINY, cfg, _images(), tmp_path, quiet=True)
+    assert stopping.watch_from(cfg) == 27
+    assert trained.step == 32 and taken == list(range(32))  # flat at checks 28 and 32
 
 
 def test_a_run_still_improving_trains_its_whole_budget(tmp_path, monkeypatch):

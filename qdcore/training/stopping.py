@@ -8,7 +8,9 @@ figure of how well the model fits, in nats per image (lower is better):
     drawings (windmill's 25 keep 2) say more about those drawings than about the model.
 A check that is not `min_gain` below the best figure so far is flat; `patience` flat checks in
 a row stop the run. The best figure only moves on a gain of at least `min_gain`, so a slow
-creep (less than `min_gain` over the whole window) counts as flat too.
+creep (less than `min_gain` over the whole window) counts as flat too. Flat checks count only
+from `watch_from(cfg)`: while the learning rate still has more than `decay_left` of its decay
+to come, a flat figure is the noise floor of that rate, and the decay still brings gains.
 
 The checks are kept in the model folder (STATE), so a resumed run replays them and stops
 where the uninterrupted run would have; a stop is recorded there and in finished.json.
@@ -41,7 +43,22 @@ def rule_of(cfg: TrainConfig) -> dict | None:
     """The stop rule's settings as recorded with a stop; None under `stop: budget`."""
     if cfg.stop == "budget":
         return None
-    return {"stop": cfg.stop, "check_every": cfg.check_every, "patience": cfg.patience, "min_gain": cfg.min_gain}
+    return {
+        "stop": cfg.stop,
+        "check_every": cfg.check_every,
+        "patience": cfg.patience,
+        "min_gain": cfg.min_gain,
+        "decay_left": cfg.decay_left,
+    }
+
+
+def watch_from(cfg: TrainConfig) -> int:
+    """The first step whose flat check counts: where the cosine schedule (optimizer.WarmupCosine,
+    remaining decay 0.5 (1 + cos(pi k / iterations))) has `decay_left` of its decay to come; 0
+    under a constant schedule."""
+    if cfg.lr_schedule != "cosine" or cfg.decay_left >= 1:
+        return 0
+    return math.ceil(math.acos(2 * cfg.decay_left - 1) / math.pi * cfg.iterations)
 
 
 def signal_for(held_out: int, one_device: bool) -> str:
@@ -55,6 +72,7 @@ class Plateau:
     patience: int
     min_gain: float
     signal: str = TRAINING
+    watch_from: int = 0
     checks: list[tuple[int, float]] = field(default_factory=list)
     best: float = math.inf
     best_step: int | None = None
@@ -65,7 +83,7 @@ class Plateau:
         self.checks.append((int(step), float(value)))
         if value < self.best - self.min_gain:
             self.best, self.best_step, self.flat = float(value), int(step), 0
-        else:
+        elif step >= self.watch_from:
             self.flat += 1
         return self.flat >= self.patience
 
@@ -83,7 +101,7 @@ class Plateau:
         """A fresh rule, or the recorded one's checks up to step `upto` replayed (a resumed
         run decides as the uninterrupted one did). Checks of another rule or signal are
         dropped: the new rule watches from here."""
-        rule = cls(cfg.patience, cfg.min_gain, signal)
+        rule = cls(cfg.patience, cfg.min_gain, signal, watch_from(cfg))
         if record and record.get("rule") == rule_of(cfg) and record.get("signal") == signal:
             for step, value in record.get("checks", []):
                 if step <= upto:
@@ -118,9 +136,11 @@ def describe(cfg: TrainConfig, signal: str, multi_worker: bool = False) -> str:
     if multi_worker:
         return "trains the whole budget (a multi-worker run does not stop early)"
     what = f"training loss (mean of each {cfg.check_every} steps)" if signal == TRAINING else "held-out bound"
+    start = watch_from(cfg)
+    when = f", from step {start:,} (decay_left {cfg.decay_left:g})" if start else ""
     return (
         f"stops earlier when the {what} gains less than {cfg.min_gain:g} nats/image in "
-        f"{cfg.patience} checks, one every {cfg.check_every} steps (stop: plateau)"
+        f"{cfg.patience} checks, one every {cfg.check_every} steps{when} (stop: plateau)"
     )
 
 
