@@ -31,6 +31,16 @@ def test_every_candidate_is_a_valid_override_of_the_recipe():
     assert {"T", "z_size", "enc_size", "dec_size", "read_n", "batch_size", "learning_rate"} <= changed
 
 
+def test_every_candidate_trains_its_whole_budget_and_is_scored_on_that_model():
+    for c in bf.CANDIDATES:
+        train, score = bf.commands(CAT, c, 1234, 500)
+        t = _recipe(CAT, sets=[*c.sets(), "train.stop=budget"])
+        assert t.train.stop == "budget" and "train.stop=budget" in train, c.name
+        # the stop is not in the model's key, so eval (without it) finds the model train wrote
+        assert _recipe(CAT, sets=c.sets()).model_key() == t.model_key()
+        assert train[train.index("--iterations") + 1] == score[score.index("--iterations") + 1] == "1234"
+
+
 def test_an_unknown_candidate_names_the_known_ones():
     with pytest.raises(InputError, match="T20-z32"):
         bf.by_name(["blog", "T99"])

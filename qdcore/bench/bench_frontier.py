@@ -191,7 +191,9 @@ def _qd(*args: str) -> list[str]:
 
 def commands(recipe: Path, c: Candidate, steps: int, n: int) -> tuple[list[str], list[str]]:
     sets = [a for s in c.sets() for a in ("-s", s)]
-    train = _qd("train", str(recipe), "--iterations", str(steps), *sets, "--quiet")
+    # Equal compute means every candidate trains all its steps: the plateau rule would end
+    # some early (stop settings are not in the cache key, so eval finds the same model).
+    train = _qd("train", str(recipe), "--iterations", str(steps), *sets, "-s", "train.stop=budget", "--quiet")
     score = _qd("eval", str(recipe), "--iterations", str(steps), "--n", str(n), *sets, "--quiet")
     return train, score
 
