@@ -88,6 +88,19 @@ def half_written(*folders: Path) -> list[str]:
     )
 
 
+def test_a_resumed_run_removes_the_folder_a_killed_save_left(tmp_path):
+    """A SIGKILL mid-save leaves `ckpt-N_temp/`, which no record lists and no later save reuses
+    (the kill test below lands there on a fast machine): the next trainer removes it."""
+    from qdcore.training import checkpoints as ck
+
+    folder = tmp_path / "checkpoints"
+    (folder / "ckpt-23_temp").mkdir(parents=True)
+    (folder / "ckpt-23_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
+    (folder / "ckpt-22.index").write_bytes(b"kept")
+    ck.remove_half_written(folder)
+    assert half_written(tmp_path) == [] and (folder / "ckpt-22.index").read_bytes() == b"kept"
+
+
 def test_kill_9_at_random_moments_loses_nothing(tmp_path, quickdraw_dir):
     """Killed three times mid-training (checkpoint_every 1, so often mid-write): each time the
     newest checkpoint is whole, and the final GIF equals an uninterrupted run's."""

@@ -61,6 +61,14 @@ def candidates(directory: Path) -> list[str]:
     return [p for p in reversed(paths) if Path(p + ".index").is_file()]
 
 
+def remove_half_written(directory: Path) -> None:
+    """Remove the `*_temp` folders a save killed by SIGKILL (or power loss) left: no record
+    lists them and no later save reuses them. Only a trainer holding the model's lock may call
+    this, since a running save writes into such a folder."""
+    for temp in Path(directory).glob("*_temp"):
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def _number(prefix: str) -> int:
     tail = prefix.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
@@ -152,8 +160,7 @@ def save(manager: tf.train.CheckpointManager, step: int, last_saved: int | None)
         manager.save(checkpoint_number=step)
     except BaseException as e:
         # A signal (Ctrl-C, SIGTERM) can land mid-save too: no half-written folder either way.
-        for temp in Path(manager.directory).glob("*_temp"):
-            shutil.rmtree(temp, ignore_errors=True)
+        remove_half_written(Path(manager.directory))
         if not isinstance(e, (tf.errors.OpError, OSError)):
             raise
         message = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))

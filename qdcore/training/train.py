@@ -472,6 +472,9 @@ class _Training:
 
         self._build(choice, classes)
         ckpt_dir = Path(self.manager.directory)
+        # A killed run's half-written save: the model's lock (or the workers' lockstep) means
+        # no save of this model runs now.
+        checkpoints.remove_half_written(ckpt_dir)
         tried = checkpoints.candidates(ckpt_dir)
         restored = checkpoints.restore_newest(
             self.ckpt, ckpt_dir, restore=lambda p: _restore(self.ckpt, self.model, self.opt, self.step_var, p)
