@@ -10,8 +10,9 @@ overrides) and gets the same budget of this machine's time:
    step, so a burst of other work hurts one round, not one candidate. The figures are cached
    per machine and plan (`--retime` measures again); time them on a quiet machine.
 2. train: a candidate gets the steps its budget buys at its measured speed,
-   `minutes * 60 * images_per_s / batch_size`, and trains with `qd train --iterations STEPS`
-   under that plan (its learning-rate schedule runs over exactly those steps). Equal steps,
+   `minutes * 60 * images_per_s / batch_size`, and trains with `qd train --iterations STEPS
+   -s train.stop=budget` under that plan (its learning-rate schedule runs over exactly those
+   steps, and the plateau rule ends none early). Equal steps,
    not equal wall clock: trainings may run side by side (`--jobs`) or under load without
    changing what each one learns.
 3. score: `qd eval --n N`: the held-out bound, the recognized fraction, the Frechet distance
@@ -190,10 +191,10 @@ def _qd(*args: str) -> list[str]:
 
 
 def commands(recipe: Path, c: Candidate, steps: int, n: int) -> tuple[list[str], list[str]]:
-    sets = [a for s in c.sets() for a in ("-s", s)]
-    # Equal compute means every candidate trains all its steps: the plateau rule would end
-    # some early (stop settings are not in the cache key, so eval finds the same model).
-    train = _qd("train", str(recipe), "--iterations", str(steps), *sets, "-s", "train.stop=budget", "--quiet")
+    # Equal compute means every candidate trains all its steps: the plateau rule would end some
+    # early. Eval gets it too, so it finishes an interrupted training under the same rule.
+    sets = [a for s in [*c.sets(), "train.stop=budget"] for a in ("-s", s)]
+    train = _qd("train", str(recipe), "--iterations", str(steps), *sets, "--quiet")
     score = _qd("eval", str(recipe), "--iterations", str(steps), "--n", str(n), *sets, "--quiet")
     return train, score
 

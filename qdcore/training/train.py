@@ -337,6 +337,9 @@ class _Progress:
 def _checkpointing(model: Draw, opt, step_var: tf.Variable, folder: Path):
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
     checkpoints.set_aside_damaged_state(folder / CHECKPOINTS)  # the manager would re-read it and crash
+    # A save a kill -9 cut short; only the trainer (under the model's lock, or the workers'
+    # lockstep) comes here, so no save of this model runs now.
+    checkpoints.remove_half_written(folder / CHECKPOINTS)
     return ckpt, tf.train.CheckpointManager(ckpt, str(folder / CHECKPOINTS), max_to_keep=2)
 
 
@@ -472,9 +475,6 @@ class _Training:
 
         self._build(choice, classes)
         ckpt_dir = Path(self.manager.directory)
-        # A killed run's half-written save: the model's lock (or the workers' lockstep) means
-        # no save of this model runs now.
-        checkpoints.remove_half_written(ckpt_dir)
         tried = checkpoints.candidates(ckpt_dir)
         restored = checkpoints.restore_newest(
             self.ckpt, ckpt_dir, restore=lambda p: _restore(self.ckpt, self.model, self.opt, self.step_var, p)
