@@ -34,6 +34,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qd-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cli_plugins():
+    """`qd` commands run in this process (typer's CliRunner) keep the registry they built
+    (cli._plugins: one process is one command). A test that ran one under a narrower
+    QD_LOAD_PLUGINS would hand later tests its registry, so which tests pass would depend on
+    their order (it did, under pytest-xdist). Every test starts from a fresh one."""
+    import sys
+
+    yield
+    cli = sys.modules.get("qdcore.cli")
+    if cli is not None:
+        cli._plugins.cache_clear()
+
+
 def write_distribution(
     root: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1"
 ) -> Path:
