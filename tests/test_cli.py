@@ -201,7 +201,14 @@ def test_fast_commands_never_import_tensorflow(argv):
     assert r.returncode == 0, r.stderr
 
 
-def test_train_sample_eval_commands(tmp_path, quickdraw_dir):
+def test_train_sample_eval_commands(tmp_path, quickdraw_dir, monkeypatch):
+    """train and the first eval (which trains the recognizer) as a user runs them, in their own
+    processes; the later commands in this one (typer's CliRunner), sparing a TensorFlow start
+    each."""
+    from typer.testing import CliRunner
+
+    from qdcore.cli import app
+
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("""
 name: tiny
@@ -212,11 +219,17 @@ filters: [{use: upscale, size: 40}]
 recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs: 1, width: 4, features: 16}
 """)
     env = {"QD_CACHE_DIR": str(tmp_path / "cache"), "QD_DATA_DIR": str(quickdraw_dir)}
+    for key, value in {**env, "QD_LOAD_PLUGINS": BUILTINS}.items():
+        monkeypatch.setenv(key, value)
+
+    def here(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
     r = qd("train", recipe, "--quiet", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("model at step 4: ")
-    r = qd("sample", recipe, "--n", 6, "--out", tmp_path / "s.png", "--quiet", env=env)
-    assert r.returncode == 0, r.stderr
+    r = here("sample", recipe, "--n", 6, "--out", tmp_path / "s.png", "--quiet")
+    assert r.exit_code == 0, r.output
     from PIL import Image
 
     assert Image.open(tmp_path / "s.png").size == (3 * 40 + 2 * 2, 2 * 40 + 2)  # 6 samples on a 3x2 grid
@@ -232,31 +245,20 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     assert figures["frechet"] > figures["frechet_floor"] > 0 and figures["best_of"] == 1
     assert figures["real_held_out"] == 1000  # cat.npy has enough drawings the recognizer never saw
     assert list((tmp_path / "cache" / "recognizers").iterdir())  # trained once, cached
-    r = qd("eval", recipe, "--quiet", "--n", 20, "--best-of", 2, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr
+    r = here("eval", recipe, "--quiet", "--n", 20, "--best-of", 2)
+    assert r.exit_code == 0, r.output
     picky = json.loads(r.stdout)
     assert picky["n"] == 20 and picky["best_of"] == 2 and picky["bound"] == figures["bound"]
     # --real: the recipe's filters judged on real drawings, raw beside filtered (the same real
     # sets as above: raw sits at the floor). Nearest upscaling changes nothing once scaled back.
-    r = qd("eval", recipe, "--quiet", "--real", "--n", 100, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr
+    r = here("eval", recipe, "--quiet", "--real", "--n", 100)
+    assert r.exit_code == 0, r.output
     real = json.loads(r.stdout)
     assert real["category"] == "cat" and real["n"] == 100 and "bound" not in real
     assert real["raw"]["frechet"] == real["frechet_floor"] > 0 and real["raw"]["frechet_over_floor"] == 1.0
     assert real["filtered"] == pytest.approx(real["raw"])
-    r = qd(
-        "eval",
-        recipe,
-        "--quiet",
-        "--real",
-        "--n",
-        100,
-        "-s",
-        "filters[0]={use: ink, size: 84, width: 3}",
-        env=env,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
+    r = here("eval", recipe, "--quiet", "--real", "--n", 100, "-s", "filters[0]={use: ink, size: 84, width: 3}")
+    assert r.exit_code == 0, r.output
     pen = json.loads(r.stdout)
     assert pen["raw"] == real["raw"] and pen["filtered"]["ink"] < 0.7 * pen["raw"]["ink"]
     assert pen["filtered"]["frechet"] > pen["frechet_floor"]
