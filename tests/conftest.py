@@ -171,5 +171,4 @@ def installed_packs(monkeypatch, tmp_path):
         cli._plugins.cache_clear()
         return folder
 
-    yield install
-    cli._plugins.cache_clear()  # later tests see the repository's packs again
+    return install  # later tests see the repository's packs again: _fresh_cli_plugins

@@ -218,14 +218,15 @@ train: {iterations: 4, batch_size: 32, checkpoint_every: 2}
 filters: [{use: upscale, size: 40}]
 recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs: 1, width: 4, features: 16}
 """)
-    env = {"QD_CACHE_DIR": str(tmp_path / "cache"), "QD_DATA_DIR": str(quickdraw_dir)}
-    for key, value in {**env, "QD_LOAD_PLUGINS": BUILTINS}.items():
-        monkeypatch.setenv(key, value)
+    # Both kinds of command read these: qd() passes this process's environment on.
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("QD_DATA_DIR", str(quickdraw_dir))
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
 
     def here(*args):
         return CliRunner().invoke(app, [str(a) for a in args])
 
-    r = qd("train", recipe, "--quiet", env=env)
+    r = qd("train", recipe, "--quiet")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("model at step 4: ")
     r = here("sample", recipe, "--n", 6, "--out", tmp_path / "s.png", "--quiet")
@@ -233,7 +234,7 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     from PIL import Image
 
     assert Image.open(tmp_path / "s.png").size == (3 * 40 + 2 * 2, 2 * 40 + 2)  # 6 samples on a 3x2 grid
-    r = qd("eval", recipe, "--quiet", env=env, timeout=900)  # trains the tiny recognizer
+    r = qd("eval", recipe, "--quiet", timeout=900)  # trains the tiny recognizer
     assert r.returncode == 0, r.stderr
     figures = json.loads(r.stdout)
     assert figures["step"] == 4 and figures["targets"] == "greyscale"
@@ -264,7 +265,7 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     assert pen["filtered"]["frechet"] > pen["frechet_floor"]
     two = tmp_path / "two.yaml"
     two.write_text(recipe.read_text().replace("category: cat", "category: [cat, apple]"))
-    r = qd("eval", two, "--quiet", "--real", env=env)
+    r = qd("eval", two, "--quiet", "--real")
     last = r.stderr.strip().splitlines()[-1]
     assert (
         r.returncode == 2
@@ -356,7 +357,12 @@ def test_bench_train_prints_every_plan_and_auto_choice(tmp_path, monkeypatch):
     names = [row["plan"] for row in rows]
     assert names[0] == "float32-xla" and set(names) <= set(rates) and len(names) >= 2
     assert all(row["precision"] == "float32" for row in rows)
-    for row in rows:  # against the mean of the two references
+    for side in (ref, *rows):
+        for key in ("steps_per_s", "images_per_s", "images_per_s_median", "gflop_per_step", "achieved_gflop_per_s"):
+            assert side[key] > 0, (key, side)
+    assert ref["threads"] == [0, 0]  # the reference runs at TensorFlow's defaults
+    for row in rows:  # each plan's process is asked for its own threads; ratios against the references' mean
+        assert row["threads"] == ([0, 0] if row["plan"] == "float32-xla" else [1, P.cpu_count()])
         assert row["ratio_to_reference"] == round(rates[row["plan"]] / 600.0, 2)
     fastest = max(rows, key=lambda row: row["images_per_s_median"])["plan"]
     assert figures["auto"] == default["plan"] == fastest
