@@ -5,12 +5,67 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import WRITE_ERRNOS, WriteError, os_error_line
+from .errors import WRITE_ERRNOS, InputError, WriteError, os_error_line
+
+# What an existing path is, when it is not a regular file: qd never replaces one of these.
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def refuse_not_regular(path: Path | str, example: str = "") -> None:
+    """InputError when `path` exists and is not a regular file (following a link: a link to
+    a file is replaced like the file, a link to a device is refused like the device).
+
+    os.replace puts a new file in place of whatever has that name: as root, `--out /dev/null`
+    replaced the machine's /dev/null. Only a regular file can be one qd wrote before."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise InputError(os_error_line(e, path)) from None
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    fix = f"give a file name, for example {example}" if example else "give the path of a new or regular file"
+    raise InputError(f"output {path} is {kind}; qd replaces only regular files: {fix}")
+
+
+def check_target(path: Path | str, example: str = "") -> Path:
+    """Before any work: `path` is somewhere atomic_path can write. It is new or a regular file
+    (refuse_not_regular), and a file can be made in the nearest folder that exists: that is
+    tried, not inferred from permission bits, since root passes every permission check and
+    still cannot create files under /proc or /sys. Returns the absolute path."""
+    path = Path(path).expanduser().absolute()
+    refuse_not_regular(path, example)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {path}: no permission to write in {parent}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qd-probe-", dir=parent)
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()
+        raise InputError(
+            f"cannot write {path}: files cannot be made in {parent} ({reason}); write somewhere else"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 @contextlib.contextmanager
@@ -21,6 +76,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     temporary name keeps the suffix so libraries that pick a format by extension still work.
     """
     path = Path(path)
+    refuse_not_regular(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part" + path.suffix, dir=path.parent)
@@ -32,6 +88,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         yield tmp
         # mkstemp makes 0600 files; a written GIF should get the permissions any new file would.
         os.chmod(tmp, 0o666 & ~current_umask())
+        refuse_not_regular(path)  # again: a FIFO or device made there while we wrote
         os.replace(tmp, path)
         remove_stale_parts(path)
     except BaseException as e:

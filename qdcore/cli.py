@@ -405,6 +405,10 @@ def bench_frontier(
     from .bench import bench_frontier as bf
 
     r = _recipe(recipe)
+    if out is not None:
+        from .atomic import check_target
+
+        check_target(out)  # before hours of training
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     result = bf.frontier(
         recipe, r.model, r.train, minutes, candidate, n=n, jobs=jobs, retime=retime, time_only=time_only, say=say

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import models, packs, paths, recognizer as recog
+from .atomic import check_target
 from .errors import InputError, NotTrained, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
@@ -111,20 +112,12 @@ def model_dir(recipe: Recipe) -> Path:
 
 def output_path(recipe: Recipe, built: Built, out: Optional[Path]) -> Path:
     """--out (relative to the cwd) wins, then the recipe's `output.path` (relative to the
-    recipe), then `<name><suffix>` in the cwd. Checked for writability before any work."""
+    recipe), then `<name><suffix>` in the cwd. Checked before any work: new or a regular file
+    (never a device, FIFO or folder), in a folder where a file can be made (atomic.check_target)."""
     suffix = getattr(built.writer, "suffix", ".gif")
     path = Path(out) if out is not None else recipe.output_path or Path(f"{_slug(recipe.name)}{suffix}")
     path = path.expanduser().absolute()
-    if path.is_dir():
-        raise InputError(f"output {path} is a folder: give a file name, for example {path / (recipe.name + suffix)}")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write {path}: no permission to write in {parent}")
-    return path
+    return check_target(path, str(path / (recipe.name + suffix)))
 
 
 def load_data(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> ImageSet:

@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from . import __version__, models, params
-from .atomic import atomic_path
+from .atomic import atomic_path, check_target
 from .config import ModelConfig, TrainConfig
 from .errors import InputError, QdError, RecipeError
 
@@ -462,9 +462,7 @@ def manifest_of_cached(workdir: Path, name: str, weights: bytes) -> dict:
 
 def write(path: Path, manifest: dict, weights: bytes) -> Path:
     """The pack archive, written atomically (fixed timestamps: the same model, the same bytes)."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path} is a folder: give a file name, for example {path / (manifest['name'] + SUFFIX)}")
+    path = check_target(path, str(Path(path) / (manifest["name"] + SUFFIX)))
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
             for name, data in ((MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode()), (WEIGHTS, weights)):
@@ -560,6 +558,7 @@ def export(
     (by name, or by folder name when several share one), else an imported or installed pack.
     `description` and `figures` (a JSON file: recognizer figures measured by whoever made the
     model, e.g. per category) replace the manifest's."""
+    check_target(file, str(Path(file) / (name + SUFFIX)))  # before any model is read
     extra = _figures(figures) if figures is not None else None
     from .errors import UnknownNameError
 

@@ -1,0 +1,137 @@
+"""Hardening round three, class 1 (issue 31): qd never replaces what is not its own.
+
+An existing output that is not a regular file (a device, a FIFO, a socket, a folder) is refused
+before any work, and so is a folder where no file can be made (procfs, sysfs). As root,
+`qd run RECIPE --out /dev/null` once replaced the machine's /dev/null with a GIF."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from qdcore.atomic import atomic_path, check_target
+from qdcore.errors import InputError
+
+BUILTINS = "datasets,seeds,filters,writers"
+RECIPE = (
+    "name: outs\n"
+    "dataset: {use: quickdraw, category: apple, limit: 40}\n"
+    "model: {T: 2, enc_size: 8, dec_size: 8, z_size: 2, read_n: 2, write_n: 2}\n"
+    "train: {iterations: 2, batch_size: 8, holdout: 0, precision: float32}\n"
+    "generate: {n: 2}\n"
+    "output: {use: gif}\n"
+)
+
+
+def cli(*argv, capsys):
+    """qdcore.cli.main in this process, as typed: (exit code, stderr)."""
+    from qdcore.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*map(str, argv)])
+    return e.value.code, capsys.readouterr().err
+
+
+def one_error(err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in err and "unexpected" not in errors[0], err
+    return errors[0]
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "pipe.gif"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture
+def sock(tmp_path):
+    path = tmp_path / "s.gif"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    yield path
+    s.close()
+
+
+def kinds(tmp_path, fifo, sock) -> dict[str, Path]:
+    folder = tmp_path / "folder.gif"
+    folder.mkdir()
+    return {"a character device": Path("/dev/null"), "a FIFO": fifo, "a socket": sock, "a folder": folder}
+
+
+def test_atomic_path_never_replaces_a_device_fifo_socket_or_folder(tmp_path, fifo, sock):
+    for kind, path in kinds(tmp_path, fifo, sock).items():
+        before = os.stat(path)
+        with pytest.raises(InputError, match=kind):
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"GIF89a")
+        after = os.stat(path)
+        assert (after.st_ino, stat.S_IFMT(after.st_mode)) == (before.st_ino, stat.S_IFMT(before.st_mode)), kind
+    assert not list(tmp_path.glob(".*.part*")), "no temporary file is left behind"
+
+
+def test_a_fifo_made_while_writing_is_not_replaced(tmp_path):
+    """The check runs again just before the rename: what appeared meanwhile stays."""
+    path = tmp_path / "x.gif"
+    with pytest.raises(InputError, match="a FIFO"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"GIF89a")
+            os.mkfifo(path)
+    assert stat.S_ISFIFO(os.stat(path).st_mode) and not list(tmp_path.glob(".*.part*"))
+
+
+def test_a_regular_file_and_a_link_to_one_are_still_replaced(tmp_path):
+    target = tmp_path / "old.gif"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.gif"
+    link.symlink_to(target)
+    for path in (target, link):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"new")
+        assert path.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("where", ["/proc/qd-out.gif", "/proc/self/qd-out.gif", "/sys/qd-out.gif"])
+def test_a_folder_where_no_file_can_be_made_is_refused_by_trying(where):
+    """Root passes every permission bit check under /proc and /sys and still cannot create a file."""
+    with pytest.raises(InputError, match="cannot write"):
+        check_target(where)
+    assert not Path(where).exists()
+
+
+def test_check_target_leaves_nothing_behind(tmp_path):
+    path = check_target(tmp_path / "new" / "x.gif")
+    assert path == tmp_path / "new" / "x.gif" and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.realdata
+def test_qd_run_and_validate_refuse_a_non_regular_output_before_any_work(
+    tmp_path, fifo, sock, capsys, monkeypatch, quickdraw_dir
+):
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QD_CACHE_DIR", str(cache))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    for kind, path in {**kinds(tmp_path, fifo, sock), "under procfs": Path("/proc/out.gif")}.items():
+        before = os.stat(path) if path.exists() else None
+        for command in (("run", recipe, "--out", path, "--quiet"), ("validate", recipe, "-s", f"output.path={path}")):
+            code, err = cli(*command, capsys=capsys)
+            line = one_error(err)
+            assert code == 2 and str(path) in line, (kind, command, err)
+        after = os.stat(path) if path.exists() else None
+        assert (before and (before.st_ino, before.st_mode)) == (after and (after.st_ino, after.st_mode)), kind
+    assert not (cache / "models").exists(), "nothing was trained"
+
+
+def test_qd_models_export_refuses_a_fifo_or_device_before_reading_the_model(tmp_path, fifo, capsys, monkeypatch):
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "packs")
+    for path in (fifo, Path("/dev/null")):
+        code, err = cli("models", "export", "zoo-26", path, capsys=capsys)
+        assert code == 2 and "qd replaces only regular files" in one_error(err), err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
