@@ -266,6 +266,7 @@ def evaluate(
     trained = pipeline.model()
     owner = pipeline.trained_recipe()
     figures = trainer.evaluate(trained, data, owner.train)
+    figures["reconstruction_error"] = trainer.reconstruction_error(trained, data, owner.train, n=n, seed=r.seed)
     if owner is r:  # a shared model scored on one category's drawings keeps its own figures
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     if category is not None:

@@ -98,6 +98,17 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_ONLY}
 
 
+# A model that starts from another's weights (`model.start`: fine-tuning, docs/recipes.md,
+# "Starting from a pack") takes these for the `train:` keys its recipe leaves out. Measured on
+# the 25 windmills with zoo-26 (docs/finetune.md): the pack's weights are already near a good
+# model, so a short budget; the plateau rule watches from the first check (decay_left 1), so a
+# large set stops once its held-out bound stops improving.
+WARM_START_TRAIN = {"iterations": 1000, "learning_rate": 4e-3, "warmup": 50, "decay_left": 1.0}
+# How a category the start was not conditioned on gets its class row (qdcore/training/warm_start.py):
+# "closest", the row under which its training drawings score best. Part of the cache key.
+WARM_START_ROWS = "closest"
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """How many pictures to make. Whether they come from the prior or from seed images is

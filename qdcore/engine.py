@@ -22,6 +22,8 @@ import numpy as np
 
 from . import models, packs, paths, recognizer as recog
 from .atomic import check_target
+from .sources import SharedSource, model_dir, not_cached as _not_cached, shared_source, slug as _slug, start_source
+from .config import ModelConfig
 from .errors import InputError, NotTrained, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
@@ -78,6 +80,7 @@ def prepare(recipe: Recipe) -> Built:
     shared = recipe.shared
     if shared is not None and shared.if_missing == "error" and shared_source(shared) is None:
         raise InputError(f"{shared.where}: {_not_cached(shared)}")
+    start_source(recipe)  # `model.start` is there and fits the recipe's model
     built = Built(
         dataset=recipe.dataset.build(),
         seeds=[s.build() for s in recipe.seeds],
@@ -104,10 +107,6 @@ def context(recipe: Recipe, stage: int, index: int = 0, quiet: bool = False) -> 
         cache_dir=paths.cache_dir(),
         quiet=quiet,
     )
-
-
-def model_dir(recipe: Recipe) -> Path:
-    return paths.cache_dir() / "models" / f"{_slug(recipe.name)}-{recipe.model_key()}"
 
 
 def output_path(recipe: Recipe, built: Built, out: Optional[Path]) -> Path:
@@ -138,7 +137,7 @@ def load_data(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> Image
 def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, reporter: Reporter = QUIET, on_step=None):
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
-    from .training import train  # TensorFlow lives behind this import
+    from .training import train, warm_start  # TensorFlow lives behind this import
     from .training.locks import hold
 
     category, source = shared_category(recipe, data, reporter)
@@ -157,9 +156,18 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, repor
             )
         )
         with lock:
-            _describe_model(recipe, workdir)
+            source = start_source(recipe)
+            _describe_model(recipe, workdir, source)
+            start = None if source is None else warm_start.Start(source.label, source.identity(), source_model(source))
             return train.train(
-                recipe.model, recipe.train, data, workdir, restart=restart, quiet=reporter.quiet, on_step=on_step
+                recipe.model,
+                recipe.train,
+                data,
+                workdir,
+                restart=restart,
+                quiet=reporter.quiet,
+                on_step=on_step,
+                start=start,
             )
     shared = recipe.shared
     if restart:
@@ -198,6 +206,19 @@ def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QU
     return loaded
 
 
+def source_model(source: SharedSource):
+    """A loader of the Draw model a source holds (a pack's, or a model trained into the cache)."""
+
+    def load():
+        from .training import train
+
+        if source.pack is not None:
+            return packs.load(source.pack).model
+        return train.load(ModelConfig(**source.model), source.workdir).model
+
+    return load
+
+
 def _load_shared(shared, category: str, source: "SharedSource"):
     from .training import train
     from .conditioning import Steered
@@ -218,35 +239,6 @@ def has_model(recipe: Recipe) -> bool:
     if source is not None and (len(named) != 1 or named[0] in source.categories):
         return True  # (a dataset of several categories is refused when drawing, with the reason)
     return models.is_finished(model_dir(recipe))
-
-
-@dataclass
-class SharedSource:
-    """Where a recipe's `model.from` name was found: a model trained into this cache from the
-    recipe of that name (`workdir`), or a model pack imported into the cache or installed."""
-
-    label: str
-    categories: list
-    size: tuple
-    workdir: Optional[Path] = None
-    pack: Optional[packs.Pack] = None
-
-
-def shared_source(shared) -> Optional[SharedSource]:
-    """The user's cache first (a model trained from the named recipe, then an imported pack),
-    then the packs installed plugins provide; None when the name is in none of them."""
-    if shared.recipe is not None and models.is_finished(model_dir(shared.recipe)):
-        cfg = shared.recipe.model
-        return SharedSource(
-            f"the shared model {shared.recipe.name!r}",
-            models.classes(model_dir(shared.recipe)) or [],
-            (cfg.height, cfg.width),
-            workdir=model_dir(shared.recipe),
-        )
-    pack = packs.find(paths.cache_dir(), shared.name, shared.pack)
-    if pack is None:
-        return None
-    return SharedSource(pack.label, pack.categories, pack.size, pack=pack)
 
 
 def shared_category(
@@ -301,9 +293,12 @@ def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     done = (models.describe(workdir)["steps"] or 0) if workdir.is_dir() else 0
     left = max(cfg.iterations - done, 0)
     images = left * cfg.batch_size
+    start = start_source(recipe)
     what = (
         f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
-        f"{cfg.batch_size} = {images:,} images" + (f", resuming at step {done:,}" if done else "")
+        f"{cfg.batch_size} = {images:,} images"
+        + (f", starting from {start.label}" if start is not None and not done else "")
+        + (f", resuming at step {done:,}" if done else "")
     )
     from .training.plan import known_speed  # reads the step-plan cache; nothing is measured here
     from .training.stopping import budget_eta
@@ -332,19 +327,7 @@ def trained_recipe(recipe: Recipe, trained) -> Recipe:
     )
 
 
-def _not_cached(shared) -> str:
-    if shared.recipe is None:
-        return (
-            f"no model named {shared.name!r} is in the cache or the installed packs; "
-            f"import one with `{shared.build_command()}`"
-        )
-    return (
-        f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}) and no model "
-        f"pack of that name is imported or installed; build it once with `{shared.build_command()}`"
-    )
-
-
-def _describe_model(recipe: Recipe, workdir: Path) -> None:
+def _describe_model(recipe: Recipe, workdir: Path, start: Optional[SharedSource] = None) -> None:
     """recipe.json beside the checkpoints: the sections that made this model, so a list of
     cached models (qd studio) can say what each is and rebuild a recipe that reuses it."""
     import json
@@ -367,6 +350,7 @@ def _describe_model(recipe: Recipe, workdir: Path) -> None:
                     "dataset": raw.get("dataset"),
                     "model": recipe.model.as_dict(),
                     "train": recipe.train.as_dict(),
+                    "start": None if start is None else {"from": start.label, "identity": start.identity()},
                 },
                 default=str,
             )
@@ -721,7 +705,3 @@ def filtered_bitmaps(recipe: Recipe, built: Built, images: np.ndarray, reporter:
 
 def _who(step) -> str:
     return f"{step.where} ({step.use!r} from plugin {step.entry.plugin!r})"
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip()) or "recipe"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
 from . import limits, packs, params, paths
-from .config import GenerateConfig, ModelConfig, Seed, TrainConfig
+from .config import WARM_START_ROWS, WARM_START_TRAIN, GenerateConfig, ModelConfig, Seed, TrainConfig
 from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
 from .recognizer import DEFAULT as DEFAULT_RECOGNIZER, categories_of
@@ -50,7 +50,8 @@ class Shared:
     """`model: {from: NAME}`: draw this recipe's category with another recipe's trained
     multi-category model, or with a model pack of that name (qdcore/packs.py). `if_missing`
     says what happens when neither is there or it does not know the category: "error", or
-    "train" this recipe's own model."""
+    "train" this recipe's own model. `model: {start: NAME}` names a model the same way: the
+    one whose weights this recipe's own training starts from."""
 
     recipe: Optional["Recipe"]  # the recipe NAME.yaml beside this one; None when NAME is only a pack
     if_missing: Literal["error", "train"]
@@ -83,6 +84,9 @@ class Recipe:
     recognizer: Step | None = None
     # The `mode:` step (a registered generator: complete, morph, ...); None samples or reconstructs.
     mode: Step | None = None
+    # `model.start`: the model (pack, or another recipe's) whose weights this recipe's own
+    # training starts from (qdcore/sources.py finds it, qdcore/training/warm_start.py copies it).
+    start: Optional[Shared] = None
 
     @property
     def folder(self) -> Path:
@@ -111,9 +115,10 @@ class Recipe:
             )
         return r
 
-    def model_key(self) -> str:
+    def model_key(self, start: Optional[dict] = None) -> str:
         """Hash of what decides the trained weights: the dataset step, the model and training
-        sections. Two recipes that agree on these share one cached model."""
+        sections, and `start`, the identity of the weights training starts from
+        (sources.SharedSource.identity). Two recipes that agree on these share one cached model."""
         # A parameter a component added later (listed in its `key_omits_default`) stays out
         # of the key while at its default, so models cached before it existed are still found.
         omitted = getattr(self.dataset.entry.factory, "key_omits_default", ())
@@ -127,6 +132,8 @@ class Recipe:
             "model": self.model.as_dict(),
             "train": self.train.key_dict(),
         }
+        if start is not None:  # absent otherwise: every key made before warm starts still holds
+            material["start"] = {**start, "rows": WARM_START_ROWS}
         blob = json.dumps(material, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -188,9 +195,9 @@ def parse(
     if "dataset" not in data:
         raise RecipeError("missing section `dataset:` (for example `dataset: {use: quickdraw, category: cat}`)", label)
     dataset = _step(data["dataset"], "datasets", "dataset", registry, label, folder)
-    model_raw, shared = _shared(data.get("model"), folder, registry, label, path, shared_by)
+    model_raw, shared, start = _shared(data.get("model"), folder, registry, label, path, shared_by)
     model = _config(ModelConfig, model_raw, "model", label)
-    train = _config(TrainConfig, data.get("train"), "train", label)
+    train = _train(data.get("train"), start is not None, label)
     generate = _config(GenerateConfig, data.get("generate"), "generate", label)
 
     seeds = _seeds(data.get("seeds", DEFAULT_SEEDS), registry, label, folder)
@@ -217,7 +224,18 @@ def parse(
         shared=shared,
         recognizer=recognizer,
         mode=mode,
+        start=start,
     )
+
+
+def _train(value: Any, warm: bool, label: str) -> TrainConfig:
+    """The `train:` section; a model that starts from another's weights (`model.start`) takes
+    the fine-tuning defaults (config.WARM_START_TRAIN) for the keys the recipe leaves out."""
+    cfg = _config(TrainConfig, value, "train", label)
+    if not warm:
+        return cfg
+    given = value if isinstance(value, dict) else {}
+    return replace(cfg, **{k: v for k, v in WARM_START_TRAIN.items() if k not in given})
 
 
 def _seeds(raw: Any, registry: Registry, label: str, folder: Path) -> list[Step]:
@@ -266,20 +284,30 @@ def _mode(raw: Any, generate: GenerateConfig, registry: Registry, label: str, fo
 
 
 SHARED_KEYS = ("from", "if_missing")
+START_KEY = "start"
 
 
 def _shared(
     model: Any, folder: Path, registry: Registry, label: str, here: Path, shared_by: str | None = None
-) -> tuple[Any, Optional[Shared]]:
-    """Split `model.from` / `model.if_missing` off the model section; load the named recipe.
+) -> tuple[Any, Optional[Shared], Optional[Shared]]:
+    """Split `model.from` / `model.if_missing` and `model.start` off the model section; load
+    the recipes they name.
 
     `from: zoo-26` names the recipe zoo-26.yaml beside this one; a value ending in .yaml (or
     .yml) is a path, relative to this recipe's folder. The rest of the section configures
-    this recipe's own model, trained only when `if_missing: train` falls back to it.
+    this recipe's own model, trained only when `if_missing: train` falls back to it, and
+    then started from the weights `start:` names (the same kinds of name), if any.
     """
-    if not isinstance(model, dict) or not any(k in model for k in SHARED_KEYS):
-        return model, None
-    rest = {k: v for k, v in model.items() if k not in SHARED_KEYS}
+    if not isinstance(model, dict) or not any(k in model for k in (*SHARED_KEYS, START_KEY)):
+        return model, None, None
+    rest = {k: v for k, v in model.items() if k not in (*SHARED_KEYS, START_KEY)}
+    start = None
+    if START_KEY in model:
+        # A recipe named by another's `from` or `start` may start from a pack, never from a
+        # recipe: so no chain of recipes (or cycle) is ever followed.
+        start = _named(model[START_KEY], f"{label}: model.start", folder, registry, here, shared_by, packs_only=True)
+    if not any(k in model for k in SHARED_KEYS):
+        return rest, None, start
     where = f"{label}: model.from"
     if shared_by is not None:
         raise RecipeError(
@@ -290,21 +318,36 @@ def _shared(
             "`if_missing` needs `from:` naming a shared model's recipe, for example `from: zoo-26`",
             f"{label}: model.if_missing",
         )
-    source = model["from"]
+    if_missing = params.coerce(
+        model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing"
+    )
+    return rest, _named(model["from"], where, folder, registry, here, None, if_missing), start
+
+
+def _named(
+    source: Any,
+    where: str,
+    folder: Path,
+    registry: Registry,
+    here: Path,
+    shared_by: str | None,
+    if_missing: str = "error",
+    packs_only: bool = False,
+) -> Shared:
+    """The model a `from:` or `start:` value names: the recipe NAME.yaml (or the path) beside
+    this one, else a model pack of that name imported into the cache or installed.
+    `packs_only` with `shared_by`: this recipe was itself named by another, so a recipe is refused."""
     if not isinstance(source, str) or not source.strip():
         raise RecipeError(
             f"{limits.shown(source)} is not a recipe name: give one such as zoo-26, or a path to its .yaml", where
         )
-    if_missing = params.coerce(
-        model.get("if_missing", "error"), Literal["error", "train"], f"{label}: model.if_missing"
-    )
     is_path = source.endswith((".yaml", ".yml"))
     path = folder / source if is_path else folder / f"{source}.yaml"
     installed = registry.entries["models"]
     if not path.is_file():
         # Not a recipe: a model pack of that name, imported into the cache or installed.
         if not is_path and (source in installed or packs.imported(paths.cache_dir(), source) is not None):
-            return rest, Shared(None, if_missing, where, source, installed.get(source))
+            return Shared(None, if_missing, where, source, installed.get(source))
         raise RecipeError(
             f"no recipe {limits.shown(source)}: {path} does not exist, and no model pack of that name is "
             "imported or installed. Name a recipe beside this one (zoo-26 for zoo-26.yaml), give the path "
@@ -312,13 +355,17 @@ def _shared(
             where,
         )
     if path.resolve() == here.resolve():
+        raise RecipeError(f"{limits.shown(source)} is this recipe itself; name the recipe that trains the model", where)
+    if packs_only and shared_by is not None:
         raise RecipeError(
-            f"{limits.shown(source)} is this recipe itself; name the recipe that trains the shared model", where
+            f"this recipe is named by {shared_by}, so its own start must be a model pack, not the recipe "
+            f"{limits.shown(source)}: export that model (`qd models export`) and start from the pack",
+            where,
         )
     # load() refuses a named recipe that itself uses `model.from` (shared_by), so no chain or cycle is followed.
     shared = load(path, registry, shared_by=where)
     # The recipe's model exported and imported elsewhere is a pack under the recipe's name.
-    return rest, Shared(shared, if_missing, where, shared.name, installed.get(shared.name))
+    return Shared(shared, if_missing, where, shared.name, installed.get(shared.name))
 
 
 def _shown(path: Path) -> str:

@@ -120,7 +120,8 @@ def config_schema(cls) -> dict:
 
 
 def _model_schema() -> dict:
-    """ModelConfig plus `from` / `if_missing`, which draw from a shared model (docs/categories.md)."""
+    """ModelConfig plus `from` / `if_missing`, which draw from a shared model (docs/categories.md),
+    and `start`, the model whose weights this recipe's own training starts from (docs/finetune.md)."""
     s = config_schema(ModelConfig)
     s["properties"]["from"] = {
         "type": "string",
@@ -132,6 +133,11 @@ def _model_schema() -> dict:
         "default": "error",
         "description": "when neither that model nor a pack of its name is there: stop with an "
         "error, or train this recipe's own",
+    }
+    s["properties"]["start"] = {
+        "type": "string",
+        "description": "a model pack (zoo-26) or a recipe whose trained model this recipe's own training "
+        "starts from (fine-tuning): the same model settings, its weights as the first step's",
     }
     return s
 

@@ -104,7 +104,8 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path, monkeypatch):
-    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators")
+    # packs: the shipped pack the stroke recipes start from (`model.start: zoo-26`).
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators,packs")
     recipe = load(path, build().registry)
     prepare(recipe)
     assert context(recipe, 0).image_shape == (recipe.model.height, recipe.model.width)

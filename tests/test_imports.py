@@ -39,6 +39,7 @@ TRAINING = {
     "summaries",
     "locks",
     "stopping",
+    "warm_start",
 }
 # The DRAW model: what the trainer, the pipeline and the packs build on.
 MODEL = ["qdcore.draw", "qdcore.conditioning", "qdcore.ink"]

@@ -15,7 +15,7 @@ TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4,
 EPYC = {"model": "AMD EPYC", "machine": "x86_64", "flags": ["avx512_bf16", "avx512f", "fma"]}
 F32_ONLY = {"model": "Some Xeon", "machine": "x86_64", "flags": ["avx2", "avx512f", "fma"]}
 GPU = ["/physical_device:GPU:0 NVIDIA H100"]
-LONG = TrainConfig(iterations=P.MEASURE_MIN_ITERATIONS, batch_size=400)
+LONG = TrainConfig(iterations=P.MEASURE_MIN_IMAGES // 400, batch_size=400)
 
 
 def names(plans):
@@ -248,9 +248,17 @@ def test_a_plan_that_fails_to_run_loses():
 
 def test_short_runs_forced_plans_and_single_candidates_measure_nothing(monkeypatch):
     never = FakeMeasure({})
-    short = choose(TrainConfig(iterations=P.MEASURE_MIN_ITERATIONS - 1), measure=never)
+    short = choose(TrainConfig(iterations=P.MEASURE_MIN_IMAGES // 400 - 1), measure=never)
     # Nothing compiled for a short run: XLA's compile costs more than it saves there.
     assert short.how == "unmeasured" and short.plan == P.StepPlan("float32", False, name="float32")
+    # Short in images, not steps: a fine-tune's 1,000 steps of 23 are not measured, and at a
+    # batch too small for streams its step is compiled (per-op overhead is most of a step there).
+    small = choose(TrainConfig(iterations=1000, batch_size=23), measure=never)
+    assert small.how == "unmeasured" and small.plan == P.StepPlan("float32", True, name="float32-xla")
+    few = choose(TrainConfig(iterations=P.SHORT_XLA_MIN_STEPS - 1, batch_size=23), measure=never)
+    assert few.plan == P.StepPlan("float32", False, name="float32")
+    long_small = choose(TrainConfig(iterations=10_000, batch_size=23), measure=FakeMeasure({"float32-xla": 1}))
+    assert long_small.how == "measured"
     gpu_short = choose(TrainConfig(iterations=10), measure=never, gpus=["/physical_device:GPU:0"])
     assert gpu_short.how == "unmeasured" and gpu_short.plan.name == "gpu-float32-xla"
     assert choose(TrainConfig(iterations=10_000, precision="bfloat16"), measure=never).how == "only"
@@ -319,7 +327,7 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     tf.constant(1.0) + 1.0  # started: the winner's 1+2 threads can no longer be set here
     fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 50, "float32-streams": 10, "bfloat16-streams": 200})
     monkeypatch.setattr(P, "time_plan", fake)
-    monkeypatch.setattr(P, "MEASURE_MIN_ITERATIONS", 6)
+    monkeypatch.setattr(P, "MEASURE_MIN_IMAGES", 24)
     monkeypatch.setattr(P, "cpu_count", lambda: 2)  # the same four candidates on any machine,
     monkeypatch.setattr(P, "bf16_allowed", lambda info=None: True)  # bfloat16 units or not (Zen 3 has none)
     # A quiet machine, whatever else runs: the busy rule (its own tests above) would re-measure

@@ -101,9 +101,8 @@ def base_plan(model: ModelConfig, train: TrainConfig, say: Callable[[str], None]
         return forced
     from dataclasses import replace
 
-    choice = step_plans.choose(
-        model, replace(train, iterations=max(train.iterations, step_plans.MEASURE_MIN_ITERATIONS)), say=say
-    )
+    long = -(-step_plans.MEASURE_MIN_IMAGES // train.batch_size)  # the fewest steps that are measured
+    choice = step_plans.choose(model, replace(train, iterations=max(train.iterations, long)), say=say)
     return choice.plan.name
 
 

@@ -44,10 +44,24 @@ MIN_STREAM = 50
 # Timed steps per candidate (after timing.WARMUP_STEPS untimed ones, which include tracing
 # and XLA compilation): enough to rank plans whose speeds differ by 1.2x or more.
 MEASURE_STEPS = 10
-# Measuring costs roughly half a minute per candidate at the default model; a run shorter
-# than this many steps would spend more time measuring than it could save, so it takes the
-# cached winner if there is one, and otherwise `short_run_plan`.
-MEASURE_MIN_ITERATIONS = 500
+# Measuring costs roughly half a minute per candidate at the default model; a run whose whole
+# budget is fewer images than this (500 steps of 400) would spend more time measuring than it
+# could save, so it takes the cached winner if there is one, and otherwise `short_run_plan`.
+# Counted in images, not steps: a fine-tune of 1,000 steps of 23 windmills is 23,000 images,
+# about 20-70 s of training, and measuring four plans at batch 23 took 70-90 s.
+MEASURE_MIN_IMAGES = 200_000
+# A short run with nothing cached compiles its step (XLA) when it has at least this many steps
+# of a batch too small to split into streams: there most of a step is per-op overhead, which
+# XLA's fused step removes (batch 20 here: 680 against 317 img/s uncompiled), and its compile
+# (about 14 s more than the uncompiled first step) is repaid after about 400 steps.
+SHORT_XLA_MIN_STEPS = 400
+
+
+def is_short(train_cfg: TrainConfig) -> bool:
+    """A run too short to be worth measuring the step plans for (MEASURE_MIN_IMAGES)."""
+    return train_cfg.iterations * train_cfg.batch_size < MEASURE_MIN_IMAGES
+
+
 # Other work on the cores while the candidates are timed can rank them wrongly: two trainings
 # started together here each timed bfloat16-streams at 2,116 img/s, below float32-streams'
 # 2,322, where a quiet machine gives 3,250 and 2,257. When other processes keep more than
@@ -312,16 +326,18 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
         return None
 
 
-def short_run_plan(plans: list[StepPlan]) -> StepPlan:
+def short_run_plan(plans: list[StepPlan], train_cfg: TrainConfig) -> StepPlan:
     """The plan of a short run with nothing cached: on a CPU, the first candidate's arithmetic
-    uncompiled, in one stream, at TensorFlow's default threads. XLA compiling the default
+    in one stream, at TensorFlow's default threads, uncompiled: XLA compiling the default
     model's step takes about 6 s more than TensorFlow's first uncompiled step (11.7 s against
     5.4 s here), and later steps ran at the same speed (0.21 s at batch 400), so for a few
-    hundred steps compiling cannot pay (docs/performance.md)."""
+    hundred steps compiling cannot pay (docs/performance.md). Except for a batch too small
+    for streams and at least SHORT_XLA_MIN_STEPS steps: there the compiled step is twice as fast."""
     first = plans[0]
     if first.device != "cpu":
         return first
-    return StepPlan(first.precision, False, name=first.precision)
+    small = train_cfg.batch_size < 2 * MIN_STREAM and train_cfg.iterations >= SHORT_XLA_MIN_STEPS
+    return StepPlan(first.precision, small, name=f"{first.precision}-xla" if small else first.precision)
 
 
 def save(path: Path, fields: dict, winner: StepPlan, rows: list[dict], busy: bool = False) -> None:
@@ -377,10 +393,10 @@ def choose(
     fields = key_fields(model_cfg, train_cfg.batch_size, plans, info, cores, tf_version, gpus)
     path = cache_path(fields)
     cached = _read_cache(path, plans)
-    if cached and (not cached[2] or train_cfg.iterations < MEASURE_MIN_ITERATIONS):
+    if cached and (not cached[2] or is_short(train_cfg)):
         return Choice(cached[0], "cached", cached[1], path)
-    if train_cfg.iterations < MEASURE_MIN_ITERATIONS:
-        return Choice(short_run_plan(plans), "unmeasured", [], path)
+    if is_short(train_cfg):
+        return Choice(short_run_plan(plans, train_cfg), "unmeasured", [], path)
     # Sampled only now (it takes half a second): a cached quiet measurement needs no look.
     busy = machine_busy() if busy is None else busy
     if _usable(cached, busy):

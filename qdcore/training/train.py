@@ -379,6 +379,7 @@ def train(
     restart: bool = False,
     quiet: bool = False,
     on_step=None,
+    start=None,
 ) -> TrainedModel:
     """Train to train_cfg.iterations or until the stop rule stops it (qdcore/training/stopping.py),
     resuming from workdir's checkpoints if present, in batches of train_cfg.batch_size or of
@@ -390,6 +391,8 @@ def train(
     A workdir holding a finished model is loaded and nothing is trained, unless it was
     stopped early by another stop rule than train_cfg's: then it trains on from the stop.
     restart=True discards workdir's checkpoints, last batch, stop record and finished marker first.
+    `start` (a sources.SharedSource): a fresh run begins from that model's weights
+    (qdcore/training/warm_start.py); a resumed one from its own checkpoint.
     """
     workdir = Path(workdir)
     asked, train_cfg = train_cfg.batch_size, fit_batch(train_cfg, data)
@@ -412,13 +415,13 @@ def train(
     choice = plan_step(model_cfg, train_cfg, say)
     placement = distribute.choose(train_cfg)
     try:
-        return _train(model_cfg, train_cfg, data, workdir, choice, placement, restart, quiet, on_step)
+        return _train(model_cfg, train_cfg, data, workdir, choice, placement, restart, quiet, on_step, start)
     finally:
         placement.cleanup()
 
 
 def _train(
-    model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step
+    model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step, start
 ) -> TrainedModel:
     from . import distribute
 
@@ -433,7 +436,7 @@ def _train(
     if placement.chief:
         workdir.mkdir(parents=True, exist_ok=True)
     run = _Training(model_cfg, train_cfg, data, workdir, placement, quiet)
-    run.resume(choice, classes)
+    run.resume(choice, classes, start, train_idx)
     stopped = run.loop(train_idx, len(held_idx), on_step)
     return run.finish(train_idx, classes, stopped)
 
@@ -458,6 +461,7 @@ class _Training:
         self.chief, self.multi = placement.chief, placement.workers > 1
         self.say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
         self.last_saved: int | None = None
+        self.started: dict | None = None  # what warm_start.initialize did, in this process
 
     # -- resume -------------------------------------------------------------------------------
 
@@ -470,7 +474,7 @@ class _Training:
             self.model, self.opt, self.step_var, self.placement.checkpoint_dir(self.workdir)
         )
 
-    def resume(self, choice: Choice, classes) -> None:
+    def resume(self, choice: Choice, classes, start=None, train_idx=None) -> None:
         from . import distribute
 
         self._build(choice, classes)
@@ -482,6 +486,11 @@ class _Training:
         if tried and restored is None:  # every one was damaged, and a failed restore writes some variables
             self._build(self.choice, classes)
         self.last_saved = int(self.step_var.numpy()) if restored else None
+        if restored is None and start is not None:
+            from . import warm_start
+
+            self.started = warm_start.initialize(self.model, start, self.data, train_idx)
+            self.say(warm_start.describe(self.started))
         if self.multi:
             try:
                 distribute.sync_from_chief(
@@ -630,6 +639,8 @@ class _Training:
             "dataset": self.data.name,
             "data": _counts(self.data, train_idx),
         }
+        if self.started is not None:
+            finished["start"] = self.started
         if stopped is not None:
             finished["stopped"] = stopped
             self.say(f"stopped at step {step:,} of {self.train_cfg.iterations:,}: {stopped['reason']}")
@@ -755,4 +766,28 @@ def evaluate(
         out["per_category"] = {
             name: round(float(sums[c].sum() / counts[c]), 3) for c, name in enumerate(data.classes) if counts[c]
         }
+    return out
+
+
+def reconstruction_error(trained: TrainedModel, data: ImageSet, train_cfg: TrainConfig, n: int = 500, seed: int = 0):
+    """How close the model's reconstructions are to the drawings it reconstructs: the mean
+    absolute difference of the final canvas (sigmoid, 0..1) and the drawing, per pixel, over
+    up to n training and n held-out drawings, and over both together (on the 25 windmills:
+    every drawing). What a GIF seeded by training drawings shows (docs/finetune.md)."""
+    _check_shape(trained.model.cfg, data)
+    train_idx, held = split(len(data.images), train_cfg, stream_labels(data))
+    to_model = trained.model.labels(len(data.classes), data.classes) if trained.model.classes else None
+    out, total, count = {}, 0.0, 0
+    for name, rows in (("train", train_idx[:n]), ("held_out", held[:n])):
+        if len(rows) == 0:
+            out[name] = None
+            continue
+        x = data.as_float(rows)
+        own = data.labels[rows] if data.labels is not None and data.classes else np.zeros(len(rows), np.int64)
+        category = None if to_model is None else [int(c) for c in to_model[own]]
+        canvas = trained.model.reconstruct(x, seed=seed, category=category).canvases[-1]
+        err = np.abs(np.asarray(canvas, np.float32) - x).mean(axis=(1, 2))
+        out[name] = round(float(err.mean()), 4)
+        total, count = total + float(err.sum()), count + len(rows)
+    out["all"] = round(total / count, 4) if count else None
     return out
