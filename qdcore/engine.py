@@ -22,14 +22,22 @@ import numpy as np
 
 from . import models, packs, paths, recognizer as recog
 from .atomic import check_target
-from .sources import SharedSource, model_dir, not_cached as _not_cached, shared_source, slug as _slug, start_source
+from .sources import (
+    SharedSource,
+    model_dir,
+    model_key,
+    not_cached as _not_cached,
+    shared_source,
+    slug as _slug,
+    start_source,
+)
 from .config import ModelConfig
 from .errors import InputError, NotTrained, PluginError, RecipeError
 from .interfaces import Context, Drawing, ImageSet, SeedInput
 from .recipe import Recipe
 
 
-MODEL_RECIPE = "recipe.json"
+MODEL_RECIPE = models.RECIPE
 
 # Stage numbers keep each step's random stream independent of the others.
 _STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT, _STAGE_RECOGNIZER, _STAGE_MODE = 1, 2, 3, 4, 5, 6
@@ -346,7 +354,7 @@ def _describe_model(recipe: Recipe, workdir: Path, start: Optional[SharedSource]
             json.dumps(
                 {
                     "name": recipe.name,
-                    "model_key": recipe.model_key(),
+                    "model_key": model_key(recipe),
                     "dataset": raw.get("dataset"),
                     "model": recipe.model.as_dict(),
                     "train": recipe.train.as_dict(),

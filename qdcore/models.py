@@ -22,6 +22,7 @@ from .errors import QdError
 FINISHED = "finished.json"
 CHECKPOINTS = "checkpoints"
 EVALUATION = "eval.json"
+RECIPE = "recipe.json"  # the recipe sections that made the model (engine writes it)
 _KEY = re.compile(r"^(.*)-([0-9a-f]{16})$")
 
 
@@ -91,6 +92,7 @@ def describe(workdir: Path) -> dict:
     match = _KEY.match(workdir.name)
     finished = _json(workdir / FINISHED)
     evaluation = _json(workdir / EVALUATION) or {}
+    start = (_json(workdir / RECIPE) or {}).get("start")
     # Each value is checked: a damaged record loses its own cell, never the whole table.
     step = finished.get("step") if finished else _checkpoint_step(workdir)
     step = step if isinstance(step, int) and not isinstance(step, bool) else None
@@ -105,6 +107,8 @@ def describe(workdir: Path) -> dict:
         "size_bytes": _size(workdir),
         "path": str(workdir),
         "source": "cache",
+        # The model its training started from (`model.start`), as recipe.json records it.
+        "start": start.get("from") if isinstance(start, dict) and isinstance(start.get("from"), str) else None,
     }
 
 
@@ -142,11 +146,19 @@ def table(rows: list[dict]) -> str:
 def _source(row: dict) -> str:
     """Where a row's model comes from: trained here, imported (qd models import), or a plugin's pack."""
     source = row.get("source", "cache")
+    if source == "cache" and row.get("start"):
+        return f"cache, started from {_start_name(row['start'])}"
     return (
         f"pack ({row['plugin']})"
         if source == "plugin"
         else {"cache": "cache", "imported": "pack (imported)"}.get(source, source)
     )
+
+
+def _start_name(label: str) -> str:
+    """'the model pack 'zoo-26' (...)' -> zoo-26: the quoted name in a source's label."""
+    found = re.search(r"'([^']+)'", label)
+    return found.group(1) if found else label
 
 
 def _human(n: int) -> str:

@@ -21,10 +21,15 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip()) or "recipe"
 
 
+def model_key(recipe) -> str:
+    """The key of what decides the recipe's own weights, the model it starts from included
+    (a new pack retrains, the same pack does not)."""
+    return recipe.model_key(start_identity(recipe))
+
+
 def model_dir(recipe) -> Path:
-    """The recipe's own model folder: its name and the key of what decides its weights,
-    the model it starts from included (a new pack retrains, the same pack does not)."""
-    return paths.cache_dir() / "models" / f"{slug(recipe.name)}-{recipe.model_key(start_identity(recipe))}"
+    """The recipe's own model folder: its name and its model_key."""
+    return paths.cache_dir() / "models" / f"{slug(recipe.name)}-{model_key(recipe)}"
 
 
 @dataclass

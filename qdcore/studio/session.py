@@ -153,6 +153,7 @@ class Studio:
         # given), or a model in the cache (see _shared_source). Nothing else is ever opened.
         base_model = self.base_data.get("model") if isinstance(self.base_data, dict) else None
         self.base_from = base_model.get("from") if isinstance(base_model, dict) else None
+        self.base_start = base_model.get("start") if isinstance(base_model, dict) else None
         self.lock = threading.Lock()
         self.models: dict[str, Any] = {}
         self.datasets: dict[str, Any] = {}
@@ -200,8 +201,9 @@ class Studio:
             raise RecipeError(
                 "the studio does not write where the page says: downloads go to your browser", "studio: output.path"
             )
-        if isinstance(data.get("model"), dict) and "from" in data["model"]:
-            data["model"]["from"] = self._shared_source(data["model"]["from"])
+        for key, base in (("from", self.base_from), ("start", self.base_start)):
+            if isinstance(data.get("model"), dict) and key in data["model"]:
+                data["model"][key] = self._shared_source(data["model"][key], key, base)
         used = {}
         for kind, where, step in self._steps(data):
             for name in self._path_params(kind, step.get("use")):
@@ -222,12 +224,12 @@ class Studio:
                     )
         return parse(data, self.base_path, self.registry, label="studio"), used
 
-    def _shared_source(self, source: Any) -> Any:
-        """`model.from` as the recipe loader may resolve it: the starting recipe's own value,
-        the name of a model pack (imported or installed: `qd models` lists it), or the recipe
-        (rebuilt into the private folder from its recipe.json) of a model in the cache, named
-        by its name or folder. Never a path or name the page made up."""
-        if isinstance(source, str) and source == self.base_from:
+    def _shared_source(self, source: Any, key: str = "from", base: Any = None) -> Any:
+        """`model.from` (or `model.start`) as the recipe loader may resolve it: the starting
+        recipe's own value (`base`), the name of a model pack (imported or installed: `qd models`
+        lists it), or the recipe (rebuilt into the private folder from its recipe.json) of a
+        model in the cache, named by its name or folder. Never a path or name the page made up."""
+        if isinstance(source, str) and source == base:
             return source
         if isinstance(source, str) and source in self._pack_names():
             # A pack name has no '/' and no suffix (packs.NAME): the loader looks for
@@ -243,13 +245,13 @@ class Studio:
                 target.parent.mkdir(exist_ok=True)
                 target.write_text(yaml.safe_dump(sections, sort_keys=False))
                 return str(target)
-        known = [repr(self.base_from)] if isinstance(self.base_from, str) else []
+        known = [repr(base)] if isinstance(base, str) else []
         known += [repr(n) for n in sorted(self._pack_names())]
         known += [repr(r["folder"]) for r in list_models() if r["finished"] and r["recipe"]]
         raise RecipeError(
-            "the studio does not open recipes named by the page: `from` may name "
+            f"the studio does not open recipes named by the page: `{key}` may name "
             + (", ".join(known[:8]) if known else "no model yet (train one first)"),
-            "studio: model.from",
+            f"studio: model.{key}",
         )
 
     def _pack_names(self) -> set[str]:
@@ -367,10 +369,12 @@ class Studio:
         return {
             "ok": True,
             "name": r.name,
-            "model_key": r.model_key(),
+            "model_key": engine.model_key(r),
             "trained": engine.has_model(r),
             "training": bool(job and job.state in ("starting", "running")),
             "draws_from": _draws_from(r),
+            # `model.start`: Train fine-tunes that model's weights (the same road as `qd train`).
+            "starts_from": None if r.start is None else engine.start_source(r).label,
         }
 
     # --- generate --------------------------------------------------------------------------
@@ -457,25 +461,25 @@ class Studio:
         head = "# Made in qd studio. Run it with: qd run THIS.yaml\n"
         for f in files:
             head += f"# Save {f['url']} beside this file as {f['name']}.\n"
-        head += self._portable_from(data)
-        return {"yaml": head + yaml.safe_dump(data, sort_keys=False), "files": files, "model_key": r.model_key()}
+        head += self._portable_from(data, "from", self.base_from) + self._portable_from(data, "start", self.base_start)
+        return {"yaml": head + yaml.safe_dump(data, sort_keys=False), "files": files, "model_key": engine.model_key(r)}
 
-    def _portable_from(self, data: dict) -> str:
-        """`model.from` naming a cached model by its folder (`tiny-<key>`) is a name only the
-        studio resolves; `qd run` resolves a recipe beside the file, or a pack. The copy names
-        the recipe that trained it (its file, or the pack `qd models export` makes of it)
-        instead, and says so in a comment (the head's next line)."""
+    def _portable_from(self, data: dict, key: str, base: Any) -> str:
+        """`model.from` (or `model.start`, the `key`) naming a cached model by its folder
+        (`tiny-<key>`) is a name only the studio resolves; `qd run` resolves a recipe beside the
+        file, or a pack. The copy names the recipe that trained it (its file, or the pack `qd
+        models export` makes of it) instead, and says so in a comment (the head's next line)."""
         model = data.get("model")
-        source = model.get("from") if isinstance(model, dict) else None
-        if not isinstance(source, str) or source == self.base_from or source in self._pack_names():
+        source = model.get(key) if isinstance(model, dict) else None
+        if not isinstance(source, str) or source == base or source in self._pack_names():
             return ""
         found = self._cached_recipe(source)
         name = found[1].get("name") if found is not None else None
         if not isinstance(name, str) or not name:
             return ""
-        model["from"] = name
+        model[key] = name
         return (
-            f"# model.from: {name!r} is the recipe that trained the cached model {found[0]['folder']}: save this "
+            f"# model.{key}: {name!r} is the recipe that trained the cached model {found[0]['folder']}: save this "
             f"file beside {name}.yaml, or import that model as a pack: qd models export {found[0]['folder']} "
             f"{name}.qdpack && qd models import {name}.qdpack\n"
         )

@@ -259,7 +259,8 @@ async function validate() {
     $("#model-state").textContent = res.training ? `The model for "${res.name}" is training now (cache key ${res.model_key}).`
       : res.draws_from ? `"${res.name}" draws from ${res.draws_from}: nothing to train.`
       : res.trained ? `The model for "${res.name}" is trained (cache key ${res.model_key}).`
-      : `The model for "${res.name}" is not trained yet (cache key ${res.model_key}): press Train.`;
+      : `The model for "${res.name}" is not trained yet (cache key ${res.model_key}): press Train`
+        + (res.starts_from ? ` (it starts from ${res.starts_from} and fine-tunes it).` : ".");
     S.trained = res.trained;
     return true;
   } catch (e) { showError(e.message); return false; }
