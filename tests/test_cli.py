@@ -240,6 +240,10 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     assert figures["step"] == 4 and figures["targets"] == "greyscale"
     assert figures["bound"] == pytest.approx(figures["lx"] + figures["lz"], rel=1e-4) and figures["lz"] > 0
     assert figures["n_images"] == 30  # the 10% held out of 300
+    # How close its reconstructions are: of the 270 training and the 30 held-out cats, and of all 300.
+    rec = figures["reconstruction_error"]
+    assert 0 < rec["train"] < 1 and 0 < rec["held_out"] < 1
+    assert rec["all"] == pytest.approx((270 * rec["train"] + 30 * rec["held_out"]) / 300, abs=2e-4)
     # The recognizer's figures: 500 prior samples of cat, upscaled by the recipe and scaled back.
     assert figures["recognizer"] == "cnn" and figures["category"] == "cat" and figures["n"] == 500
     assert 0 <= figures["recognized"] <= 1 and 0 < figures["recognized_real"] <= 1

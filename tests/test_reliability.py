@@ -187,7 +187,18 @@ def test_every_checkpoint_damaged_retrains_from_scratch(finished, workdir, part)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("content", [b"", b'{"step": 4', b"\xff\xfe", b'["not", "a", "record"]'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b'{"step": 4',
+        b"\xff\xfe",
+        b'["not", "a", "record"]',
+        b'{"step": 4, "classes": "cat"}',
+        b'{"step": true}',
+        b'{"step": 4, "stopped": [1]}',
+    ],
+)
 def test_a_damaged_finished_marker_is_detected(finished, workdir, content):
     from qdcore.training.train import train
 

@@ -280,6 +280,33 @@ def test_an_interrupted_run_resumes_and_stops_where_the_uninterrupted_one_did(tm
     assert resumed.step == 12 and taken == [10, 11]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe garbage",
+        b'{"rule": null, "signal": "training loss", "checks": [[4, "flat"]]}',
+        b'{"rule": null, "signal": "training loss", "checks": 5}',
+        b'{"rule": "plateau", "checks": []}',
+        b"[1, 2, 3]",
+        b'{"checks": [[4, NaN]]}',
+        b'{"checks": [[-4, 1.0]]}',
+        b"[" * 5000 + b"]" * 5000,
+    ],
+    ids=["binary", "a-string-figure", "checks-a-number", "rule-a-string", "a-list", "nan", "negative-step", "deep"],
+)
+def test_a_damaged_stop_record_is_set_aside_and_the_run_goes_on(tmp_path, monkeypatch, content):
+    """Issue 31: a garbled stop.json made every later run of its recipe exit 1 with `unexpected`."""
+    data = _images()
+    _loss_of(monkeypatch, _flat)
+    with pytest.raises(Cancelled):
+        train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True, on_step=lambda step, *a: step == 6)
+    (tmp_path / stopping.STATE).write_bytes(content)
+    with pytest.warns(UserWarning, match="stop.json is damaged"):
+        resumed = train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True)
+    assert resumed.step > 6 and (tmp_path / "stop.json.damaged").read_bytes() == content
+    assert stopping.read_state(tmp_path)["checks"]  # the new record, written afresh
+
+
 def test_enough_held_out_images_are_judged_by_their_bound(tmp_path, monkeypatch):
     data = _images(n=3000)  # 300 held out
     _loss_of(monkeypatch, _improving)  # the training loss alone would never stop it

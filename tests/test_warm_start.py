@@ -227,7 +227,7 @@ def test_a_new_category_takes_the_closest_row_folded_into_the_gate_biases():
     np.testing.assert_allclose(lz.numpy(), slz.numpy(), rtol=1e-5, atol=1e-4)
     # "mean": the mean of the rows.
     mean = Draw(CFG, seed=1)
-    assert initialize(mean, Start("s", {}, lambda: start), data, np.arange(len(x)), rows="mean")["rows"] == {
+    assert initialize(mean, Start("s", {}, lambda: start, rows="mean"), data, np.arange(len(x)))["rows"] == {
         "new": "mean of rows"
     }
     table = start.conditioning.enc_table.numpy().mean(0)

@@ -125,10 +125,18 @@ def read_finished(path: Path) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        classes = record.get("classes") if isinstance(record, dict) else None
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("step"), int)
+            and not isinstance(record.get("step"), bool)
+            and record["step"] >= 0
+            and (classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)))
+            and isinstance(record.get("stopped"), (dict, type(None)))
+        ):
             return record
-        problem = "it is not a record with a step"
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+        problem = "it is not a record with a step (and class names, a stop) as qd writes them"
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
         problem = f"{type(e).__name__}: {_first_line(e)}"
     warn(f"{path} is damaged ({problem}); checking the checkpoints again")
     path.unlink(missing_ok=True)

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import limits
 from ..atomic import atomic_path
 from ..config import TrainConfig
+from ..errors import QdError
 
 STATE = "stop.json"
 # Fewer held-out images than this: the training loss is watched instead. At 300 the bound's
@@ -110,11 +114,46 @@ class Plateau:
 
 
 def read_state(workdir: Path) -> dict | None:
+    """The stop rule's record, or None: none yet, or damaged. A damaged one (not JSON, too
+    large, or not a rule with its checks as [step, finite figure] pairs) is moved aside with
+    one warning and the rule starts watching afresh: a record never blocks a run."""
+    path = Path(workdir) / STATE
+    if not path.exists():
+        return None
     try:
-        value = json.loads((Path(workdir) / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # none yet, or damaged: the rule starts watching afresh
-    return value if isinstance(value, dict) else None
+        value = json.loads(limits.read_text(path, limits.MAX_JSON_FILE_BYTES, "not one of qd's records"))
+        problem = _problem(value)
+    except (OSError, ValueError, RecursionError, QdError) as e:
+        value, problem = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if problem is None:
+        return value
+    warnings.warn(f"{path} is damaged ({problem}); moved it to {path.name}.damaged, the stop rule watches afresh")
+    try:
+        os.replace(path, path.with_name(path.name + ".damaged"))
+    except OSError:
+        pass  # a read-only folder: the record stays ignored
+    return None
+
+
+def _problem(value) -> str | None:
+    """What is wrong with a stop record, or None when it is one write_state could have made."""
+    if not isinstance(value, dict):
+        return f"a {type(value).__name__}, not a record"
+    if not isinstance(value.get("rule"), (dict, type(None))) or not isinstance(value.get("signal"), (str, type(None))):
+        return "its rule or signal is not what qd writes"
+    checks = value.get("checks", [])
+    ok = isinstance(checks, list) and all(
+        isinstance(c, list)
+        and len(c) == 2
+        and isinstance(c[0], int)
+        and not isinstance(c[0], bool)
+        and c[0] >= 0
+        and isinstance(c[1], (int, float))
+        and not isinstance(c[1], bool)
+        and math.isfinite(c[1])
+        for c in checks
+    )
+    return None if ok else "its checks are not [step, figure] pairs"
 
 
 def write_state(workdir: Path, state: dict) -> None:

@@ -707,9 +707,10 @@ def load(model_cfg: ModelConfig, workdir: Path) -> TrainedModel:
     """The finished model in workdir (the newest checkpoint that restores); QdError if
     training there never completed."""
     workdir = Path(workdir)
-    if checkpoints.read_finished(workdir / FINISHED) is None:
+    record = checkpoints.read_finished(workdir / FINISHED)
+    if record is None:
         raise QdError(f"no finished model in {workdir}: train it first (qd train), or resume an interrupted run")
-    classes = json.loads((workdir / FINISHED).read_text()).get("classes")
+    classes = record.get("classes")
     model = Draw(model_cfg, classes=classes)
     step_var = tf.Variable(0, dtype=tf.int64, name="step")
     # Adam's state is in the checkpoint too; partial lets us skip it here.

@@ -43,9 +43,10 @@ class Start:
     label: str
     identity: dict
     load: Callable[[], object]  # -> the start's Draw model, holding its weights
+    rows: str = WARM_START_ROWS  # how a category the start does not know gets its row
 
 
-def initialize(model, source: Start, data: ImageSet, train_idx: np.ndarray, rows: str = WARM_START_ROWS) -> dict:
+def initialize(model, source: Start, data: ImageSet, train_idx: np.ndarray) -> dict:
     """Copy the start's weights into `model` (fresh, the same configuration); returns what
     was done, for the plan line and the model's records: {"from", "identity", "rows": {category: row}}."""
     start = source.load()
@@ -62,7 +63,7 @@ def initialize(model, source: Start, data: ImageSet, train_idx: np.ndarray, rows
                 row, chosen[category] = start.classes.index(category), category
             else:
                 own = _images_of(data, train_idx, category if model.classes else None)
-                row, chosen[category] = _new_row(start, tables, own, rows)
+                row, chosen[category] = _new_row(start, tables, own, source.rows)
             enc, dec = (tables[0][row], tables[1][row]) if isinstance(row, int) else row
             if model.conditioning is not None:
                 model.conditioning.enc_table[i].assign(enc)
