@@ -53,7 +53,8 @@ DEFAULT_LIMIT_MB = 256
 MANIFEST_LIMIT = 1 << 20
 # A temporary import folder older than this was left by a killed import.
 STALE_SECONDS = 3600
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Matched whole (fullmatch): `$` alone also matches before a final newline ("zoo\n").
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Zip entries carry the Unix mode in the top half of external_attr.
 _S_IFLNK = stat.S_IFLNK
 
@@ -115,11 +116,14 @@ def _refuse(where, problem: str) -> InputError:
 def _read_archive(path: Path, limit: int, only_manifest: bool = False) -> dict[str, bytes]:
     """The members of a pack archive, after every structural check; no file is extracted."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise _refuse(path, f"cannot read it ({e.strerror or e})") from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise _refuse(path, "is a folder; a model pack is one .qdpack file (qd models export writes one)")
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: read without end, or never answer
+        raise _refuse(path, "is not a regular file (a device, a FIFO or a socket); give a .qdpack file")
+    size = st.st_size
     if size > limit:
         raise _refuse(
             path,
@@ -203,8 +207,8 @@ def check_manifest(where, raw: bytes) -> dict:
     """The manifest as a dict, or InputError saying why it is not a pack this qd reads."""
     try:
         m = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _refuse(where, f"is not a qd model pack: {MANIFEST} is not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _refuse(where, f"is not a qd model pack: {MANIFEST} is not JSON (or is nested without end)") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise _refuse(where, f"is not a qd model pack: its {MANIFEST} does not say format {FORMAT!r}")
     if m.get("format_version") != FORMAT_VERSION:
@@ -214,7 +218,7 @@ def check_manifest(where, raw: bytes) -> dict:
             f"reads version {FORMAT_VERSION}: use a qd of the version that made it",
         )
     name = m.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise _refuse(where, f"its manifest's name {name!r} is not a pack name (letters, digits, '.', '_', '-')")
     cats = m.get("categories")
     if (
@@ -237,8 +241,19 @@ def check_manifest(where, raw: bytes) -> dict:
             m[section] = params.check(cls, given, section)
         except RecipeError as e:
             raise _refuse(where, f"its manifest's {section} settings do not fit this qd ({e})") from None
-    if not isinstance(m.get("steps"), int):
-        raise _refuse(where, "its manifest lacks `steps`")
+    steps = m.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise _refuse(where, "its manifest lacks `steps` (a whole number of training steps)")
+    if len(set(cats)) != len(cats) or not all(c and len(c) <= 200 for c in cats):
+        raise _refuse(where, "its manifest's `categories` are not distinct names")
+    for section in ("held_out", "recognizer", "data"):
+        if not isinstance(m.get(section), (dict, type(None))):
+            raise _refuse(where, f"its manifest's `{section}` is not a record")
+    bound = (m.get("held_out") or {}).get("bound")
+    if bound is not None and not _finite_number(bound):
+        raise _refuse(where, "its manifest's held-out `bound` is not a finite number")
+    if not isinstance(m.get("description", ""), str):
+        raise _refuse(where, "its manifest's `description` is not text")
     weights = (m.get("files") or {}).get(WEIGHTS) if isinstance(m.get("files"), dict) else None
     if (
         not isinstance(weights, dict)
@@ -279,15 +294,66 @@ def arrays(where, weights: bytes) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(weights), allow_pickle=False) as z:
             if sum(i.file_size for i in z.zip.infolist()) > limit:
                 raise _refuse(where, f"{WEIGHTS} unpacks to more than the {limit / 2**20:.3g} MB limit")
+            odd = [i.filename for i in z.zip.infolist() if not i.filename.endswith(".npy") or i.is_dir()]
+            if odd:
+                raise _refuse(where, f"{WEIGHTS} holds {odd[0]!r}, not a .npy array")
             out = {k: z[k] for k in z.files}
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError, BadZipFile, EOFError, ... for bad bytes
         raise _refuse(where, f"{WEIGHTS} is not a readable array file ({type(e).__name__}: {e})") from None
     for k, v in out.items():
+        if not isinstance(v, np.ndarray):  # numpy hands back a member without the .npy magic as bytes
+            raise _refuse(where, f"{WEIGHTS}: member {k!r} is not a readable array file")
         if v.dtype != np.float32:
             raise _refuse(where, f"{WEIGHTS}: array {k!r} is {v.dtype}, not float32")
+        if not np.all(np.isfinite(v)):
+            raise _refuse(where, f"{WEIGHTS}: array {k!r} holds NaN or infinite values; the model would draw nothing")
     return out
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def shapes(cfg: ModelConfig, classes: int) -> dict[str, tuple]:
+    """Every weight's shape for a model configuration, without building it (draw.Draw's
+    `_make_weights` and conditioning's tables): a manifest's model is compared with the
+    weights before anything of its size is allocated."""
+    if cfg.attention:
+        read, write, windows = 2 * cfg.read_n**2, cfg.write_n**2, 10
+    else:
+        read, write, windows = 2 * cfg.height * cfg.width, cfg.height * cfg.width, 0
+    out = {
+        "enc_kernel": (read + cfg.dec_size + cfg.enc_size, 4 * cfg.enc_size),
+        "enc_bias": (4 * cfg.enc_size,),
+        "z_kernel": (cfg.enc_size, 2 * cfg.z_size),
+        "z_bias": (2 * cfg.z_size,),
+        "dec_kernel": (cfg.z_size + cfg.dec_size, 4 * cfg.dec_size),
+        "dec_bias": (4 * cfg.dec_size,),
+        "out_kernel": (cfg.dec_size, write + windows),
+        "out_bias": (write + windows,),
+    }
+    if classes > 1:
+        out.update(enc_table=(classes, 4 * cfg.enc_size), dec_table=(classes, 4 * cfg.dec_size))
+    return out
+
+
+def check_weights(pack: Pack, given: dict[str, np.ndarray]) -> None:
+    """The arrays are exactly the manifest's model's weights, named and shaped (InputError)."""
+    wanted = shapes(pack.model_config, len(pack.categories) if pack.conditional else 1)
+    if set(given) != set(wanted):
+        missing, extra = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
+        raise _refuse(
+            pack.path,
+            f"{WEIGHTS} does not fit its manifest's model (missing {missing or 'none'}, unexpected {extra or 'none'})",
+        )
+    for name, shape in wanted.items():
+        if tuple(given[name].shape) != shape:
+            raise _refuse(
+                pack.path,
+                f"{WEIGHTS}: {name} is shaped {tuple(given[name].shape)}, the manifest's model needs {shape}",
+            )
 
 
 # -- where packs are ------------------------------------------------------------------------
@@ -299,10 +365,11 @@ def imported_root(cache_dir: Path) -> Path:
 
 def imported(cache_dir: Path, name: str) -> Optional[Path]:
     """The imported pack folder of `name`, if there is one."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         return None
     folder = imported_root(cache_dir) / name
-    return folder if folder.is_dir() else None
+    # A link there is not a pack qd imported: following it could read anything on the disk.
+    return folder if folder.is_dir() and not folder.is_symlink() else None
 
 
 def find(cache_dir: Path, name: str, installed=None) -> Optional[Pack]:
@@ -319,7 +386,11 @@ def listing(cache_dir: Path, installed: dict) -> list[dict]:
     """`qd models` rows of the imported packs, then the installed ones (`installed`: name -> Entry)."""
     rows = []
     root = imported_root(cache_dir)
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and NAME.match(p.name)) if root.is_dir() else []
+    folders = (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and NAME.fullmatch(p.name))
+        if root.is_dir() and not root.is_symlink()
+        else []
+    )
     for where, name, plugin in [(p, p.name, None) for p in folders] + [
         (Path(e.factory), n, e.plugin) for n, e in sorted(installed.items())
     ]:
@@ -351,7 +422,7 @@ def _source(plugin: Optional[str]) -> str:
 def _size(path: Path) -> int:
     path = Path(path)
     try:
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        return models._size(path) if path.is_dir() else path.stat().st_size  # never follows a link
     except OSError:
         return 0
 
@@ -381,25 +452,15 @@ def _variables(model) -> dict:
 
 
 def build(pack: Pack, weights: bytes):
-    """The DRAW model the pack describes, holding its weights (every array named and shaped
-    as the model's own; anything missing or extra is refused)."""
+    """The DRAW model the pack describes, holding its weights. Every array is checked against
+    the manifest's model (check_weights) before the model is built, so a small pack whose
+    manifest declares a huge model allocates nothing."""
     from .draw import Draw
 
+    given = arrays(pack.path, weights)
+    check_weights(pack, given)
     model = Draw(pack.model_config, classes=pack.categories if pack.conditional else None)
-    given, wanted = arrays(pack.path, weights), _variables(model)
-    if set(given) != set(wanted):
-        missing, extra = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
-        raise _refuse(
-            pack.path,
-            f"{WEIGHTS} does not fit its manifest's model (missing {missing or 'none'}, unexpected {extra or 'none'})",
-        )
-    for name, var in wanted.items():
-        if tuple(given[name].shape) != tuple(var.shape):
-            raise _refuse(
-                pack.path,
-                f"{WEIGHTS}: {name} is shaped {tuple(given[name].shape)}, the manifest's model "
-                f"needs {tuple(var.shape)}",
-            )
+    for name, var in _variables(model).items():
         var.assign(given[name])
     return model
 
@@ -463,13 +524,29 @@ def manifest_of_cached(workdir: Path, name: str, weights: bytes) -> dict:
 def write(path: Path, manifest: dict, weights: bytes) -> Path:
     """The pack archive, written atomically (fixed timestamps: the same model, the same bytes)."""
     path = check_target(path, str(Path(path) / (manifest["name"] + SUFFIX)))
+    raw = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    _importable(path, raw, weights)
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            for name, data in ((MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode()), (WEIGHTS, weights)):
+            for name, data in ((MANIFEST, raw), (WEIGHTS, weights)):
                 info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 z.writestr(info, data)
     return path
+
+
+def _importable(path: Path, raw: bytes, weights: bytes) -> None:
+    """Export writes only what import reads: the same checks, on the bytes about to be written."""
+    try:
+        if len(raw) > MANIFEST_LIMIT or len(raw) + len(weights) > limit_bytes():
+            raise _refuse(path, f"would be over the limits of a model pack (set {LIMIT_ENV} to allow more)")
+        m = check_manifest(path, raw)
+        expect = m["files"][WEIGHTS]
+        if len(weights) != expect["bytes"] or hashlib.sha256(weights).hexdigest() != expect["sha256"]:
+            raise _refuse(path, f"{WEIGHTS} does not match the sha256 in its manifest")
+        check_weights(Pack(m["name"], path, m), arrays(path, weights))
+    except InputError as e:
+        raise InputError(f"not exported: `qd models import` would refuse it: {e}") from None
 
 
 # -- import ---------------------------------------------------------------------------------
@@ -483,11 +560,24 @@ def import_pack(file: Path, cache_dir: Path, force: bool = False) -> Pack:
     if not file.exists():
         raise InputError(f"{file}: no such file")
     pack, weights = read(file)
-    build(pack, weights)  # the weights fit the model the manifest describes
+    check_weights(pack, arrays(pack.path, weights))  # they fit the manifest's model (nothing built)
+    _refuse_existing(imported_root(cache_dir) / pack.name, force)  # before the lock: a refusal writes nothing
+    from .training.locks import hold
+
+    # One import at a time: two of one name without --force could otherwise both find it absent.
+    with hold(Path(cache_dir) / ".packs-import.lock", "importing a model pack"):
+        return _install(pack, weights, cache_dir, force)
+
+
+def _refuse_existing(target: Path, force: bool) -> None:
+    if (target.exists() or target.is_symlink()) and not force:
+        raise InputError(f"a model named {target.name!r} is already imported ({target}); add --force to replace it")
+
+
+def _install(pack: Pack, weights: bytes, cache_dir: Path, force: bool) -> Pack:
     root = imported_root(cache_dir)
     target = root / pack.name
-    if target.exists() and not force:
-        raise InputError(f"a model named {pack.name!r} is already imported ({target}); add --force to replace it")
+    _refuse_existing(target, force)  # again, under the lock: another import may have made it meanwhile
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     _sweep(root)
@@ -567,7 +657,7 @@ def export(
         from .training.train import load as load_trained
 
         pack_name = workdir.name.rsplit("-", 1)[0] if name == workdir.name else name
-        if not NAME.match(pack_name):
+        if not NAME.fullmatch(pack_name):
             raise InputError(f"{pack_name!r} is not a pack name (letters, digits, '.', '_', '-')")
         finished = json.loads((workdir / models.FINISHED).read_text(encoding="utf-8"))
         trained = load_trained(ModelConfig(**finished["model"]), workdir)

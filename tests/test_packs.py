@@ -308,6 +308,41 @@ def _bad(kind: str, good_file: Path, tmp: Path) -> tuple[Path, str, dict]:
         files = {"weights.npz": {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}}
         _zip(out, [("manifest.json", _manifest(good, files=files)), ("weights.npz", blob)])
         match = "not a readable array file"
+    # Hardening, round three (issue 31): every field typed, weights finite, the input a regular file.
+    elif kind in ("nan-weights", "npz-text-member"):
+        with np.load(io.BytesIO(w)) as z:
+            arrays = {k: z[k] for k in z.files}
+        buf = io.BytesIO()
+        if kind == "nan-weights":
+            arrays["out_bias"] = np.full_like(arrays["out_bias"], np.nan)
+            np.savez(buf, **arrays)
+            match = "holds NaN or infinite values"
+        else:
+            with zipfile.ZipFile(buf, "w") as z:
+                z.writestr("enc_kernel.npy", b"not an array at all")
+            match = "not a readable array file"
+        blob = buf.getvalue()
+        files = {"weights.npz": {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}}
+        _zip(out, [("manifest.json", _manifest(good, files=files)), ("weights.npz", blob)])
+    elif kind == "huge-model":  # 16 GiB of weights declared by a few bytes: refused before anything is built
+        huge = {**json.loads(m)["model"], "enc_size": 4096, "dec_size": 4096, "height": 512, "width": 512}
+        _zip(out, [("manifest.json", _manifest(good, model=huge, attention=False)), ("weights.npz", w)])
+        match = "shaped|does not fit"
+    elif kind == "deep-manifest":
+        _zip(out, [("manifest.json", b"[" * 100_000 + b"]" * 100_000), ("weights.npz", w)])
+        match = "not JSON"
+    elif kind == "steps-text":
+        _zip(out, [("manifest.json", _manifest(good, steps="many")), ("weights.npz", w)])
+        match = "lacks `steps`"
+    elif kind == "bound-nan":
+        _zip(out, [("manifest.json", _manifest(good, held_out={"bound": float("nan")})), ("weights.npz", w)])
+        match = "not a finite number"
+    elif kind == "name-newline":
+        _zip(out, [("manifest.json", _manifest(good, name="tiny-zoo\n")), ("weights.npz", w)])
+        match = "is not a pack name"
+    elif kind == "device":
+        out = Path("/dev/zero")
+        match = "not a regular file"
     return out, match, env
 
 
@@ -325,6 +360,14 @@ REFUSALS = [
     "too-large",
     "wrong-model",
     "pickle",
+    "nan-weights",
+    "npz-text-member",
+    "huge-model",
+    "deep-manifest",
+    "steps-text",
+    "bound-nan",
+    "name-newline",
+    "device",
 ]
 
 
@@ -359,7 +402,9 @@ def test_importing_a_name_that_exists_needs_force(exported, tmp_path):
     assert tree(cache) == before
     forced = qd("models", "import", exported["file"], "--force", cache=cache)
     assert forced.returncode == 0, forced.stderr
-    assert tree(cache) == before  # the same pack again: the same two files, no leftovers
+    # The same pack again: the same two files, no leftovers (the import lock keeps its last holder's pid).
+    lock = ".packs-import.lock"
+    assert {k: v for k, v in tree(cache).items() if k != lock} == {k: v for k, v in before.items() if k != lock}
     # Export of an imported pack gives back the same archive, byte for byte.
     copy = tmp_path / "copy.qdpack"
     assert qd("models", "export", "tiny-zoo", copy, cache=cache).returncode == 0
@@ -446,3 +491,51 @@ def test_an_import_a_kill_interrupted_leaves_nothing_that_lasts(exported, tmp_pa
     packs.import_pack(exported["file"], tmp_path / "cache")
     assert not old.exists() and fresh.exists()  # a recent one may be another import at work
     assert [r["name"] for r in packs.listing(tmp_path / "cache", {})] == ["tiny-zoo"]
+
+
+# -- hardening, round three (issue 31) ---------------------------------------------------------
+
+
+def test_links_under_the_packs_folder_are_never_followed(exported, tmp_path):
+    cache = tmp_path / "cache"
+    packs.import_pack(exported["file"], cache)
+    (cache / "packs" / "usr").symlink_to("/usr")  # was: `qd models` walked 8 GB of /usr
+    (cache / "packs" / "copy").symlink_to(cache / "packs" / "tiny-zoo")
+    assert [r["name"] for r in packs.listing(cache, {})] == ["tiny-zoo"]
+    assert packs.imported(cache, "copy") is None and packs.imported(cache, "usr") is None
+    assert packs.find(cache, "copy") is None
+
+
+def test_two_imports_of_one_name_cannot_both_succeed(exported, tmp_path):
+    import threading
+
+    cache, barrier, results = tmp_path / "cache", threading.Barrier(4), []
+
+    def one():
+        barrier.wait()
+        try:
+            packs.import_pack(exported["file"], cache)
+            results.append("imported")
+        except InputError as e:
+            results.append(str(e))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results)[-1] == "imported" and results.count("imported") == 1, results
+    assert all("already imported" in r for r in results if r != "imported")
+
+
+def test_export_refuses_to_write_a_pack_that_import_would_refuse(exported, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(exported["cache"], cache)
+    (workdir,) = [p for p in (cache / "models").iterdir() if p.is_dir() and not p.name.endswith(".lock")]
+    (workdir / "eval.json").write_text('{"step": 6, "bound": NaN}')  # a diverged run's record
+    out = tmp_path / "x.qdpack"
+    with pytest.raises(InputError, match="not exported: `qd models import` would refuse it: .*not a finite number"):
+        packs.export("tiny-zoo", out, cache, {})
+    assert not out.exists()
