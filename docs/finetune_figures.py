@@ -12,7 +12,9 @@ no training too. `bitmap`: a start that never saw bicycle (zoo-26's recipe less 
 here for --start-steps), then bicycle's 3,000 drawings (2,700 trained, 300 held out) from it and
 from random weights, with the recognizer's figures of prior samples. `rows`: how a new category's
 class row is chosen (the closest row, the mean of rows), as the held-out bound at step 0 and
-after 250 steps. Each run prints one JSON line; the step plan is forced (QD_STEP_PLAN, default
+after 250 steps. `sheets`: prior samples of `strokes`' 1,000-step models, fine-tuned above and
+from random weights below (docs/img/finetune-*.png; run it with the same QD_CACHE_DIR as
+`strokes` to draw those very models). Each run prints one JSON line; the step plan is forced (QD_STEP_PLAN, default
 float32-xla) so both arms run the same step. The cache is a fresh temporary folder unless
 QD_CACHE_DIR is set.
 """
@@ -152,16 +154,48 @@ def rows(folder: Path) -> None:
                 measure(pipeline, trained, time.perf_counter() - clock)
 
 
+def sheets(folder: Path, out: Path) -> None:
+    """docs/img/finetune-CATEGORY.png: 8 prior samples of the 1,000-step models of `strokes`
+    (trained there, or now), through the display chain: the fine-tuned one on the top row, the
+    one trained from random weights below."""
+    import numpy as np
+    from PIL import Image
+
+    from qdcore import engine
+    from qdcore.plugin_manager import build
+    from qdcore.recipe import load
+
+    for category in ("hexagon", "coffee cup", "whale", "windmill"):
+        dataset = f"{{use: quickdraw-strokes, category: {category}}}"
+        slug = category.replace(" ", "-")
+        rows = []
+        for name, start in ((f"ft-{slug}-1000", "zoo-26"), (f"scratch-{slug}-1000", None)):
+            path = folder / "recipe.yaml"
+            path.write_text(recipe_text(name, dataset, start, "holdout: 0.2, iterations: 1000, stop: budget"))
+            r = load(path, build().registry).with_overrides(n=8)
+            drawing = engine.Run(r).drawing(prior=True, final_only=True)
+            rows.append(np.concatenate(list(drawing.final), axis=1))
+        sheet = 255 - (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)  # dark ink on white
+        Image.fromarray(sheet).save(out / f"finetune-{slug}.png", optimize=True)
+        print(json.dumps({"sheet": str(out / f"finetune-{slug}.png")}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["strokes", "bitmap", "rows"])
+    ap.add_argument("what", choices=["strokes", "bitmap", "rows", "sheets"])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "img", help="where `sheets` writes")
     ap.add_argument("--start-steps", type=int, default=4000, help="zoo-25's training steps (bitmap)")
     args = ap.parse_args()
     os.environ.setdefault("QD_STEP_PLAN", "float32-xla")
     os.environ.setdefault("QD_CACHE_DIR", tempfile.mkdtemp(prefix="qd-finetune-"))
     print(json.dumps({"cache": os.environ["QD_CACHE_DIR"], "plan": os.environ["QD_STEP_PLAN"]}), file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:
-        {"strokes": strokes, "bitmap": lambda f: bitmap(f, args.start_steps), "rows": rows}[args.what](Path(folder))
+        {
+            "strokes": strokes,
+            "bitmap": lambda f: bitmap(f, args.start_steps),
+            "rows": rows,
+            "sheets": lambda f: sheets(f, args.out),
+        }[args.what](Path(folder))
 
 
 if __name__ == "__main__":
