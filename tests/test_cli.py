@@ -391,3 +391,25 @@ def test_bench_reference_child_times_the_plain_model_at_tensorflows_threads():
     assert row["batch_size"] == 8 and row["steps"] == 2 and row["threads"] == [0, 0]
     for key in ("steps_per_s", "images_per_s", "images_per_s_median", "gflop_per_step", "achieved_gflop_per_s"):
         assert row[key] > 0, (key, row)
+
+
+@pytest.mark.parametrize("argv", [["plugins"], ["plugins", "--json"], ["plugins", "--json", "--debug"]])
+def test_listing_plugins_builds_no_command_line_app(argv):
+    """Issue 28: `qd plugins` in at most 0.3 s. Building typer's app converts every option of
+    every command (through pydantic); a listing is answered without it, with the same output."""
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys\nfrom qdcore.cli import main\ntry:\n    main(%r)\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert 'pydantic' not in sys.modules and 'typer._adapters' not in sys.modules, 'the app was built'\n" % argv
+    )
+    env = {**os.environ, "QD_LOAD_PLUGINS": BUILTINS}
+    fast = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
+    assert fast.returncode == 0, fast.stderr
+    # The same lines as the command built by typer (`qd plugins` is still an ordinary command).
+    from typer.testing import CliRunner
+
+    from qdcore.cli import app
+
+    built = CliRunner().invoke(app, [a for a in argv if a != "--debug"], env=env)
+    assert built.exit_code == 0 and fast.stdout == built.stdout
