@@ -13,12 +13,16 @@ from typing import Annotated, Optional
 
 import numpy as np
 
-from qdcore import Context, Drawing, Generator, InputError, Range, RecipeError, hookimpl
+from qdcore import Context, Drawing, Generator, InputError, ModeCheck, Range, RecipeError, hookimpl
 
 from .datasets import Fit, Invert, load_image
 
 # A partial drawing with no pixel at least this bright has no ink to continue.
 BLANK = 0.1
+_NO_PARTIAL = (
+    "mode: complete continues partial drawings, and the seed chain gives none (`prior`): "
+    "start `seeds:` with an image source, for example training-batch then remove-ink, or file-image"
+)
 
 
 class Complete(Generator):
@@ -29,12 +33,17 @@ class Complete(Generator):
         self.k = k
         self.tries = tries
 
+    def check(self, recipe: ModeCheck) -> None:
+        if recipe.prior:
+            raise RecipeError(_NO_PARTIAL)
+        if self.k is not None and self.k > recipe.T:
+            raise RecipeError(
+                f"complete: k: {self.k} is beyond the model's T = {recipe.T} steps; give k from 1 to {recipe.T}"
+            )
+
     def generate(self, model, seeds, n: int, seed: int, ctx: Context) -> Drawing:
         if seeds is None:
-            raise RecipeError(
-                "mode: complete continues partial drawings, and the seed chain gives none (`prior`): "
-                "start `seeds:` with an image source, for example training-batch then remove-ink, or file-image"
-            )
+            raise RecipeError(_NO_PARTIAL)
         partial = np.asarray(seeds, np.float32)
         check_not_blank(partial)
         # A fifth of T by default: on zoo-26 the recognizer recognized more completions at k = 2
@@ -96,6 +105,23 @@ class Morph(Generator):
             raise InputError(f"mode: morph: {to} does not exist; give a PNG or JPEG file for the end drawing")
         self.frames, self.start, self.end, self.to = frames, start, end, to
         self.invert, self.fit, self.forth_and_back = invert, fit, forth_and_back
+
+    def check(self, recipe: ModeCheck) -> None:
+        named = [c for c in (self.start, self.end) if c is not None]
+        if not named or recipe.categories is None:
+            return
+        if not recipe.categories:
+            raise RecipeError(
+                f"morph: start/end name categories ({', '.join(map(repr, named))}), and this recipe's model "
+                "learns one category, so it knows none by name: train on several (`category: [cat, dog]`) "
+                "or draw from a model that knows them (`model.from: zoo-26`)"
+            )
+        unknown = [c for c in named if c not in recipe.categories]
+        if unknown:
+            raise RecipeError(
+                f"morph: {unknown[0]!r} is not a category this recipe's model knows "
+                f"(its {len(recipe.categories)}: {', '.join(recipe.categories[:30])})"
+            )
 
     def generate(self, model, seeds, n: int, seed: int, ctx: Context) -> Drawing:
         start = self.start

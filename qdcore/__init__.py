@@ -19,7 +19,18 @@ from .hookspecs import hookimpl
 from .images import open_image, reading
 from .imagestack import ImageStack
 from .ink import two_inks
-from .interfaces import Context, Dataset, Drawing, Filter, Generator, ImageSet, SeedInput, SeedStrategy, Writer
+from .interfaces import (
+    Context,
+    Dataset,
+    Drawing,
+    Filter,
+    Generator,
+    ImageSet,
+    ModeCheck,
+    SeedInput,
+    SeedStrategy,
+    Writer,
+)
 from .params import Range
 from .paths import cache_dir, data_dir
 from .recognizer import Classifier, Recognizer
@@ -39,6 +50,7 @@ __all__ = [
     "SeedStrategy",
     "Writer",
     "Generator",
+    "ModeCheck",
     "QdError",
     "RecipeError",
     "UnknownNameError",

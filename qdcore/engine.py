@@ -33,7 +33,8 @@ from .sources import (
 )
 from .config import ModelConfig
 from .errors import InputError, NotTrained, PluginError, RecipeError
-from .interfaces import Context, Drawing, ImageSet, SeedInput
+from .categories import ALL
+from .interfaces import Context, Drawing, ImageSet, ModeCheck, SeedInput
 from .recipe import Recipe
 
 
@@ -103,7 +104,26 @@ def prepare(recipe: Recipe) -> Built:
             check(recipe.generate.n)
         except RecipeError as e:
             raise RecipeError(str(e), f"{recipe.output.label}: output") from None
+    check = getattr(built.mode, "check", None)  # Generator.check: the same, for `mode:`
+    if check is not None:
+        try:
+            check(_mode_check(recipe))
+        except RecipeError as e:
+            raise RecipeError(str(e), f"{recipe.mode.label}: mode") from None
     return built
+
+
+def _mode_check(recipe: Recipe) -> ModeCheck:
+    """What `mode:` may check before training: the categories the recipe's model will know are
+    its dataset's when it names several, a shared model's when it draws from one (`model.from`
+    found and knowing the category), none for a one-category model of its own."""
+    named = recog.categories_of(recipe.dataset.params)
+    known = None if any(c == ALL for c in named) or not named else (named if len(named) > 1 else [])
+    source = shared_source(recipe.shared) if recipe.shared is not None else None
+    if source is not None and len(named) == 1 and named[0] in source.categories:
+        known = list(source.categories)
+    prior = recipe.seeds[0].use == "prior"
+    return ModeCheck(recipe.generate.n, recipe.model.T, prior, known)
 
 
 def context(recipe: Recipe, stage: int, index: int = 0, quiet: bool = False) -> Context:

@@ -154,6 +154,19 @@ class Writer:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class ModeCheck:
+    """What a recipe already says that a generation mode can check before any training
+    (Generator.check): how many pictures, the model's steps, whether the seed chain starts
+    from the prior (no seed images), and the categories the model will know (None: not known
+    before training, as for `category: all`; [] for a one-category model, which knows none)."""
+
+    n: int
+    T: int
+    prior: bool
+    categories: Optional[list[str]]
+
+
 class Generator:
     """Registered with `qd_register_generators`: how pictures are made from a trained model,
     beyond sampling and reconstruction. A recipe's `mode:` names one; without `mode:` a recipe
@@ -165,6 +178,11 @@ class Generator:
     encode, decode, labels, cfg, classes), so a plugin never imports TensorFlow. Raise
     qdcore.InputError for input the model cannot use (a blank drawing, an unknown category).
     """
+
+    def check(self, recipe: ModeCheck) -> None:
+        """Called when the recipe is checked, before any training: raise qdcore.RecipeError for
+        a setting that contradicts what the recipe says (a step beyond the model's T, a category
+        the model will not know, seed images where the mode needs them). Optional."""
 
     def generate(self, model, seeds: Optional[np.ndarray], n: int, seed: int, ctx: Context) -> Drawing:
         raise NotImplementedError

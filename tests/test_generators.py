@@ -213,7 +213,7 @@ def test_finish_and_morph_from_recipes_on_the_command_line(tiny_model, tmp_path)
     blank = tmp_path / "blank.png"
     Image.new("L", (28, 28), 255).save(blank)
     for override, fragment in [
-        ("mode.k=9", "k = 9 glimpses is outside 1..4"),
+        ("mode.k=9", "k: 9 is beyond the model's T = 4 steps"),  # now at validation (issue 31)
         (f"seeds=[{{use: file-image, path: {blank}}}]", "partial drawing 0 is blank"),
     ]:
         r = qd("run", finish, "--out", tmp_path / "bad.gif", "-s", override, "--quiet", cwd=tmp_path)
@@ -222,3 +222,42 @@ def test_finish_and_morph_from_recipes_on_the_command_line(tiny_model, tmp_path)
             r.stderr
         )
         assert not (tmp_path / "bad.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "mode, seeds, dataset, fragment",
+    [
+        ("{use: complete, k: 9}", "[training-batch]", "apple", "mode: complete: k: 9 is beyond the model's T = 4"),
+        ("{use: complete}", "[prior]", "apple", "the seed chain gives none (`prior`)"),
+        ("{use: morph, start: cat, end: dog}", "[prior]", "apple", "learns one category, so it knows none"),
+        ("{use: morph, start: cat, end: zebra}", "[prior]", "[cat, dog]", "'zebra' is not a category"),
+    ],
+)
+def test_modes_check_what_the_recipe_says_at_validation(tmp_path, capsys, monkeypatch, mode, seeds, dataset, fragment):
+    """Issue 31: these were found only after training, when the mode ran."""
+    from qdcore.cli import main
+
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"dataset: {{use: quickdraw, category: {dataset}, limit: 40}}\nmodel: {{T: 4}}\nmode: {mode}\nseeds: {seeds}\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(recipe)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert e.value.code == 2 and len(errors) == 1 and fragment in errors[0] and "Traceback" not in err, err
+
+
+def test_a_morph_between_categories_a_shared_model_knows_passes_validation(tmp_path, capsys, monkeypatch):
+    from qdcore.cli import main
+
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators,packs")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "dataset: {use: quickdraw, category: cat}\nmodel: {from: zoo-26}\n"
+        "mode: {use: morph, start: cat, end: dog}\nseeds: [prior]\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(recipe)])
+    assert e.value.code == 0, capsys.readouterr().err
