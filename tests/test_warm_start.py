@@ -261,3 +261,23 @@ def test_an_unknown_start_at_run_time_is_one_input_error(tmp_path, monkeypatch, 
     (cache / "packs" / "tiny-zoo").rmdir()
     with pytest.raises(InputError, match="model.start: no model named 'tiny-zoo'"):
         engine.prepare(r)
+
+
+def test_a_start_may_name_a_recipe_whose_model_is_in_the_cache(zoo_packs, tmp_path, monkeypatch):
+    """`start: zoo` names zoo.yaml beside the recipe: its model trained into the cache starts this one."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(zoo_packs[0].parent / "cache-0", cache)
+    monkeypatch.setenv("QD_CACHE_DIR", str(cache))
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    (tmp_path / "zoo.yaml").write_text(ZOO % (0, 0))
+    path = tmp_path / "banana.yaml"
+    path.write_text((BANANA % (100, 2, "")).replace("start: tiny-zoo", "start: zoo"))
+    r = load(path, build().registry)
+    source = engine.start_source(r)
+    zoo = load(tmp_path / "zoo.yaml", build().registry)
+    assert source.workdir == engine.model_dir(zoo) and source.identity() == {"model": source.workdir.name, "step": 6}
+    trained = engine.Run(r).model()
+    done = json.loads((trained.workdir / "finished.json").read_text())["start"]
+    assert done["from"] == "the shared model 'tiny-zoo'" and done["identity"]["step"] == 6
