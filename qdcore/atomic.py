@@ -35,6 +35,9 @@ def refuse_not_regular(path: Path | str, example: str = "") -> None:
         return
     except OSError as e:
         raise InputError(os_error_line(e, path)) from None
+    except ValueError as e:  # a NUL byte, lone surrogates: no file can have that name
+        shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise InputError(f"output {shown} is not a name a file can have ({type(e).__name__}); give another") from None
     if stat.S_ISREG(mode):
         return
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")

@@ -438,7 +438,13 @@ def bench_data(
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None):
-    print(f"Warning: {message}", file=sys.stderr)
+    print(_printable(f"Warning: {message}"), file=sys.stderr)
+
+
+def _printable(line: str) -> str:
+    """A line any terminal can take: a name from the input may hold lone surrogates (YAML's
+    "\ud800" escapes), which no encoding can write; they are shown escaped instead."""
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Stopped(BaseException):
@@ -515,7 +521,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except QdError as e:
         if debug:
             raise
-        typer.echo(f"Error: {e}", err=True)
+        typer.echo(_printable(f"Error: {e}"), err=True)
         code = e.exit_code
     except typer.Exit as e:
         code = e.exit_code

@@ -135,3 +135,19 @@ def test_qd_models_export_refuses_a_fifo_or_device_before_reading_the_model(tmp_
         code, err = cli("models", "export", "zoo-26", path, capsys=capsys)
         assert code == 2 and "qd replaces only regular files" in one_error(err), err
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+@pytest.mark.parametrize(
+    "where, text",
+    [("output", 'output: {use: gif, path: "\\ud800\\udc00.gif"}\n'), ("model.from", 'model: {from: "\\ud800x"}\n')],
+)
+def test_names_no_file_can_have_are_one_printable_line(tmp_path, capsys, monkeypatch, where, text):
+    """Found by the fuzzer: YAML's "\\ud800" escapes make lone surrogates, which no file name and no
+    terminal encoding can hold (was: `unexpected UnicodeEncodeError`, while printing the error)."""
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: {use: quickdraw, category: apple}\n" + text)
+    code, err = cli("validate", recipe, capsys=capsys)
+    line = one_error(err)
+    assert code == 2 and where in line and "\\ud800" in line, err
+    line.encode("utf-8")  # printable as it is
