@@ -157,6 +157,8 @@ def test_a_resumed_fine_tune_restores_its_own_checkpoint(cache, tmp_path, monkey
     assert "start: the weights of the model pack 'tiny-zoo'" in capsys.readouterr().err
     resumed = engine.Run(r, loud).model()
     assert resumed.step == 4 and "start:" not in capsys.readouterr().err  # its own checkpoint, not the pack
+    # Its record still says where it started (kept in start.json from the first run).
+    assert json.loads((resumed.workdir / "finished.json").read_text())["start"]["identity"]["pack"] == "tiny-zoo"
     # The same run uninterrupted, in another cache with the same pack, ends at the same weights.
     other = tmp_path / "other"
     monkeypatch.setenv("QD_CACHE_DIR", str(other))

@@ -143,6 +143,21 @@ def read_finished(path: Path) -> dict | None:
     return None
 
 
+def read_record(path: Path) -> dict | None:
+    """A small JSON record qd wrote beside a model (start.json), or None: absent or damaged
+    (a damaged one is only left out, with a warning: it describes the model, it decides nothing)."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")[:1_000_000])
+        if isinstance(value, dict):
+            return value
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError):
+        pass
+    warn(f"{path} is damaged; left out of the model's records")
+    return None
+
+
 def read_last_batch(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     """last_batch.npy as (n, H, W) float32, or None (with a warning if it was damaged)."""
     if not path.exists():

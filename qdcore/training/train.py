@@ -7,6 +7,7 @@ Everything for one model lives in the `workdir` the engine hands over:
                       or stopped by the stop rule ("stopped": step, reason, rule), with
                       the class names of a conditional model
     stop.json         the stop rule's checks so far, replayed on resume (qdcore/training/stopping.py)
+    start.json        where a warm-started run's first weights came from (warm_start.initialize)
     last_by_class.npz a conditional model's last training images of each class
     tensorboard/      TensorBoard summaries (qdcore/training/summaries.py)
 Under a multi-worker strategy only the chief writes any of these (qdcore/training/distribute.py).
@@ -44,6 +45,7 @@ from ..models import CHECKPOINTS, FINISHED
 from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
 LAST_BATCH = "last_batch.npy"
+STARTED = "start.json"
 LAST_BY_CLASS = "last_by_class.npz"
 KEEP_PER_CLASS = 16
 
@@ -391,7 +393,7 @@ def train(
     A workdir holding a finished model is loaded and nothing is trained, unless it was
     stopped early by another stop rule than train_cfg's: then it trains on from the stop.
     restart=True discards workdir's checkpoints, last batch, stop record and finished marker first.
-    `start` (a sources.SharedSource): a fresh run begins from that model's weights
+    `start` (a warm_start.Start): a fresh run begins from that model's weights
     (qdcore/training/warm_start.py); a resumed one from its own checkpoint.
     """
     workdir = Path(workdir)
@@ -444,7 +446,7 @@ def _train(
 def _forget(workdir: Path) -> None:
     """restart=True: the checkpoints, last batch, stop record and finished marker go first."""
     shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-    for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE):
+    for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE, STARTED):
         (workdir / name).unlink(missing_ok=True)
 
 
@@ -491,6 +493,9 @@ class _Training:
 
             self.started = warm_start.initialize(self.model, start, self.data, train_idx)
             self.say(warm_start.describe(self.started))
+            if self.chief:  # kept for finished.json, which a resumed run writes
+                with atomic_path(self.workdir / STARTED) as tmp:
+                    tmp.write_text(json.dumps(self.started))
         if self.multi:
             try:
                 distribute.sync_from_chief(
@@ -639,8 +644,9 @@ class _Training:
             "dataset": self.data.name,
             "data": _counts(self.data, train_idx),
         }
-        if self.started is not None:
-            finished["start"] = self.started
+        started = self.started or checkpoints.read_record(workdir / STARTED)
+        if started is not None:
+            finished["start"] = started
         if stopped is not None:
             finished["stopped"] = stopped
             self.say(f"stopped at step {step:,} of {self.train_cfg.iterations:,}: {stopped['reason']}")
