@@ -52,8 +52,9 @@ MEASURE_STEPS = 10
 MEASURE_MIN_IMAGES = 200_000
 # A short run with nothing cached compiles its step (XLA) when it has at least this many steps
 # of a batch too small to split into streams: there most of a step is per-op overhead, which
-# XLA's fused step removes (batch 20 here: 680 against 317 img/s uncompiled), and its compile
-# (about 14 s more than the uncompiled first step) is repaid after about 400 steps.
+# XLA's fused step removes (batch 20 on a quiet Zen 4: 1,030-1,111 against 516-521 img/s
+# uncompiled), and its compile (about 5 s more than the uncompiled first step) is repaid after
+# about 260 steps; 400 leaves room for a slower compile.
 SHORT_XLA_MIN_STEPS = 400
 
 
