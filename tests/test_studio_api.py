@@ -710,7 +710,8 @@ def test_the_page_may_name_a_pack_and_the_default_trains_without_one(
 
     apple_only = tmp_path / "fruit.qdpack"
     pack, weights = packs.read(tiny_pack)
-    packs.write(apple_only, {**pack.manifest, "name": "fruit", "categories": ["apple", "fish"]}, weights)
+    # (as many categories as the tiny pack's class rows: export refuses a pack import would refuse)
+    packs.write(apple_only, {**pack.manifest, "name": "fruit", "categories": ["apple", "fish", "banana"]}, weights)
     installed_packs(apple_only)
     bare = Studio(build(), None, workdir=tmp_path / "bare")
     try:

@@ -62,9 +62,10 @@ def test_morph_between_dataset_seeds_and_an_unknown_category(page):  # noqa: F81
     page.wait_for_selector("#dl-gif[aria-disabled=false]", timeout=60_000)
     assert page.locator("#player canvas").count() == 2
     assert int(page.locator("#scrub").get_attribute("max")) + 1 == 30  # 16 frames there, 14 back
-    # The tiny model knows one category: naming one is the model's one line, shown on the page.
+    # The tiny model knows one category: naming one is refused while the recipe is checked
+    # (Generator.check, before anything is drawn), one line shown on the page.
     page.fill("#morph-start", "cat")
     page.click("#morph")
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=60_000)
-    assert "not class-conditional" in error.inner_text()
+    assert "learns one category, so it knows none by name" in error.inner_text()
