@@ -104,6 +104,10 @@ class Upscale(Filter):
         self.size = size
         self.resample = RESAMPLE[resample]
 
+    def shape(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.size / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
     def apply(self, frames: np.ndarray, ctx: Context) -> np.ndarray:
         x = _frames(frames, "upscale")
         h, w = x.shape[1:]
@@ -232,14 +236,16 @@ class Ink(Filter):
             return otsu_threshold(frames)
         return float(self.threshold)
 
+    def shape(self, height: int, width: int) -> tuple[int, int]:
+        if self.size is None:
+            return height, width
+        scale = self.size / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
     def apply(self, frames: np.ndarray, ctx: Context) -> np.ndarray:
         x = _frames(frames, "ink")
         h, w = x.shape[1:]
-        if self.size is None:
-            oh, ow = h, w
-        else:
-            scale = self.size / max(h, w)
-            oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+        oh, ow = self.shape(h, w)
         from scipy import ndimage
 
         ss = self.supersample

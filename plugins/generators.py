@@ -33,6 +33,9 @@ class Complete(Generator):
         self.k = k
         self.tries = tries
 
+    def pictures(self, n: int) -> int:
+        return n * self.tries
+
     def check(self, recipe: ModeCheck) -> None:
         if recipe.prior:
             raise RecipeError(_NO_PARTIAL)
@@ -105,6 +108,9 @@ class Morph(Generator):
             raise InputError(f"mode: morph: {to} does not exist; give a PNG or JPEG file for the end drawing")
         self.frames, self.start, self.end, self.to = frames, start, end, to
         self.invert, self.fit, self.forth_and_back = invert, fit, forth_and_back
+
+    def pictures(self, n: int) -> int:
+        return n * self.frames
 
     def check(self, recipe: ModeCheck) -> None:
         named = [c for c in (self.start, self.end) if c is not None]

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import models, packs, paths, recognizer as recog
+from . import limits, models, packs, paths, recognizer as recog
 from .atomic import check_target
 from .sources import (
     SharedSource,
@@ -110,7 +110,37 @@ def prepare(recipe: Recipe) -> Built:
             check(_mode_check(recipe))
         except RecipeError as e:
             raise RecipeError(str(e), f"{recipe.mode.label}: mode") from None
+    check_memory(recipe, built)
     return built
+
+
+def check_memory(recipe: Recipe, built: Built) -> None:
+    """One memory budget (limits.check_memory), before any work: the pictures the model draws
+    (generate.n, x best_of, x a mode's tries or frames), each a canvas per step at the model's
+    size, then the same frames at the size the filters make (float32, input and output)."""
+    g = recipe.generate
+    pictures = getattr(built.mode, "pictures", None)
+    drawn = (pictures(g.n) if pictures is not None else g.n) * g.best_of
+    h, w = recipe.model.height, recipe.model.width
+    largest = h * w
+    for f in built.filters:
+        shape = getattr(f, "shape", None)
+        if shape is not None:
+            h, w = shape(h, w)
+            largest = max(largest, h * w)
+    frames = drawn * (recipe.model.T + 1)
+    what = (
+        f"{drawn:,} pictures of {recipe.model.T + 1} frames at {h}x{w} "
+        f"(generate.n {g.n:,}"
+        + (f" x best_of {g.best_of}" if g.best_of > 1 else "")
+        + (f" x mode {recipe.mode.use!r}" if built.mode is not None else "")
+        + ")"
+    )
+    fix = "lower generate.n" + (", generate.best_of" if g.best_of > 1 else "")
+    fix += ", the mode's tries or frames" if built.mode is not None else ""
+    fix += " or the filters' size" if largest > recipe.model.height * recipe.model.width else ""
+    size = frames * (recipe.model.height * recipe.model.width + 2 * largest) * 4
+    limits.check_memory(size, what, fix, recipe.dataset.label or str(recipe.path))  # the studio says "studio"
 
 
 def _mode_check(recipe: Recipe) -> ModeCheck:

@@ -135,6 +135,12 @@ class Filter:
     """Registered with `qd_register_filters`. Frames in, frames out: (K, H, W) float32 in
     [0, 1] -> (K, H', W') float32 in [0, 1]; the size may change (upscale)."""
 
+    def shape(self, height: int, width: int) -> tuple[int, int]:
+        """The (H', W') of frames of (height, width) after this filter, told before any frame
+        exists (the memory a recipe needs is checked when it is checked). Optional: a filter
+        that changes the size says so here; the default keeps it."""
+        return height, width
+
     def apply(self, frames: np.ndarray, ctx: Context) -> np.ndarray:
         raise NotImplementedError
 
@@ -178,6 +184,11 @@ class Generator:
     encode, decode, labels, cfg, classes), so a plugin never imports TensorFlow. Raise
     qdcore.InputError for input the model cannot use (a blank drawing, an unknown category).
     """
+
+    def pictures(self, n: int) -> int:
+        """How many pictures the model draws for the recipe's n (complete: n x tries; morph:
+        n x frames), for the memory check. Optional: the default is n."""
+        return n
 
     def check(self, recipe: ModeCheck) -> None:
         """Called when the recipe is checked, before any training: raise qdcore.RecipeError for

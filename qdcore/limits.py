@@ -25,6 +25,9 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe file or a JSON body's recipe: 1 MiB
 MAX_DEPTH = 32  # mappings and lists inside each other; a real recipe uses 4
 MAX_VALUES = 100_000  # every value, counted once per alias that repeats it
 MAX_JSON_FILE_BYTES = 1 << 20  # the small JSON files qd keeps beside a model (finished.json, eval.json)
+# What one run may allocate for what its input sizes (pictures x steps x frame size): half the
+# machine's memory, or QD_MEMORY_LIMIT_MB. Checked when a recipe is checked (engine.prepare).
+MEMORY_ENV = "QD_MEMORY_LIMIT_MB"
 
 # Values shown in an error line are cut short: an error never prints a whole document.
 _short = reprlib.Repr()
@@ -169,3 +172,39 @@ def read_text(path: Path, limit: int, what: str) -> str:
     if len(blob) > limit:
         raise RecipeError(f"is over {limit >> 10} KiB; {what}", str(path))
     return blob.decode("utf-8")
+
+
+def memory_budget() -> int:
+    """Bytes one run may allocate for sizes its input decides: QD_MEMORY_LIMIT_MB, else half
+    of this machine's memory (Linux /proc/meminfo; 4 GiB where that cannot be read)."""
+    import os
+
+    value = os.environ.get(MEMORY_ENV, "").strip()
+    if value:
+        try:
+            mb = float(value)
+        except ValueError:
+            raise RecipeError(f"{MEMORY_ENV}={shown(value)} is not a number of megabytes") from None
+        if not mb > 0:
+            raise RecipeError(f"{MEMORY_ENV}={shown(value)} must be a positive number of megabytes")
+        return int(mb * (1 << 20))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30
+
+
+def check_memory(nbytes: int, what: str, fix: str, where: str) -> None:
+    """RecipeError when `what` needs more than memory_budget(): the line says how much, the
+    limit, and `fix` (the settings to lower)."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise RecipeError(
+            f"{what} need about {nbytes / 2**30:.3g} GB, above the {budget / 2**30:.3g} GB one run may use "
+            f"(half this machine's memory; {MEMORY_ENV} sets another): {fix}",
+            where,
+        )

@@ -151,3 +151,69 @@ def test_names_no_file_can_have_are_one_printable_line(tmp_path, capsys, monkeyp
     line = one_error(err)
     assert code == 2 and where in line and "\\ud800" in line, err
     line.encode("utf-8")  # printable as it is
+
+
+# --- one memory budget (issue 31, class 2) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("generate: {n: 10000, best_of: 64}\n", ("640,000 pictures", "lower generate.n, generate.best_of")),
+        (
+            "generate: {n: 10000}\nmode: {use: complete, tries: 64}\nseeds: [training-batch]\n",
+            ("640,000 pictures", "x mode 'complete'", "the mode's tries or frames"),
+        ),
+        ("generate: {n: 10000}\nfilters: [{use: upscale, size: 4096}]\n", ("at 4096x4096", "the filters' size")),
+    ],
+)
+def test_sizes_from_the_recipe_are_checked_against_one_memory_budget(tmp_path, capsys, monkeypatch, text, fragments):
+    """Was: `qd validate` ok, then `unexpected MemoryError` (or the OOM killer) after training."""
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS + ",generators,recognizers")
+    monkeypatch.setenv("QD_MEMORY_LIMIT_MB", "8192")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: {use: quickdraw, category: apple}\n" + text)
+    code, err = cli("validate", recipe, capsys=capsys)
+    line = one_error(err)
+    assert code == 2 and "above the 8 GB one run may use" in line and "QD_MEMORY_LIMIT_MB" in line, err
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_the_memory_budget_is_half_the_machine_or_the_setting(tmp_path, capsys, monkeypatch):
+    from qdcore import limits
+
+    monkeypatch.delenv("QD_MEMORY_LIMIT_MB", raising=False)
+    total = next(int(x.split()[1]) * 1024 for x in open("/proc/meminfo") if x.startswith("MemTotal:"))
+    assert limits.memory_budget() == total // 2
+    monkeypatch.setenv("QD_MEMORY_LIMIT_MB", "1")
+    assert limits.memory_budget() == 1 << 20
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: {use: quickdraw, category: apple}\ngenerate: {n: 500}\n")
+    code, err = cli("validate", recipe, capsys=capsys)  # 500 x 11 canvases of 28x28: 52 MB, above 1 MB
+    assert code == 2 and "generate.n 500" in one_error(err)
+    monkeypatch.setenv("QD_MEMORY_LIMIT_MB", "lots")
+    code, err = cli("validate", recipe, capsys=capsys)
+    assert code == 2 and "QD_MEMORY_LIMIT_MB='lots' is not a number of megabytes" in one_error(err)
+
+
+def test_the_studio_answers_the_memory_budget_with_a_400(tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from qdcore.plugin_manager import build
+    from qdcore.studio.server import create_app
+    from qdcore.studio.session import Studio
+
+    monkeypatch.delenv("QD_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("QD_MEMORY_LIMIT_MB", "8192")
+    studio = Studio(build(), None, workdir=tmp_path / "studio")
+    try:
+        with TestClient(create_app(studio)) as c:
+            recipe = c.get("/api/recipe").json()["recipe"]
+            r = c.post("/api/validate", json={"recipe": {**recipe, "generate": {"n": 10000, "best_of": 64}}})
+    finally:
+        studio.close()
+    assert r.status_code == 400
+    line = r.json()["error"]
+    assert line.startswith("Error: studio: 640,000 pictures") and "lower generate.n, generate.best_of" in line
