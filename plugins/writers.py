@@ -8,14 +8,29 @@ attention, given in model pixels, is scaled to whatever size the frames have now
 
 from __future__ import annotations
 
+import contextlib
 import math
+import struct
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from qdcore import Context, Drawing, InputError, Range, RecipeError, Writer, atomic_path, hookimpl, two_inks
+from qdcore import (
+    WRITE_ERRNOS,
+    Context,
+    Drawing,
+    InputError,
+    QdError,
+    Range,
+    RecipeError,
+    Writer,
+    WriteError,
+    atomic_path,
+    hookimpl,
+    two_inks,
+)
 
 Frames = Literal["samples", "steps"]
 Seconds = Annotated[float, Range(0.01, 655.35)]  # a GIF stores a frame's delay in 1/100 s, 16 bits
@@ -126,6 +141,30 @@ class _GridWriter(Writer):
     that signature is what a recipe is validated against."""
 
     who = ""
+    # The largest side the format holds, in pixels (GIF: 16-bit sizes; WebP: 14-bit).
+    max_side: Optional[int] = None
+    format_name = ""
+
+    def canvas(self, n: int, frame: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of the images this writer makes from n pictures of `frame` pixels."""
+        h, w = frame
+        if self.frames == "samples":
+            return h, w
+        shown = 1 if getattr(self, "sample", None) is not None else n
+        cols = grid_columns(shown, self.columns)
+        return Layout(math.ceil(shown / cols), cols, h, w, self.spacing).size
+
+    def check_size(self, n: int, frame: Optional[tuple[int, int]]) -> None:
+        """The format's limit on a side, checked when the recipe is checked (Writer.check)."""
+        if frame is None or self.max_side is None:
+            return
+        h, w = self.canvas(n, frame)
+        if max(h, w) > self.max_side:
+            raise RecipeError(
+                f"{self.who}: {n} pictures of {frame[0]}x{frame[1]} make {h}x{w} images, and {self.format_name} "
+                f"holds at most {self.max_side:,} pixels a side: lower generate.n, set `columns`, or make the "
+                "filters' size smaller"
+            )
 
     def _grid(self, frames: str, columns, attention: bool, spacing: int, shade: float) -> None:
         if attention and frames != "steps":
@@ -173,12 +212,16 @@ class Gif(_GridWriter):
         self.loop = loop
         self.sample = sample
 
-    def check(self, n: int) -> None:
+    max_side = 65_535
+    format_name = "a GIF"
+
+    def check(self, n: int, frame: Optional[tuple[int, int]] = None) -> None:
         if self.sample is not None and self.frames == "steps" and self.sample >= n:
             raise RecipeError(
-                f"gif: `sample: {self.sample}` but generate.n draws {n} samples (0..{n - 1}): "
+                f"{self.who}: `sample: {self.sample}` but generate.n draws {n} samples (0..{n - 1}): "
                 f"choose one of those, or raise generate.n"
             )
+        self.check_size(n, frame)
 
     def images(self, drawing: Drawing) -> list[np.ndarray]:
         """The GIF's frames as uint8 arrays, (H, W) greyscale or (H, W, 3) with boxes or two inks."""
@@ -233,15 +276,16 @@ class Gif(_GridWriter):
         # Encoded in memory, then written in one call: a full disk fails that call only. Given
         # the file, imageio's writer failed mid-GIF and flushed again when garbage-collected,
         # printing a second traceback after qd's one Error line.
-        blob = iio.imwrite(
-            "<bytes>",
-            np.stack(frames),
-            extension=".gif",
-            plugin="pillow",
-            is_batch=True,
-            duration=duration,
-            loop=self.loop,
-        )
+        with encoding(path, self.who):
+            blob = iio.imwrite(
+                "<bytes>",
+                np.stack(frames),
+                extension=".gif",
+                plugin="pillow",
+                is_batch=True,
+                duration=duration,
+                loop=self.loop,
+            )
         with atomic_path(path) as tmp:
             tmp.write_bytes(blob)
         return path
@@ -253,11 +297,13 @@ class WebP(Gif):
 
     suffix = ".webp"
     who = "webp"
+    max_side = 16_383
+    format_name = "a WebP"
 
     def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
         frames = [Image.fromarray(f).convert("RGB") for f in self.images(drawing)]
         path = Path(path)
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, encoding(path, self.who):
             frames[0].save(
                 tmp,
                 format="WEBP",
@@ -277,6 +323,9 @@ class Mp4(Gif):
 
     suffix = ".mp4"
     who = "mp4"
+    # H.264 levels stop at 8,192 x 4,320 (level 6.2: 139,264 macroblocks a frame); libx264 refuses more.
+    max_side = 8_192
+    format_name = "an H.264 MP4"
 
     def __init__(
         self,
@@ -289,7 +338,7 @@ class Mp4(Gif):
         spacing: Spacing = 2,
         spacing_shade: Shade = 0.5,
     ):
-        encoder()  # missing encoder: fail while the recipe is checked, before any training
+        encoder(check=True)  # missing or broken encoder: fail while the recipe is checked, before any training
         super().__init__(frames, duration, hold_last, 0, sample, attention, columns, spacing, spacing_shade)
 
     def ticks(self, count: int) -> tuple[float, list[int]]:
@@ -307,7 +356,7 @@ class Mp4(Gif):
         fill = int(round(self.shade * 255))
         fps, repeats = self.ticks(len(frames))
         path = Path(path)
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, encoding(path, self.who):
             writer = ffmpeg.write_frames(
                 str(tmp),
                 (w + w % 2, h + h % 2),
@@ -316,7 +365,9 @@ class Mp4(Gif):
                 quality=8,
                 macro_block_size=1,
                 pix_fmt_out="yuv420p",
-                ffmpeg_log_level="error",
+                # Quiet: its log would print lines of its own around qd's one line; a failure
+                # is found below from the file instead, and said once.
+                ffmpeg_log_level="quiet",
                 output_params=["-f", "mp4"],
             )
             writer.send(None)
@@ -325,11 +376,21 @@ class Mp4(Gif):
                 for _ in range(times):
                     writer.send(padded)
             writer.close()
+            # imageio-ffmpeg does not look at ffmpeg's exit status: an MP4 begins with its
+            # `ftyp` box, and without one ffmpeg failed (the half-written file goes).
+            with open(tmp, "rb") as f:
+                head = f.read(8)
+            if head[4:8] != b"ftyp":
+                raise WriteError(
+                    f"cannot write {path}: the mp4 encoder ({ffmpeg.get_ffmpeg_exe()}) wrote no video; run it by hand "
+                    "to see why, or use `output: {use: gif}`"
+                )
         return path
 
 
-def encoder():
-    """imageio_ffmpeg, or InputError saying how to install it."""
+def encoder(check: bool = False):
+    """imageio_ffmpeg, or InputError saying how to install it; with `check`, its ffmpeg must
+    also run (`ffmpeg -version`): a missing or broken binary is found before any training."""
     try:
         import imageio_ffmpeg
     except ImportError:
@@ -337,7 +398,42 @@ def encoder():
             'the mp4 writer needs imageio-ffmpeg, which is not installed: pip install "qd[mp4]" '
             "(or pip install imageio-ffmpeg), or use `output: {use: gif}` or `webp`"
         ) from None
+    if check:
+        import subprocess
+
+        try:
+            exe = imageio_ffmpeg.get_ffmpeg_exe()
+            subprocess.run([exe, "-version"], capture_output=True, timeout=30, check=True)
+        except Exception as e:  # noqa: BLE001 - not found, not executable, crashed, hung: all one answer
+            raise InputError(
+                f"the mp4 writer's ffmpeg does not run ({type(e).__name__}: {_first_line(e)}): reinstall "
+                "imageio-ffmpeg, set IMAGEIO_FFMPEG_EXE to a working ffmpeg, or use `output: {use: gif}`"
+            ) from None
     return imageio_ffmpeg
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+@contextlib.contextmanager
+def encoding(path: Path, who: str):
+    """An encoder's failure (Pillow's, ffmpeg's: a size past the format's limits, a broken
+    pipe, a full disk) as one line naming the file; a full disk or read-only folder is
+    atomic_path's own line. Nothing is left: the write is atomic."""
+    try:
+        yield
+    except QdError:
+        raise
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise
+        raise WriteError(f"cannot write {path}: the {who} encoder failed ({_first_line(e)})") from None
+    except (ValueError, RuntimeError, OverflowError, EOFError, struct.error) as e:
+        raise WriteError(
+            f"cannot write {path}: the {who} encoder failed ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 class PngSheet(_GridWriter):

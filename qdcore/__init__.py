@@ -14,7 +14,16 @@ Importing qdcore does not import TensorFlow.
 
 from .atomic import atomic_path, current_umask, remove_stale_parts
 from .categories import ALL, check_categories
-from .errors import InputError, PluginError, QdError, RecipeError, TrainingError, UnknownNameError
+from .errors import (
+    WRITE_ERRNOS,
+    InputError,
+    PluginError,
+    QdError,
+    RecipeError,
+    TrainingError,
+    UnknownNameError,
+    WriteError,
+)
 from .hookspecs import hookimpl
 from .images import open_image, reading
 from .imagestack import ImageStack
@@ -57,6 +66,8 @@ __all__ = [
     "InputError",
     "PluginError",
     "TrainingError",
+    "WriteError",
+    "WRITE_ERRNOS",
     "Recognizer",
     "Classifier",
     "__version__",

@@ -11,6 +11,7 @@ TensorFlow is imported only when a model is needed (qdcore.training.train / qdco
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import time
@@ -101,7 +102,9 @@ def prepare(recipe: Recipe) -> Built:
     check = getattr(built.writer, "check", None)  # Writer.check: optional, before any training
     if check is not None:
         try:
-            check(recipe.generate.n)
+            # With a second parameter, it is also told the frames' size after the filters.
+            frame = (frame_shape(recipe, built),) if len(inspect.signature(check).parameters) > 1 else ()
+            check(recipe.generate.n, *frame)
         except RecipeError as e:
             raise RecipeError(str(e), f"{recipe.output.label}: output") from None
     check = getattr(built.mode, "check", None)  # Generator.check: the same, for `mode:`
@@ -121,13 +124,8 @@ def check_memory(recipe: Recipe, built: Built) -> None:
     g = recipe.generate
     pictures = getattr(built.mode, "pictures", None)
     drawn = (pictures(g.n) if pictures is not None else g.n) * g.best_of
-    h, w = recipe.model.height, recipe.model.width
-    largest = h * w
-    for f in built.filters:
-        shape = getattr(f, "shape", None)
-        if shape is not None:
-            h, w = shape(h, w)
-            largest = max(largest, h * w)
+    largest = max(h * w for h, w in _shapes(recipe, built))
+    h, w = frame_shape(recipe, built)
     frames = drawn * (recipe.model.T + 1)
     what = (
         f"{drawn:,} pictures of {recipe.model.T + 1} frames at {h}x{w} "
@@ -141,6 +139,20 @@ def check_memory(recipe: Recipe, built: Built) -> None:
     fix += " or the filters' size" if largest > recipe.model.height * recipe.model.width else ""
     size = frames * (recipe.model.height * recipe.model.width + 2 * largest) * 4
     limits.check_memory(size, what, fix, recipe.dataset.label or str(recipe.path))  # the studio says "studio"
+
+
+def _shapes(recipe: Recipe, built: Built) -> list[tuple[int, int]]:
+    """The frames' (height, width) at the model, then after each filter (Filter.shape)."""
+    out = [(recipe.model.height, recipe.model.width)]
+    for f in built.filters:
+        shape = getattr(f, "shape", None)
+        out.append(tuple(shape(*out[-1])) if shape is not None else out[-1])
+    return out
+
+
+def frame_shape(recipe: Recipe, built: Built) -> tuple[int, int]:
+    """What the writer will get: each picture's (height, width) after the recipe's filters."""
+    return _shapes(recipe, built)[-1]
 
 
 def _mode_check(recipe: Recipe) -> ModeCheck:

@@ -217,3 +217,76 @@ def test_the_studio_answers_the_memory_budget_with_a_400(tmp_path, monkeypatch):
     assert r.status_code == 400
     line = r.json()["error"]
     assert line.startswith("Error: studio: 640,000 pictures") and "lower generate.n, generate.best_of" in line
+
+
+# --- writers know their limits (issue 31, class 4) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output, fragment",
+    [
+        ("{use: gif, frames: steps, columns: 1}", "make 113998x112 images, and a GIF holds at most 65,535 pixels"),
+        ("{use: webp, frames: steps, columns: 1}", "a WebP holds at most 16,383 pixels"),
+        ("{use: mp4, frames: steps, columns: 1}", "an H.264 MP4 holds at most 8,192 pixels"),
+    ],
+)
+def test_a_canvas_past_the_formats_limit_is_refused_at_validation(tmp_path, capsys, monkeypatch, output, fragment):
+    """Was: trained, then `unexpected RuntimeError` / `OverflowError` plus a library traceback."""
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "dataset: {use: quickdraw, category: apple}\ngenerate: {n: 1000}\n"
+        f"filters: [{{use: upscale, size: 112}}]\noutput: {output}\n"
+    )
+    code, err = cli("validate", recipe, capsys=capsys)
+    line = one_error(err)
+    assert code == 2 and "output" in line and fragment in line, err
+    recipe.write_text(recipe.read_text().replace("n: 1000", "n: 16"))  # 16 fit every format
+    assert cli("validate", recipe, capsys=capsys)[0] == 0
+
+
+FAKE_FFMPEG = """#!/bin/sh
+if [ "$1" = "-version" ]; then echo "ffmpeg version 0 (a test's stand-in)"; exit 0; fi
+cat > /dev/null &
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "[libx264 @ 0x0] log line $i" >&2; done
+echo "Conversion failed!" >&2
+exit 1
+"""
+
+
+def test_an_mp4_encoder_that_is_missing_or_fails_is_one_line(tmp_path, capsys, monkeypatch, quickdraw_dir):
+    """Was: 9-18 lines of ffmpeg log and a broken pipe "in a file" with no path."""
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.replace("output: {use: gif}", "output: {use: mp4}"))
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", "/bin/false")  # there, but does not run
+    code, err = cli("validate", recipe, capsys=capsys)
+    assert code == 2 and "the mp4 writer's ffmpeg does not run" in one_error(err)
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(FAKE_FFMPEG)
+    fake.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))  # runs, then fails on the frames
+    out = tmp_path / "x.mp4"
+    code, err = cli("run", recipe, "--out", out, "--quiet", capsys=capsys)
+    line = one_error(err)
+    assert code == 1 and f"cannot write {out}: the mp4 encoder" in line and "wrote no video" in line, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".x.*"))
+
+
+def test_an_encoders_failure_is_one_line_naming_the_file_and_a_full_disk_stays_a_full_disk(tmp_path):
+    import errno
+
+    from qdcore.errors import WriteError
+    from qdplugins.writers import encoding
+
+    path = tmp_path / "x.webp"
+    for error in (ValueError("image too wide\nmore"), OverflowError("int too large"), BrokenPipeError(32, "Broken pipe")):
+        with pytest.raises(WriteError, match=rf"cannot write {path}: the webp encoder failed \(.*\)$"):
+            with encoding(path, "webp"):
+                raise error
+    with pytest.raises(OSError) as e:  # atomic_path's own line: free some space or write elsewhere
+        with encoding(path, "webp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert not isinstance(e.value, WriteError)
