@@ -650,3 +650,147 @@ def test_json_bodies_against_every_studio_endpoint(studio_client, odd_files, end
         assert res.status_code == 400  # the duplicate key, unless something before it is refused first
     after = {p for p in files_in(studio.tmp) if "uploads" not in p.parts and "shared" not in p.parts}
     assert after <= before, sorted(after - before)
+
+
+# --- hardening, round three (issue 31): modes, model packs, cache records -----------------------
+
+
+MODE_BASES = {
+    "complete": {**BASE, "mode": {"use": "complete", "k": 1, "tries": 2}, "seeds": [{"use": "training-batch"}]},
+    "morph": {**BASE, "mode": {"use": "morph", "frames": 4, "start": None, "end": None, "forth_and_back": True}},
+}
+MODE_PATHS = [("mode", k) for k in ("k", "tries", "frames", "start", "end", "to", "fit", "invert", "zzz")] + [
+    ("output", "columns"),
+    ("output", "spacing"),
+    ("output", "use"),
+    ("model", "start"),
+]
+
+
+@DOCS
+@given(base=st.sampled_from(sorted(MODE_BASES)), path=st.sampled_from(MODE_PATHS), fragment=yaml_fragments)
+def test_mode_and_writer_settings_against_qd_validate(sandbox, odd_files, capsys, monkeypatch, base, path, fragment):
+    """Generation modes' parameters (and the writer's, and `model.start`): checked while the recipe is,
+    exit 0 or 2 with one line, nothing written."""
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators")
+    doc = json.loads(json.dumps(MODE_BASES[base]))
+    doc[path[0]] = {**doc[path[0]], path[1]: HOLE}
+    text = yaml.safe_dump(doc, sort_keys=False).replace(
+        HOLE, fragment.replace("\n", " ").replace("ODD/", f"{odd_files}/")
+    )
+    recipe = sandbox / "fuzz.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    before = files_in(sandbox)
+    code, err = run_cli(["validate", recipe], capsys)
+    assert_refused_or_ok(code, err, before, files_in(sandbox))
+
+
+manifest_values = st.one_of(documents, st.sampled_from([float("nan"), float("inf"), -1, 2**70, "", "x" * 300, [], {}]))
+
+
+@pytest.fixture(scope="module")
+def pack_members(tiny_pack):
+    import zipfile
+
+    with zipfile.ZipFile(tiny_pack) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+@FUZZ
+@given(
+    where=st.sampled_from(
+        [
+            ("name",),
+            ("categories",),
+            ("conditional",),
+            ("steps",),
+            ("model",),
+            ("model", "T"),
+            ("model", "enc_size"),
+            ("model", "attention"),
+            ("train",),
+            ("train", "batch_size"),
+            ("held_out",),
+            ("held_out", "bound"),
+            ("recognizer",),
+            ("data",),
+            ("description",),
+            ("files",),
+            ("files", "weights.npz", "bytes"),
+            ("format_version",),
+            ("zzz",),
+        ]
+    ),  # fmt: skip
+    value=manifest_values,
+    drop=st.booleans(),
+)
+def test_random_pack_manifests_import_or_are_refused_whole(tmp_path_factory, pack_members, where, value, drop):
+    """Every manifest field typed and ranged: a pack imports, or InputError leaves the cache as it was."""
+    import zipfile
+
+    from qdcore import InputError, packs
+
+    m = json.loads(pack_members["manifest.json"])
+    node = m
+    for part in where[:-1]:
+        node = node.setdefault(part, {}) if isinstance(node, dict) else node
+    if isinstance(node, dict):
+        if drop:
+            node.pop(where[-1], None)
+        else:
+            node[where[-1]] = value
+    folder = tmp_path_factory.mktemp("fuzzpack")
+    file = folder / "x.qdpack"
+    with zipfile.ZipFile(file, "w") as z:
+        z.writestr("manifest.json", json.dumps(m))
+        z.writestr("weights.npz", pack_members["weights.npz"])
+    cache = folder / "cache"
+    try:
+        pack = packs.import_pack(file, cache)
+    except InputError as e:
+        assert "\n" not in str(e)
+        assert not (cache / "packs").exists() or not any(p for p in (cache / "packs").iterdir() if p.is_dir())
+        return
+    assert packs.read(pack.path, pack.name)[0].manifest["name"] == pack.name
+    assert packs.listing(cache, {})[0]["status"] == "finished"
+
+
+RECORDS = ["finished.json", "stop.json", "start.json", "eval.json", "recipe.json", "checkpoints/checkpoint"]
+record_contents = st.one_of(
+    st.binary(max_size=200),
+    documents.map(lambda d: json.dumps(d).encode()),
+    st.sampled_from([b"", b"{", b"[" * 3000 + b"]" * 3000, b'{"step": "x"}', b'{"checks": [[1, "x"]]}']),
+)
+
+
+@FUZZ
+@given(record=st.sampled_from(RECORDS), content=record_contents)
+def test_random_cache_records_never_block(tmp_path_factory, tiny_model, record, content):
+    """Every record qd keeps beside a model, damaged any way: `qd models` keeps its table, and the
+    model loads or is retrained after one warning; nothing reaches `unexpected`."""
+    import shutil
+    import warnings
+
+    from qdcore import QdError, models
+    from qdcore.training import stopping
+    from qdcore.training.checkpoints import read_finished, read_record
+
+    cache = tiny_model.parent.parent / "qd-cache"  # where conftest's tiny_model trained
+    source = next(p for p in sorted((cache / "models").iterdir()) if p.is_dir() and p.name.startswith("tiny-"))
+    folder = tmp_path_factory.mktemp("records") / source.name
+    shutil.copytree(source, folder)
+    (folder / record).write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = models.describe(folder)
+        assert row["status"] in ("finished", "partial", "empty")
+        read_finished(folder / "finished.json")
+        stopping.read_state(folder)
+        read_record(folder / "start.json")
+        try:
+            from qdcore.config import ModelConfig
+            from qdcore.training.train import load
+
+            load(ModelConfig(**BASE["model"]), folder)
+        except QdError:
+            pass

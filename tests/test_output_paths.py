@@ -282,7 +282,11 @@ def test_an_encoders_failure_is_one_line_naming_the_file_and_a_full_disk_stays_a
     from qdplugins.writers import encoding
 
     path = tmp_path / "x.webp"
-    for error in (ValueError("image too wide\nmore"), OverflowError("int too large"), BrokenPipeError(32, "Broken pipe")):
+    for error in (
+        ValueError("image too wide\nmore"),
+        OverflowError("int too large"),
+        BrokenPipeError(32, "Broken pipe"),
+    ):
         with pytest.raises(WriteError, match=rf"cannot write {path}: the webp encoder failed \(.*\)$"):
             with encoding(path, "webp"):
                 raise error
