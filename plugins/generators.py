@@ -43,6 +43,8 @@ class Complete(Generator):
             raise RecipeError(
                 f"complete: k: {self.k} is beyond the model's T = {recipe.T} steps; give k from 1 to {recipe.T}"
             )
+        if recipe.seeds is not None:  # a file decides the partial drawings: a blank one is found now
+            check_not_blank(np.asarray(recipe.seeds, np.float32))
 
     def generate(self, model, seeds, n: int, seed: int, ctx: Context) -> Drawing:
         if seeds is None:

@@ -110,9 +110,9 @@ def prepare(recipe: Recipe) -> Built:
     check = getattr(built.mode, "check", None)  # Generator.check: the same, for `mode:`
     if check is not None:
         try:
-            check(_mode_check(recipe))
-        except RecipeError as e:
-            raise RecipeError(str(e), f"{recipe.mode.label}: mode") from None
+            check(_mode_check(recipe, built))
+        except (RecipeError, InputError) as e:
+            raise type(e)(f"{recipe.mode.label}: mode: {e}") from None
     check_memory(recipe, built)
     return built
 
@@ -155,7 +155,7 @@ def frame_shape(recipe: Recipe, built: Built) -> tuple[int, int]:
     return _shapes(recipe, built)[-1]
 
 
-def _mode_check(recipe: Recipe) -> ModeCheck:
+def _mode_check(recipe: Recipe, built: Built) -> ModeCheck:
     """What `mode:` may check before training: the categories the recipe's model will know are
     its dataset's when it names several, a shared model's when it draws from one (`model.from`
     found and knowing the category), none for a one-category model of its own."""
@@ -165,7 +165,10 @@ def _mode_check(recipe: Recipe) -> ModeCheck:
     if source is not None and len(named) == 1 and named[0] in source.categories:
         known = list(source.categories)
     prior = recipe.seeds[0].use == "prior"
-    return ModeCheck(recipe.generate.n, recipe.model.T, prior, known)
+    # A file-image source (and what the perturbations after it make of it) needs no data: the
+    # seed images are known now, so a mode can look at them (a blank partial drawing).
+    seeds = make_seeds(recipe, built, None, None) if recipe.seeds[0].use == "file-image" else None
+    return ModeCheck(recipe.generate.n, recipe.model.T, prior, known, seeds)
 
 
 def context(recipe: Recipe, stage: int, index: int = 0, quiet: bool = False) -> Context:

@@ -164,13 +164,17 @@ class Writer:
 class ModeCheck:
     """What a recipe already says that a generation mode can check before any training
     (Generator.check): how many pictures, the model's steps, whether the seed chain starts
-    from the prior (no seed images), and the categories the model will know (None: not known
-    before training, as for `category: all`; [] for a one-category model, which knows none)."""
+    from the prior (no seed images), the categories the model will know (None: not known
+    before training, as for `category: all`; [] for a one-category model, which knows none),
+    and the seed images themselves when a file decides them."""
 
     n: int
     T: int
     prior: bool
     categories: Optional[list[str]]
+    # The seed images, when the recipe alone decides them (a `file-image` source and the
+    # perturbations after it), as (n, H, W) in [0, 1]; None when they come from data or a model.
+    seeds: Optional[np.ndarray] = None
 
 
 class Generator:

@@ -261,3 +261,26 @@ def test_a_morph_between_categories_a_shared_model_knows_passes_validation(tmp_p
     with pytest.raises(SystemExit) as e:
         main(["validate", str(recipe)])
     assert e.value.code == 0, capsys.readouterr().err
+
+
+def test_a_blank_partial_drawing_from_a_file_is_refused_at_validation(tmp_path, capsys, monkeypatch):
+    """The file decides the partial drawings, so `qd validate` looks at them (issue 31)."""
+    from qdcore.cli import main
+
+    monkeypatch.setenv("QD_LOAD_PLUGINS", "datasets,seeds,filters,writers,generators")
+    Image.new("L", (28, 28), 255).save(tmp_path / "blank.png")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "dataset: {use: quickdraw, category: apple}\nmode: {use: complete}\n"
+        f"seeds: [{{use: file-image, path: {tmp_path / 'blank.png'}}}]\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(recipe)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "mode: complete: partial drawing 0 is blank" in err and err.count("Error:") == 1, err
+    img = Image.new("L", (28, 28), 255)  # a dark stroke on white: ink to continue
+    img.paste(0, (5, 12, 22, 15))
+    img.save(tmp_path / "blank.png")
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(recipe)])
+    assert e.value.code == 0, capsys.readouterr().err
