@@ -41,7 +41,8 @@ def refuse_not_regular(path: Path | str, example: str = "") -> None:
     if stat.S_ISREG(mode):
         return
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    fix = f"give a file name, for example {example}" if example else "give the path of a new or regular file"
+    folder = stat.S_ISDIR(mode)  # a folder gets an example file inside it; a device or FIFO does not
+    fix = f"give a file name, for example {example}" if example and folder else "give the path of a new or regular file"
     raise InputError(f"output {path} is {kind}; qd replaces only regular files: {fix}")
 
 
