@@ -794,3 +794,26 @@ def test_random_cache_records_never_block(tmp_path_factory, tiny_model, record, 
             load(ModelConfig(**BASE["model"]), folder)
         except QdError:
             pass
+
+
+@FUZZ
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.integers(0, 10**9)),
+)
+def test_random_damage_to_a_pack_archive_is_refused_whole(tmp_path_factory, tiny_pack, flips, cut):
+    """Bytes of the archive flipped (headers, the central directory, the members) or cut short:
+    imported whole only if every check still passes, else one InputError and no cache."""
+    from qdcore import InputError, packs
+
+    data = bytearray(tiny_pack.read_bytes())
+    for at, xor in flips:
+        data[at % len(data)] ^= xor
+    if cut is not None:
+        data = data[: cut % len(data)]
+    folder = tmp_path_factory.mktemp("damaged")
+    (folder / "x.qdpack").write_bytes(bytes(data))
+    try:
+        packs.import_pack(folder / "x.qdpack", folder / "cache")
+    except InputError as e:
+        assert "\n" not in str(e) and not (folder / "cache").exists()
