@@ -6,6 +6,7 @@ Without the data they skip on a developer's machine (with the reason) but FAIL u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,21 @@ def quickdraw_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@contextlib.contextmanager
+def cache_dir_set(path):
+    """QD_CACHE_DIR set to `path` for the block (a module or session fixture, where pytest's
+    monkeypatch cannot reach), then as it was."""
+    saved = os.environ.get("QD_CACHE_DIR")
+    os.environ["QD_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("QD_CACHE_DIR", None)
+        else:
+            os.environ["QD_CACHE_DIR"] = saved
 
 
 @pytest.fixture(autouse=True)
@@ -104,17 +120,10 @@ def tiny_model(tmp_path_factory, quickdraw_dir):
     folder = tmp_path_factory.mktemp("tiny")
     recipe = folder / "tiny.yaml"
     recipe.write_text(TINY_RECIPE)
-    saved = os.environ.get("QD_CACHE_DIR")
-    os.environ["QD_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "qd-cache")
-    try:
+    with cache_dir_set(tmp_path_factory.getbasetemp() / "qd-cache"):
         r = load(recipe, build().registry)
         built = engine.prepare(r)
         engine.ensure_model(r, engine.load_data(r, built))
-    finally:
-        if saved is None:
-            os.environ.pop("QD_CACHE_DIR", None)
-        else:
-            os.environ["QD_CACHE_DIR"] = saved
     return recipe
 
 
@@ -137,17 +146,10 @@ def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-pack")
     (root / "tiny-zoo.yaml").write_text(TINY_ZOO)
-    saved = os.environ.get("QD_CACHE_DIR")
-    os.environ["QD_CACHE_DIR"] = str(root / "cache")
-    try:
+    with cache_dir_set(root / "cache"):
         r = load(root / "tiny-zoo.yaml", build().registry)
         engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
         packs.export("tiny-zoo", root / "tiny-zoo.qdpack", root / "cache", {})
-    finally:
-        if saved is None:
-            os.environ.pop("QD_CACHE_DIR", None)
-        else:
-            os.environ["QD_CACHE_DIR"] = saved
     pack, weights = packs.read(root / "tiny-zoo.qdpack")
     (root / "shipped").mkdir()
     return packs.write(root / "shipped" / "zoo-26.qdpack", {**pack.manifest, "name": "zoo-26"}, weights)

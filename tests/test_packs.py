@@ -19,6 +19,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import cache_dir_set
 
 from qdcore import InputError, PluginError, RecipeError, engine, packs
 from qdcore.plugin_manager import build
@@ -70,19 +71,12 @@ def exported(tmp_path_factory, quickdraw_dir):
     cache = root / "cache-a"
     recipe = root / "zoo.yaml"
     recipe.write_text(ZOO)
-    saved = os.environ.get("QD_CACHE_DIR")
-    os.environ["QD_CACHE_DIR"] = str(cache)
-    try:
+    with cache_dir_set(cache):
         r = load(recipe, build().registry)
         data = engine.load_data(r, engine.prepare(r))
         trained = engine.ensure_model(r, data)
         figures = train.evaluate(trained, data, r.train)
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
-    finally:
-        if saved is None:
-            os.environ.pop("QD_CACHE_DIR", None)
-        else:
-            os.environ["QD_CACHE_DIR"] = saved
     file = root / "tiny-zoo.qdpack"
     out = qd("models", "export", "tiny-zoo", file, cache=cache)
     assert out.returncode == 0, out.stderr

@@ -7,11 +7,11 @@ not know the row closest to its drawings (real data, tiny models)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cache_dir_set
 
 from qdcore import InputError, RecipeError, engine, packs
 from qdcore.config import ModelConfig
@@ -43,18 +43,11 @@ def _pack(root: Path, seed: int) -> Path:
     cache = root / f"cache-{seed}"
     recipe = root / f"zoo-{seed}.yaml"
     recipe.write_text(ZOO % (seed, seed))
-    saved = os.environ.get("QD_CACHE_DIR")
-    os.environ["QD_CACHE_DIR"] = str(cache)
-    try:
+    with cache_dir_set(cache):
         r = load(recipe, build().registry)
         engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
         file = root / f"tiny-zoo-{seed}.qdpack"
         packs.export("tiny-zoo", file, cache, {})
-    finally:
-        if saved is None:
-            os.environ.pop("QD_CACHE_DIR", None)
-        else:
-            os.environ["QD_CACHE_DIR"] = saved
     return file
 
 
