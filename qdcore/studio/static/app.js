@@ -33,6 +33,7 @@ async function api(path, body) {
   return data;
 }
 function showError(message) {
+  if (message) S.errorSeq = (S.errorSeq || 0) + 1; // a check sent before this error never clears it
   const box = $("#error");
   document.querySelectorAll(".invalid").forEach((e) => e.classList.remove("invalid"));
   if (!message) { box.hidden = true; box.textContent = ""; return; }
@@ -254,8 +255,11 @@ async function validate() {
   try {
     const r = recipeWith(S.source === "draw" || S.source === "upload" ? (S.source === "upload" ? S.uploadRef || S.recipeImage : null) : null);
     if (r.seeds[0].use === "file-image" && !r.seeds[0].path) r.seeds[0] = { use: "prior" }; // nothing uploaded yet: check the rest
+    const seq = S.errorSeq;
     const res = await api("/api/validate", { recipe: r });
-    showError(null);
+    // A passing check clears the error only if none came while it was on its way: a check sent
+    // before a failed Generate used to hide that failure as soon as it answered.
+    if (S.errorSeq === seq) showError(null);
     $("#model-state").textContent = res.training ? `The model for "${res.name}" is training now (cache key ${res.model_key}).`
       : res.draws_from ? `"${res.name}" draws from ${res.draws_from}: nothing to train.`
       : res.trained ? `The model for "${res.name}" is trained (cache key ${res.model_key}).`
