@@ -21,6 +21,12 @@ def test_finish_my_drawing_plays_step_by_step_downloads_and_copies(page, server,
     error = page.locator("#error")
     error.wait_for(state="visible", timeout=60_000)
     assert "partial drawing 0 is blank" in error.inner_text()
+    # A recipe check that passes after the failure does not hide it (it used to, under load).
+    with page.expect_response("**/api/validate"):
+        page.fill("#n", "3")
+        page.locator("#n").dispatch_event("change")
+    page.evaluate("new Promise((ok) => setTimeout(ok, 0))")  # the answer's handler has run
+    assert error.is_visible() and "partial drawing 0 is blank" in error.inner_text()
 
     draw_stroke(page, [(60, 120), (140, 50), (220, 120)])  # the top of something
     page.fill("#n", "4")

@@ -32,8 +32,11 @@ async function api(path, body) {
   if (!res.ok) throw Object.assign(new Error(data.error || `Error: HTTP ${res.status}`), { status: res.status });
   return data;
 }
-function showError(message) {
-  if (message) S.errorSeq = (S.errorSeq || 0) + 1; // a check sent before this error never clears it
+// Who showed the error on screen: a passing recipe check clears only its own kind, never the
+// failure of something the person pressed (a check answering after, or sent after, a failed
+// Generate used to hide that failure).
+function showError(message, from = "action") {
+  S.errorFrom = message ? from : null;
   const box = $("#error");
   document.querySelectorAll(".invalid").forEach((e) => e.classList.remove("invalid"));
   if (!message) { box.hidden = true; box.textContent = ""; return; }
@@ -255,11 +258,8 @@ async function validate() {
   try {
     const r = recipeWith(S.source === "draw" || S.source === "upload" ? (S.source === "upload" ? S.uploadRef || S.recipeImage : null) : null);
     if (r.seeds[0].use === "file-image" && !r.seeds[0].path) r.seeds[0] = { use: "prior" }; // nothing uploaded yet: check the rest
-    const seq = S.errorSeq;
     const res = await api("/api/validate", { recipe: r });
-    // A passing check clears the error only if none came while it was on its way: a check sent
-    // before a failed Generate used to hide that failure as soon as it answered.
-    if (S.errorSeq === seq) showError(null);
+    if (S.errorFrom === "check") showError(null);
     $("#model-state").textContent = res.training ? `The model for "${res.name}" is training now (cache key ${res.model_key}).`
       : res.draws_from ? `"${res.name}" draws from ${res.draws_from}: nothing to train.`
       : res.trained ? `The model for "${res.name}" is trained (cache key ${res.model_key}).`
@@ -267,7 +267,7 @@ async function validate() {
         + (res.starts_from ? ` (it starts from ${res.starts_from} and fine-tunes it).` : ".");
     S.trained = res.trained;
     return true;
-  } catch (e) { showError(e.message); return false; }
+  } catch (e) { showError(e.message, "check"); return false; }
 }
 
 // ---- drawing pad (pointer events: mouse, pen and touch alike) -------------------------------
