@@ -151,6 +151,30 @@ class Batches:
 
         return tf.data.Dataset.range(start, stop).map(load).prefetch(2)
 
+    def calls(self, bounds: list[tuple[int, int]], slots: int) -> tf.data.Dataset:
+        """(batch indices, images, labels, n) for each call [a, b) of `bounds`: its b - a batches
+        stacked into `slots` (zeros past n = b - a; make_multi_step never runs those)."""
+        h, w = self.data.images.shape[1:3]
+
+        def load(a, b):
+            a, b = int(a), int(b)
+            xs = np.zeros((slots, self.batch_size, h, w), np.float32)
+            ys = np.zeros((slots, self.batch_size), np.int32)
+            for i, k in enumerate(range(a, b)):
+                xs[i], ys[i] = self(k), self.labels_of(k)
+            return np.arange(a, a + slots, dtype=np.int64), xs, ys, np.int32(b - a)
+
+        def stacked(a, b):
+            ks, xs, ys, n = tf.numpy_function(load, [a, b], [tf.int64, tf.float32, tf.int32, tf.int32], stateful=False)
+            ks.set_shape([slots])
+            xs.set_shape([slots, self.batch_size, h, w])
+            ys.set_shape([slots, self.batch_size])
+            n.set_shape([])
+            return ks, xs, ys, n
+
+        starts, stops = (np.array(v, np.int64) for v in zip(*bounds)) if bounds else (np.zeros(0, np.int64),) * 2
+        return tf.data.Dataset.from_tensor_slices((starts, stops)).map(stacked).prefetch(2)
+
 
 def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | None = None):
     """The single-device step, compiled whole: loss, gradient, global-norm clip, guarded Adam update.
@@ -167,9 +191,13 @@ def make_train_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan | N
     if plan is None:
         precision = "bfloat16" if train_cfg.precision == "bfloat16" else "float32"
         plan = StepPlan(precision, precision == "float32")
-    return (_xla_streams_step if plan.jit_compile and plan.streams > 1 else _one_graph_step)(
-        model, opt, train_cfg, plan
-    )
+    if plan.jit_compile and plan.streams > 1:
+        return _xla_streams_step(model, opt, train_cfg, plan)
+    step = _one_graph_step(model, opt, train_cfg, plan)
+    # The loop's several-steps-per-call form of the same step (make_multi_step), built when
+    # first asked for; a step wrapped by a caller has none, and the loop then calls it per step.
+    step.many = lambda: make_multi_step(model, opt, train_cfg, plan)
+    return step
 
 
 def _unpack(x, y):
@@ -196,25 +224,95 @@ def _guarded_update(opt, variables, train_cfg: TrainConfig):
     return update
 
 
+def _step_body(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
+    """body(x, k, y) -> (lx, lz, gradient norm, ok): one whole step, to trace inside a graph."""
+    variables, update = model.weights, _guarded_update(opt, model.weights, train_cfg)
+
+    def body(x, k, y):
+        eps = step_noise(model, train_cfg, k, tf.shape(x)[0])
+        inv = 1.0 / tf.cast(tf.shape(x)[0], tf.float32)
+        with tf.GradientTape() as tape:
+            lx, lz = batch_sums(model, {"x": x, "y": y}, eps, plan)
+            lx, lz = lx * inv, lz * inv
+            loss = lx + lz
+        return update(lx, lz, tape.gradient(loss, variables), k)
+
+    return body
+
+
 def _one_graph_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
     """The whole step as one graph, compiled by XLA if the plan says so (an uncompiled plan's
     streams are split inside batch_sums)."""
-    variables, update = model.weights, _guarded_update(opt, model.weights, train_cfg)
+    body = _step_body(model, opt, train_cfg, plan)
     device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
 
     @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
     def step(x, k, y=None):
         with tf.device(device):
             x, y = _unpack(x, y)
-            eps = step_noise(model, train_cfg, k, tf.shape(x)[0])
-            inv = 1.0 / tf.cast(tf.shape(x)[0], tf.float32)
-            with tf.GradientTape() as tape:
-                lx, lz = batch_sums(model, {"x": x, "y": y}, eps, plan)
-                lx, lz = lx * inv, lz * inv
-                loss = lx + lz
-            return update(lx, lz, tape.gradient(loss, variables), k)
+            return body(x, k, y)
 
     return step
+
+
+# ---- several steps per call ------------------------------------------------------------------
+# At batch 20 a step's arithmetic is a few milliseconds and the rest of a call (Python, the
+# executor, copying four tensors back) costs as much again. Like Keras' steps_per_execution,
+# one call then runs several steps in a loop inside the graph (compiled whole under XLA):
+# the per-call cost is paid once per call. A call holds about CALL_IMAGES images.
+CALL_IMAGES = 2048
+MAX_STEPS_PER_CALL = 64
+MULTI_STEP_MAX_BATCH = 100  # from here on a step's own work hides the per-call cost
+
+
+def steps_per_call(batch_size: int, plan: StepPlan, strategy=None) -> int:
+    """How many steps one call of the training loop runs (1: the plain step)."""
+    if strategy is not None or plan.streams > 1 or batch_size >= MULTI_STEP_MAX_BATCH:
+        return 1
+    return max(1, min(MAX_STEPS_PER_CALL, CALL_IMAGES // batch_size))
+
+
+def make_multi_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
+    """steps(xs, ks, ys, n) runs steps ks[0..n) on batches xs[i] (labels ys[i]) in one call and
+    returns, for each of the K slots, (lx, lz, gradient norm, ok), and how many ran. Each step
+    is exactly the plain step (the same noise, clip and guarded update); after a non-finite
+    step none runs, so the model is the last good one as with single steps. K is the shape
+    of xs (one compiled loop for every call; slots past n are padding and never run)."""
+    body = _step_body(model, opt, train_cfg, plan)
+    device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
+
+    @tf.function(jit_compile=plan.jit_compile, reduce_retracing=True, autograph=False)
+    def steps(xs, ks, ys, n):
+        with tf.device(device):
+            slots = xs.shape[0]
+            zeros = tf.zeros([slots], tf.float32)
+
+            def more(i, good, *_):
+                return (i < n) & good
+
+            def one(i, good, lx_all, lz_all, g_all, ok_all):
+                lx, lz, gnorm, ok = body(xs[i], ks[i], ys[i])
+                at = tf.reshape(i, [1, 1])
+                put = lambda all_, v: tf.tensor_scatter_nd_update(all_, at, tf.reshape(v, [1]))  # noqa: E731
+                return i + 1, ok, put(lx_all, lx), put(lz_all, lz), put(g_all, gnorm), put(ok_all, ok)
+
+            start = (tf.constant(0), tf.constant(True), zeros, zeros, zeros, tf.zeros([slots], tf.bool))
+            ran, _, lx, lz, g, ok = tf.while_loop(more, one, start, maximum_iterations=slots)
+            return lx, lz, g, ok, ran
+
+    return steps
+
+
+def call_bounds(start: int, stop: int, per_call: int, every: list[int]) -> list[tuple[int, int]]:
+    """The calls [a, b) of batch indices from start to stop: at most per_call steps each, and
+    one ends at every step the loop looks at the model after (a multiple of each of `every`:
+    checkpoints, stop-rule checks), so those see the model exactly after that step."""
+    bounds, a = [], start
+    while a < stop:
+        b = min(stop, a + per_call, *[(a // e + 1) * e for e in every if e > 0])
+        bounds.append((a, b))
+        a = b
+    return bounds
 
 
 def _xla_streams_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
@@ -387,8 +485,9 @@ def train(
     resuming from workdir's checkpoints if present, in batches of train_cfg.batch_size or of
     the whole training set when that is smaller (mixing.fit_batch).
 
-    on_step(step, total, lx, lz), when given, is called after every step (the studio's
-    progress bar); returning True stops training: a checkpoint is saved and Cancelled raised.
+    on_step(step, total, lx, lz), when given, is called after every call of the step (every
+    step, or the last of a call's several: steps_per_call) for the studio's progress bar;
+    returning True stops training there: a checkpoint is saved and Cancelled raised.
 
     A workdir holding a finished model is loaded and nothing is trained, unless it was
     stopped early by another stop rule than train_cfg's: then it trains on from the stop.
@@ -472,6 +571,10 @@ class _Training:
             self.model_cfg, self.train_cfg, choice, classes=classes, strategy=self.placement.strategy
         )
         self.step_var = tf.Variable(0, dtype=tf.int64, name="step")
+        many = getattr(self.train_step, "many", None)
+        per_call = steps_per_call(self.train_cfg.batch_size, self.choice.plan, self.placement.strategy)
+        self.per_call = per_call if many is not None else 1
+        self.multi_step = many() if self.per_call > 1 else None
         self.ckpt, self.manager = _checkpointing(
             self.model, self.opt, self.step_var, self.placement.checkpoint_dir(self.workdir)
         )
@@ -513,18 +616,31 @@ class _Training:
 
     # -- loop ---------------------------------------------------------------------------------
 
-    def _steps(self, start: int):
-        """(batch index, run the step on it) from `start` to the budget."""
+    def _calls(self, start: int, checks: bool):
+        """(first batch index, run) from `start` to the budget: run() takes one call's steps and
+        returns each step's (lx, lz, gradient norm, ok), up to the first non-finite one."""
         from . import distribute
 
         cfg, train_step = self.train_cfg, self.train_step
-        if self.placement.strategy is None:
+        if self.placement.strategy is not None:
+            dist = distribute.dataset(self.placement, self.batches, start, cfg.iterations)
+            return ((start + i, lambda b=b: [[v.numpy() for v in train_step(b)]]) for i, b in enumerate(dist))
+        if self.per_call == 1:
             return (
-                (int(k), lambda x=x, k=k, y=y: train_step(x, k, y))
+                (int(k), lambda x=x, k=k, y=y: [[v.numpy() for v in train_step(x, k, y)]])
                 for k, x, y in self.batches.dataset(start, cfg.iterations)
             )
-        dist = distribute.dataset(self.placement, self.batches, start, cfg.iterations)
-        return ((start + i, lambda b=b: train_step(b)) for i, b in enumerate(dist))
+        every = [cfg.checkpoint_every] + ([cfg.check_every] if checks else [])
+        bounds = call_bounds(start, cfg.iterations, self.per_call, every)
+
+        def run(ks, xs, ys, n):
+            lx, lz, g, ok, ran = (v.numpy() for v in self.multi_step(xs, ks, ys, n))
+            return [(lx[i], lz[i], g[i], ok[i]) for i in range(int(ran))]
+
+        return (
+            (int(ks[0]), lambda a=(ks, xs, ys, n): run(*a))
+            for ks, xs, ys, n in self.batches.calls(bounds, self.per_call)
+        )
 
     def save(self, step: int) -> None:
         checkpoints.save(self.manager, step, self.last_saved)
@@ -599,24 +715,27 @@ class _Training:
         self.batches = Batches(self.data, train_idx, cfg.batch_size, cfg.seed)
         schedule = optimizer.WarmupCosine.from_config_of(cfg)
         self.summaries = Summaries(self.workdir, self.chief, start)
-        steps = self._steps(start)
         rule, signal, plateau = self._stop_rule(held, start)
+        calls = self._calls(start, plateau is not None)
         self.say(_plan_line(self.choice, self.placement, cfg, start, signal))
         stopped = None
         if plateau is not None and plateau.flat >= plateau.patience:  # stopped before, the record was lost
             stopped = {"step": start, "reason": plateau.reason(), "rule": rule}
-            steps = iter(())
+            calls = iter(())
         check = self._checker(rule, signal, plateau) if plateau is not None else None
         where = "; ".join(filter(None, [self.choice.label(), self.placement.describe()]))
         step = start
         try:
             with _Progress(cfg.iterations, start, self.quiet, f"training {self.data.name} ({where})") as progress:
-                for k, run in steps:
-                    values = [v.numpy() for v in run()]
-                    step = k + 1
-                    lx, lz = self._after_step(step, values, progress, schedule, on_step)
-                    if check is not None and check(step, lx, lz):
-                        stopped = {"step": step, "reason": plateau.reason(), "rule": rule}
+                for k, run in calls:
+                    done = run()
+                    for i, values in enumerate(done):
+                        step = k + i + 1
+                        last = i == len(done) - 1
+                        lx, lz = self._after_step(step, values, progress, schedule, on_step if last else None)
+                        if check is not None and check(step, lx, lz):
+                            stopped = {"step": step, "reason": plateau.reason(), "rule": rule}
+                    if stopped is not None:
                         break
             if self.last_saved != int(self.step_var.numpy()) or self.manager.latest_checkpoint is None:
                 self.save(int(self.step_var.numpy()))
