@@ -239,6 +239,11 @@ def evaluate(
         "--real",
         help="Judge the recipe's filters on n real drawings instead (raw beside filtered); no model is trained.",
     ),
+    reconstruct: bool = typer.Option(
+        False,
+        "--reconstruct",
+        help="Also judge the model's reconstructions of n held-out real drawings (is the decoder or the prior short?).",
+    ),
     sets: Optional[List[str]] = SetOpt,
     quiet: bool = QuietOpt,
     debug: bool = DebugOpt,
@@ -246,8 +251,10 @@ def evaluate(
     """Print the held-out bound (nats per image, L^x and L^z) of the recipe's trained model, and
     what the recipe's recognizer makes of n prior samples: the fraction it recognizes, their
     Frechet distance to real drawings and its real-vs-real floor (docs/quality.md). With
-    --real, the same figures for n real drawings the recognizer never trained on, as they are
-    and after the recipe's filters: a display chain should leave them as recognizable."""
+    --reconstruct, beside them the same figures for its reconstructions of n real drawings it
+    never trained on ("reconstructions"). With --real, the same figures for n real drawings
+    the recognizer never trained on, as they are and after the recipe's filters: a display
+    chain should leave them as recognizable."""
     from . import engine, models
     from .training import train as trainer
     from .errors import InputError
@@ -255,6 +262,10 @@ def evaluate(
     r = _recipe(recipe, iterations=iterations, n=n, best_of=best_of, sets=sets or ())
     pipeline = engine.Run(r, _reporter(quiet))
     category, why_not = pipeline.eval_category()
+    if real and reconstruct:
+        raise InputError("--real judges real drawings and needs no model; --reconstruct judges the model: give one")
+    if reconstruct and category is None:
+        raise InputError(f"--reconstruct needs the recognizer figures, and there are none: {why_not}")
     if real:
         if category is None:
             raise InputError(f"--real needs the recognizer figures, and there are none: {why_not}")
@@ -271,6 +282,8 @@ def evaluate(
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     if category is not None:
         figures.update(pipeline.recognition(category))
+    if reconstruct:
+        figures["reconstructions"] = pipeline.reconstruction_recognition(category, n)
     typer.echo(json.dumps({"recipe": str(recipe), "step": trained.step, **figures}))
 
 

@@ -691,6 +691,9 @@ class Run:
     def recognition(self, category: str) -> dict:
         return recognition(self.recipe, self.built, self.model().model, category, self.reporter)
 
+    def reconstruction_recognition(self, category: str, n: int) -> dict:
+        return reconstruction_recognition(self.recipe, self.built, self.model(), category, n, self.reporter)
+
     def real_recognition(self, category: str) -> dict:
         """`qd eval --real`: the recipe's filters judged on real drawings; needs no model."""
         return real_recognition(self.recipe, self.built, category, self.reporter)
@@ -745,6 +748,59 @@ def recognition(recipe: Recipe, built: Built, model, category: str, reporter: Re
         "best_of": recipe.generate.best_of,
         **figures,
     }
+
+
+def held_out_drawings(recipe: Recipe, built: Built, trained, category: str, n: int, reporter: Reporter = QUIET):
+    """Up to n drawings of `category` that `trained` never trained on: the held-out split of
+    the run that trained it (a pack's or a shared model's own dataset, loaded again here:
+    a split of the recipe's one category would hand back drawings the model trained on)."""
+    from .training.mixing import split, stream_labels
+
+    owner = trained_recipe(recipe, trained)
+    pack = getattr(trained, "pack", None)
+    if pack is not None:
+        params = dict((pack.get("data") or {}).get("dataset") or {})
+        use = params.pop("use", recipe.dataset.use)
+        if use != recipe.dataset.use:
+            raise InputError(
+                f"{pack['name']} was trained on dataset {use!r} and this recipe reads {recipe.dataset.use!r}: "
+                "its held-out drawings are not among this recipe's; use a recipe of that dataset"
+            )
+        owner = replace(owner, dataset=replace(recipe.dataset, params=params))
+    step = owner.dataset
+    data = step.build().load(context(owner, _STAGE_DATASET, quiet=reporter.quiet)) if owner is not recipe else None
+    data = data if data is not None else load_data(recipe, built, reporter)
+    expected = (pack.get("data") or {}).get("images") if pack is not None else None
+    if expected is not None and expected != len(data.images):
+        raise InputError(
+            f"{pack['name']} was trained on {expected} drawings and {_who(step)} finds {len(data.images)} "
+            f"here: which of them it held out cannot be told; point QD_DATA_DIR at the data it was trained on"
+        )
+    _, held = split(len(data.images), owner.train, stream_labels(data))
+    if data.classes and len(data.classes) > 1:
+        if category not in data.classes:
+            raise InputError(f"the model's training data has no {category!r} drawings to hold out")
+        held = held[data.labels[held] == data.classes.index(category)]
+    if len(held) == 0:
+        raise InputError("the model was trained with no drawings held out (train.holdout: 0): nothing to reconstruct")
+    return data.as_float(held[:n])
+
+
+def reconstruction_recognition(
+    recipe: Recipe, built: Built, trained, category: str, n: int, reporter: Reporter = QUIET
+) -> dict:
+    """`qd eval --reconstruct`: the recognizer figures (as `recognition`'s) for the model's
+    reconstructions of up to n held-out real drawings, through the recipe's filters. Beside
+    the prior samples' figures they tell whether the decoder or the prior falls short: given
+    a real drawing's own latent, a good decoder draws something near that drawing. The real
+    sets it is compared with leave out the reconstructed drawings themselves."""
+    judge = classifier(recipe, built, reporter)
+    originals = held_out_drawings(recipe, built, trained, category, n, reporter)
+    drawn = trained.model.reconstruct(originals, seed=recipe.seed)
+    shown = recog.to_bitmaps(apply_filters(recipe, built, _finals(drawn), reporter).final)
+    rng = np.random.default_rng([recipe.seed, _STAGE_RECOGNIZER, 2])
+    figures = recog.figures(judge, shown, category, rng, who=recipe.recognizer.use, exclude=originals)
+    return {"recognizer": recipe.recognizer.use, "held_out_reconstructed": len(originals), **figures}
 
 
 def real_recognition(recipe: Recipe, built: Built, category: str, reporter: Reporter = QUIET) -> dict:

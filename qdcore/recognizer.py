@@ -167,11 +167,22 @@ class RealSets:
     unseen: np.ndarray
 
 
-def real_sets(classifier: Classifier, category: str, n: int, rng: np.random.Generator) -> RealSets:
+def _without(images: np.ndarray, exclude: Optional[np.ndarray]) -> np.ndarray:
+    if exclude is None or not len(images):
+        return images
+    key = lambda a: (np.asarray(a, np.float32) * 255).round().astype(np.uint8).reshape(len(a), -1)  # noqa: E731
+    gone = {row.tobytes() for row in key(exclude)}
+    return images[[row.tobytes() not in gone for row in key(images)]]
+
+
+def real_sets(
+    classifier: Classifier, category: str, n: int, rng: np.random.Generator, exclude: Optional[np.ndarray] = None
+) -> RealSets:
     """Two disjoint sets of n real drawings, taken from those the classifier never trained on
-    first and topped up from the others only when there are too few."""
+    first and topped up from the others only when there are too few; none of them equal to
+    one of `exclude` (drawings whose reconstructions are being compared with them)."""
     unseen, seen = classifier.drawings(category)
-    unseen, seen = as_float(unseen), as_float(seen)
+    unseen, seen = _without(as_float(unseen), exclude), _without(as_float(seen), exclude)
     if len(unseen) + len(seen) < 2 * n:
         raise InputError(
             f"--n {n} needs {2 * n} real drawings of {category!r} (two disjoint sets) and there are "
@@ -182,7 +193,12 @@ def real_sets(classifier: Classifier, category: str, n: int, rng: np.random.Gene
 
 
 def figures(
-    classifier: Classifier, generated: np.ndarray, category: str, rng: np.random.Generator, who: str = DEFAULT
+    classifier: Classifier,
+    generated: np.ndarray,
+    category: str,
+    rng: np.random.Generator,
+    who: str = DEFAULT,
+    exclude: Optional[np.ndarray] = None,
 ) -> dict:
     """qd eval's recognizer figures for n generated 28x28 drawings of `category`: the fraction
     recognized, the Frechet distance to n real drawings and the distance between two real
@@ -190,7 +206,7 @@ def figures(
     of real drawings the classifier never trained on that it recognizes."""
     columns = check_known(classifier.classes, [category], who)
     n = len(generated)
-    real = real_sets(classifier, category, n, rng)
+    real = real_sets(classifier, category, n, rng, exclude)
     p_gen, f_gen = classifier.classify(generated)
     _, f_a = classifier.classify(real.a)
     _, f_b = classifier.classify(real.b)

@@ -254,6 +254,15 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
     assert r.exit_code == 0, r.output
     picky = json.loads(r.stdout)
     assert picky["n"] == 20 and picky["best_of"] == 2 and picky["bound"] == figures["bound"]
+    # --reconstruct: the same figures for reconstructions of held-out cats, beside the prior's.
+    r = here("eval", recipe, "--quiet", "--n", 20, "--reconstruct")
+    assert r.exit_code == 0, r.output
+    both = json.loads(r.stdout)
+    rebuilt = both["reconstructions"]
+    assert both["n"] == 20 and rebuilt["n"] == rebuilt["held_out_reconstructed"] == 20 and rebuilt["category"] == "cat"
+    assert 0 <= rebuilt["recognized"] <= 1 and rebuilt["frechet"] > 0 and rebuilt["frechet_floor"] > 0
+    r = here("eval", recipe, "--quiet", "--n", 50, "--reconstruct")  # only 30 cats were held out
+    assert json.loads(r.stdout)["reconstructions"]["held_out_reconstructed"] == 30
     # --real: the recipe's filters judged on real drawings, raw beside filtered (the same real
     # sets as above: raw sits at the floor). Nearest upscaling changes nothing once scaled back.
     r = here("eval", recipe, "--quiet", "--real", "--n", 100)
@@ -276,6 +285,9 @@ recognizer: {use: cnn, categories: [cat, apple, rainbow], per_class: 200, epochs
         and last.startswith("Error: --real needs the recognizer figures")
         and "names 2 categories" in last
     )
+    r = qd("eval", two, "--quiet", "--reconstruct")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: --reconstruct needs the recognizer")
 
 
 def test_bench_quality_prints_one_json_line_and_writes_the_sheet(tmp_path, quickdraw_dir):

@@ -24,6 +24,7 @@ from conftest import cache_dir_set
 from qdcore import InputError, PluginError, RecipeError, engine, packs
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
+from qdcore.training.mixing import split, stream_labels
 
 QD = str(Path(sys.executable).parent / "qd")
 BUILTINS = "datasets,seeds,filters,writers"
@@ -150,6 +151,18 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     ev = qd("eval", tmp_path / "fish.yaml", "--quiet", cache=cache)
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["step"] == 6 and tree(cache) == before
+    # `qd eval --reconstruct` takes the fish the pack held out of its own three-category
+    # training set (the zoo's split, its dataset found again from the manifest), never a
+    # split of the fish alone, which would hand back fish the pack trained on.
+    zoo_recipe = load(tmp_path / "zoo.yaml", build().registry)
+    zoo_data = engine.load_data(zoo_recipe, engine.prepare(zoo_recipe))
+    _, held = split(len(zoo_data.images), zoo_recipe.train, stream_labels(zoo_data))
+    fish_rows = held[zoo_data.labels[held] == zoo_data.classes.index("fish")]
+    with cache_dir_set(cache):
+        pipeline = engine.Run(fish)
+        drawings = engine.held_out_drawings(fish, pipeline.built, pipeline.model(), "fish", 10_000)
+    assert len(fish_rows) > 0
+    np.testing.assert_array_equal(drawings, zoo_data.as_float(fish_rows))
 
     # A category the pack lacks: the error names the pack and its categories.
     banana = load(_write(tmp_path, "banana.yaml", CAT % ("banana", "tiny-zoo", "error")), build().registry)

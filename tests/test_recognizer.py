@@ -357,3 +357,23 @@ def test_the_shipped_chain_keeps_real_drawings_recognizable(trained, registry):
     assert abs(shipped["filtered"]["recognized"] - shipped["raw"]["recognized"]) <= 0.1 * shipped["raw"]["recognized"]
     assert shipped["filtered"]["frechet_over_floor"] < 1.5
     assert pen["filtered"]["frechet_over_floor"] > 2 * shipped["filtered"]["frechet_over_floor"]
+
+
+def test_real_sets_leave_out_the_drawings_being_reconstructed():
+    """qd eval --reconstruct compares reconstructions with real drawings other than their originals."""
+
+    class Pool(InkClassifier):
+        def drawings(self, category):
+            rng = np.random.default_rng(0)
+            images = (rng.random((12, 28, 28)) > 0.7).astype(np.uint8) * 255
+            return images[:8], images[8:]
+
+    clf = Pool()
+    unseen, seen = clf.drawings("cat")
+    gone = np.concatenate([unseen[[1, 5]], seen[[2]]]).astype(np.float32) / 255
+    real = recog.real_sets(clf, "cat", 4, np.random.default_rng(1), exclude=gone)
+    kept = {img.tobytes() for img in (np.concatenate([real.a, real.b]) * 255).round().astype(np.uint8)}
+    assert len(kept) == 8 and not kept & {img.tobytes() for img in (gone * 255).astype(np.uint8)}
+    assert len(real.unseen) == 6  # the recognizer's unseen drawings, less the two excluded
+    with pytest.raises(InputError, match="needs 10 real drawings"):  # 12 less 3 is too few for two sets of 5
+        recog.real_sets(clf, "cat", 5, np.random.default_rng(1), exclude=gone)
