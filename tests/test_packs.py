@@ -325,6 +325,28 @@ def test_the_builtin_plugin_registers_each_shipped_pack_file_and_nothing_else(tm
     assert registered() == [("older", tmp_path / "older.qdpack"), ("zoo-26", tmp_path / "zoo-26.safetensors")]
 
 
+def test_the_shipped_pack_is_format_2_with_its_card_and_packaged(monkeypatch):
+    """plugins/packs/zoo-26.safetensors: format 2, verified whole; its card is what export
+    writes from its manifest; every file there is in the wheel's package data."""
+    import fnmatch
+    import tomllib
+
+    from qdplugins import packs as builtin
+
+    assert not list(builtin.FOLDER.glob("*.qdpack"))  # moved to format 2
+    pack, weights = packs.read(builtin.FOLDER / "zoo-26.safetensors")
+    assert (
+        pack.version == 2 and pack.name == "zoo-26" and len(pack.categories) == 26 and pack.manifest["steps"] == 20000
+    )
+    packs.check_weights(pack, weights.arrays(pack.path))
+    card = (builtin.FOLDER / "zoo-26.README.md").read_text(encoding="utf-8")
+    assert card == cards.card_text(pack.manifest, "zoo-26.safetensors"), "regenerate it: see docs/packs.md"
+    root = builtin.FOLDER.parent.parent
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["qdplugins"]
+    for file in builtin.FOLDER.iterdir():
+        assert any(fnmatch.fnmatch(f"packs/{file.name}", glob) for glob in data), file
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
