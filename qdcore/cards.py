@@ -35,20 +35,28 @@ def is_quickdraw(manifest: dict) -> bool:
 
 
 def _number(value):
-    """A finite figure rounded for reading, or None (a recognizer record may hold anything)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A finite figure rounded for reading, or None (a recognizer record may hold anything:
+    NaN, or an int too large for a float)."""
+    if isinstance(value, bool):
         return None
-    return value if isinstance(value, int) else round(float(value), 4)
+    if isinstance(value, int):
+        return value
+    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else None
 
 
-def _leaves(record, prefix: str = "") -> dict:
+# Figures nest a level or two (`per_category.cat.samples.recognized`); a record nested deeper
+# is not figures, and walking it could reach Python's recursion limit.
+DEPTH = 4
+
+
+def _leaves(record, prefix: str = "", depth: int = 0) -> dict:
     """The numbers in a nested record, by dotted path (`samples.recognized`)."""
     out = {}
-    if isinstance(record, dict):
+    if isinstance(record, dict) and depth < DEPTH:
         for key, value in record.items():
             if isinstance(key, str) and key != "per_category":
                 if isinstance(value, dict):
-                    out.update(_leaves(value, f"{prefix}{key}."))
+                    out.update(_leaves(value, f"{prefix}{key}.", depth + 1))
                 elif _number(value) is not None:
                     out[prefix + key] = _number(value)
     return out

@@ -779,6 +779,9 @@ def test_random_pack_manifests_import_or_are_refused_whole(tmp_path_factory, pac
         return
     assert packs.read(pack.path, pack.name)[0].manifest["name"] == pack.name
     assert packs.listing(cache, {})[0]["status"] == "finished"
+    # What imports exports again, with a card made from whatever the manifest holds.
+    again = packs.export(pack.name, folder / "again.safetensors", cache, {})
+    assert again.name == pack.name and (folder / "again.README.md").read_text().startswith("---\n")
 
 
 RECORDS = ["finished.json", "stop.json", "start.json", "eval.json", "recipe.json", "checkpoints/checkpoint"]
