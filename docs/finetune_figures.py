@@ -116,8 +116,8 @@ def zoo_25(folder: Path, steps: int) -> None:
     start = time.perf_counter()
     engine.Run(r).model()
     print(json.dumps({"zoo-25": steps, "seconds": round(time.perf_counter() - start, 1)}), flush=True)
-    packs.export("zoo-25", folder / "zoo-25.qdpack", paths.cache_dir(), {})
-    packs.import_pack(folder / "zoo-25.qdpack", paths.cache_dir())
+    packs.export("zoo-25", folder / "zoo-25.safetensors", paths.cache_dir(), {})
+    packs.import_pack(folder / "zoo-25.safetensors", paths.cache_dir())
 
 
 def bitmap(folder: Path, start_steps: int) -> None:

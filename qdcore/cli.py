@@ -310,20 +310,26 @@ def list_models(
 @models_app.command("export")
 def export_model(
     name: str = typer.Argument(..., help="A model `qd models` lists (a cached model's name, or its folder name)."),
-    file: Path = typer.Argument(..., help="The pack file to write, e.g. zoo-26.qdpack."),
+    file: Path = typer.Argument(
+        ..., help="The pack file to write: zoo-26.safetensors (format 2; a .qdpack name writes format 1)."
+    ),
     description: Optional[str] = typer.Option(None, "--description", help="One line for the manifest: what made it."),
     figures: Optional[Path] = typer.Option(
         None, "--figures", help="A JSON object of recognizer figures (e.g. qd eval's output) for the manifest."
     ),
     debug: bool = DebugOpt,
 ):
-    """Write a trained model as one pack file (manifest + weights, no optimizer state)."""
+    """Write a trained model as one pack file (manifest + weights, no optimizer state) and its
+    model card beside it (FILE's stem + .README.md)."""
     from . import packs, paths
 
     pack = packs.export(
         name, file, paths.cache_dir(), _plugins().registry.entries["models"], description=description, figures=figures
     )
-    typer.echo(f"wrote {file} ({pack.name}, {file.stat().st_size / 2**20:.1f} MB)")
+    typer.echo(
+        f"wrote {file} ({pack.name}, format {pack.version}, {file.stat().st_size / 2**20:.1f} MB) "
+        f"and its card {packs.card_path(file)}"
+    )
 
 
 @models_app.command("import")
@@ -332,7 +338,8 @@ def import_model(
     force: bool = typer.Option(False, "--force", help="Replace an imported model of the same name."),
     debug: bool = DebugOpt,
 ):
-    """Check a pack file (checksums, members, size) and add it to the cache, whole or not at all."""
+    """Check a pack file (.safetensors or .qdpack: structure, checksum, size) and add it to the
+    cache, whole or not at all."""
     from . import packs, paths
 
     pack = packs.import_pack(file, paths.cache_dir(), force=force)

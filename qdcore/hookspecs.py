@@ -65,7 +65,8 @@ def qd_register_generators(register):
 def qd_register_models(register):
     """Register trained models: `register(name, pack, description="...")`.
 
-    `pack` is the path (str or os.PathLike) of a model pack file, `NAME.qdpack` as
-    `qd models export` writes it; `name` must be the name in its manifest. A recipe's
-    `model: {from: NAME}` draws from it when no model of that name is in the user's cache.
+    `pack` is the path (str or os.PathLike) of a model pack file, `NAME.safetensors` (or
+    format 1's `NAME.qdpack`) as `qd models export` writes it; `name` must be the name in its
+    manifest. A recipe's `model: {from: NAME}` draws from it when no model of that name is in
+    the user's cache.
     """

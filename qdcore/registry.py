@@ -46,7 +46,7 @@ class Registry:
             if not isinstance(entry.factory, (str, os.PathLike)):
                 raise PluginError(
                     f"plugin {entry.plugin!r} registered {KINDS[kind][1]} {entry.name!r} with a "
-                    f"{type(entry.factory).__name__}: register the path of its .qdpack file"
+                    f"{type(entry.factory).__name__}: register the path of its pack file (.safetensors or .qdpack)"
                 )
         elif not callable(entry.factory):
             raise PluginError(

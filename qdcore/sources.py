@@ -53,7 +53,7 @@ class SharedSource:
         """What names these weights exactly, for a cache key: a pack's weights checksum, or a
         cached model's folder (itself a key) and the step it finished at."""
         if self.pack is not None:
-            return {"pack": self.pack.name, "sha256": self.pack.manifest["files"][packs.WEIGHTS]["sha256"]}
+            return {"pack": self.pack.name, "sha256": self.pack.sha256}
         finished = models._json(Path(self.workdir) / models.FINISHED) or {}
         return {"model": Path(self.workdir).name, "step": finished.get("step")}
 

@@ -138,8 +138,9 @@ train: {iterations: 6, batch_size: 30}
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
     """A tiny class-conditional model (cat, apple, fish; 6 steps) as a model pack named
-    zoo-26, standing in for the one qd ships: `<folder>/zoo-26.qdpack`. Install it with the
-    `installed_packs` fixture, or import it into a cache (qdcore.packs.import_pack)."""
+    zoo-26, standing in for the one qd ships: `<folder>/zoo-26.safetensors` (format 2).
+    Install it with the `installed_packs` fixture, or import it into a cache
+    (qdcore.packs.import_pack)."""
     from qdcore import engine, packs
     from qdcore.plugin_manager import build
     from qdcore.recipe import load
@@ -149,10 +150,10 @@ def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
     with cache_dir_set(root / "cache"):
         r = load(root / "tiny-zoo.yaml", build().registry)
         engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
-        packs.export("tiny-zoo", root / "tiny-zoo.qdpack", root / "cache", {})
-    pack, weights = packs.read(root / "tiny-zoo.qdpack")
+        packs.export("tiny-zoo", root / "tiny-zoo.safetensors", root / "cache", {})
+    pack, weights = packs.read(root / "tiny-zoo.safetensors")
     (root / "shipped").mkdir()
-    return packs.write(root / "shipped" / "zoo-26.qdpack", {**pack.manifest, "name": "zoo-26"}, weights)
+    return packs.write(root / "shipped" / "zoo-26.safetensors", {**pack.manifest, "name": "zoo-26"}, weights)
 
 
 @pytest.fixture

@@ -91,7 +91,7 @@ def test_each_hook_has_an_example_and_every_example_runs(tmp_path, monkeypatch):
     assert len(unseen) == len(seen) == 3
     # A pack is registered by path; reading it waits until a recipe or `qd models` asks.
     assert [(n, str(reg.get("models", n).factory)) for n in reg.names("models")] == [
-        ("doodles", str(tmp_path / "doodles.qdpack"))
+        ("doodles", str(tmp_path / "doodles.safetensors"))
     ]
 
 

@@ -689,11 +689,36 @@ manifest_values = st.one_of(documents, st.sampled_from([float("nan"), float("inf
 
 
 @pytest.fixture(scope="module")
-def pack_members(tiny_pack):
+def pack_formats(tiny_pack):
+    """The tiny pack in each format: its manifest, and the weights as that format holds them
+    (format 1: weights.npz's bytes; format 2: the named arrays)."""
+    import io
     import zipfile
 
-    with zipfile.ZipFile(tiny_pack) as z:
-        return {n: z.read(n) for n in z.namelist()}
+    from qdcore import packs
+
+    pack, weights = packs.read(tiny_pack)  # format 2
+    manifest_1, archive = packs.encode(pack.manifest, weights, 1)
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        npz = z.read("weights.npz")
+    return {1: (manifest_1, npz), 2: (pack.manifest, weights.arrays(tiny_pack))}
+
+
+def pack_file(folder, fmt: int, manifest_text: str, weights):
+    """A pack file of format `fmt` holding this manifest text, as that format's writer would."""
+    import zipfile
+
+    if fmt == 1:
+        file = folder / "x.qdpack"
+        with zipfile.ZipFile(file, "w") as z:
+            z.writestr("manifest.json", manifest_text)
+            z.writestr("weights.npz", weights)
+        return file
+    from safetensors.numpy import save
+
+    file = folder / "x.safetensors"
+    file.write_bytes(save(weights, metadata={"qd_manifest": manifest_text}))
+    return file
 
 
 @FUZZ
@@ -717,20 +742,24 @@ def pack_members(tiny_pack):
             ("description",),
             ("files",),
             ("files", "weights.npz", "bytes"),
+            ("files", "tensors", "bytes"),
+            ("files", "tensors", "sha256"),
+            ("format",),
             ("format_version",),
+            ("legs",),
             ("zzz",),
         ]
     ),  # fmt: skip
     value=manifest_values,
     drop=st.booleans(),
+    fmt=st.sampled_from([1, 2]),
 )
-def test_random_pack_manifests_import_or_are_refused_whole(tmp_path_factory, pack_members, where, value, drop):
-    """Every manifest field typed and ranged: a pack imports, or InputError leaves the cache as it was."""
-    import zipfile
-
+def test_random_pack_manifests_import_or_are_refused_whole(tmp_path_factory, pack_formats, where, value, drop, fmt):
+    """Every manifest field typed and ranged, in a pack of either format: it imports, or
+    InputError leaves the cache as it was."""
     from qdcore import InputError, packs
 
-    m = json.loads(pack_members["manifest.json"])
+    m = json.loads(json.dumps(pack_formats[fmt][0]))
     node = m
     for part in where[:-1]:
         node = node.setdefault(part, {}) if isinstance(node, dict) else node
@@ -740,10 +769,7 @@ def test_random_pack_manifests_import_or_are_refused_whole(tmp_path_factory, pac
         else:
             node[where[-1]] = value
     folder = tmp_path_factory.mktemp("fuzzpack")
-    file = folder / "x.qdpack"
-    with zipfile.ZipFile(file, "w") as z:
-        z.writestr("manifest.json", json.dumps(m))
-        z.writestr("weights.npz", pack_members["weights.npz"])
+    file = pack_file(folder, fmt, json.dumps(m), pack_formats[fmt][1])
     cache = folder / "cache"
     try:
         pack = packs.import_pack(file, cache)
@@ -753,6 +779,9 @@ def test_random_pack_manifests_import_or_are_refused_whole(tmp_path_factory, pac
         return
     assert packs.read(pack.path, pack.name)[0].manifest["name"] == pack.name
     assert packs.listing(cache, {})[0]["status"] == "finished"
+    # What imports exports again, with a card made from whatever the manifest holds.
+    again = packs.export(pack.name, folder / "again.safetensors", cache, {})
+    assert again.name == pack.name and (folder / "again.README.md").read_text().startswith("---\n")
 
 
 RECORDS = ["finished.json", "stop.json", "start.json", "eval.json", "recipe.json", "checkpoints/checkpoint"]
@@ -796,24 +825,45 @@ def test_random_cache_records_never_block(tmp_path_factory, tiny_model, record, 
             pass
 
 
+@pytest.fixture(scope="module")
+def pack_bytes(tiny_pack, pack_formats):
+    """The tiny pack's file in each format."""
+    from qdcore import packs
+
+    return {1: packs.encode(pack_formats[1][0], pack_formats[2][1], 1)[1], 2: tiny_pack.read_bytes()}
+
+
 @FUZZ
 @given(
+    fmt=st.sampled_from([1, 2]),
     flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=6),
     cut=st.one_of(st.none(), st.integers(0, 10**9)),
+    # Format 2's first 8 bytes are the header's length: any 64-bit number there, or none.
+    header=st.one_of(st.none(), st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 100_000_000, 2**63])),
+    in_header=st.booleans(),
 )
-def test_random_damage_to_a_pack_archive_is_refused_whole(tmp_path_factory, tiny_pack, flips, cut):
-    """Bytes of the archive flipped (headers, the central directory, the members) or cut short:
-    imported whole only if every check still passes, else one InputError and no cache."""
+def test_random_damage_to_a_pack_file_is_refused_whole(
+    tmp_path_factory, pack_bytes, fmt, flips, cut, header, in_header
+):
+    """Bytes of a pack of either format flipped (a zip's headers, its central directory, the
+    members; a safetensors header's length, its JSON, the tensors) or cut short: imported whole
+    only if every check still passes, else one InputError and no cache."""
     from qdcore import InputError, packs
 
-    data = bytearray(tiny_pack.read_bytes())
+    data = bytearray(pack_bytes[fmt])
+    # Half the time the flips land in the first few KB: a zip's local header and manifest, a
+    # safetensors header (its manifest and every tensor's entry).
+    span = min(len(data), 4096) if in_header else len(data)
     for at, xor in flips:
-        data[at % len(data)] ^= xor
+        data[at % span] ^= xor
+    if header is not None:
+        data[:8] = header.to_bytes(8, "little")
     if cut is not None:
         data = data[: cut % len(data)]
     folder = tmp_path_factory.mktemp("damaged")
-    (folder / "x.qdpack").write_bytes(bytes(data))
+    file = folder / ("x.qdpack" if fmt == 1 else "x.safetensors")
+    file.write_bytes(bytes(data))
     try:
-        packs.import_pack(folder / "x.qdpack", folder / "cache")
+        packs.import_pack(file, folder / "cache")
     except InputError as e:
         assert "\n" not in str(e) and not (folder / "cache").exists()

@@ -1,7 +1,9 @@
-"""Model packs (real data, a tiny model): a model trained here is exported as one file,
-imported into a fresh cache and drawn by a recipe's `model.from`; a plugin provides a pack
-through `qd_register_models`, found after the user's cache; every damaged, foreign, oversized
-or hostile pack is refused with one line and exit 2, leaving the cache exactly as it was."""
+"""Model packs (real data, a tiny model): a model trained here is exported as one file
+(format 2, .safetensors, with its model card; format 1, .qdpack, by that suffix), imported
+into a fresh cache and drawn by a recipe's `model.from`; a plugin provides a pack through
+`qd_register_models`, found after the user's cache; every damaged, foreign, oversized or
+hostile pack of either format is refused with one line and exit 2, leaving the cache exactly
+as it was."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import yaml
 from conftest import cache_dir_set
+from safetensors import safe_open
+from safetensors.numpy import save as save_tensors
 
-from qdcore import InputError, PluginError, RecipeError, engine, packs
+from qdcore import InputError, PluginError, RecipeError, cards, engine, packs
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
 from qdcore.training.mixing import split, stream_labels
@@ -64,7 +69,9 @@ def tree(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, quickdraw_dir):
-    """The tiny zoo trained (and evaluated) into cache A, exported by the CLI as one file."""
+    """The tiny zoo trained (and evaluated) into cache A, exported by the CLI as one file:
+    `file` in format 2 (the default), `v1` in format 1 (a .qdpack name, a folder of its own:
+    the two would share a card)."""
     from qdcore import models
     from qdcore.training import train
 
@@ -78,14 +85,101 @@ def exported(tmp_path_factory, quickdraw_dir):
         trained = engine.ensure_model(r, data)
         figures = train.evaluate(trained, data, r.train)
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
-    file = root / "tiny-zoo.qdpack"
+    file = root / "tiny-zoo.safetensors"
     out = qd("models", "export", "tiny-zoo", file, cache=cache)
     assert out.returncode == 0, out.stderr
-    return {"file": file, "cache": cache, "recipe": recipe, "workdir": trained.workdir, "bound": figures["bound"]}
+    assert out.stdout.startswith(f"wrote {file} (tiny-zoo, format 2, ") and "tiny-zoo.README.md" in out.stdout
+    v1 = root / "v1" / "tiny-zoo.qdpack"
+    v1.parent.mkdir()
+    out = qd("models", "export", "tiny-zoo", v1, cache=cache)
+    assert out.returncode == 0, out.stderr
+    return {
+        "file": file,
+        "v1": v1,
+        "cache": cache,
+        "recipe": recipe,
+        "workdir": trained.workdir,
+        "bound": figures["bound"],
+    }
 
 
-def test_an_exported_pack_is_a_manifest_and_named_float_arrays(exported):
-    with zipfile.ZipFile(exported["file"]) as z:
+def _header(file: Path) -> tuple[dict, bytes]:
+    """A .safetensors file's header (as JSON) and its data section, read by hand."""
+    raw = file.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def test_an_exported_pack_is_one_safetensors_file_with_the_manifest_in_its_metadata(exported):
+    header, data = _header(exported["file"])
+    assert set(header["__metadata__"]) == {"qd_manifest"}
+    manifest = json.loads(header["__metadata__"]["qd_manifest"])
+    assert manifest["format"] == "qd-model-pack" and manifest["format_version"] == 2
+    names = sorted(k for k in header if k != "__metadata__")
+    assert {"enc_kernel", "dec_kernel", "enc_table", "dec_table"} <= set(names)
+    assert all(header[k]["dtype"] == "F32" for k in names)
+    # Tensors back to back in name order, from the data section's first byte to its last ...
+    spans = [header[k]["data_offsets"] for k in names]
+    assert spans[0][0] == 0 and spans[-1][1] == len(data) and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    # ... so the checksum of the data section is that of the tensors' bytes in name order.
+    assert manifest["files"] == {"tensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+    with safe_open(exported["file"], framework="numpy") as f:  # what the safetensors library reads
+        assert f.metadata() == header["__metadata__"]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    canonical = b"".join(tensors[k].astype("<f4").tobytes() for k in sorted(tensors))
+    assert hashlib.sha256(canonical).hexdigest() == manifest["files"]["tensors"]["sha256"]
+    assert manifest["name"] == "tiny-zoo" and manifest["categories"] == ["cat", "apple", "fish"]
+    assert manifest["steps"] == 6 and manifest["held_out"]["bound"] == pytest.approx(exported["bound"])
+    # The same weights and manifest as format 1, but for the format fields.
+    with zipfile.ZipFile(exported["v1"]) as z:
+        v1 = json.loads(z.read("manifest.json"))
+        with np.load(io.BytesIO(z.read("weights.npz")), allow_pickle=False) as arrays:
+            assert set(arrays.files) == set(tensors)
+            assert all(np.array_equal(arrays[k], tensors[k]) for k in tensors)
+    fields = ("format_version", "files")
+    assert {k: v for k, v in v1.items() if k not in fields} == {k: v for k, v in manifest.items() if k not in fields}
+
+
+def test_export_writes_a_model_card_beside_the_pack(exported):
+    card = exported["file"].with_name("tiny-zoo.README.md")
+    text = card.read_text(encoding="utf-8")
+    _, front_text, body = text.split("---\n", 2)
+    front = yaml.safe_load(front_text)
+    assert front["license"] == "cc-by-4.0" and front["datasets"] == ["quickdraw"]
+    assert "Quick, Draw!" in front["attribution"] and "Google" in front["attribution"]
+    assert "CC BY 4.0" in front["attribution"]
+    manifest = packs.read(exported["file"], verify=False)[0].manifest
+    counts = manifest["data"]["per_category"]
+    train = {"steps": 6, "batch_size": 30, "images": 180, "train_drawings": sum(counts.values())}
+    assert front["qd"] == {
+        "pack": "tiny-zoo",
+        "format_version": 2,
+        "categories": 3,
+        "conditional": True,
+        "training": train,
+    }
+    (result,) = front["model-index"][0]["results"]
+    metrics = {m["type"]: m["value"] for m in result["metrics"]}
+    assert metrics["held_out.bound"] == pytest.approx(exported["bound"], abs=1e-3)
+    assert "qd models import tiny-zoo.safetensors" in body and "model: {from: tiny-zoo}" in body
+    for cat in ("cat", "apple", "fish"):
+        bound = manifest["held_out"]["per_category"][cat]
+        assert f"| {cat} | {counts[cat]:,} | {bound:.1f} |" in body
+    assert "CC BY 4.0" in body and "Google" in body
+    # A .qdpack export has its card too, naming that file.
+    assert "qd models import tiny-zoo.qdpack" in exported["v1"].with_name("tiny-zoo.README.md").read_text()
+
+
+def test_a_card_claims_no_license_for_data_that_is_not_quick_draw(exported):
+    manifest = packs.read(exported["file"], verify=False)[0].manifest
+    own = {**manifest, "data": {**manifest["data"], "dataset": {"use": "images", "path": "mine/*.png"}}}
+    front = yaml.safe_load(cards.card_text(own, "x.safetensors").split("---\n")[1])
+    assert front["license"] == "unknown" and front["datasets"] == [] and "attribution" not in front
+    assert "set `license:`" in cards.card_text(own, "x.safetensors")
+
+
+def test_a_qdpack_export_is_format_1_a_manifest_and_named_float_arrays(exported):
+    with zipfile.ZipFile(exported["v1"]) as z:
         assert sorted(z.namelist()) == ["manifest.json", "weights.npz"]
         manifest = json.loads(z.read("manifest.json"))
         weights = z.read("weights.npz")
@@ -116,7 +210,9 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
     cache = tmp_path / "cache-b"
     out = qd("models", "import", exported["file"], cache=cache)
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in (cache / "packs" / "tiny-zoo").iterdir()) == ["manifest.json", "weights.npz"]
+    # Format 2 is kept as the file it came as, every byte of it checked.
+    assert [p.name for p in (cache / "packs" / "tiny-zoo").iterdir()] == ["model.safetensors"]
+    assert (cache / "packs" / "tiny-zoo" / "model.safetensors").read_bytes() == exported["file"].read_bytes()
     rows = json.loads(qd("models", "--json", cache=cache).stdout)
     assert [(r["name"], r["source"], r["steps"], r["categories"]) for r in rows] == [
         ("tiny-zoo", "imported", 6, ["cat", "apple", "fish"])
@@ -217,7 +313,7 @@ def test_a_plugin_must_register_a_path(fake_site, monkeypatch):
         {"badpack": "qdtest_badpack"},
     )
     monkeypatch.setenv("QD_LOAD_PLUGINS", "badpack")
-    with pytest.raises(PluginError, match="register the path of its .qdpack file"):
+    with pytest.raises(PluginError, match="register the path of its pack file"):
         build()
 
 
@@ -229,12 +325,39 @@ def test_the_builtin_plugin_registers_each_shipped_pack_file_and_nothing_else(tm
         builtin.qd_register_models(lambda name, pack, description="": names.append((name, pack)))
         return names
 
-    assert registered() == [(p.stem, p) for p in sorted(builtin.FOLDER.glob("*.qdpack"))]
+    shipped = sorted(builtin.FOLDER.glob("*.safetensors")) + sorted(builtin.FOLDER.glob("*.qdpack"))
+    assert sorted(registered()) == sorted((p.stem, p) for p in shipped)
     monkeypatch.setattr(builtin, "FOLDER", tmp_path)
     assert registered() == []  # no pack file: nothing registered
     (tmp_path / "zoo-26.qdpack").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a pack")
+    (tmp_path / "zoo-26.README.md").write_text("a card")
     assert registered() == [("zoo-26", tmp_path / "zoo-26.qdpack")]
+    (tmp_path / "older.qdpack").write_bytes(b"")
+    (tmp_path / "zoo-26.safetensors").write_bytes(b"")  # converted in place: format 2 is served
+    assert registered() == [("older", tmp_path / "older.qdpack"), ("zoo-26", tmp_path / "zoo-26.safetensors")]
+
+
+def test_the_shipped_pack_is_format_2_with_its_card_and_packaged(monkeypatch):
+    """plugins/packs/zoo-26.safetensors: format 2, verified whole; its card is what export
+    writes from its manifest; every file there is in the wheel's package data."""
+    import fnmatch
+    import tomllib
+
+    from qdplugins import packs as builtin
+
+    assert not list(builtin.FOLDER.glob("*.qdpack"))  # moved to format 2
+    pack, weights = packs.read(builtin.FOLDER / "zoo-26.safetensors")
+    assert (
+        pack.version == 2 and pack.name == "zoo-26" and len(pack.categories) == 26 and pack.manifest["steps"] == 20000
+    )
+    packs.check_weights(pack, weights.arrays(pack.path))
+    card = (builtin.FOLDER / "zoo-26.README.md").read_text(encoding="utf-8")
+    assert card == cards.card_text(pack.manifest, "zoo-26.safetensors"), "regenerate it: see docs/packs.md"
+    root = builtin.FOLDER.parent.parent
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["qdplugins"]
+    for file in builtin.FOLDER.iterdir():
+        assert any(fnmatch.fnmatch(f"packs/{file.name}", glob) for glob in data), file
 
 
 # -- refusals ---------------------------------------------------------------------------------
@@ -378,12 +501,215 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("kind", REFUSALS)
+# -- format 2: hostile .safetensors files ------------------------------------------------------
+
+
+def _st(header, data: bytes, length: int | None = None) -> bytes:
+    """A .safetensors file by hand: the header's length (8 bytes, little-endian), the header
+    (a dict, or raw bytes), the data section."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return (len(raw) if length is None else length).to_bytes(8, "little") + raw + data
+
+
+def _tensors(good_file: Path) -> tuple[dict, dict]:
+    """The manifest and the named arrays of a format-2 pack."""
+    pack, weights = packs.read(good_file)
+    return pack.manifest, {k: np.array(v) for k, v in weights.arrays(good_file).items()}
+
+
+def _saved(out: Path, manifest, arrays: dict, **metadata) -> Path:
+    """A well-formed file (written by the safetensors library) holding `manifest` (a dict: its
+    checksum set to these arrays; or the text as it is) and `arrays`."""
+    if isinstance(manifest, dict):
+        data = b"".join(arrays[k].astype("<f4").tobytes() for k in sorted(arrays))
+        manifest = {**manifest, "files": {"tensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}}
+        manifest = json.dumps(manifest)
+    out.write_bytes(save_tensors(arrays, metadata={"qd_manifest": manifest, **metadata}))
+    return out
+
+
+def _bad_v2(kind: str, good_file: Path, tmp: Path) -> tuple[Path, str, dict]:
+    header, data = _header(good_file)
+    manifest, arrays = _tensors(good_file)
+    out = tmp / f"{kind}.safetensors"
+    env = {}
+    first = sorted(k for k in header if k != "__metadata__")[0]
+    if kind == "st-header-past-end":  # the first 8 bytes promise more header than the file has
+        raw = good_file.read_bytes()
+        out.write_bytes(len(raw).to_bytes(8, "little") + raw[8:])
+        match = "past the end of the file"
+    elif kind == "st-header-100mb":  # 100 MB of header (sparse): refused before one byte of it is read
+        with open(out, "wb") as f:
+            f.write((100_000_000).to_bytes(8, "little") + b"{")
+            f.truncate(100_000_008)
+        match = "header is 100,000,000 bytes, above the 4 MB"
+    elif kind == "st-short":
+        out.write_bytes(b"\x10\x00\x00")
+        match = "under 8 bytes"
+    elif kind == "st-header-not-json":
+        out.write_bytes(_st(b"{not json   ", data))
+        match = "header is not JSON"
+    elif kind == "st-header-nested":
+        out.write_bytes(_st(b"[" * 100_000 + b"]" * 100_000, data))
+        match = "header is not JSON"
+    elif kind == "st-header-list":
+        out.write_bytes(_st(b"[1, 2]", data))
+        match = "not a JSON object"
+    elif kind == "st-duplicate":  # json.loads would keep the second entry silently
+        text = json.dumps(header)
+        entry = json.dumps({first: header[first]})[1:-1]
+        out.write_bytes(_st(("{" + entry + ", " + text[1:]).encode(), data))
+        match = f"names '{first}' twice"
+    elif kind == "st-overlap":  # the second tensor's bytes are the first's again
+        names = sorted(k for k in header if k != "__metadata__")
+        a, b = header[names[0]], header[names[1]]
+        size = b["data_offsets"][1] - b["data_offsets"][0]
+        b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + size]
+        out.write_bytes(_st(header, data))
+        match = "no gap and no overlap"
+    elif kind == "st-out-of-range":
+        last = sorted(k for k in header if k != "__metadata__")[-1]
+        begin, end = header[last]["data_offsets"]
+        header[last]["data_offsets"] = [begin + 1024, end + 1024]
+        out.write_bytes(_st(header, data))
+        match = "out of the data section"
+    elif kind == "st-trailing":  # bytes no tensor accounts for, after the last one
+        out.write_bytes(_st(header, data + b"\0" * 64))
+        match = "64 bytes after the last tensor"
+    elif kind == "st-dtype":
+        header[first]["dtype"] = "F64"
+        out.write_bytes(_st(header, data))
+        match = "'F64', not F32"
+    elif kind == "st-shape-bytes":  # a shape the tensor's bytes do not hold
+        header[first]["shape"] = [d + 1 for d in header[first]["shape"]]
+        out.write_bytes(_st(header, data))
+        match = "spans .* bytes; its shape .* needs"
+    elif kind == "st-shape-negative":
+        header[first]["shape"] = [-1]
+        out.write_bytes(_st(header, data))
+        match = "is not a list of sizes"
+    elif kind == "st-shape-model":  # the same bytes, shaped otherwise than the manifest's model
+        arrays["z_bias"] = arrays["z_bias"].reshape(2, -1)
+        _saved(out, manifest, arrays)
+        match = "z_bias is shaped \\(2, 4\\)"
+    elif kind == "st-nan":  # checksum fine, the weights not
+        arrays["out_bias"] = np.full_like(arrays["out_bias"], np.nan)
+        _saved(out, manifest, arrays)
+        match = "tensor 'out_bias' holds NaN or infinite values"
+    elif kind == "st-inf":
+        arrays["enc_kernel"] = arrays["enc_kernel"].copy()
+        arrays["enc_kernel"][0, 0] = np.inf
+        _saved(out, manifest, arrays)
+        match = "tensor 'enc_kernel' holds NaN or infinite values"
+    elif kind == "st-missing":
+        del arrays["dec_table"]
+        _saved(out, manifest, arrays)
+        match = "missing dec_table"
+    elif kind == "st-extra":
+        arrays["backdoor"] = np.zeros(3, np.float32)
+        _saved(out, manifest, arrays)
+        match = "unexpected 'backdoor'"
+    elif kind == "st-no-metadata":
+        del header["__metadata__"]
+        out.write_bytes(_st(header, data))
+        match = "has no qd_manifest"
+    elif kind == "st-metadata-other-key":
+        _saved(out, manifest, arrays, format="pt")
+        match = "holds 'format'; a qd model pack's holds only qd_manifest"
+    elif kind == "st-metadata-not-text":  # safetensors metadata is text; here the manifest is an object
+        header["__metadata__"] = {"qd_manifest": manifest}
+        out.write_bytes(_st(header, data))
+        match = "'qd_manifest' is not text"
+    elif kind == "st-manifest-not-json":
+        _saved(out, "{this is not json", arrays)
+        match = "manifest is not JSON"
+    elif kind == "st-manifest-surrogate":  # a lone surrogate: text, but no UTF-8 can hold it
+        header["__metadata__"]["qd_manifest"] = "\ud800" + header["__metadata__"]["qd_manifest"]
+        out.write_bytes(_st(json.dumps(header).encode(), data))
+        match = "manifest is not JSON"
+    elif kind == "st-manifest-types":
+        _saved(out, {**manifest, "steps": "many"}, arrays)
+        match = "lacks `steps`"
+    elif kind == "st-manifest-no-checksum":
+        _saved(out, json.dumps({k: v for k, v in manifest.items() if k != "files"}), arrays)
+        match = "lacks `files.tensors`"
+    elif kind == "st-version-1":  # a format-1 manifest in a format-2 file
+        _saved(out, {**manifest, "format_version": 1}, arrays)
+        match = "says format version 1, but it is a .safetensors file"
+    elif kind == "st-version-3":
+        _saved(out, {**manifest, "format_version": 3}, arrays)
+        match = "format version 3; this qd .* reads versions 1 and 2"
+    elif kind == "st-checksum":  # one weight changed, the header as it was: only sha256 can tell
+        flipped = bytearray(data)
+        flipped[len(flipped) // 2] ^= 0x01
+        out.write_bytes(_st(header, bytes(flipped)))
+        match = "its tensor data does not match the sha256"
+    elif kind == "st-truncated":
+        raw = good_file.read_bytes()
+        out.write_bytes(raw[: len(raw) // 2])
+        match = "cut short"
+    elif kind == "st-huge-model":  # a few KB declaring 16 GiB: refused from the header, nothing allocated
+        huge = {
+            **manifest["model"],
+            "enc_size": 4096,
+            "dec_size": 4096,
+            "height": 512,
+            "width": 512,
+            "attention": False,
+        }
+        _saved(out, {**manifest, "model": huge}, arrays)
+        match = "shaped|does not fit"
+    elif kind == "st-too-large":
+        out = good_file
+        env = {packs.LIMIT_ENV: "0.01"}
+        match = "above the 0.01 MB limit for a model pack"
+    return out, match, env
+
+
+REFUSALS_V2 = [
+    "st-header-past-end",
+    "st-header-100mb",
+    "st-short",
+    "st-header-not-json",
+    "st-header-nested",
+    "st-header-list",
+    "st-duplicate",
+    "st-overlap",
+    "st-out-of-range",
+    "st-trailing",
+    "st-dtype",
+    "st-shape-bytes",
+    "st-shape-negative",
+    "st-shape-model",
+    "st-nan",
+    "st-inf",
+    "st-missing",
+    "st-extra",
+    "st-no-metadata",
+    "st-metadata-other-key",
+    "st-metadata-not-text",
+    "st-manifest-not-json",
+    "st-manifest-surrogate",
+    "st-manifest-types",
+    "st-manifest-no-checksum",
+    "st-version-1",
+    "st-version-3",
+    "st-checksum",
+    "st-truncated",
+    "st-huge-model",
+    "st-too-large",
+]
+
+
+@pytest.mark.parametrize("kind", REFUSALS + REFUSALS_V2)
 def test_a_bad_pack_is_refused_with_one_line_and_the_cache_is_unchanged(kind, exported, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     packs.import_pack(exported["file"], cache)  # a cache with something in it
     before = tree(cache)
-    bad, match, env = _bad(kind, exported["file"], tmp_path)
+    if kind.startswith("st-"):
+        bad, match, env = _bad_v2(kind, exported["file"], tmp_path)
+    else:
+        bad, match, env = _bad(kind, exported["v1"], tmp_path)
     r = qd("models", "import", bad, "--force", cache=cache, extra_env=env)
     assert r.returncode == 2, r.stderr
     # (Building the model to check the weights starts TensorFlow, whose start-up notices qd cannot silence.)
@@ -412,17 +738,62 @@ def test_importing_a_name_that_exists_needs_force(exported, tmp_path):
     # The same pack again: the same two files, no leftovers (the import lock keeps its last holder's pid).
     lock = ".packs-import.lock"
     assert {k: v for k, v in tree(cache).items() if k != lock} == {k: v for k, v in before.items() if k != lock}
-    # Export of an imported pack gives back the same archive, byte for byte.
-    copy = tmp_path / "copy.qdpack"
+    # Export of an imported pack gives back the same file, byte for byte.
+    copy = tmp_path / "copy.safetensors"
     assert qd("models", "export", "tiny-zoo", copy, cache=cache).returncode == 0
     assert copy.read_bytes() == exported["file"].read_bytes()
 
 
+def test_both_formats_import_and_convert_into_each_other_by_export(exported, tmp_path):
+    """Format 1 still imports (as its two members); export converts by the file's suffix, and
+    a round trip through the other format gives back the same file."""
+    one, two = tmp_path / "cache-1", tmp_path / "cache-2"
+    assert qd("models", "import", exported["v1"], cache=one).returncode == 0
+    assert qd("models", "import", exported["file"], cache=two).returncode == 0
+    assert sorted(p.name for p in (one / "packs" / "tiny-zoo").iterdir()) == ["manifest.json", "weights.npz"]
+    a, wa = packs.read(one / "packs" / "tiny-zoo")
+    b, wb = packs.read(two / "packs" / "tiny-zoo")
+    assert (a.version, b.version) == (1, 2)
+    arrays_a, arrays_b = wa.arrays("a"), wb.arrays("b")
+    assert set(arrays_a) == set(arrays_b) and all(np.array_equal(arrays_a[k], arrays_b[k]) for k in arrays_a)
+    # Format 1 -> 2: the very file a format-2 export of the trained model is.
+    to_two = tmp_path / "from-1" / "tiny-zoo.safetensors"
+    r = qd("models", "export", "tiny-zoo", to_two, cache=one)
+    assert r.returncode == 0 and "format 2" in r.stdout, r.stderr
+    assert to_two.read_bytes() == exported["file"].read_bytes()
+    assert (
+        to_two.with_name("tiny-zoo.README.md").read_text()
+        == exported["file"].with_name("tiny-zoo.README.md").read_text()
+    )
+    # Format 2 -> 1: the same manifest and arrays as a format-1 export (numpy stamps its .npz with the time).
+    to_one = tmp_path / "from-2" / "tiny-zoo.qdpack"
+    r = qd("models", "export", "tiny-zoo", to_one, cache=two)
+    assert r.returncode == 0 and "format 1" in r.stdout, r.stderr
+    got, want = (json.loads(_members(f)["manifest.json"]) for f in (to_one, exported["v1"]))
+    got.pop("files"), want.pop("files")  # the checksums of two .npz files of different times
+    assert got == want
+    back, weights = packs.read(to_one)
+    assert back.version == 1 and all(np.array_equal(weights.arrays("x")[k], arrays_b[k]) for k in arrays_b)
+
+
+def test_a_manifest_key_this_qd_does_not_know_is_kept_in_both_formats(exported, tmp_path):
+    """A newer qd may add keys (a `legs` list of where a model started from): this one imports
+    such a pack, keeps the key, and exports it again."""
+    pack, weights = packs.read(exported["file"])
+    legs = [{"from": "zoo-26", "steps": 6}]
+    for suffix in (".safetensors", ".qdpack"):
+        file = packs.write(tmp_path / f"legs{suffix}", {**pack.manifest, "legs": legs}, weights)
+        imported = packs.import_pack(file, tmp_path / f"cache{suffix}")
+        assert imported.manifest["legs"] == legs and packs.read(imported.path)[0].manifest["legs"] == legs
+        again = packs.export("tiny-zoo", tmp_path / f"again{suffix}", tmp_path / f"cache{suffix}", {})
+        assert again.manifest["legs"] == legs
+
+
 def test_unknown_names_are_one_line_errors(exported, tmp_path):
-    r = qd("models", "export", "nope", tmp_path / "x.qdpack", cache=exported["cache"])
+    r = qd("models", "export", "nope", tmp_path / "x.safetensors", cache=exported["cache"])
     assert r.returncode == 2 and r.stderr.startswith("Error: no model named 'nope'") and "tiny-zoo" in r.stderr
-    assert not (tmp_path / "x.qdpack").exists()
-    missing = qd("models", "import", tmp_path / "absent.qdpack", cache=tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []  # neither the pack nor its card
+    missing = qd("models", "import", tmp_path / "absent.safetensors", cache=tmp_path / "c")
     assert missing.returncode == 2 and missing.stderr.startswith("Error: ")
 
 
@@ -468,7 +839,7 @@ def test_qd_models_lists_a_damaged_import_without_failing(exported, tmp_path):
 def test_export_takes_a_description_and_recognizer_figures(exported, tmp_path):
     figures = tmp_path / "figures.json"
     figures.write_text(json.dumps({"cat": {"recognized": 0.5, "frechet": 12.0, "frechet_floor": 1.0}}))
-    out = tmp_path / "described.qdpack"
+    out = tmp_path / "described.safetensors"
     r = qd(
         "models",
         "export",
@@ -481,11 +852,14 @@ def test_export_takes_a_description_and_recognizer_figures(exported, tmp_path):
         cache=exported["cache"],
     )
     assert r.returncode == 0, r.stderr
-    manifest = json.loads(_members(out)["manifest.json"])
+    manifest = packs.read(out, verify=False)[0].manifest
     assert manifest["description"] == "6 steps on 300 drawings" and manifest["recognizer"]["cat"]["recognized"] == 0.5
+    card = (tmp_path / "described.README.md").read_text()
+    assert "6 steps on 300 drawings" in card and "type: recognizer.cat.recognized" in card
     figures.write_text("[1, 2]")
-    bad = qd("models", "export", "tiny-zoo", tmp_path / "no.qdpack", "--figures", figures, cache=exported["cache"])
-    assert bad.returncode == 2 and "one JSON object" in bad.stderr and not (tmp_path / "no.qdpack").exists()
+    bad = qd("models", "export", "tiny-zoo", tmp_path / "no.safetensors", "--figures", figures, cache=exported["cache"])
+    assert bad.returncode == 2 and "one JSON object" in bad.stderr
+    assert not (tmp_path / "no.safetensors").exists() and not (tmp_path / "no.README.md").exists()
 
 
 def test_an_import_a_kill_interrupted_leaves_nothing_that_lasts(exported, tmp_path):
@@ -542,7 +916,7 @@ def test_export_refuses_to_write_a_pack_that_import_would_refuse(exported, tmp_p
     shutil.copytree(exported["cache"], cache)
     (workdir,) = [p for p in (cache / "models").iterdir() if p.is_dir() and not p.name.endswith(".lock")]
     (workdir / "eval.json").write_text('{"step": 6, "bound": NaN}')  # a diverged run's record
-    out = tmp_path / "x.qdpack"
+    out = tmp_path / "x.safetensors"
     with pytest.raises(InputError, match="not exported: `qd models import` would refuse it: .*not a finite number"):
         packs.export("tiny-zoo", out, cache, {})
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "x.README.md").exists()

@@ -646,7 +646,7 @@ def test_the_default_recipe_draws_cats_from_the_installed_pack(tmp_path, tiny_pa
     from qdcore.studio.session import DEFAULT_PACK
 
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))  # a fresh install: nothing trained
-    installed_packs(tiny_pack)  # as plugins/packs/zoo-26.qdpack
+    installed_packs(tiny_pack)  # as plugins/packs/zoo-26.safetensors
     s = Studio(build(), None, workdir=tmp_path / "studio")
     try:
         with TestClient(create_app(s)) as c:
@@ -708,7 +708,7 @@ def test_the_page_may_name_a_pack_and_the_default_trains_without_one(
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
     from qdcore import packs
 
-    apple_only = tmp_path / "fruit.qdpack"
+    apple_only = tmp_path / "fruit.safetensors"
     pack, weights = packs.read(tiny_pack)
     # (as many categories as the tiny pack's class rows: export refuses a pack import would refuse)
     packs.write(apple_only, {**pack.manifest, "name": "fruit", "categories": ["apple", "fish", "banana"]}, weights)
@@ -743,15 +743,15 @@ def test_copy_as_recipe_names_the_recipe_of_a_cached_model_qd_run_resolves(tmp_p
     finally:
         s.close()
     assert folder.startswith("tiny-zoo-") and yaml.safe_load(copied)["model"]["from"] == "tiny-zoo"
-    assert f"qd models export {folder} tiny-zoo.qdpack" in copied
+    assert f"qd models export {folder} tiny-zoo.safetensors" in copied
     (tmp_path / "copied.yaml").write_text(copied)  # beside tiny-zoo.yaml
     assert np.array_equal(_frames(gif), _qd_run(tmp_path / "copied.yaml", tmp_path / "run.gif"))
     # Elsewhere, with the model moved as the pack the comment says how to make: the same apples.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "copied.yaml").write_text(copied)
-    packs.export(folder, tmp_path / "tiny-zoo.qdpack", tmp_path / "cache", {})
+    packs.export(folder, tmp_path / "tiny-zoo.safetensors", tmp_path / "cache", {})
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache-b"))
-    packs.import_pack(tmp_path / "tiny-zoo.qdpack", tmp_path / "cache-b")
+    packs.import_pack(tmp_path / "tiny-zoo.safetensors", tmp_path / "cache-b")
     moved = _qd_run(elsewhere / "copied.yaml", tmp_path / "moved.gif")
     assert moved.shape == _frames(gif).shape and np.abs(moved.astype(float) - _frames(gif)).mean() < 1

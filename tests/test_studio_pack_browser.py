@@ -4,7 +4,7 @@ driven by Playwright, as tests/test_studio_browser.py does; they FAIL when it is
 
 The pack is the tests' tiny zoo-26 (conftest.tiny_pack), imported into the server's fresh
 cache: the user's cache comes first, so this holds whether or not the repository ships
-plugins/packs/zoo-26.qdpack (the same lookup serves an installed pack: test_studio_api.py).
+plugins/packs/zoo-26.safetensors (the same lookup serves an installed pack: test_studio_api.py).
 """
 
 from __future__ import annotations

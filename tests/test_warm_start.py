@@ -46,7 +46,7 @@ def _pack(root: Path, seed: int) -> Path:
     with cache_dir_set(cache):
         r = load(recipe, build().registry)
         engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
-        file = root / f"tiny-zoo-{seed}.qdpack"
+        file = root / f"tiny-zoo-{seed}.safetensors"
         packs.export("tiny-zoo", file, cache, {})
     return file
 
@@ -107,7 +107,7 @@ def test_fine_tuning_starts_from_the_pack_and_its_key_follows_the_pack(cache, tm
     plain.write_text((BANANA % (100, 4, "")).replace("start: tiny-zoo, ", ""))
     assert engine.model_dir(load(plain, build().registry)) != workdir
     finished = json.loads((workdir / "finished.json").read_text())
-    sha = packs.read(zoo_packs[0])[0].manifest["files"]["weights.npz"]["sha256"]
+    sha = packs.read(zoo_packs[0])[0].manifest["files"]["tensors"]["sha256"]
     assert finished["start"]["identity"] == {"pack": "tiny-zoo", "sha256": sha}
     assert finished["start"]["rows"]["banana"] in ("cat", "apple", "fish")  # the closest of the three
     recorded = json.loads((workdir / "recipe.json").read_text())["start"]
@@ -124,7 +124,7 @@ def test_fine_tuning_starts_from_the_pack_and_its_key_follows_the_pack(cache, tm
     packs.import_pack(zoo_packs[1], cache, force=True)
     newer = engine.run(r, out=tmp_path / "b3.gif")
     assert newer.model_dir != workdir and newer.trained_steps == 4
-    sha1 = packs.read(zoo_packs[1])[0].manifest["files"]["weights.npz"]["sha256"]
+    sha1 = packs.read(zoo_packs[1])[0].manifest["files"]["tensors"]["sha256"]
     assert json.loads((newer.model_dir / "finished.json").read_text())["start"]["identity"]["sha256"] == sha1
 
 

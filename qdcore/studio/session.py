@@ -481,7 +481,7 @@ class Studio:
         return (
             f"# model.{key}: {name!r} is the recipe that trained the cached model {found[0]['folder']}: save this "
             f"file beside {name}.yaml, or import that model as a pack: qd models export {found[0]['folder']} "
-            f"{name}.qdpack && qd models import {name}.qdpack\n"
+            f"{name}.safetensors && qd models import {name}.safetensors\n"
         )
 
     # --- training --------------------------------------------------------------------------
