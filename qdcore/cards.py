@@ -153,6 +153,30 @@ def _count(value) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
 
 
+def _legs_section(legs) -> list[str]:
+    """The relay's legs, oldest first: each started from the weights the one before left."""
+    if not isinstance(legs, list) or not legs:
+        return []
+    hours = lambda v: "-" if _number(v) is None else f"{v / 3600:.2f}"  # noqa: E731
+    lines = [
+        "",
+        "## Training legs",
+        "",
+        "| leg | steps | images | wall hours | CPU hours | machines |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for leg in legs:
+        leg = leg if isinstance(leg, dict) else {}
+        sessions = [x for x in leg.get("sessions") or [] if isinstance(x, dict)]
+        machines = sorted({f"{x.get('cpu')} ({x.get('cores')} cores, {x.get('plan')})" for x in sessions})
+        where = "; ".join(machines) or leg.get("about") or "-"
+        lines.append(
+            f"| {_cell(leg.get('name'))} | {_count(leg.get('steps'))} | {_count(leg.get('images'))} | "
+            f"{hours(leg.get('wall_s'))} | {hours(leg.get('cpu_s'))} | {_cell(where)} |"
+        )
+    return lines
+
+
 def card_text(manifest: dict, file_name: str) -> str:
     """The card of a pack whose (checked) manifest is `manifest`, written beside `file_name`."""
     name = manifest["name"]
@@ -218,6 +242,7 @@ def card_text(manifest: dict, file_name: str) -> str:
     for cat in cats:
         bound = _number(per_bound.get(cat))
         lines.append(f"| {_cell(cat)} | {_count(per_count.get(cat))} | {'-' if bound is None else f'{bound:.1f}'} |")
+    lines += _legs_section(manifest.get("legs"))
     lines += ["", "## License", ""]
     if is_quickdraw(manifest):
         lines.append(

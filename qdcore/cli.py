@@ -317,14 +317,24 @@ def export_model(
     figures: Optional[Path] = typer.Option(
         None, "--figures", help="A JSON object of recognizer figures (e.g. qd eval's output) for the manifest."
     ),
+    as_name: Optional[str] = typer.Option(
+        None, "--name", help="The pack's name (default: the model's), e.g. a relay leg's model as the next zoo-26."
+    ),
     debug: bool = DebugOpt,
 ):
     """Write a trained model as one pack file (manifest + weights, no optimizer state) and its
-    model card beside it (FILE's stem + .README.md)."""
+    model card beside it (FILE's stem + .README.md). The manifest keeps the training legs that
+    made the weights: steps, wall and CPU seconds, and machine of each (docs/packs.md)."""
     from . import packs, paths
 
     pack = packs.export(
-        name, file, paths.cache_dir(), _plugins().registry.entries["models"], description=description, figures=figures
+        name,
+        file,
+        paths.cache_dir(),
+        _plugins().registry.entries["models"],
+        description=description,
+        figures=figures,
+        as_name=as_name,
     )
     typer.echo(
         f"wrote {file} ({pack.name}, format {pack.version}, {file.stat().st_size / 2**20:.1f} MB) "

@@ -231,7 +231,11 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, repor
         with lock:
             source = start_source(recipe)
             _describe_model(recipe, workdir, source)
-            start = None if source is None else warm_start.Start(source.label, source.identity(), source_model(source))
+            start = (
+                None
+                if source is None
+                else warm_start.Start(source.label, source.identity(), source_model(source), legs=source.legs())
+            )
             return train.train(
                 recipe.model,
                 recipe.train,

@@ -736,7 +736,48 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     return {k: v.numpy().astype(np.float32) for k, v in _variables(model).items()}
 
 
-def manifest_of_cached(workdir: Path, name: str) -> dict:
+def legs(manifest: dict) -> list[dict]:
+    """The training legs that made a pack's weights, oldest first: its manifest's `legs`, or
+    for a pack from before legs were recorded, one leg from what its manifest says."""
+    got = manifest.get("legs")
+    if isinstance(got, list) and got:
+        return got
+    steps, batch = manifest.get("steps"), (manifest.get("train") or {}).get("batch_size")
+    return [
+        {
+            "name": manifest.get("name"),
+            "steps": steps,
+            "images": steps * batch if isinstance(steps, int) and isinstance(batch, int) else None,
+            "about": manifest.get("description"),
+        }
+    ]
+
+
+def cached_legs(workdir: Path, finished: dict, start_legs=None) -> list[dict]:
+    """The legs of a model trained into the cache: its start's legs (a relay: each leg starts
+    from the last one's weights) and its own, with each session's steps, seconds and machine
+    (compute.json, qdcore/training/train.py). `start_legs(record)` finds the legs of a start
+    recorded before starts carried them."""
+    start = finished.get("start") if isinstance(finished.get("start"), dict) else None
+    earlier = (start or {}).get("legs")
+    if start is not None and not earlier and start_legs is not None:
+        earlier = start_legs(start)
+    sessions = [s for s in finished.get("compute") or [] if isinstance(s, dict)]
+    total = lambda key: round(sum(float(s.get(key) or 0) for s in sessions), 1) if sessions else None  # noqa: E731
+    steps, batch = finished.get("step"), (finished.get("train") or {}).get("batch_size")
+    own = {
+        "name": Path(workdir).name,
+        "steps": steps,
+        "images": steps * batch if isinstance(steps, int) and isinstance(batch, int) else None,
+        "start": (start or {}).get("from"),
+        "wall_s": total("wall_s"),
+        "cpu_s": total("cpu_s"),
+        "sessions": sessions,
+    }
+    return list(earlier or []) + [own]
+
+
+def manifest_of_cached(workdir: Path, name: str, start_legs=None) -> dict:
     """The manifest of a model trained into the cache, from what training left beside it
     (the format fields, `format_version` and `files`, are the writer's: see `write`)."""
     workdir = Path(workdir)
@@ -764,6 +805,7 @@ def manifest_of_cached(workdir: Path, name: str) -> dict:
         },
         "held_out": {k: evaluation[k] for k in held_keys if k in evaluation} or None,
         "recognizer": {k: evaluation[k] for k in rec_keys if k in evaluation} or None,
+        "legs": cached_legs(workdir, finished, start_legs),
         "qd_version": __version__,
     }
 
@@ -944,13 +986,17 @@ def export(
     *,
     description: Optional[str] = None,
     figures: Optional[Path] = None,
+    as_name: Optional[str] = None,
 ) -> Pack:
     """Write the model `name` as a pack file at `file`, with its model card beside it
     (`card_path`): a model trained into the cache (by name, or by folder name when several
     share one), else an imported or installed pack (converted when `file` asks for the other
     format). The format follows `file`'s suffix: .qdpack is format 1, anything else format 2.
     `description` and `figures` (a JSON file: recognizer figures measured by whoever made the
-    model, e.g. per category) replace the manifest's."""
+    model, e.g. per category) replace the manifest's; `as_name` names the pack (a relay leg's
+    recipe, zoo-26-relay, exported as the next zoo-26)."""
+    if as_name is not None and not NAME.fullmatch(as_name):
+        raise InputError(f"--name {as_name!r} is not a pack name (letters, digits, '.', '_', '-')")
     check_target(file, str(Path(file) / (name + SUFFIX)))  # before any model is read
     check_target(card_path(Path(file).expanduser().absolute()))
     extra = _figures(figures) if figures is not None else None
@@ -966,7 +1012,8 @@ def export(
         finished = json.loads((workdir / models.FINISHED).read_text(encoding="utf-8"))
         trained = load_trained(ModelConfig(**finished["model"]), workdir)
         weights = model_arrays(trained.model)
-        manifest = manifest_of_cached(workdir, pack_name)
+        earlier = lambda start: _start_legs(start, cache_dir, installed)  # noqa: E731
+        manifest = manifest_of_cached(workdir, as_name or pack_name, earlier)
     else:
         found = find(cache_dir, name, installed.get(name))
         if found is None:
@@ -981,11 +1028,21 @@ def export(
             )
         checked, weights = read(found.path, found.name, found.plugin)
         manifest = checked.manifest
+        if as_name is not None:
+            manifest["name"] = as_name
     if description is not None:
         manifest["description"] = description
     if extra is not None:
         manifest["recognizer"] = extra
     return read(write(file, manifest, weights), verify=False)[0]
+
+
+def _start_legs(start: dict, cache_dir: Path, installed: dict) -> Optional[list]:
+    """The legs of a pack a run started from before start records carried them: that pack's,
+    found by name (its weights may since have moved to another format, not changed)."""
+    name = (start.get("identity") or {}).get("pack")
+    found = find(cache_dir, name, installed.get(name)) if isinstance(name, str) else None
+    return legs(found.manifest) if found is not None else None
 
 
 def _figures(path: Path) -> dict:

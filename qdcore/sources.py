@@ -57,6 +57,13 @@ class SharedSource:
         finished = models._json(Path(self.workdir) / models.FINISHED) or {}
         return {"model": Path(self.workdir).name, "step": finished.get("step")}
 
+    def legs(self) -> list[dict]:
+        """The training legs that made these weights (packs.legs): a run that starts from them
+        records them, so its export lists every leg of the relay."""
+        if self.pack is not None:
+            return packs.legs(self.pack.manifest)
+        return packs.cached_legs(self.workdir, models._json(Path(self.workdir) / models.FINISHED) or {})
+
 
 def shared_source(shared) -> Optional[SharedSource]:
     """The user's cache first (a model trained from the named recipe, then an imported pack),

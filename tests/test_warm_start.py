@@ -152,6 +152,20 @@ def test_a_resumed_fine_tune_restores_its_own_checkpoint(cache, tmp_path, monkey
     assert resumed.step == 4 and "start:" not in capsys.readouterr().err  # its own checkpoint, not the pack
     # Its record still says where it started (kept in start.json from the first run).
     assert json.loads((resumed.workdir / "finished.json").read_text())["start"]["identity"]["pack"] == "tiny-zoo"
+    # Exported, its manifest lists the relay's legs: the pack's (one leg, trained in one
+    # session) and its own, in two sessions (cancelled at step 2, resumed to 4), each with
+    # its seconds and machine; under another name when asked.
+    pack = packs.export(resumed.workdir.name, tmp_path / "next.safetensors", cache, {}, as_name="banana-next")
+    first, own = pack.manifest["legs"]
+    assert pack.name == "banana-next" and first["name"].startswith("tiny-zoo-") and first["steps"] == 6
+    assert [(s["from_step"], s["to_step"]) for s in first["sessions"]] == [(0, 6)]
+    assert own["name"] == resumed.workdir.name and own["steps"] == 4 and "tiny-zoo" in own["start"]
+    assert [(s["from_step"], s["to_step"]) for s in own["sessions"]] == [(0, 2), (2, 4)]
+    assert own["cpu_s"] > 0 and own["wall_s"] == pytest.approx(sum(s["wall_s"] for s in own["sessions"]), abs=0.2)
+    assert all(s["cores"] >= 1 and s["plan"] and s["cpu"] for s in own["sessions"])
+    assert packs.read(tmp_path / "next.safetensors")[0].manifest["legs"] == pack.manifest["legs"]
+    card = packs.card_path(tmp_path / "next.safetensors").read_text()
+    assert "## Training legs" in card and f"| {own['name']} | 4 | 80 |" in card
     # The same run uninterrupted, in another cache with the same pack, ends at the same weights.
     other = tmp_path / "other"
     monkeypatch.setenv("QD_CACHE_DIR", str(other))

@@ -8,6 +8,7 @@ Everything for one model lives in the `workdir` the engine hands over:
                       the class names of a conditional model
     stop.json         the stop rule's checks so far, replayed on resume (qdcore/training/stopping.py)
     start.json        where a warm-started run's first weights came from (warm_start.initialize)
+    compute.json      what training cost: each session's steps, wall and CPU seconds, machine, plan
     last_by_class.npz a conditional model's last training images of each class
     tensorboard/      TensorBoard summaries (qdcore/training/summaries.py)
 Under a multi-worker strategy only the chief writes any of these (qdcore/training/distribute.py).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +48,11 @@ from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
 LAST_BATCH = "last_batch.npy"
 STARTED = "start.json"
+COMPUTE = "compute.json"
 LAST_BY_CLASS = "last_by_class.npz"
 KEEP_PER_CLASS = 16
+# The CPU flags a compute record keeps: those that decide which step plan is fastest.
+MACHINE_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "asimd", "sve"}
 
 
 @dataclass
@@ -545,7 +550,7 @@ def _train(
 def _forget(workdir: Path) -> None:
     """restart=True: the checkpoints, last batch, stop record and finished marker go first."""
     shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
-    for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE, STARTED):
+    for name in (FINISHED, LAST_BATCH, LAST_BY_CLASS, stopping.STATE, STARTED, COMPUTE):
         (workdir / name).unlink(missing_ok=True)
 
 
@@ -647,6 +652,22 @@ class _Training:
         if self.chief and step > 0:
             _save_array(self.workdir / LAST_BATCH, self.batches(step - 1))
             self.summaries.samples(step, self.model)
+            self._book_compute(step)
+
+    def _book_compute(self, step: int) -> None:
+        """compute.json: this session's steps and seconds so far beside earlier sessions' (a
+        resumed run, a relay leg in another session): what a pack's manifest says it cost."""
+        sessions = (checkpoints.read_record(self.workdir / COMPUTE) or {}).get("sessions") or []
+        now = {
+            "from_step": self.session[0],
+            "to_step": step,
+            "wall_s": round(time.monotonic() - self.session[1], 1),
+            "cpu_s": round(time.process_time() - self.session[2], 1),
+            **self.session[3],
+        }
+        sessions = [s for s in sessions if isinstance(s, dict) and s.get("id") != now["id"]] + [now]
+        with atomic_path(self.workdir / COMPUTE) as tmp:
+            tmp.write_text(json.dumps({"sessions": sessions}, indent=1))
 
     def _stop_rule(self, held: int, start: int):
         """(rule, signal, Plateau or None). Workers of a multi-worker run would each have to
@@ -712,6 +733,16 @@ class _Training:
 
         cfg = self.train_cfg
         start = int(self.step_var.numpy())
+        info = step_plans.cpu_info()
+        machine = {
+            "id": f"{time.time_ns():x}",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu": info["model"],
+            "cores": step_plans.cpu_count(),
+            "flags": sorted(set(info["flags"]) & MACHINE_FLAGS),
+            "plan": self.choice.plan.name,
+        }
+        self.session = (start, time.monotonic(), time.process_time(), machine)
         self.batches = Batches(self.data, train_idx, cfg.batch_size, cfg.seed)
         schedule = optimizer.WarmupCosine.from_config_of(cfg)
         self.summaries = Summaries(self.workdir, self.chief, start)
@@ -766,6 +797,9 @@ class _Training:
         started = self.started or checkpoints.read_record(workdir / STARTED)
         if started is not None:
             finished["start"] = started
+        compute = checkpoints.read_record(workdir / COMPUTE)
+        if compute is not None:
+            finished["compute"] = compute.get("sessions")
         if stopped is not None:
             finished["stopped"] = stopped
             self.say(f"stopped at step {step:,} of {self.train_cfg.iterations:,}: {stopped['reason']}")

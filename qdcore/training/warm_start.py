@@ -22,7 +22,7 @@ is started this way; a resumed one restores its own checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -44,6 +44,7 @@ class Start:
     identity: dict
     load: Callable[[], object]  # -> the start's Draw model, holding its weights
     rows: str = WARM_START_ROWS  # how a category the start does not know gets its row
+    legs: list = field(default_factory=list)  # the training legs that made its weights (packs.legs)
 
 
 def initialize(model, source: Start, data: ImageSet, train_idx: np.ndarray) -> dict:
@@ -71,7 +72,7 @@ def initialize(model, source: Start, data: ImageSet, train_idx: np.ndarray) -> d
             else:  # one category: its row becomes part of the biases
                 model.enc_bias.assign_add(enc)
                 model.dec_bias.assign_add(dec)
-    return {"from": source.label, "identity": source.identity, "rows": chosen}
+    return {"from": source.label, "identity": source.identity, "rows": chosen, "legs": source.legs}
 
 
 def describe(done: dict) -> str:
