@@ -54,6 +54,54 @@ def _own_cache_no_env(monkeypatch, tmp_path):
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))  # each test starts unmeasured
     monkeypatch.delenv(P.NO_BF16_ENV, raising=False)
     monkeypatch.delenv(P.FORCE_ENV, raising=False)
+    monkeypatch.setenv(P.MEASURE_ENV, "all")  # these tests time every candidate; the finalists' tests unset it
+
+
+def test_a_fresh_machine_times_only_the_finalists(monkeypatch):
+    """Measuring in seconds: the plans that every full measurement put first (docs/performance.md)."""
+    monkeypatch.delenv(P.MEASURE_ENV)
+    said = []
+    rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300}
+    bf16 = FakeMeasure(rates)
+    c = choose(measure=bf16, say=said.append)
+    assert [x[0] for x in bf16.calls] == ["bfloat16-streams", "float32-streams"] and c.plan.name == "bfloat16-streams"
+    assert any("measuring 2 of 4 step plans" in m for m in said)
+    f32 = FakeMeasure(rates)
+    assert choose(info=F32_ONLY, measure=f32).plan.name == "float32-streams"
+    assert [x[0] for x in f32.calls] == ["float32-streams"]
+    small = FakeMeasure(rates)
+    assert choose(TrainConfig(iterations=LONG.iterations * 20, batch_size=20), measure=small).plan.name == "float32-xla"
+    assert [x[0] for x in small.calls] == ["float32-xla"]
+    # No finalist can run here: the others are timed, and the best of them wins.
+    broken = FakeMeasure({**rates, "bfloat16-streams": None, "float32-streams": None})
+    c = choose(TrainConfig(iterations=LONG.iterations, batch_size=402), measure=broken)
+    assert c.plan.name == "float32-xla-streams" and len(broken.calls) == 4
+    # With a GPU nothing here was ever measured: every candidate is timed.
+    gpu = FakeMeasure({"gpu-float32-xla": 900, "gpu-bfloat16-xla": 1000, "float32-xla": 100})
+    choose(TrainConfig(iterations=LONG.iterations, batch_size=404), gpus=GPU, measure=gpu)
+    assert len(gpu.calls) == len(P.candidates(404, 2, True, GPU))
+
+
+def test_plans_sharing_thread_pools_are_timed_in_one_process(monkeypatch):
+    specs = []
+
+    def child(spec, command=P.TIMING_CHILD):
+        specs.append(spec)
+        if spec["plans"][0]["name"] == "float32-xla":
+            raise TrainingError("no XLA here")
+        return {
+            "rows": [{"name": p["name"], "images_per_s_median": 10.0 * (i + 1)} for i, p in enumerate(spec["plans"])]
+        }
+
+    monkeypatch.setattr(P, "run_child", child)
+    plans = P.candidates(400, 2, True, [])
+    rows = P.time_plans(plans, TINY, 400, steps=3)
+    assert [[p["name"] for p in s["plans"]] for s in specs] == [
+        ["float32-xla"],
+        ["float32-xla-streams", "float32-streams", "bfloat16-streams"],
+    ]
+    assert all(s["kind"] == "group" and s["iterations"] == 3 and s["batch_size"] == 400 for s in specs)
+    assert isinstance(rows[0], TrainingError) and [r["images_per_s_median"] for r in rows[1:]] == [10.0, 20.0, 30.0]
 
 
 def test_candidates_with_and_without_bfloat16():
@@ -326,7 +374,7 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     tf = pytest.importorskip("tensorflow")
     tf.constant(1.0) + 1.0  # started: the winner's 1+2 threads can no longer be set here
     fake = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 50, "float32-streams": 10, "bfloat16-streams": 200})
-    monkeypatch.setattr(P, "time_plan", fake)
+    monkeypatch.setattr(P, "time_plans", lambda plans, model_cfg, batch: [fake(p, model_cfg, batch) for p in plans])
     monkeypatch.setattr(P, "MEASURE_MIN_IMAGES", 24)
     monkeypatch.setattr(P, "cpu_count", lambda: 2)  # the same four candidates on any machine,
     monkeypatch.setattr(P, "bf16_allowed", lambda info=None: True)  # bfloat16 units or not (Zen 3 has none)
@@ -344,3 +392,17 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     # The fallback keeps the measured arithmetic, in one stream on TensorFlow's threads.
     assert err.count("step plan bfloat16-streams needs 1+2 threads, but TensorFlow already started") == 2
     assert "training synthetic (bfloat16, measured)" in err and "training synthetic (bfloat16, cached)" in err
+
+
+def test_time_plans_times_plans_sharing_pools_in_one_fresh_process():
+    """The finalists of a streams batch in one child: each its own model, the pools set once;
+    a batch this small runs several steps a call, as training does (train.steps_per_call)."""
+    plans = [
+        P.StepPlan("float32", False, 2, (1, 2), name="float32-streams"),
+        P.StepPlan("bfloat16", False, 2, (1, 2), name="bfloat16-streams"),
+    ]
+    rows = P.time_plans(plans, TINY, 8, steps=2)
+    assert [r["plan"] for r in rows] == ["float32-streams", "bfloat16-streams"]
+    assert all(r["images_per_s"] > 0 and r["threads"] == [1, 2] and r["batch_size"] == 8 for r in rows)
+    small = P.time_plans([P.StepPlan("float32", True, name="float32-xla")], TINY, 8, steps=2)[0]
+    assert small["steps_per_call"] > 1 and small["steps"] == small["steps_per_call"]

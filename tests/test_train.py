@@ -115,6 +115,7 @@ def test_forced_precision_picks_that_arithmetic_without_measuring(monkeypatch):
     import qdcore.training.plan as plan_mod
 
     monkeypatch.setattr(plan_mod, "time_plan", lambda *a, **kw: pytest.fail("a forced short run measured"))
+    monkeypatch.setattr(plan_mod, "time_plans", lambda *a, **kw: pytest.fail("a forced short run measured"))
     f32 = train_mod.plan_step(TINY, TrainConfig(precision="float32", iterations=10)).plan
     assert f32 == train_mod.StepPlan("float32", False, 1, name="float32")  # short: nothing compiled
     bf16 = train_mod.plan_step(

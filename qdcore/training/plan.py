@@ -37,6 +37,8 @@ FORMAT = 1  # bump when the candidates or their meaning change: old cache entrie
 NO_BF16_ENV = "QD_PLAN_NO_BF16"
 # Set to a candidate's name to use it without measuring (benchmarks, debugging).
 FORCE_ENV = "QD_STEP_PLAN"
+# Set to "all" to time every candidate (as `qd bench train` does) instead of the finalists.
+MEASURE_ENV = "QD_PLAN_MEASURE"
 # Streams are at most one per core (4 streams on 2 cores were no faster than 1) and hold at
 # least this many images. The floor is a guess, not a measurement: it keeps tiny batches
 # (tests, toy recipes) in one stream, where splitting can only add ops.
@@ -327,6 +329,45 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
         return None
 
 
+# Which candidates a fresh machine times (`finalists`). Every full measurement recorded in
+# docs/performance.md ranks them alike at a batch split into streams: bfloat16-streams first
+# where the CPU has bfloat16 instructions (AMX or AVX512-BF16: 1.5-1.6x float32-streams), then
+# float32-streams; the XLA plans, which cost a compile each (6-12 s of a ~60 s measurement),
+# never won there by more than the timing noise. In one stream (small batches) the compiled
+# step removes per-op overhead and float32-xla is timed alone. The finalists of a streams
+# batch share their thread pools, so one process times them all (`time_plans`).
+FINALISTS_STREAMS = ("bfloat16-streams", "float32-streams")
+FINALISTS_ONE_STREAM = ("float32-xla",)
+
+
+def finalists(plans: list[StepPlan]) -> list[StepPlan]:
+    """The candidates worth timing on this machine (all of them with QD_PLAN_MEASURE=all, or
+    with a GPU, where nothing here was ever measured)."""
+    if os.environ.get(MEASURE_ENV, "").strip() == "all" or any(p.device != "cpu" for p in plans):
+        return plans
+    by_name = {p.name: p for p in plans}
+    names = FINALISTS_STREAMS if any(p.streams > 1 for p in plans) else FINALISTS_ONE_STREAM
+    return [by_name[n] for n in names if n in by_name] or plans
+
+
+def time_plans(plans: list[StepPlan], model_cfg: ModelConfig, batch_size: int, steps: int = MEASURE_STEPS) -> list:
+    """Each plan's timing row (or a TrainingError in its place), in as few fresh processes as
+    their thread pools allow: plans with the same pools are timed one after another in one."""
+    groups: dict = {}
+    for p in plans:
+        groups.setdefault(p.threads, []).append(p)
+    rows = {}
+    for group in groups.values():
+        spec = {"kind": "group", "plans": [p.as_dict() for p in group], "model": model_cfg.as_dict()}
+        try:
+            out = run_child({**spec, "batch_size": batch_size, "iterations": steps})
+        except TrainingError as e:
+            out = {"rows": [{"name": p.name, "error": str(e)} for p in group]}
+        for p, row in zip(group, out["rows"]):
+            rows[p.name] = TrainingError(row["error"]) if "error" in row else row
+    return [rows[p.name] for p in plans]
+
+
 def short_run_plan(plans: list[StepPlan], train_cfg: TrainConfig) -> StepPlan:
     """The plan of a short run with nothing cached: on a CPU, the first candidate's arithmetic
     in one stream, at TensorFlow's default threads, uncompiled: XLA compiling the default
@@ -402,7 +443,7 @@ def choose(
     busy = machine_busy() if busy is None else busy
     if _usable(cached, busy):
         return Choice(cached[0], "cached", cached[1], path)
-    return _measure(model_cfg, train_cfg, plans, fields, path, busy, say, measure or time_plan)
+    return _measure(model_cfg, train_cfg, plans, fields, path, busy, say, measure)
 
 
 def _usable(cached, busy: bool) -> bool:
@@ -437,17 +478,15 @@ def _measure(
                 "other work keeps the cores busy: the plan measured now may not be the fastest; "
                 "the next run that starts on a quiet machine measures again"
             )
+        timed = finalists(plans)
+        what = f"{len(plans)} step plans" if len(timed) == len(plans) else f"{len(timed)} of {len(plans)} step plans"
         say(
-            f"measuring {len(plans)} step plans on this machine ({', '.join(p.name for p in plans)}); "
+            f"measuring {what} on this machine ({', '.join(p.name for p in timed)}); "
             f"this happens once, the winner is cached in {path.parent}"
         )
-        rows = []
-        for p in plans:
-            try:
-                r = measure(p, model_cfg, train_cfg.batch_size)
-                rows.append({"name": p.name, "images_per_s": float(r["images_per_s_median"])})
-            except TrainingError as e:  # a plan that cannot run here (say, no XLA for this GPU) just loses
-                say(f"step plan {p.name} failed to run and is left out: {e}")
+        rows = _timed_rows(timed, model_cfg, train_cfg.batch_size, say, measure)
+        if not rows and len(timed) < len(plans):  # no finalist runs here: the others may
+            rows = _timed_rows([p for p in plans if p not in timed], model_cfg, train_cfg.batch_size, say, measure)
         if not rows:
             raise TrainingError("no step plan could run on this machine; run `qd bench train` for the details")
         winner = best(rows, plans)
@@ -458,6 +497,27 @@ def _measure(
             + f"; using {winner.name}"
         )
         return Choice(winner, "measured", rows, path)
+
+
+def _timed_rows(plans, model_cfg, batch_size, say, measure) -> list[dict]:
+    """{"name", "images_per_s"} of each plan that ran; one that cannot run here (say, no XLA
+    for this GPU) just loses, said in one line."""
+    if measure is None:
+        results = time_plans(plans, model_cfg, batch_size)
+    else:
+        results = []
+        for p in plans:
+            try:
+                results.append(measure(p, model_cfg, batch_size))
+            except TrainingError as e:
+                results.append(e)
+    rows = []
+    for p, r in zip(plans, results):
+        if isinstance(r, TrainingError):
+            say(f"step plan {p.name} failed to run and is left out: {r}")
+        else:
+            rows.append({"name": p.name, "images_per_s": float(r["images_per_s_median"])})
+    return rows
 
 
 def known_speed(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float | None:

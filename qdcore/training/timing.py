@@ -23,6 +23,7 @@ from ..config import ModelConfig, TrainConfig
 from .plan import StepPlan
 
 WARMUP_STEPS = 3
+CALL_WARMUP = 1  # a call of several steps (train.steps_per_call) is traced and compiled on its first
 
 
 def gflop_per_step(cfg: ModelConfig, batch: int) -> float:
@@ -56,8 +57,10 @@ def synthetic(n: int, cfg: ModelConfig) -> np.ndarray:
     return (x > 0.8).astype(np.uint8) * 255
 
 
-def timed(run_step: Callable[[], object], iterations: int, batch: int, cfg: ModelConfig, name: str) -> dict:
-    for _ in range(WARMUP_STEPS):
+def timed(
+    run_step: Callable[[], object], iterations: int, batch: int, cfg: ModelConfig, name: str, warmup: int = WARMUP_STEPS
+) -> dict:
+    for _ in range(warmup):
         run_step()
     times = []
     for _ in range(iterations):
@@ -84,22 +87,37 @@ def timed(run_step: Callable[[], object], iterations: int, batch: int, cfg: Mode
 def run_qd(cfg: ModelConfig, train_cfg: TrainConfig, iterations: int, plan: StepPlan | None = None) -> dict:
     """qd's own step and input pipeline, exactly as train() drives them (minus checkpoints)."""
     from ..interfaces import ImageSet
-    from .train import Batches, new_training, split  # TensorFlow lives behind this import
+    from .train import Batches, call_bounds, new_training, split, steps_per_call  # TensorFlow lives behind this
 
     choice, _, _, step = new_training(cfg, train_cfg, plan)
     plan = choice.plan
     data = ImageSet(synthetic(4000, cfg), "synthetic")
     train_idx, _ = split(len(data.images), train_cfg)
-    it = iter(Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed).dataset(0, WARMUP_STEPS + iterations))
+    batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
+    per_call = steps_per_call(train_cfg.batch_size, plan) if getattr(step, "many", None) is not None else 1
+    name = f"qd (batch {train_cfg.batch_size}, {plan.describe()})"
+    if per_call > 1:  # as training runs it: several steps a call (train.make_multi_step)
+        many, calls = step.many(), -(-iterations // per_call)
+        bounds = call_bounds(0, (CALL_WARMUP + calls) * per_call, per_call, [])
+        it = iter(batches.calls(bounds, per_call))
 
-    def run_step():
-        k, x, _ = next(it)
-        lx, lz, _, ok = (v.numpy() for v in step(x, k))
-        assert ok
+        def run_call():
+            ks, xs, ys, n = next(it)
+            *_, ok, ran = (v.numpy() for v in many(xs, ks, ys, n))
+            assert ok.all() and ran == per_call
 
-    row = timed(
-        run_step, iterations, train_cfg.batch_size, cfg, f"qd (batch {train_cfg.batch_size}, {plan.describe()})"
-    )
+        row = timed(run_call, calls, train_cfg.batch_size * per_call, cfg, name, warmup=CALL_WARMUP)
+        row = {**row, "batch_size": train_cfg.batch_size, "steps": calls * per_call, "steps_per_call": per_call}
+        row["steps_per_s"] = round(row["steps"] / row["seconds"], 3)
+    else:
+        it = iter(batches.dataset(0, WARMUP_STEPS + iterations))
+
+        def run_step():
+            k, x, _ = next(it)
+            lx, lz, _, ok = (v.numpy() for v in step(x, k))
+            assert ok
+
+        row = timed(run_step, iterations, train_cfg.batch_size, cfg, name)
     return {**row, "plan": plan.name, "precision": plan.precision, "xla": plan.jit_compile, "streams": plan.streams}
 
 
@@ -131,5 +149,22 @@ def measure(spec: dict) -> dict:
     )
 
 
+def measure_group(spec: dict) -> dict:
+    """Time qd's step under each of spec["plans"] (StepPlans as dicts, all with the same
+    thread pools) one after another in this (fresh) process: {"rows": [row or {"error"}]}."""
+    plans = [StepPlan.from_dict(p) for p in spec["plans"]]
+    cfg = ModelConfig(**spec.get("model", {}))
+    rows = []
+    for i, plan in enumerate(plans):
+        train_cfg = TrainConfig(batch_size=spec.get("batch_size", TrainConfig.batch_size), precision=plan.precision)
+        try:
+            threads = plan.threads if i == 0 else None  # the pools are set once, by the first
+            rows.append(in_this_process({}, threads, lambda: run_qd(cfg, train_cfg, spec["iterations"], plan)))
+        except Exception as e:  # noqa: BLE001 - one plan that cannot run here loses; the others are timed
+            rows.append({"name": plan.name, "error": f"{type(e).__name__}: {e}"})
+    return {"rows": rows}
+
+
 if __name__ == "__main__":  # one measurement, for plan.run_child()
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(measure_group(spec) if spec.get("kind") == "group" else measure(spec)))
