@@ -372,7 +372,8 @@ def bench_train(
     debug: bool = DebugOpt,
 ):
     """Training speed: the blog's model at batch 100 (plain tf.function) beside every step
-    plan qd's `auto` chooses from, and which one it chose (cached for training).
+    plan qd's `auto` chooses from at batch 400 and at batch 20 (or --batch-size alone), each
+    with its share of numpy's float32 matmul peak, and which one auto chose (cached for training).
 
     Each measurement runs in a fresh process of its own, one after the other."""
     from .bench import bench

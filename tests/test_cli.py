@@ -354,7 +354,9 @@ def test_bench_train_prints_every_plan_and_auto_choice(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from qdcore.cli import app
+    from qdcore.config import ModelConfig
     from qdcore.training import plan as P
+    from qdcore.training.timing import gflop_per_step
 
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(P, "machine_busy", lambda: False)
@@ -386,6 +388,29 @@ def test_bench_train_prints_every_plan_and_auto_choice(tmp_path, monkeypatch):
     cached = json.loads(Path(figures["plan_cache"]).read_text())
     assert Path(figures["plan_cache"]).parent == tmp_path / "cache" / "plans" and cached["winner"] == figures["auto"]
     assert [row["name"] for row in cached["rows"]] == names
+    # each row's share of numpy's peak: the step's matmul GFLOP at its median speed
+    for row in rows:
+        gflop = gflop_per_step(ModelConfig(), 8) * row["images_per_s_median"] / 8
+        assert row["peak_share"] == pytest.approx(gflop / figures["numpy_matmul_peak_gflop_per_s"], abs=2e-3)
+    assert "small_batch" not in figures  # --batch-size: that batch alone
+
+    # Without --batch-size: batch 400 and batch 20, one reference around both, each cached.
+    specs.clear()
+    references.extend([500.0, 700.0])
+    r = CliRunner().invoke(app, ["bench", "train", "--iterations", "3", "--no-bf16", "--quiet"])
+    assert r.exit_code == 0, r.output
+    two = json.loads(r.stdout)
+    small = two["small_batch"]
+    assert [s["kind"] for s in specs] == [
+        "reference",
+        *["qd"] * (len(two["candidates"]) + len(small["candidates"])),
+        "reference",
+    ]
+    assert two["default"]["batch_size"] == 400 and small["batch_size"] == small["default"]["batch_size"] == 20
+    assert small["images_per_s_ratio_to_default_batch"] == round(
+        small["default"]["images_per_s_median"] / two["default"]["images_per_s_median"], 2
+    )
+    assert small["plan_cache"] != two["plan_cache"]
 
     both = qd("bench", "train", "--precision", "bfloat16", "--no-bf16", env={"QD_CACHE_DIR": str(tmp_path / "cache")})
     assert both.returncode == 2 and both.stderr.strip().splitlines()[-1].startswith(

@@ -26,7 +26,7 @@ from ..errors import InputError, TrainingError
 from ..interfaces import Drawing, ImageSet
 from ..training import plan as step_plans
 from ..training.plan import StepPlan
-from ..training.timing import WARMUP_STEPS, in_this_process, measure, synthetic, timed
+from ..training.timing import WARMUP_STEPS, gflop_per_step, in_this_process, measure, synthetic, timed
 from ..training.train import Batches, TrainedModel, evaluate, new_training, split
 
 
@@ -145,87 +145,112 @@ def run_child(spec: dict) -> dict:
     return step_plans.run_child(spec, ("qdcore.bench", "side"))
 
 
-def _time_between_references(plans, cfg: ModelConfig, batch: int, iterations: int, say) -> tuple[list, list, float]:
-    """Each plan's row, with its ratio to the reference timed before and after them all."""
+def _time_between_references(plans: dict, cfg: ModelConfig, iterations: int, say) -> tuple[list, dict, float]:
+    """Each batch's plans' rows ({batch: [row]}), with their ratio to the reference timed
+    before and after them all, and their share of numpy's matmul peak added later."""
     say(f"reference at batch 100, {iterations} steps ...")
     references = [run_child({"kind": "reference", "iterations": iterations})]
-    rows = []
-    for p in plans:
-        say(f"{p.describe()} at batch {batch}, {iterations} steps ...")
-        rows.append(step_plans.time_plan(p, cfg, batch, iterations))
+    rows: dict = {}
+    for batch, group in plans.items():
+        for p in group:
+            say(f"{p.describe()} at batch {batch}, {iterations} steps ...")
+            rows.setdefault(batch, []).append(step_plans.time_plan(p, cfg, batch, iterations))
     say(f"reference again, {iterations} steps ...")
     references.append(run_child({"kind": "reference", "iterations": iterations}))
     ref_rate = sum(r["images_per_s_median"] for r in references) / len(references)
-    for r in rows:
+    for r in (r for group in rows.values() for r in group):
         r["ratio_to_reference"] = round(r["images_per_s_median"] / ref_rate, 2)
     return references, rows, ref_rate
+
+
+# The small batch `qd bench train` shows beside the default one: a fine-tune of 25 drawings
+# trains at batch 20-25 (docs/finetune.md), where a step's own work is small.
+SMALL_BATCH = 20
 
 
 def bench_train(
     batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto", bf16: bool = True
 ) -> dict:
     """numpy's peak, the reference at batch 100, and every step plan `auto` would choose
-    from, each in its own process; the fastest is auto's choice and is cached as if a
-    training run had measured it (these runs are longer than its few steps).
+    from at qd's default batch and at SMALL_BATCH (or at `batch_size` alone), each in its own
+    process; the fastest at each batch is auto's choice and is cached as if a training run
+    had measured it (these runs are longer than its few steps).
 
-    Rates are images per second of the median step. The reference runs before and after the
-    candidates; ratios are against the mean of the two, so load that changes during the run
-    moves both sides. bf16=False (or
-    QD_PLAN_NO_BF16=1) leaves the bfloat16 candidates out, as on a float32-only CPU.
+    Rates are images per second of the median step, with the share of numpy's float32
+    matmul peak that the step's matmuls reach (timing.gflop_per_step's cost model). The
+    reference runs before and after the candidates; ratios are against the mean of the two,
+    so load that changes during the run moves both sides. bf16=False (or QD_PLAN_NO_BF16=1)
+    leaves the bfloat16 candidates out, as on a float32-only CPU.
     """
     cfg = ModelConfig()
-    train_cfg = (
-        TrainConfig(precision=precision)
-        if batch_size is None
-        else TrainConfig(batch_size=batch_size, precision=precision)
-    )
-    batch = train_cfg.batch_size
+    batches = [TrainConfig.batch_size, SMALL_BATCH] if batch_size is None else [batch_size]
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=sys.stderr))
     info, cores, gpus = step_plans.cpu_info(), step_plans.cpu_count(), step_plans.gpu_names()
     # As in training (plan.choose): asking for bfloat16 gets it on any CPU.
-    plans = step_plans.candidates(
-        batch, cores, bf16 and (precision == "bfloat16" or step_plans.bf16_allowed(info)), gpus, precision
-    )
-    if not plans:
+    allowed = bf16 and (precision == "bfloat16" or step_plans.bf16_allowed(info))
+    plans = {b: step_plans.candidates(b, cores, allowed, gpus, precision) for b in batches}
+    if not plans[batches[0]]:
         raise InputError(f"--precision {precision} with --no-bf16 leaves no step plan to measure: drop one of the two")
     busy = step_plans.machine_busy()
     if busy:
         say("other work keeps the cores busy: the figures and auto's choice may be off")
     say("numpy matmul peak ...")
-    peak = numpy_matmul_peak(cfg, batch)
-    references, rows, ref_rate = _time_between_references(plans, cfg, batch, iterations, say)
-    measured = [{"name": r["plan"], "images_per_s": r["images_per_s_median"]} for r in rows]
-    winner = step_plans.best(measured, plans)
-    fields = step_plans.key_fields(cfg, batch, plans, info, cores, tf.__version__, gpus)
-    path = step_plans.cache_path(fields)
-    step_plans.save(path, fields, winner, measured, busy)
-    default = next(r for r in rows if r["plan"] == winner.name)
-    if not quiet:
-        _table(say, rows, ref_rate, default)
-        say(f"auto chose {winner.name} (cached in {path})")
-    return {
+    peak = numpy_matmul_peak(cfg, batches[0])
+    references, rows, ref_rate = _time_between_references(plans, cfg, iterations, say)
+    out = {
         "numpy_matmul_peak_gflop_per_s": round(peak, 1),
         "reference": {
             **references[0],
             "images_per_s_median": round(ref_rate, 1),
             "images_per_s_median_each_run": [r["images_per_s_median"] for r in references],
         },
+        "busy": busy,
+    }
+    for i, batch in enumerate(batches):
+        for r in rows[batch]:
+            r["peak_share"] = round(gflop_per_step(cfg, batch) * r["images_per_s_median"] / batch / peak, 3)
+        figures = _auto_choice(cfg, batch, plans[batch], rows[batch], info, cores, gpus, busy)
+        if not quiet:
+            say(f"batch {batch} (numpy's float32 matmul peak {peak:.0f} GFLOP/s):")
+            _table(say, rows[batch], ref_rate, figures["default"])
+            say(f"auto chose {figures['auto']} (cached in {figures['plan_cache']})")
+        if i == 0:
+            out.update(figures)
+        else:
+            ratio = figures["default"]["images_per_s_median"] / out["default"]["images_per_s_median"]
+            out["small_batch"] = {
+                "batch_size": batch,
+                **figures,
+                "images_per_s_ratio_to_default_batch": round(ratio, 2),
+            }
+            say(f"batch {batch} trains at {ratio:.2f}x the images/s of batch {batches[0]}")
+    return out
+
+
+def _auto_choice(cfg, batch: int, plans, rows: list[dict], info, cores, gpus, busy: bool) -> dict:
+    """The fastest of `rows` at `batch`, cached as the plan training takes there."""
+    measured = [{"name": r["plan"], "images_per_s": r["images_per_s_median"]} for r in rows]
+    winner = step_plans.best(measured, plans)
+    fields = step_plans.key_fields(cfg, batch, plans, info, cores, tf.__version__, gpus)
+    path = step_plans.cache_path(fields)
+    step_plans.save(path, fields, winner, measured, busy)
+    default = next(r for r in rows if r["plan"] == winner.name)
+    return {
         "candidates": rows,
         "auto": winner.name,
         "default": default,
         "images_per_s_ratio_default_over_reference": default["ratio_to_reference"],
         "plan_cache": str(path),
-        "busy": busy,
     }
 
 
 def _table(say, rows: list[dict], ref_rate: float, default: dict) -> None:
-    say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12}")
+    say(f"{'plan':<22} {'img/s (median step)':>20} {'(mean)':>8} {'x reference':>12} {'of peak':>8}")
     say(f"{'reference (batch 100)':<22} {ref_rate:>20.0f} {'':>8} {1.0:>12.2f}")
     for r in rows:
         say(
             f"{r['plan']:<22} {r['images_per_s_median']:>20.0f} {r['images_per_s']:>8.0f} "
-            f"{r['ratio_to_reference']:>12.2f}" + ("  <- auto" if r is default else "")
+            f"{r['ratio_to_reference']:>12.2f} {r['peak_share']:>8.0%}" + ("  <- auto" if r is default else "")
         )
 
 
