@@ -40,7 +40,7 @@ def held_out_real(category: str, r, judge, n: int) -> np.ndarray:
     return np.asarray(rows[keep], np.float32).reshape(-1, 28, 28) / 255.0
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("zoo", type=Path)
     ap.add_argument("--iterations", type=int)
@@ -50,14 +50,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/img"))
     ap.add_argument("--morph", default="cat,dog", help="START,END categories of the morph sheet ('' for none)")
     ap.add_argument("--prefix", default="", help="put before the completion sheets' names")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = arguments()
     registry = build().registry
     r = load(args.zoo, registry).with_overrides(iterations=args.iterations)
     pipeline = engine.Run(r)
     model = pipeline.model(train=False).model
     judge = pipeline.classifier()
-    ctx = pipeline.context(7)
+    ctx = pipeline.context("output")
     remove = registry.get("seed_strategies", "remove-ink").factory(keep="top")
     sheet = registry.get("writers", "png-sheet").factory
     upscale = [registry.get("filters", "upscale").factory(size=56), registry.get("filters", "invert").factory()]

@@ -66,7 +66,7 @@ def main() -> None:
     r = load(args.recipe, registry).with_overrides(iterations=args.iterations)
     pipeline = engine.Run(r)
     data, trained = pipeline.data(), pipeline.model()
-    ctx = pipeline.context(3)
+    ctx = pipeline.context("output")
     sheet = registry.get("writers", "png-sheet").factory
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -56,7 +56,7 @@ def main() -> None:
 
     registry = build().registry
     r, zoo = _trained(args.recipe, registry, args.iterations)
-    ctx = engine.Run(r).context(3)
+    ctx = engine.Run(r).context("output")
     filters = [
         registry.get("filters", name).factory(**check(registry.get("filters", name).factory, p, name))
         for name, p in PEN

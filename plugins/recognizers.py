@@ -185,19 +185,24 @@ class CNN(Recognizer):
             "seconds": time.perf_counter() - start,
             "keras": keras.__version__,
         }
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            with open(tmp / WEIGHTS, "wb") as f:
-                np.savez(f, *model.get_weights())
-            (tmp / META).write_text(json.dumps(meta, indent=1))
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a cache folder is like any other
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / META).is_file():  # not "another process finished first": a real failure
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _save(folder, model, meta)
+
+
+def _save(folder: Path, model, meta: dict) -> None:
+    """The trained recognizer's folder, whole or not at all (made aside, then renamed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with open(tmp / WEIGHTS, "wb") as f:
+            np.savez(f, *model.get_weights())
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a cache folder is like any other
+        os.rename(tmp, folder)
+    except OSError:
+        if not (folder / META).is_file():  # not "another process finished first": a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class TrainedCNN(Classifier):

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import statistics
+from typing import Optional
 
 import yaml
 
@@ -179,14 +180,22 @@ def _legs_section(legs) -> list[str]:
 
 def card_text(manifest: dict, file_name: str) -> str:
     """The card of a pack whose (checked) manifest is `manifest`, written beside `file_name`."""
-    name = manifest["name"]
+    front = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, width=100)
+    cats = list(manifest.get("categories") or [])
+    example = "cat" if "cat" in cats or not cats else cats[0]  # the category of the usage example
+    use = _dataset(manifest).get("use") if isinstance(_dataset(manifest).get("use"), str) else None
+    lines = _about(manifest, use) + _usage(manifest["name"], use, example, file_name) + _categories(manifest)
+    lines += _legs_section(manifest.get("legs"))
+    lines += _license(manifest)
+    return f"---\n{front}---\n\n" + "\n".join(lines)
+
+
+def _about(manifest: dict, use: Optional[str]) -> list[str]:
+    """What the model is, what made it and its held-out bound."""
     model = manifest.get("model") or {}
     cats = list(manifest.get("categories") or [])
-    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
     held = manifest.get("held_out") if isinstance(manifest.get("held_out"), dict) else {}
     budget = front_matter(manifest)["qd"]["training"]
-    front = yaml.safe_dump(front_matter(manifest), sort_keys=False, allow_unicode=True, width=100)
-
     kind = (
         f"class-conditional on {len(cats)} categories" if manifest.get("conditional") else f"one category ({cats[0]})"
     )
@@ -195,11 +204,9 @@ def card_text(manifest: dict, file_name: str) -> str:
         reads = f"attention: read {r}x{r}, write {w}x{w}"
     else:
         reads = "no attention"
-    example = "cat" if "cat" in cats or not cats else cats[0]  # the category of the usage example
-    use = _dataset(manifest).get("use") if isinstance(_dataset(manifest).get("use"), str) else None
     source = "Quick, Draw! doodles" if is_quickdraw(manifest) else f"the `{use or 'unknown'}` dataset"
     lines = [
-        f"# {name}",
+        f"# {manifest['name']}",
         "",
         f"A DRAW model (Gregor et al., 2015) trained with qd on {source}: {kind}, "
         f"{model.get('height')}x{model.get('width')} greyscale, T={model.get('T')} steps, {reads}, "
@@ -215,8 +222,11 @@ def card_text(manifest: dict, file_name: str) -> str:
         trained += f" on {_count(budget['train_drawings'])} drawings"
     if _number(held.get("bound")) is not None:
         trained += f"; held-out bound {held['bound']:.1f} nats per image"
-    lines += [trained + ".", ""]
-    lines += [
+    return lines + [trained + ".", ""]
+
+
+def _usage(name: str, use: Optional[str], example: str, file_name: str) -> list[str]:
+    return [
         "## Use it with qd",
         "",
         "```",
@@ -232,18 +242,24 @@ def card_text(manifest: dict, file_name: str) -> str:
         "",
         f"`model: {{start: {name}}}` fine-tunes it on a recipe's own drawings instead (docs/finetune.md).",
         "",
-        "## Categories",
-        "",
-        "| category | drawings trained on | held-out bound (nats) |",
-        "|---|---:|---:|",
     ]
+
+
+def _categories(manifest: dict) -> list[str]:
+    """A table of the categories: drawings trained on, held-out bound."""
+    data = manifest.get("data") if isinstance(manifest.get("data"), dict) else {}
+    held = manifest.get("held_out") if isinstance(manifest.get("held_out"), dict) else {}
+    lines = ["## Categories", "", "| category | drawings trained on | held-out bound (nats) |", "|---|---:|---:|"]
     per_count = data.get("per_category") if isinstance(data.get("per_category"), dict) else {}
     per_bound = held.get("per_category") if isinstance(held.get("per_category"), dict) else {}
-    for cat in cats:
+    for cat in list(manifest.get("categories") or []):
         bound = _number(per_bound.get(cat))
         lines.append(f"| {_cell(cat)} | {_count(per_count.get(cat))} | {'-' if bound is None else f'{bound:.1f}'} |")
-    lines += _legs_section(manifest.get("legs"))
-    lines += ["", "## License", ""]
+    return lines
+
+
+def _license(manifest: dict) -> list[str]:
+    lines = ["", "## License", ""]
     if is_quickdraw(manifest):
         lines.append(
             f"The weights are licensed CC BY 4.0 ({CC_BY_URL}). {ATTRIBUTION} "
@@ -254,10 +270,9 @@ def card_text(manifest: dict, file_name: str) -> str:
             "Trained on data qd does not know the license of: set `license:` above to what that data allows "
             "before sharing the weights."
         )
-    lines += [
+    return lines + [
         "",
         "Written by `qd models export` from the pack's manifest: the file's safetensors metadata "
         "`qd_manifest` (format 2), or `manifest.json` in a .qdpack (format 1).",
         "",
     ]
-    return f"---\n{front}---\n\n" + "\n".join(lines)

@@ -43,6 +43,14 @@ MODEL_RECIPE = models.RECIPE
 
 # Stage numbers keep each step's random stream independent of the others.
 _STAGE_DATASET, _STAGE_SEEDS, _STAGE_FILTERS, _STAGE_OUTPUT, _STAGE_RECOGNIZER, _STAGE_MODE = 1, 2, 3, 4, 5, 6
+STAGES = {
+    "dataset": _STAGE_DATASET,
+    "seeds": _STAGE_SEEDS,
+    "filters": _STAGE_FILTERS,
+    "output": _STAGE_OUTPUT,
+    "recognizer": _STAGE_RECOGNIZER,
+    "mode": _STAGE_MODE,
+}
 
 
 class Reporter:
@@ -616,8 +624,12 @@ class Run:
         """The recipe's name as a file name (without suffix)."""
         return _slug(self.recipe.name)
 
-    def context(self, stage: int, index: int = 0) -> Context:
-        return context(self.recipe, stage, index, self.quiet)
+    def context(self, stage: str, index: int = 0) -> Context:
+        """The Context a step of `stage` ("dataset", "seeds", "filters", "output",
+        "recognizer", "mode") gets: its own random stream, as the run's own steps get theirs."""
+        if stage not in STAGES:
+            raise ValueError(f"no pipeline stage {stage!r}; the stages: {', '.join(STAGES)}")
+        return context(self.recipe, STAGES[stage], index, self.quiet)
 
     def output_path(self, out: Optional[Path] = None) -> Path:
         return output_path(self.recipe, self.built, out)
@@ -682,7 +694,7 @@ class Run:
         """Write `drawing` (default: self.drawing()) with the recipe's writer, or `writer`
         (the studio's downloads); the path the writer reports it wrote."""
         drawing = self.drawing() if drawing is None else drawing
-        written = (writer or self.built.writer).write(drawing, path, self.context(_STAGE_OUTPUT))
+        written = (writer or self.built.writer).write(drawing, path, self.context("output"))
         return Path(written) if written else path
 
     def classifier(self):

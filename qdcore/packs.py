@@ -285,6 +285,15 @@ def _read_safetensors(where, f, size: int, limit: int, only_manifest: bool) -> _
     one another in name order from the data section's first byte to its last, no gap, no
     overlap (the layout safetensors writes): then the data section is exactly the tensors'
     bytes in a canonical order, and its sha256 (checked later) names the weights."""
+    n, raw, payload = _header_bytes(where, f, size, limit, only_manifest)
+    header = _header_json(where, raw)
+    manifest = _metadata_manifest(where, header.pop("__metadata__", None))
+    shapes, spans = _tensor_spans(where, header, size - 8 - n)
+    return _Read(2, manifest, payload, shapes, 8 + n)
+
+
+def _header_bytes(where, f, size: int, limit: int, only_manifest: bool) -> tuple[int, bytes, Optional[bytes]]:
+    """(header length, header bytes, the whole file or None when only the manifest is read)."""
     head = f.read(8)
     if len(head) < 8:
         raise _refuse(
@@ -316,6 +325,10 @@ def _read_safetensors(where, f, size: int, limit: int, only_manifest: bool) -> _
         raw = payload[8 : 8 + n]
     if len(raw) != n:
         raise _refuse(where, "is damaged: it changed or ended while it was read")
+    return n, raw, payload
+
+
+def _header_json(where, raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:
@@ -324,7 +337,11 @@ def _read_safetensors(where, f, size: int, limit: int, only_manifest: bool) -> _
         raise _refuse(where, "is not a qd model pack: its safetensors header is not JSON") from None
     if not isinstance(header, dict):
         raise _refuse(where, "is not a qd model pack: its safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None)
+    return header
+
+
+def _metadata_manifest(where, meta) -> bytes:
+    """The manifest's bytes from the header's __metadata__, which holds that one text."""
     if not isinstance(meta, dict) or META_KEY not in meta:
         raise _refuse(
             where,
@@ -343,32 +360,15 @@ def _read_safetensors(where, f, size: int, limit: int, only_manifest: bool) -> _
     manifest = meta[META_KEY].encode("utf-8", "surrogatepass")  # a lone surrogate fails as JSON later
     if len(manifest) > MANIFEST_LIMIT:
         raise _refuse(where, f"its manifest is above the {MANIFEST_LIMIT / 2**20:.3g} MB a manifest may have")
+    return manifest
 
-    data_len = size - 8 - n
+
+def _tensor_spans(where, header: dict, data_len: int) -> tuple[dict, dict]:
+    """({name: shape}, {name: (begin, end)}) of the header's tensors: float32, each spanning
+    what its shape needs, one after another in name order over the whole data section."""
     shapes, spans = {}, {}
     for name, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise _refuse(where, f"refused: header entry {_shown(name)} is not a tensor (dtype, shape, data_offsets)")
-        if entry["dtype"] != "F32":
-            raise _refuse(where, f"tensor {_shown(name)} is {_shown(entry['dtype'])}, not F32 (float32)")
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        if not isinstance(shape, list) or not all(_whole(d) for d in shape):
-            raise _refuse(where, f"tensor {_shown(name)}'s shape {_shown(shape)} is not a list of sizes")
-        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets):
-            raise _refuse(where, f"tensor {_shown(name)}'s data_offsets {_shown(offsets)} are not two byte offsets")
-        begin, end = offsets
-        if end > data_len or begin > end:
-            raise _refuse(
-                where,
-                f"tensor {_shown(name)}'s data_offsets {_shown(offsets)} are out of the data section's "
-                f"{data_len:,} bytes: the file is cut short or damaged",
-            )
-        need = 4 * math.prod(shape)
-        if end - begin != need:
-            raise _refuse(
-                where, f"tensor {_shown(name)} spans {end - begin:,} bytes; its shape {_shown(shape)} needs {need:,}"
-            )
-        shapes[name], spans[name] = tuple(shape), (begin, end)
+        shapes[name], spans[name] = _tensor_entry(where, name, entry, data_len)
     at = 0
     for name in sorted(spans):  # code point order: the order safetensors writes tensors of one dtype
         begin, end = spans[name]
@@ -381,7 +381,32 @@ def _read_safetensors(where, f, size: int, limit: int, only_manifest: bool) -> _
         at = end
     if at != data_len:
         raise _refuse(where, f"refused: its data section has {data_len - at:,} bytes after the last tensor")
-    return _Read(2, manifest, payload, shapes, 8 + n)
+    return shapes, spans
+
+
+def _tensor_entry(where, name: str, entry, data_len: int) -> tuple[tuple, tuple[int, int]]:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise _refuse(where, f"refused: header entry {_shown(name)} is not a tensor (dtype, shape, data_offsets)")
+    if entry["dtype"] != "F32":
+        raise _refuse(where, f"tensor {_shown(name)} is {_shown(entry['dtype'])}, not F32 (float32)")
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(_whole(d) for d in shape):
+        raise _refuse(where, f"tensor {_shown(name)}'s shape {_shown(shape)} is not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets):
+        raise _refuse(where, f"tensor {_shown(name)}'s data_offsets {_shown(offsets)} are not two byte offsets")
+    begin, end = offsets
+    if end > data_len or begin > end:
+        raise _refuse(
+            where,
+            f"tensor {_shown(name)}'s data_offsets {_shown(offsets)} are out of the data section's "
+            f"{data_len:,} bytes: the file is cut short or damaged",
+        )
+    need = 4 * math.prod(shape)
+    if end - begin != need:
+        raise _refuse(
+            where, f"tensor {_shown(name)} spans {end - begin:,} bytes; its shape {_shown(shape)} needs {need:,}"
+        )
+    return tuple(shape), (begin, end)
 
 
 def _read_folder(path: Path, limit: int, only_manifest: bool = False) -> _Read:
@@ -449,6 +474,13 @@ def check_manifest(where, raw: bytes, version: int = 1) -> dict:
         raise _refuse(where, "its manifest lacks `categories` (a list of names) or `conditional`")
     if m["conditional"] != (len(cats) > 1):
         raise _refuse(where, "its manifest's `conditional` does not agree with its number of categories")
+    _check_settings(where, m)
+    _check_records(where, m, version)
+    return m
+
+
+def _check_settings(where, m: dict) -> None:
+    """The manifest's model and train sections, checked like a recipe's (in place)."""
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
         if not isinstance(m.get(section), dict):
             raise _refuse(where, f"its manifest lacks the `{section}` settings")
@@ -461,6 +493,11 @@ def check_manifest(where, raw: bytes, version: int = 1) -> dict:
             m[section] = params.check(cls, given, section)
         except RecipeError as e:
             raise _refuse(where, f"its manifest's {section} settings do not fit this qd ({e})") from None
+
+
+def _check_records(where, m: dict, version: int) -> None:
+    """The manifest's steps, figures, description and the checksum entry of its weights."""
+    cats = m["categories"]
     steps = m.get("steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise _refuse(where, "its manifest lacks `steps` (a whole number of training steps)")
@@ -478,7 +515,6 @@ def check_manifest(where, raw: bytes, version: int = 1) -> dict:
     entry = (m.get("files") or {}).get(digested) if isinstance(m.get("files"), dict) else None
     if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not _whole(entry.get("bytes")):
         raise _refuse(where, f"its manifest lacks `files.{digested}`: the sha256 and size of {_WHAT[version]}")
-    return m
 
 
 def read(path: Path, registered_as: Optional[str] = None, plugin: Optional[str] = None, *, verify: bool = True):

@@ -12,10 +12,7 @@ from typing import Optional
 
 from .. import limits, paths
 from ..errors import QdError
-
-# train.FINISHED, named here too so that listing models never imports TensorFlow
-# (tests/test_studio_api.py checks they agree).
-FINISHED = "finished.json"
+from ..models import FINISHED  # qdcore.models imports no TensorFlow
 
 
 def is_trained(workdir: Path) -> bool:
