@@ -111,11 +111,12 @@ def validate(
     sets: Optional[List[str]] = SetOpt,
     debug: bool = DebugOpt,
 ):
-    """Check a recipe (names, parameters, files) without running anything."""
-    from . import engine
+    """Check a recipe (names, parameters, files, the models it names) without running anything."""
+    from . import engine, sources
 
     r = _recipe(recipe, sets=sets)
     engine.Run(r).output_path()
+    sources.check_found(r)
     typer.echo(
         f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
         f"filters: {', '.join(f.use for f in r.filters) or 'none'}; output: {r.output.use})"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
-from . import limits, packs, params, paths
+from . import limits, packs, params
 from .config import WARM_START_ROWS, WARM_START_TRAIN, GenerateConfig, ModelConfig, Seed, TrainConfig
 from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
@@ -335,7 +335,9 @@ def _named(
     packs_only: bool = False,
 ) -> Shared:
     """The model a `from:` or `start:` value names: the recipe NAME.yaml (or the path) beside
-    this one, else a model pack of that name imported into the cache or installed.
+    this one, else a model pack of that name, installed or to be found among the imported
+    ones when the recipe runs (qdcore/sources.py): reading a recipe opens nothing under the
+    user's cache, so what `qd validate` says does not depend on what is cached.
     `packs_only` with `shared_by`: this recipe was itself named by another, so a recipe is refused."""
     if not isinstance(source, str) or not source.strip():
         raise RecipeError(
@@ -345,15 +347,16 @@ def _named(
     path = folder / source if is_path else folder / f"{source}.yaml"
     installed = registry.entries["models"]
     if not path.is_file():
-        # Not a recipe: a model pack of that name, imported into the cache or installed.
-        if not is_path and (source in installed or packs.imported(paths.cache_dir(), source) is not None):
-            return Shared(None, if_missing, where, source, installed.get(source))
-        raise RecipeError(
-            f"no recipe {limits.shown(source)}: {path} does not exist, and no model pack of that name is "
-            "imported or installed. Name a recipe beside this one (zoo-26 for zoo-26.yaml), give the path "
-            "to its .yaml, or name a model `qd models` lists",
-            where,
-        )
+        if is_path:
+            raise RecipeError(f"no recipe {limits.shown(source)}: {path} does not exist", where)
+        if not packs.NAME.fullmatch(source):
+            raise RecipeError(
+                f"{limits.shown(source)} is neither a recipe beside this one ({path} does not exist) nor a "
+                "model pack name (letters, digits, '.', '_', '-')",
+                where,
+            )
+        # Not a recipe: a model pack of that name, installed, or imported (looked up when it runs).
+        return Shared(None, if_missing, where, source, installed.get(source))
     if path.resolve() == here.resolve():
         raise RecipeError(f"{limits.shown(source)} is this recipe itself; name the recipe that trains the model", where)
     if packs_only and shared_by is not None:

@@ -86,8 +86,9 @@ def shared_source(shared) -> Optional[SharedSource]:
 def not_cached(shared) -> str:
     if shared.recipe is None:
         return (
-            f"no model named {shared.name!r} is in the cache or the installed packs; "
-            f"import one with `{shared.build_command()}`"
+            f"no recipe {shared.name}.yaml is beside the recipe and no model named {shared.name!r} is in the "
+            f"cache or the installed packs: name a recipe beside it (zoo-26 for zoo-26.yaml), give the path to "
+            f"its .yaml, name a model `qd models` lists, or import one with `{shared.build_command()}`"
         )
     return (
         f"the shared model {shared.recipe.name!r} is not in the cache ({model_dir(shared.recipe)}) and no model "
@@ -120,6 +121,16 @@ def start_source(recipe) -> Optional[SharedSource]:
             start.where,
         )
     return source
+
+
+def check_found(recipe) -> None:
+    """InputError when the recipe's `model.from` (with `if_missing: error`) or `model.start`
+    names a model that is nowhere: what `qd validate` adds to reading the recipe, which opens
+    nothing under the cache."""
+    shared = recipe.shared
+    if shared is not None and shared.if_missing == "error" and shared_source(shared) is None:
+        raise InputError(f"{shared.where}: {not_cached(shared)}")
+    start_source(recipe)
 
 
 def start_identity(recipe) -> Optional[dict]:

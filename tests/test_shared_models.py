@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from qdcore import InputError, RecipeError
-from qdcore import engine
+from qdcore import engine, sources
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
 
@@ -110,8 +110,17 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
 
 
 def test_from_needs_a_recipe_and_one_category(tmp_path, registry, quickdraw_dir):
-    with pytest.raises(RecipeError, match="model.from: no recipe 'nowhere'"):
-        load(write(tmp_path, "a.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: nowhere}\n"), registry)
+    # Reading the recipe opens nothing under the cache: a name that is no recipe is a pack to
+    # look for when it runs, and `qd validate` (sources.check_found) or the run says it is nowhere.
+    nowhere = load(
+        write(tmp_path, "a.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: nowhere}\n"), registry
+    )
+    with pytest.raises(InputError, match="model.from: no recipe nowhere.yaml is beside the recipe and no model named"):
+        sources.check_found(nowhere)
+    with pytest.raises(RecipeError, match="model.from: no recipe 'x.yaml'"):
+        load(write(tmp_path, "b.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: x.yaml}\n"), registry)
+    with pytest.raises(RecipeError, match="neither a recipe beside this one .* nor a model pack name"):
+        load(write(tmp_path, "c.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: a b}\n"), registry)
     write(tmp_path, "zoo.yaml", ZOO)
     two = load(
         write(

@@ -90,10 +90,26 @@ def test_a_start_that_does_not_fit_is_refused_before_any_work(cache, tmp_path, c
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("Error:") == 1 and "model.start" in err and "Traceback" not in err
     assert not (cache / "models").exists()
-    # A name that is neither a recipe nor a pack: refused while the recipe is read.
+    # A name that is neither a recipe nor a pack: refused by `qd validate`, which looks in the
+    # cache (reading the recipe does not), one line, exit 2.
     path.write_text((BANANA % (100, 4, "")).replace("start: tiny-zoo", "start: no-such-pack"))
-    with pytest.raises(RecipeError, match="model.start: no recipe 'no-such-pack'"):
-        load(path, build().registry)
+    with pytest.raises(SystemExit) as e:
+        main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("Error:") == 1 and "model.start: no recipe no-such-pack.yaml" in err
+
+
+def test_reading_a_recipe_opens_nothing_under_the_cache(tmp_path, monkeypatch, zoo_packs):
+    """What a recipe says is decided by its file and the installed plugins, never by what the
+    user happens to have cached: parsing `from:` and `start:` names looks up no cache."""
+    from qdcore import paths
+
+    monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
+    monkeypatch.setattr(paths, "cache_dir", lambda: pytest.fail("reading a recipe looked in the cache"))
+    for text in (BANANA % (100, 4, ""), "dataset: {use: quickdraw, category: cat}\nmodel: {from: tiny-zoo}\n"):
+        (tmp_path / "r.yaml").write_text(text)
+        r = load(tmp_path / "r.yaml", build().registry)
+        assert (r.start or r.shared).name == "tiny-zoo" and (r.start or r.shared).recipe is None
 
 
 def test_fine_tuning_starts_from_the_pack_and_its_key_follows_the_pack(cache, tmp_path, zoo_packs):
@@ -261,14 +277,11 @@ def test_a_conditional_fine_tune_keeps_known_rows_by_name_and_gives_new_ones_the
 
 
 def test_an_unknown_start_at_run_time_is_one_input_error(tmp_path, monkeypatch, quickdraw_dir):
-    """The pack was there when the recipe was read and is gone when it runs."""
-    cache = tmp_path / "c"
-    monkeypatch.setenv("QD_CACHE_DIR", str(cache))
+    """A start named in the recipe that no cache or plugin has: one line when it runs."""
+    monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "c"))
     monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
-    (cache / "packs" / "tiny-zoo").mkdir(parents=True)
     r = _recipe(tmp_path)
-    (cache / "packs" / "tiny-zoo").rmdir()
-    with pytest.raises(InputError, match="model.start: no model named 'tiny-zoo'"):
+    with pytest.raises(InputError, match="model.start: no recipe tiny-zoo.yaml is beside the recipe and no model"):
         engine.prepare(r)
 
 
