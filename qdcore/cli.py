@@ -567,6 +567,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         code = 130
     except Stopped as e:
         code = _stopped_line(e.signum)
+    except BrokenPipeError:  # `qd plugins | head`: the reader has what it wanted
+        # Python flushes stdout again at exit, into the same closed pipe (the docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except OSError as e:  # a full disk or read-only folder outside an atomic write
         if debug:
             raise
