@@ -11,9 +11,11 @@ from PIL import Image
 
 from qdcore import Context, Drawing, RecipeError
 from qdcore.params import check
-from qdplugins.writers import Gif, PngSheet, attention_box
+from qdplugins.writers import GIF_STEP, Gif, PngSheet, attention_box
 
 T, N, H, W = 4, 3, 28, 28
+# The GIF's one palette moves no channel further than half a level (plugins/writers.py).
+OFF = GIF_STEP // 2
 
 
 def ctx() -> Context:
@@ -37,6 +39,11 @@ def read_gif(path: Path):
     return frames, durations
 
 
+def assert_near(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= OFF
+
+
 def test_writers_validate_with_their_defaults():
     for cls in (Gif, PngSheet):
         cls(**check(cls, {}, "output"))
@@ -52,8 +59,7 @@ def test_gif_of_samples(tmp_path):
     frames, durations = read_gif(out)
     assert frames.shape == (N, H, W)
     assert durations == [120] * N
-    expected = np.round(d.canvases[-1] * 255).astype(np.uint8)
-    assert np.array_equal(frames, expected)  # greyscale survives the GIF palette exactly
+    assert_near(frames, np.round(d.canvases[-1] * 255).astype(np.uint8))
     assert iio.immeta(out, index=0).get("loop") == 0
 
 
@@ -66,16 +72,16 @@ def test_gif_of_steps_as_a_grid_with_hold_and_loop(tmp_path):
     assert durations == [50] * (T - 1) + [1500]
     assert iio.immeta(out, index=0).get("loop") == 2
     step2 = np.round(d.canvases[2] * 255).astype(np.uint8)
-    assert np.array_equal(frames[2, :H, W + 3 : 2 * W + 3], step2[1])  # row 0, column 1 = sample 1
-    assert np.array_equal(frames[2, H + 3 :, W + 3 : 2 * W + 3], step2[4])
-    assert (frames[2, H : H + 3] == 128).all()  # the gap's shade
+    assert_near(frames[2, :H, W + 3 : 2 * W + 3], step2[1])  # row 0, column 1 = sample 1
+    assert_near(frames[2, H + 3 :, W + 3 : 2 * W + 3], step2[4])
+    assert (frames[2, H : H + 3] == 128).all()  # the gap's shade, exactly: it covers enough pixels to be kept
 
 
 def test_gif_of_one_sample_and_columns(tmp_path):
     d = drawing()
     frames, _ = read_gif(Gif(frames="steps", sample=2).write(d, tmp_path / "one.gif", ctx()))
     assert frames.shape == (T, H, W)
-    assert np.array_equal(frames[-1], np.round(d.canvases[-1, 2] * 255).astype(np.uint8))
+    assert_near(frames[-1], np.round(d.canvases[-1, 2] * 255).astype(np.uint8))
     frames, _ = read_gif(Gif(frames="steps", columns=1, spacing=0).write(d, tmp_path / "col.gif", ctx()))
     assert frames.shape == (T, N * H, W)
 
