@@ -9,6 +9,7 @@ attention, given in model pixels, is scaled to whatever size the frames have now
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import struct
 from pathlib import Path
@@ -264,31 +265,126 @@ class Gif(_GridWriter):
         return out
 
     def write(self, drawing: Drawing, path: Path, ctx: Context) -> Path:
-        import imageio.v3 as iio
-
         frames = self.images(drawing)
         path = Path(path)
         # Identical consecutive frames are merged by Pillow with their delays summed, so the
         # animation plays the same; the file then holds fewer frames.
         durations = self.durations_ms(len(frames))
-        # Pillow's single-frame GIF path takes one number, not a list.
-        duration = durations[0] if len(durations) == 1 else durations
         # Encoded in memory, then written in one call: a full disk fails that call only. Given
         # the file, imageio's writer failed mid-GIF and flushed again when garbage-collected,
         # printing a second traceback after qd's one Error line.
         with encoding(path, self.who):
-            blob = iio.imwrite(
-                "<bytes>",
-                np.stack(frames),
-                extension=".gif",
-                plugin="pillow",
-                is_batch=True,
-                duration=duration,
-                loop=self.loop,
-            )
+            blob = gif_bytes(np.stack(frames), durations, self.loop)
         with atomic_path(path) as tmp:
             tmp.write_bytes(blob)
         return path
+
+
+# One palette for the whole GIF (docs/builtins.md#gif has the sizes it saves). qd draws grey
+# ink, a red attention box and a blue model ink: a few colours, so snapping every channel to 16
+# levels keeps them all in one table with room to spare, and LZW compresses 16 greys far
+# better than the 256 a soft ink edge has.
+GIF_STEP = 17  # 0, 17, ..., 255: no channel moves more than 8/255
+# A colour on this share of the pixels (paper, the grid's gap shade, the box's red) is kept as
+# it is, so the large areas keep their exact colour.
+GIF_FREQUENT = 0.01
+# At most this many colours, so an index is left over for "unchanged" (transparent) pixels.
+GIF_COLOURS = 255
+
+
+def gif_bytes(frames: np.ndarray, durations: list[int], loop: int) -> bytes:
+    """(T, H, W) grey or (T, H, W, 3) RGB uint8 frames -> an animated GIF89a: one global
+    palette (gif_palette), no local colour tables; each frame after the first is cropped by
+    Pillow to the box where it differs from the one before."""
+    palette, indices = gif_indexed(frames)
+    unchanged = len(palette)
+    table = np.concatenate([palette, _unused_colour(palette)[None]]).tobytes()
+    # Marking unchanged pixels transparent helps when a frame adds ink to the last (steps),
+    # and costs when each frame is a new drawing (samples): the paper that happens to stay
+    # paper becomes a speckle of two indices that LZW compresses worse than plain paper.
+    # Measured both ways on every recipe, neither wins everywhere, so both are made and the
+    # smaller kept.
+    tries = (unchanged, None) if len(indices) > 1 else (None,)
+    return min((_gif_encode(indices, table, clear, durations, loop) for clear in tries), key=len)
+
+
+def _gif_encode(indices: np.ndarray, table: bytes, clear: Optional[int], durations: list[int], loop: int) -> bytes:
+    images = []
+    for i, frame in enumerate(indices):
+        image = Image.fromarray(frame)
+        image.putpalette(table)
+        if clear is not None and i:
+            # Pillow's `optimize` fills the pixels equal to the previous frame's with this
+            # index. The first frame has nothing beneath it to show through.
+            image.info["transparency"] = clear
+        images.append(image)
+    out = io.BytesIO()
+    images[0].save(
+        out,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        # The one global table; without it Pillow writes a local table for every frame.
+        palette=table,
+        optimize=clear is not None,
+        disposal=1,  # leave each frame in place: the next draws over it (or lets it show through)
+        # Pillow's single-frame GIF path takes one number, not a list.
+        duration=durations[0] if len(durations) == 1 else durations,
+        loop=loop,
+    )
+    return out.getvalue()
+
+
+def gif_indexed(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames -> (palette (K, 3) uint8 with K <= GIF_COLOURS, indices (T, H, W) uint8):
+    each pixel's nearest palette colour."""
+    if frames.ndim == 3:
+        counts = np.bincount(frames.reshape(-1), minlength=256)
+        present = np.flatnonzero(counts)
+        colours = np.repeat(present[:, None], 3, axis=1).astype(np.uint8)
+        palette = gif_palette(frames, colours, counts[present])
+        lookup = np.zeros(256, np.uint8)
+        lookup[present] = _nearest(colours, palette)
+        return palette, lookup[frames]
+    keys = (frames[..., 0].astype(np.int32) << 16) | (frames[..., 1].astype(np.int32) << 8) | frames[..., 2]
+    unique, inverse, counts = np.unique(keys.reshape(-1), return_inverse=True, return_counts=True)
+    colours = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1).astype(np.uint8)
+    palette = gif_palette(frames, colours, counts)
+    return palette, _nearest(colours, palette)[inverse].reshape(frames.shape[:-1])
+
+
+def gif_palette(frames: np.ndarray, colours: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The GIF's one palette, from the distinct colours of all its frames and how many pixels
+    each covers: every colour snapped to GIF_STEP levels a channel, plus the frequent colours
+    as they are. Colourful frames that would need more than GIF_COLOURS entries (never qd's
+    own) get Pillow's median cut over all frames instead."""
+    snapped = (np.round(colours / GIF_STEP) * GIF_STEP).astype(np.uint8)
+    frequent = colours[counts >= GIF_FREQUENT * counts.sum()]
+    palette = np.unique(np.concatenate([snapped, frequent]), axis=0)
+    if len(palette) <= GIF_COLOURS:
+        return palette
+    mosaic = Image.fromarray(frames.reshape(-1, frames.shape[-2], 3))
+    # A k-means pass after the cut: on a colour ramp, 15/255 off on average becomes 9.
+    cut = mosaic.quantize(GIF_COLOURS, method=Image.Quantize.MEDIANCUT, kmeans=1, dither=Image.Dither.NONE)
+    return np.unique(np.asarray(cut.getpalette()[: 3 * GIF_COLOURS], np.uint8).reshape(-1, 3), axis=0)
+
+
+def _nearest(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Each colour's palette index: the entry fewest levels off on its worst channel, so never
+    further than the colour's own snapped one (8/255)."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(palette.astype(np.float64)).query(colours.astype(np.float64), p=np.inf)[1].astype(np.uint8)
+
+
+def _unused_colour(palette: np.ndarray) -> np.ndarray:
+    """A colour not in the palette, for the transparent index's entry: Pillow maps a frame
+    onto the table by colour, so two equal entries would swap indices."""
+    taken = set(((palette[:, 0].astype(int) << 16) | (palette[:, 1].astype(int) << 8) | palette[:, 2]).tolist())
+    key = 0xFF00FF  # magenta, which qd never draws
+    while key in taken:
+        key += 1
+    return np.array([key >> 16, (key >> 8) & 255, key & 255], np.uint8)
 
 
 class WebP(Gif):
@@ -310,6 +406,10 @@ class WebP(Gif):
                 save_all=True,
                 append_images=frames[1:],
                 lossless=True,
+                # libwebp's effort, 0..6 (Pillow's default 4). On the recipes' frames 5 makes the same
+                # pixels 1.1x-2.1x smaller (1.5x in all) for under 1.5 s more; 6, or quality 100,
+                # saves under 1% more for several times the time (docs/builtins.md#webp).
+                method=5,
                 duration=self.durations_ms(len(frames)),
                 loop=self.loop,
             )
@@ -362,13 +462,18 @@ class Mp4(Gif):
                 (w + w % 2, h + h % 2),
                 fps=fps,
                 codec="libx264",
-                quality=8,
+                # x264's constant quality (crf). 18 keeps the grey recipes within 1/255 of their
+                # frames on average, and makes them 1.5x smaller than crf 10 did; measured in
+                # docs/builtins.md#mp4.
+                quality=None,
                 macro_block_size=1,
+                # 4:2:0, the H.264 every browser and phone plays. It halves the colour's
+                # resolution: a red box's edges blur (3/255 off on average for cat.yaml, even lossless).
                 pix_fmt_out="yuv420p",
                 # Quiet: its log would print lines of its own around qd's one line; a failure
                 # is found below from the file instead, and said once.
                 ffmpeg_log_level="quiet",
-                output_params=["-f", "mp4"],
+                output_params=["-crf", "18", "-f", "mp4"],
             )
             writer.send(None)
             for frame, times in zip(frames, repeats):

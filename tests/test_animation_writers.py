@@ -13,6 +13,7 @@ from PIL import Image
 from qdcore import Context, Drawing, InputError
 from qdcore.ink import MODEL_INK, two_inks
 from qdplugins.writers import Gif, Mp4, PngSheet, WebP
+from test_writers import doodles
 
 T, N, H, W = 4, 2, 28, 28
 
@@ -59,6 +60,23 @@ def test_mp4_shows_each_frame_for_its_delay(tmp_path):
         # H.264 is lossy: each frame is near its GIF frame, and nearer it than to the others.
         errors = [np.abs(shown[:27, :56, 0].astype(int) - e.astype(int)).mean() for e in expected]
         assert int(np.argmin(errors)) == want and errors[want] < 20
+
+
+@pytest.mark.parametrize("frames", ["steps", "samples"])
+def test_an_mp4_of_grey_drawings_stays_as_close_as_the_gif(frames, tmp_path):
+    """The MP4's quality (crf) is chosen to keep grey drawings within the GIF's bound: 2/255
+    off on average."""
+    import imageio_ffmpeg
+
+    d = doodles()
+    mp4 = Mp4(frames=frames)
+    mp4.write(d, tmp_path / "d.mp4", ctx())
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "d.mp4"))
+    width, height = reader.__next__()["size"]
+    shown = np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader])
+    expected = np.stack(mp4.images(d))
+    assert shown.shape == expected.shape + (3,)
+    assert np.abs(shown.astype(int) - expected[..., None]).mean() <= 2
 
 
 def test_mp4_without_its_encoder_is_one_clear_error(monkeypatch):

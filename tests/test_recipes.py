@@ -1,16 +1,16 @@
 """Every recipe in recipes/ runs (real data from QD_DATA_DIR, at most 3 pictures, zoo-345
 also two training steps) and writes the GIF it promises: frame count, pixel size and frame
-durations read back with Pillow."""
+durations read back with imageio."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from qdcore import engine
 from qdcore.plugin_manager import build
@@ -68,14 +68,11 @@ def test_recipe_writes_the_gif_it_promises(path, tmp_path, monkeypatch, quickdra
     assert recipe.output.use == "gif"
     result = engine.run(recipe, out=tmp_path / f"{path.stem}.gif")
     count, size, durations = promised(recipe)
-    # Read with Pillow itself: imageio's Pillow plugin cannot turn a greyscale GIF's later
-    # frames into arrays under Pillow 13 ("No packer found from P to L"), and these are greyscale.
-    with Image.open(result.path) as gif:
-        assert (gif.height, gif.width) == size
-        got = []
-        for i in range(gif.n_frames):
-            gif.seek(i)
-            got.append(gif.info["duration"])
+    # Read as a user's code would, through imageio: every frame as an RGB array. (A greyscale
+    # GIF's later frames failed there under Pillow 13 until the GIF had one palette.)
+    frames = iio.imread(result.path, index=None)
+    assert frames.shape[1:] == (*size, 3)
+    got = [iio.immeta(result.path, index=i)["duration"] for i in range(len(frames))]
     # Pillow stores a frame identical to the one before it once, for both durations (a
     # completion's first step can redraw the partial drawing exactly): every promised frame
     # is shown for its time, and each stored one covers a run of them.
