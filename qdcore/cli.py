@@ -530,6 +530,14 @@ def _listing(args: list) -> None:
     plugins(as_json="--json" in args, debug="--debug" in args)
 
 
+def _unexpected(e: Exception) -> int:
+    """An exception qd did not expect: the signal's line when one stopped the run mid-way."""
+    if _received:
+        return _stopped_line(_received[0])
+    typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
+    return 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .errors import QdError, os_error_line
 
@@ -577,15 +585,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         typer.echo(f"Error: {os_error_line(e)}", err=True)
         code = 1
     except Exception as e:  # noqa: BLE001 - the edge: nothing unexplained escapes without --debug
-        if _received:
-            code = _stopped_line(_received[0])
-        elif debug:
+        if debug and not _received:
             raise
-        else:
-            typer.echo(
-                f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True
-            )
-            code = 1
+        code = _unexpected(e)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
