@@ -83,6 +83,19 @@ def shared_source(shared) -> Optional[SharedSource]:
     return SharedSource(pack.label, pack.categories, pack.size, pack=pack, model=pack.model_config.as_dict())
 
 
+def serving(recipe) -> Optional[SharedSource]:
+    """The shared model or pack the recipe draws from when it serves the recipe's one
+    category (what `qd run` will use, nothing trained); None when it trains its own, or when
+    drawing would fail (several categories, an unknown one: the run says why)."""
+    if recipe.shared is None:
+        return None
+    from .recognizer import categories_of
+
+    source = shared_source(recipe.shared)
+    named = categories_of(recipe.dataset.params)
+    return source if source is not None and len(named) == 1 and named[0] in source.categories else None
+
+
 def not_cached(shared) -> str:
     if shared.recipe is None:
         return (

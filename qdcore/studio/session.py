@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from .. import engine, params, paths
+from .. import engine, params, paths, sources
 from ..errors import Conflict, InputError, NotFound, NotTrained, QdError, RecipeError, TooLarge
 from ..ink import two_inks
 from ..interfaces import Context, SeedInput
@@ -372,7 +372,7 @@ class Studio:
             "model_key": engine.model_key(r),
             "trained": engine.has_model(r),
             "training": bool(job and job.state in ("starting", "running")),
-            "draws_from": _draws_from(r),
+            "draws_from": getattr(sources.serving(r), "label", None),
             # `model.start`: Train fine-tunes that model's weights (the same road as `qd train`).
             "starts_from": None if r.start is None else engine.start_source(r).label,
         }
@@ -546,18 +546,6 @@ class Studio:
             if job.thread is not None:
                 job.thread.join(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _draws_from(r: Recipe) -> Optional[str]:
-    """Where the recipe's `model.from` model is, when it draws the recipe's category (a
-    cached shared model or a pack: `the model pack 'zoo-26' (...)`); None otherwise."""
-    if r.shared is None:
-        return None
-    from .. import recognizer
-
-    source = engine.shared_source(r.shared)
-    named = recognizer.categories_of(r.dataset.params)
-    return source.label if source is not None and len(named) == 1 and named[0] in source.categories else None
 
 
 def _data_key(r: Recipe) -> str:
