@@ -108,6 +108,12 @@ def front_matter(manifest: dict) -> dict:
         budget["images"] = steps * batch  # drawings shown, repeats counted
     if _number(data.get("train_images")) is not None:
         budget["train_drawings"] = data["train_images"]  # distinct drawings, after the held-out split
+    legs = manifest.get("legs")
+    if isinstance(legs, list) and len(legs) > 1 and all(isinstance(g, dict) for g in legs):
+        # A relay: the manifest's steps are the last leg's; what made the weights is every leg's.
+        counts = [g.get("steps") for g in legs], [g.get("images") for g in legs]
+        if all(_whole(v) for v in counts[0] + counts[1]):
+            budget.update(steps=sum(counts[0]), images=sum(counts[1]), legs=len(legs))
     front = {
         "license": "cc-by-4.0" if quickdraw else "unknown",
         "library_name": "qd",
@@ -148,6 +154,10 @@ def _cell(text) -> str:
 def _flow(text: str) -> str:
     """`text` as a YAML flow scalar: bare when plain, else JSON's quoting (valid YAML too)."""
     return text if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]*", text) else json.dumps(text, ensure_ascii=False)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _count(value) -> str:
@@ -216,6 +226,9 @@ def _about(manifest: dict, use: Optional[str]) -> list[str]:
     if manifest.get("description"):
         lines += [str(manifest["description"]), ""]
     trained = f"Trained {_count(budget.get('steps'))} steps of {_count(budget.get('batch_size'))}"
+    if "legs" in budget:
+        trained = f"Trained in {budget['legs']} legs (below): {_count(budget.get('steps'))} steps"
+        trained += f" of {_count(budget.get('batch_size'))} in all"
     if "images" in budget:
         trained += f" ({_count(budget['images'])} images)"
     if "train_drawings" in budget:

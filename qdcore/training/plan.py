@@ -329,25 +329,28 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
         return None
 
 
-# Which candidates a fresh machine times (`finalists`). Every full measurement recorded in
-# docs/performance.md ranks them alike at a batch split into streams: bfloat16-streams first
-# where the CPU has bfloat16 instructions (AMX or AVX512-BF16: 1.5-1.6x float32-streams), then
-# float32-streams; the XLA plans, which cost a compile each (6-12 s of a ~60 s measurement),
-# never won there by more than the timing noise. In one stream (small batches) the compiled
-# step removes per-op overhead and float32-xla is timed alone. The finalists of a streams
-# batch share their thread pools, so one process times them all (`time_plans`).
+# Which candidate a fresh machine times (`finalists`): the one its CPU's flags predict, from
+# every full measurement recorded in docs/performance.md. Where the CPU has bfloat16
+# instructions (AMX, AVX512-BF16) bfloat16-streams won at every batch measured (batch 400:
+# 1.5-1.6x float32-streams; batch 20: 1,292 img/s against float32-xla's 1,099 on a Zen 4).
+# Without them, float32-streams won at a batch split into streams (Xeon, Zen 4 with bfloat16
+# left out, the Zen 3 of issue 28), and the compiled float32-xla in one stream (batch 23 on the
+# Xeon and the Zen 3). Timing it confirms it runs here and gives its speed for the plan line;
+# timing a second plan in the same process doubled the choice's ~13 s (a fresh TensorFlow,
+# the step's trace, its steps). If it cannot run, the others are timed.
 FINALISTS_STREAMS = ("bfloat16-streams", "float32-streams")
-FINALISTS_ONE_STREAM = ("float32-xla",)
+FINALISTS_ONE_STREAM = ("bfloat16-streams", "float32-xla")
 
 
 def finalists(plans: list[StepPlan]) -> list[StepPlan]:
-    """The candidates worth timing on this machine (all of them with QD_PLAN_MEASURE=all, or
-    with a GPU, where nothing here was ever measured)."""
+    """The candidates worth timing on this machine: the first of the finalists that is a
+    candidate here (every candidate with QD_PLAN_MEASURE=all, or with a GPU, where nothing
+    here was ever measured)."""
     if os.environ.get(MEASURE_ENV, "").strip() == "all" or any(p.device != "cpu" for p in plans):
         return plans
     by_name = {p.name: p for p in plans}
     names = FINALISTS_STREAMS if any(p.streams > 1 for p in plans) else FINALISTS_ONE_STREAM
-    return [by_name[n] for n in names if n in by_name] or plans
+    return [by_name[n] for n in names if n in by_name][:1] or plans
 
 
 def time_plans(plans: list[StepPlan], model_cfg: ModelConfig, batch_size: int, steps: int = MEASURE_STEPS) -> list:
