@@ -54,8 +54,9 @@ def _leaves(record, prefix: str = "", depth: int = 0) -> dict:
     """The numbers in a nested record, by dotted path (`samples.recognized`)."""
     out = {}
     if isinstance(record, dict) and depth < DEPTH:
-        for key, value in record.items():
-            if isinstance(key, str) and key != "per_category":
+        # In key order: a manifest read back (its JSON sorted) and the one just written give one card.
+        for key, value in sorted(((k, v) for k, v in record.items() if isinstance(k, str)), key=lambda kv: kv[0]):
+            if key != "per_category":
                 if isinstance(value, dict):
                     out.update(_leaves(value, f"{prefix}{key}.", depth + 1))
                 elif _number(value) is not None:
@@ -86,7 +87,7 @@ def metrics(manifest: dict) -> list[dict]:
         for record in per.values():
             for path, value in _leaves(record).items():
                 paths.setdefault(path, []).append(value)
-        for path, values in paths.items():
+        for path, values in sorted(paths.items()):
             out.append(
                 {
                     "type": f"recognizer.per_category.{path}",

@@ -1075,10 +1075,15 @@ def export(
 
 def _start_legs(start: dict, cache_dir: Path, installed: dict) -> Optional[list]:
     """The legs of a pack a run started from before start records carried them: that pack's,
-    found by name (its weights may since have moved to another format, not changed)."""
-    name = (start.get("identity") or {}).get("pack")
+    found by name, when it is those weights (the same checksum) or a pack from before legs
+    (its weights may since have moved to another format). A pack of that name that lists
+    legs and holds other weights may be this very run's export: then the legs are unknown."""
+    identity = start.get("identity") or {}
+    name = identity.get("pack")
     found = find(cache_dir, name, installed.get(name)) if isinstance(name, str) else None
-    return legs(found.manifest) if found is not None else None
+    if found is None or (found.manifest.get("legs") and found.sha256 != identity.get("sha256")):
+        return None
+    return legs(found.manifest)
 
 
 def _figures(path: Path) -> dict:

@@ -348,9 +348,11 @@ def test_the_shipped_pack_is_format_2_with_its_card_and_packaged(monkeypatch):
 
     assert not list(builtin.FOLDER.glob("*.qdpack"))  # moved to format 2
     pack, weights = packs.read(builtin.FOLDER / "zoo-26.safetensors")
-    assert (
-        pack.version == 2 and pack.name == "zoo-26" and len(pack.categories) == 26 and pack.manifest["steps"] == 20000
-    )
+    assert pack.version == 2 and pack.name == "zoo-26" and len(pack.categories) == 26
+    # A relay's pack: the manifest's steps are its last leg's, and every leg is listed.
+    legs = pack.manifest["legs"]
+    assert legs[-1]["steps"] == pack.manifest["steps"] and all(leg["steps"] > 0 for leg in legs)
+    assert cards.front_matter(pack.manifest)["qd"]["training"]["steps"] == sum(leg["steps"] for leg in legs)
     packs.check_weights(pack, weights.arrays(pack.path))
     card = (builtin.FOLDER / "zoo-26.README.md").read_text(encoding="utf-8")
     assert card == cards.card_text(pack.manifest, "zoo-26.safetensors"), "regenerate it: see docs/packs.md"
