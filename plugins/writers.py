@@ -475,12 +475,16 @@ class Mp4(Gif):
                 ffmpeg_log_level="quiet",
                 output_params=["-crf", "18", "-f", "mp4"],
             )
-            writer.send(None)
-            for frame, times in zip(frames, repeats):
-                padded = np.ascontiguousarray(np.pad(frame, pad, constant_values=fill))
-                for _ in range(times):
-                    writer.send(padded)
-            writer.close()
+            # An ffmpeg that ends early breaks the pipe sooner or later, depending on when it
+            # ends: either way what it wrote is judged below, so its failure reads the same.
+            with contextlib.suppress(BrokenPipeError):
+                writer.send(None)
+                for frame, times in zip(frames, repeats):
+                    padded = np.ascontiguousarray(np.pad(frame, pad, constant_values=fill))
+                    for _ in range(times):
+                        writer.send(padded)
+            with contextlib.suppress(BrokenPipeError):
+                writer.close()
             # imageio-ffmpeg does not look at ffmpeg's exit status: an MP4 begins with its
             # `ftyp` box, and without one ffmpeg failed (the half-written file goes).
             with open(tmp, "rb") as f:
