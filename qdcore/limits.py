@@ -106,26 +106,30 @@ def load_json(body: bytes | str, label: str, limit: int = MAX_RECIPE_BYTES) -> A
         raise RecipeError(f"is over {limit >> 10} KiB", label)
     try:
         # NaN and Infinity are Python's extension, not JSON: refused like any other non-JSON.
-        data = json.loads(body or "{}", object_pairs_hook=_unique, parse_constant=_not_json)
+        data = json.loads(body or "{}", object_pairs_hook=unique_keys, parse_constant=_not_json)
     except RecursionError:
         raise too_deep(label) from None
-    except _DuplicateKey as e:
-        raise RecipeError(str(e), label) from None
+    except DuplicateKey as e:
+        raise RecipeError(f"gives the key {shown(e.key)} twice (JSON would keep only the last one)", label) from None
     except ValueError:
         raise RecipeError("is not JSON", label) from None
     check_shape(data, label)
     return data
 
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
 
 
-def _unique(pairs: list) -> dict:
+def unique_keys(pairs: list) -> dict:
+    """json.loads' object_pairs_hook that refuses a repeated key (json keeps the last one
+    silently): a studio request, a pack's safetensors header."""
     out = {}
     for key, value in pairs:
         if key in out:
-            raise _DuplicateKey(f"gives the key {shown(key)} twice (JSON would keep only the last one)")
+            raise DuplicateKey(key)
         out[key] = value
     return out
 

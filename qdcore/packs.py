@@ -37,7 +37,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from . import __version__, models, params
+from . import __version__, limits, models, params
 from .atomic import atomic_path, check_target
 from .config import ModelConfig, TrainConfig
 from .errors import InputError, QdError, RecipeError
@@ -260,20 +260,6 @@ def _check_members(where, members: list[tuple[str, int, int, bool]], limit: int)
         )
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list) -> dict:
-    """json.loads keeps the last of a repeated key; two entries of one tensor are refused."""
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -330,9 +316,9 @@ def _header_bytes(where, f, size: int, limit: int, only_manifest: bool) -> tuple
 
 def _header_json(where, raw: bytes) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except _DuplicateKey as e:
-        raise _refuse(where, f"refused: its safetensors header names {_shown(str(e))} twice") from None
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=limits.unique_keys)
+    except limits.DuplicateKey as e:  # json keeps the last of two entries of one tensor
+        raise _refuse(where, f"refused: its safetensors header names {_shown(e.key)} twice") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _refuse(where, "is not a qd model pack: its safetensors header is not JSON") from None
     if not isinstance(header, dict):
