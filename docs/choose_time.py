@@ -20,6 +20,7 @@ import time
 import tensorflow as tf  # noqa: F401 - started before the clock, as in `qd train`
 
 from qdcore.config import ModelConfig, TrainConfig
+from qdcore.reporter import Reporter
 from qdcore.training import plan as P
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     P.gpu_names()
     cfg = TrainConfig(batch_size=batch, iterations=10 * P.MEASURE_MIN_IMAGES // batch)
     t0 = time.perf_counter()
-    choice = P.choose(ModelConfig(), cfg, say=lambda m: print(m, file=sys.stderr), busy=False)
+    choice = P.choose(ModelConfig(), cfg, say=Reporter.to_stderr().note, busy=False)
     seconds = round(time.perf_counter() - t0, 1)
     mode = os.environ.get(P.MEASURE_ENV) or "finalists"
     row = {"batch": batch, "mode": mode, "seconds": seconds, "winner": choice.plan.name, "rows": choice.rows}

@@ -146,11 +146,11 @@ def rows(folder: Path) -> None:
                 path.write_text(recipe_text(f"rows-{rule}-{category}-{steps}", dataset, "zoo-26", train_cfg))
                 r = load(path, build().registry)
                 pipeline = engine.Run(r)
-                source = engine.start_source(r)
+                source = pipeline.source.start
                 start = warm_start.Start(source.label, source.identity(), engine.source_model(source), rule)
                 clock = time.perf_counter()
                 workdir = folder / f"{rule}-{category}-{steps}"
-                trained = train.train(r.model, r.train, pipeline.data(), workdir, quiet=True, start=start)
+                trained = train.train(r.model, r.train, pipeline.data(), workdir, start=start)
                 measure(pipeline, trained, time.perf_counter() - clock)
 
 

@@ -77,8 +77,9 @@ def _recipe(path: Path, *, iterations=None, seed=None, n=None, best_of=None, set
 
 
 def _reporter(quiet: bool, lines: bool = True):
-    """The engine's Reporter for a command: its lines go to stderr (none with --quiet)."""
-    from .engine import Reporter
+    """The Reporter of a command: its words go to stderr (none with --quiet); without
+    `lines`, a run's own lines ("dataset: ...") are left out."""
+    from .reporter import Reporter
 
     return Reporter(quiet, None if quiet or not lines else (lambda m: typer.echo(m, err=True)))
 
@@ -112,11 +113,10 @@ def validate(
     debug: bool = DebugOpt,
 ):
     """Check a recipe (names, parameters, files, the models it names) without running anything."""
-    from . import engine, sources
+    from . import engine
 
     r = _recipe(recipe, sets=sets)
-    engine.Run(r).output_path()
-    sources.check_found(r)
+    engine.Run(r).output_path()  # the models it names are found (or refused) as the Run resolves them
     typer.echo(
         f"{recipe}: ok ({r.dataset.use}; seeds: {', '.join(s.use for s in r.seeds)}; "
         f"filters: {', '.join(f.use for f in r.filters) or 'none'}; output: {r.output.use})"
@@ -380,7 +380,9 @@ def bench_train(
     from .bench import bench
 
     typer.echo(
-        json.dumps(bench.bench_train(batch_size, iterations, quiet=quiet, precision=precision.value, bf16=not no_bf16))
+        json.dumps(
+            bench.bench_train(batch_size, iterations, _reporter(quiet), precision=precision.value, bf16=not no_bf16)
+        )
     )
 
 
@@ -403,7 +405,7 @@ def bench_quality(
     pipeline, path = _as_sheet(_recipe(recipe), sheet, _reporter(quiet, lines=False))
     r = pipeline.recipe
     figures, drawing = bench.bench_quality(
-        r.model, r.train, pipeline.data(), sorted(minutes), r.generate.n, quiet=quiet
+        r.model, r.train, pipeline.data(), sorted(minutes), r.generate.n, _reporter(quiet)
     )
     written = pipeline.write(path, pipeline.filtered(drawing))
     typer.echo(json.dumps({**figures, "sheet": str(written)}))
@@ -442,9 +444,17 @@ def bench_frontier(
         from .atomic import check_target
 
         check_target(out)  # before hours of training
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     result = bf.frontier(
-        recipe, r.model, r.train, minutes, candidate, n=n, jobs=jobs, retime=retime, time_only=time_only, say=say
+        recipe,
+        r.model,
+        r.train,
+        minutes,
+        candidate,
+        n=n,
+        jobs=jobs,
+        retime=retime,
+        time_only=time_only,
+        say=_reporter(quiet).note,
     )
     if out is not None:
         from .atomic import atomic_path

@@ -13,30 +13,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from . import limits, models, packs, paths, recognizer as recog
+from . import limits, models, packs, paths, recognizer as recog, sources
 from .atomic import check_target
-from .sources import (
-    SharedSource,
-    model_dir,
-    model_key,
-    not_cached as _not_cached,
-    shared_source,
-    slug as _slug,
-    start_source,
-)
+from .sources import Resolution, SharedSource, not_cached as _not_cached, slug as _slug
 from .config import ModelConfig
 from .errors import InputError, NotTrained, PluginError, RecipeError
 from .categories import ALL
 from .interfaces import Context, Drawing, ImageSet, ModeCheck, SeedInput
 from .recipe import Recipe
+from .reporter import QUIET, Reporter
 
 
 MODEL_RECIPE = models.RECIPE
@@ -53,27 +45,6 @@ STAGES = {
 }
 
 
-class Reporter:
-    """Where a run's words go, one object instead of quiet flags and callbacks. `quiet`:
-    plugins and training print no progress (Context.quiet); `say` gets the run's own lines
-    ("dataset: ...", "model: ..."), dropped without `lines`; `warn` prints to stderr unless quiet."""
-
-    def __init__(self, quiet: bool = True, lines: Optional[Callable[[str], None]] = None):
-        self.quiet = quiet
-        self._lines = lines
-
-    def say(self, message: str) -> None:
-        if self._lines is not None:
-            self._lines(message)
-
-    def warn(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-
-QUIET = Reporter()
-
-
 @dataclass
 class Built:
     dataset: object
@@ -82,6 +53,7 @@ class Built:
     writer: object
     recognizer: object = None  # the recipe's Recognizer, when it has one
     mode: object = None  # the recipe's Generator (`mode:`), when it has one
+    source: Optional[Resolution] = None  # where its model comes from (sources.resolve)
 
 
 @dataclass
@@ -93,12 +65,10 @@ class RunResult:
 
 
 def prepare(recipe: Recipe) -> Built:
-    """Instantiate every step; constructors check their parameters (files exist, ...), and a
-    shared model the recipe insists on (`model.from`, if_missing: error) is in the cache."""
-    shared = recipe.shared
-    if shared is not None and shared.if_missing == "error" and shared_source(shared) is None:
-        raise InputError(f"{shared.where}: {_not_cached(shared)}")
-    start_source(recipe)  # `model.start` is there and fits the recipe's model
+    """Instantiate every step; constructors check their parameters (files exist, ...); where
+    the model comes from is resolved, once: a shared model the recipe insists on (`model.from`,
+    if_missing: error) is there, and `model.start` is there and fits the recipe's model."""
+    source = sources.resolve(recipe)
     built = Built(
         dataset=recipe.dataset.build(),
         seeds=[s.build() for s in recipe.seeds],
@@ -106,6 +76,7 @@ def prepare(recipe: Recipe) -> Built:
         writer=recipe.output.build(),
         recognizer=recipe.recognizer.build() if recipe.recognizer is not None else None,
         mode=recipe.mode.build() if recipe.mode is not None else None,
+        source=source,
     )
     check = getattr(built.writer, "check", None)  # Writer.check: optional, before any training
     if check is not None:
@@ -169,9 +140,9 @@ def _mode_check(recipe: Recipe, built: Built) -> ModeCheck:
     found and knowing the category), none for a one-category model of its own."""
     named = recog.categories_of(recipe.dataset.params)
     known = None if any(c == ALL for c in named) or not named else (named if len(named) > 1 else [])
-    source = shared_source(recipe.shared) if recipe.shared is not None else None
-    if source is not None and len(named) == 1 and named[0] in source.categories:
-        known = list(source.categories)
+    serving = built.source.serving
+    if serving is not None:
+        known = list(serving.categories)
     prior = recipe.seeds[0].use == "prior"
     # A file-image source (and what the perturbations after it make of it) needs no data: the
     # seed images are known now, so a mode can look at them (a blank partial drawing).
@@ -215,30 +186,38 @@ def load_data(recipe: Recipe, built: Built, reporter: Reporter = QUIET) -> Image
     return data
 
 
-def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, reporter: Reporter = QUIET, on_step=None):
+def ensure_model(
+    recipe: Recipe,
+    resolved: Resolution,
+    data: ImageSet,
+    *,
+    restart: bool = False,
+    reporter: Reporter = QUIET,
+    on_step=None,
+):
     """The recipe's trained model: its `model.from` shared model held to the recipe's
     category when that is cached, else its own (trained now, or reused from the cache)."""
     from .training import train, warm_start  # TensorFlow lives behind this import
     from .training.locks import hold
 
-    category, source = shared_category(recipe, data, reporter)
+    category, source = shared_category(recipe, resolved, data, reporter)
     if category is None:
         # One process trains a model folder at a time; a second run waits, then finds it finished.
         # Not under TF_CONFIG: the workers of one multi-worker run train together in lockstep, and
         # a lock would make them wait for each other forever.
-        workdir = model_dir(recipe)
+        workdir = resolved.own
         lock = (
             contextlib.nullcontext()
             if os.environ.get("TF_CONFIG")
             else hold(
                 workdir.with_name(workdir.name + ".lock"),
                 "training this model",
-                None if reporter.quiet else reporter.warn,
+                None if reporter.quiet else reporter.note,
             )
         )
         with lock:
-            source = start_source(recipe)
-            _describe_model(recipe, workdir, source)
+            source = resolved.start
+            _describe_model(recipe, resolved)
             start = (
                 None
                 if source is None
@@ -250,7 +229,7 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, repor
                 data,
                 workdir,
                 restart=restart,
-                quiet=reporter.quiet,
+                reporter=reporter,
                 on_step=on_step,
                 start=start,
             )
@@ -265,19 +244,24 @@ def ensure_model(recipe: Recipe, data: ImageSet, *, restart: bool = False, repor
     return _load_shared(shared, category, source)
 
 
-def load_model(recipe: Recipe, data: Optional[ImageSet], reporter: Reporter = QUIET, cache: Optional[dict] = None):
+def load_model(
+    recipe: Recipe,
+    resolved: Resolution,
+    data: Optional[ImageSet],
+    reporter: Reporter = QUIET,
+    cache: Optional[dict] = None,
+):
     """The recipe's model as ensure_model finds it, trained before: never trains (the studio
-    draws only from models that exist). `cache` keeps loaded models by where they live."""
-    category, source = shared_category(recipe, data, reporter)
+    draws only from models that exist). `cache` keeps loaded models by where they live
+    (Resolution.loaded_key; sources.forget_loaded drops them)."""
+    category, source = shared_category(recipe, resolved, data, reporter)
     if category is None:
-        workdir = model_dir(recipe)
+        workdir = resolved.own
         if not models.is_finished(workdir):
             raise NotTrained(
                 f"the model for recipe {recipe.name!r} is not trained yet: run `qd train` on the recipe first"
             )
-        key = str(workdir)
-    else:
-        key = f"{source.workdir or source.pack.path}#{category}"
+    key = resolved.loaded_key(category)
     if cache is not None and key in cache:
         return cache[key]
     if category is None:
@@ -316,18 +300,8 @@ def _load_shared(shared, category: str, source: "SharedSource"):
     return replace(trained, model=Steered(trained.model, category), last_batch=trained.last_of(index))
 
 
-def has_model(recipe: Recipe) -> bool:
-    """Whether the recipe can draw without training: its `model.from` names a model in the
-    cache or a pack that knows its category, or its own model is finished."""
-    source = shared_source(recipe.shared) if recipe.shared is not None else None
-    named = recog.categories_of(recipe.dataset.params)
-    if source is not None and (len(named) != 1 or named[0] in source.categories):
-        return True  # (a dataset of several categories is refused when drawing, with the reason)
-    return models.is_finished(model_dir(recipe))
-
-
 def shared_category(
-    recipe: Recipe, data: ImageSet, reporter: Reporter = QUIET
+    recipe: Recipe, resolved: Resolution, data: ImageSet, reporter: Reporter = QUIET
 ) -> tuple[Optional[str], Optional[SharedSource]]:
     """The category this recipe draws from its `model.from` model, and where that model is;
     (None, None) when it trains its own (no `from`, or `if_missing: train` and no shared model
@@ -341,7 +315,7 @@ def shared_category(
             f"{len(data.classes) if data.classes else 'no'} category names: name one category",
             shared.where,
         )
-    category, source = data.classes[0], shared_source(shared)
+    category, source = data.classes[0], resolved.shared
     if source is None:
         problem = _not_cached(shared)
     elif category not in source.categories:
@@ -361,15 +335,15 @@ def shared_category(
         return category, source
     if shared.if_missing == "error":
         raise InputError(f"{shared.where}: {problem}")
-    reporter.say(f"model: {problem}; {own_model_plan(recipe, data)}")
+    reporter.say(f"model: {problem}; {own_model_plan(recipe, resolved, data)}")
     return None, None
 
 
-def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
+def own_model_plan(recipe: Recipe, resolved: Resolution, data: ImageSet) -> str:
     """What training a recipe's own model will cost, said before it starts: the steps left,
     the images they are (in batches that fit the data: mixing.fit_batch), and the time at
     this machine's measured speed when it was measured."""
-    workdir = model_dir(recipe)
+    workdir = resolved.own
     if models.is_finished(workdir):
         return f"using this recipe's own model, trained before ({workdir})"
     from .training.mixing import fit_batch
@@ -378,7 +352,7 @@ def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     done = (models.describe(workdir)["steps"] or 0) if workdir.is_dir() else 0
     left = max(cfg.iterations - done, 0)
     images = left * cfg.batch_size
-    start = start_source(recipe)
+    start = resolved.start
     what = (
         f"training this recipe's own model instead (if_missing: train): {left:,} steps of "
         f"{cfg.batch_size} = {images:,} images"
@@ -396,7 +370,7 @@ def own_model_plan(recipe: Recipe, data: ImageSet) -> str:
     )
 
 
-def trained_recipe(recipe: Recipe, trained) -> Recipe:
+def trained_recipe(recipe: Recipe, resolved: Resolution, trained) -> Recipe:
     """The recipe that trained `trained`: `recipe`, or the one its `model.from` names; for a
     model pack, `recipe` with the pack's model and train settings (its held-out split)."""
     shared = recipe.shared
@@ -405,14 +379,12 @@ def trained_recipe(recipe: Recipe, trained) -> Recipe:
 
         pack = Pack(trained.pack["name"], Path(trained.workdir), trained.pack)
         return replace(recipe, model=pack.model_config, train=pack.train_config)
-    return (
-        shared.recipe
-        if shared is not None and shared.recipe is not None and Path(trained.workdir) == model_dir(shared.recipe)
-        else recipe
-    )
+    found = resolved.shared
+    drew_shared = found is not None and found.workdir is not None and Path(trained.workdir) == Path(found.workdir)
+    return shared.recipe if drew_shared and shared.recipe is not None else recipe
 
 
-def _describe_model(recipe: Recipe, workdir: Path, start: Optional[SharedSource] = None) -> None:
+def _describe_model(recipe: Recipe, resolved: Resolution) -> None:
     """recipe.json beside the checkpoints: the sections that made this model, so a list of
     cached models (qd studio) can say what each is and rebuild a recipe that reuses it."""
     import json
@@ -421,6 +393,7 @@ def _describe_model(recipe: Recipe, workdir: Path, start: Optional[SharedSource]
 
     from .training.distribute import writes_here
 
+    workdir, start = resolved.own, resolved.start
     target = workdir / MODEL_RECIPE
     if target.exists() or not writes_here(recipe.train):
         return  # only a multi-worker run's chief writes the model folder (docs/distributed.md)
@@ -431,7 +404,7 @@ def _describe_model(recipe: Recipe, workdir: Path, start: Optional[SharedSource]
             json.dumps(
                 {
                     "name": recipe.name,
-                    "model_key": model_key(recipe),
+                    "model_key": resolved.key,
                     "dataset": raw.get("dataset"),
                     "model": recipe.model.as_dict(),
                     "train": recipe.train.as_dict(),
@@ -594,8 +567,9 @@ class Run:
         run = Run(recipe, reporter)
         run.data(); run.model(); run.seeds(); run.drawing(); run.write(path)
 
-    It owns `model.from` (shared models and packs), the training lock, `generate.best_of`
-    (checked before training; its recognizer) and the `mode:` generators. `data` is a
+    It holds where the model comes from (`source`: the recipe's own folder, a `model.from`
+    model or pack, a `model.start`, resolved once by qdcore/sources.py), and owns the training
+    lock, `generate.best_of` (checked before training; its recognizer) and the `mode:` generators. `data` is a
     dataset already loaded for this recipe (the studio keeps them); `models` a cache of
     loaded models for `model(train=False)`; `trained` a model already loaded for this recipe
     (a figure script's copy of a model folder), which model() then returns."""
@@ -618,6 +592,12 @@ class Run:
     @property
     def quiet(self) -> bool:
         return self.reporter.quiet
+
+    @property
+    def source(self) -> Resolution:
+        """Where the model comes from, resolved once when the run was made (qdcore/sources.py):
+        its own folder, a `model.from` model or pack, a `model.start`."""
+        return self.built.source
 
     @property
     def stem(self) -> str:
@@ -646,9 +626,9 @@ class Run:
             # Only training and `model.from` (which category?) need the dataset.
             data = self.data() if train or self.recipe.shared is not None else None
             self._trained = (
-                ensure_model(self.recipe, data, restart=restart, reporter=self.reporter, on_step=on_step)
+                ensure_model(self.recipe, self.source, data, restart=restart, reporter=self.reporter, on_step=on_step)
                 if train
-                else load_model(self.recipe, data, self.reporter, self._models)
+                else load_model(self.recipe, self.source, data, self.reporter, self._models)
             )
         return self._trained
 
@@ -660,7 +640,7 @@ class Run:
             self._checked = True
 
     def trained_recipe(self) -> Recipe:
-        return trained_recipe(self.recipe, self.model())
+        return trained_recipe(self.recipe, self.source, self.model())
 
     def seeds(self) -> Optional[np.ndarray]:
         """The seed chain's images (None: sample the prior)."""
@@ -772,7 +752,7 @@ def held_out_drawings(recipe: Recipe, built: Built, trained, category: str, n: i
     a split of the recipe's one category would hand back drawings the model trained on)."""
     from .training.mixing import split, stream_labels
 
-    owner = trained_recipe(recipe, trained)
+    owner = trained_recipe(recipe, built.source, trained)
     pack = getattr(trained, "pack", None)
     if pack is not None:
         params = dict((pack.get("data") or {}).get("dataset") or {})

@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -37,7 +36,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from . import __version__, limits, models, params
+from . import __version__, limits, models, params, paths
 from .atomic import atomic_path, check_target
 from .config import ModelConfig, TrainConfig
 from .errors import InputError, QdError, RecipeError
@@ -71,8 +70,7 @@ DEFAULT_LIMIT_MB = 256
 MANIFEST_LIMIT = 1 << 20
 # A temporary import folder older than this was left by a killed import.
 STALE_SECONDS = 3600
-# Matched whole (fullmatch): `$` alone also matches before a final newline ("zoo\n").
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME = paths.PACK_NAME  # matched whole (fullmatch)
 # Zip entries carry the Unix mode in the top half of external_attr.
 _S_IFLNK = stat.S_IFLNK
 _ZIP_MAGIC = b"PK"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DATA_ENV = "QD_DATA_DIR"
 CACHE_ENV = "QD_CACHE_DIR"
+# A model pack's name (`model.from: NAME`), also its folder under <cache>/packs: here, not in
+# packs.py, so reading a recipe never imports the packs (nor, through them, the trainer).
+# Matched whole (fullmatch): `$` alone also matches before a final newline ("zoo\n").
+PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def data_dir() -> Path | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
-from . import limits, packs, params
+from . import limits, params, paths
 from .config import WARM_START_ROWS, WARM_START_TRAIN, GenerateConfig, ModelConfig, Seed, TrainConfig
 from .overrides import apply as apply_overrides
 from .errors import QdError, RecipeError, UnknownNameError
@@ -349,7 +349,7 @@ def _named(
     if not path.is_file():
         if is_path:
             raise RecipeError(f"no recipe {limits.shown(source)}: {path} does not exist", where)
-        if not packs.NAME.fullmatch(source):
+        if not paths.PACK_NAME.fullmatch(source):
             raise RecipeError(
                 f"{limits.shown(source)} is neither a recipe beside this one ({path} does not exist) nor a "
                 "model pack name (letters, digits, '.', '_', '-')",

@@ -122,8 +122,7 @@ def tiny_model(tmp_path_factory, quickdraw_dir):
     recipe.write_text(TINY_RECIPE)
     with cache_dir_set(tmp_path_factory.getbasetemp() / "qd-cache"):
         r = load(recipe, build().registry)
-        built = engine.prepare(r)
-        engine.ensure_model(r, engine.load_data(r, built))
+        engine.Run(r).model()
     return recipe
 
 
@@ -149,7 +148,7 @@ def tiny_pack(tmp_path_factory, quickdraw_dir) -> Path:
     (root / "tiny-zoo.yaml").write_text(TINY_ZOO)
     with cache_dir_set(root / "cache"):
         r = load(root / "tiny-zoo.yaml", build().registry)
-        engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
+        engine.Run(r).model()
         packs.export("tiny-zoo", root / "tiny-zoo.safetensors", root / "cache", {})
     pack, weights = packs.read(root / "tiny-zoo.safetensors")
     (root / "shipped").mkdir()

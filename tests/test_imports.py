@@ -329,3 +329,48 @@ def test_validating_every_shipped_recipe_never_imports_tensorflow():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("validated")
+
+
+def test_where_a_model_comes_from_has_one_owner():
+    # qdcore/sources.py resolves `model.from`, packs, shared models, the recipe's own folder
+    # and `model.start` (once per Run: tests/test_engine.py). The studio reads `run.source` and
+    # the lists sources makes; it never opens a pack, a model record or the cache key itself.
+    graph = import_graph()
+    studio = {m: deps for m, deps in graph.items() if m.startswith("qdcore.studio")}
+    assert {"qdcore.studio.session", "qdcore.studio.server"} <= studio.keys()
+    owned = {"qdcore.packs", "qdcore.models"} | {m for m in graph if m.startswith("qdcore.training")}
+    assert {m: sorted(deps & owned) for m, deps in studio.items() if deps & owned} == {}
+    # The cache key of a recipe's own weights is made in one place.
+    callers = [
+        str(p.relative_to(ROOT))
+        for p in sorted((ROOT / "qdcore").rglob("*.py")) + sorted((ROOT / "plugins").rglob("*.py"))
+        if re.search(r"\.model_key\(", p.read_text(encoding="utf-8"))
+    ]
+    assert callers == ["qdcore/sources.py"]
+
+
+def test_the_reporter_is_the_bottom_layer_and_the_only_stderr_switch():
+    # One Reporter decides where words go (docs/architecture.md): it imports nothing of qd's,
+    # so the trainer and the benchmarks take it; none keeps its own "print unless quiet".
+    graph = import_graph()
+    assert {d for d in graph["qdcore.reporter"] if d.startswith("qdcore")} == set()
+    assert "qdcore.reporter" in graph["qdcore.training.train"] and "qdcore.reporter" in graph["qdcore.bench.bench"]
+    copies = [
+        str(p.relative_to(ROOT))
+        for p in sorted((ROOT / "qdcore").rglob("*.py"))
+        if re.search(r"lambda \w+: print\(", p.read_text(encoding="utf-8"))
+    ]
+    assert copies == []
+
+
+def test_the_recipe_core_sits_below_the_model_and_the_trainer():
+    # Reading a recipe opens nothing under the cache (tests/test_recipe.py) and imports no
+    # model, pack or trainer, even lazily: a pack name is only a name there (paths.PACK_NAME).
+    graph = import_graph()
+    above = {"qdcore.draw", "qdcore.packs", "qdcore.sources", "qdcore.engine"}
+    bad = {
+        m: hits
+        for m in [f"qdcore.{name}" for name in VALIDATION] + ["qdcore.reporter", "qdcore.paths"]
+        if (hits := sorted(t for t in reachable(graph, m) if t in above or t.startswith("qdcore.training")))
+    }
+    assert bad == {}

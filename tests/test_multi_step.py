@@ -104,9 +104,7 @@ def test_training_in_calls_matches_one_step_a_call(tmp_path, monkeypatch):
         else:
             monkeypatch.undo()
         calls = seen.setdefault(per_call, [])
-        runs[per_call] = train(
-            TINY, cfg, _data(), tmp_path / str(per_call), quiet=True, on_step=lambda s, *_: calls.append(s)
-        )
+        runs[per_call] = train(TINY, cfg, _data(), tmp_path / str(per_call), on_step=lambda s, *_: calls.append(s))
     assert train_mod.steps_per_call(8, StepPlan("float32", True)) > 1  # the second run took calls
     assert runs[1].step == runs[None].step == 23
     np.testing.assert_allclose(_weights(runs[None].model), _weights(runs[1].model), rtol=1e-5, atol=1e-6)

@@ -26,7 +26,7 @@ from conftest import cache_dir_set
 from safetensors import safe_open
 from safetensors.numpy import save as save_tensors
 
-from qdcore import InputError, PluginError, RecipeError, cards, engine, packs
+from qdcore import InputError, PluginError, RecipeError, cards, engine, packs, sources
 from qdcore.plugin_manager import build
 from qdcore.recipe import load
 from qdcore.training.mixing import split, stream_labels
@@ -81,8 +81,8 @@ def exported(tmp_path_factory, quickdraw_dir):
     recipe.write_text(ZOO)
     with cache_dir_set(cache):
         r = load(recipe, build().registry)
-        data = engine.load_data(r, engine.prepare(r))
-        trained = engine.ensure_model(r, data)
+        pipeline = engine.Run(r)
+        data, trained = pipeline.data(), pipeline.model()
         figures = train.evaluate(trained, data, r.train)
         models.record_evaluation(trained.workdir, {"step": trained.step, **figures})
     file = root / "tiny-zoo.safetensors"
@@ -235,12 +235,12 @@ def test_imported_into_a_fresh_cache_a_recipe_draws_from_it(exported, tmp_path, 
 
     # `qd train --restart` does not retrain a pack.
     with pytest.raises(RecipeError, match="a pack is not retrained"):
-        engine.ensure_model(cat, engine.load_data(cat, engine.prepare(cat)), restart=True)
+        engine.Run(cat).model(restart=True)
 
     # A recipe that names the zoo's recipe finds its pack when the cache has no trained zoo.
     (tmp_path / "zoo.yaml").write_text(ZOO)
     fish = load(_write(tmp_path, "fish.yaml", CAT % ("fish", "zoo", "error")), build().registry)
-    source = engine.shared_source(fish.shared)
+    source = sources.shared_source(fish.shared)
     assert source.pack is not None and source.pack.path == cache / "packs" / "tiny-zoo"
     # qd eval scores the pack on held-out fish and leaves the pack's files alone.
     before = tree(cache)
@@ -280,7 +280,7 @@ def test_a_plugin_provides_a_pack_found_after_the_cache(exported, tmp_path, monk
     assert registry.get("models", "tiny-zoo").plugin == "testpacks"
 
     cat = load(_write(tmp_path, "cat.yaml", CAT % ("cat", "tiny-zoo", "error")), registry)
-    source = engine.shared_source(cat.shared)
+    source = sources.shared_source(cat.shared)
     assert source.label == "the model pack 'tiny-zoo' (pack from plugin 'testpacks')"
     assert source.pack.path == exported["file"]
     assert engine.run(cat, out=tmp_path / "cat.gif").path.exists()
@@ -295,12 +295,12 @@ def test_a_plugin_provides_a_pack_found_after_the_cache(exported, tmp_path, monk
 
     # The user's cache comes first: an imported pack of the same name, then a model trained here.
     assert qd("models", "import", exported["file"], cache=cache).returncode == 0
-    assert engine.shared_source(cat.shared).label == "the model pack 'tiny-zoo' (pack imported into the cache)"
+    assert sources.shared_source(cat.shared).label == "the model pack 'tiny-zoo' (pack imported into the cache)"
     zoo_recipe = _write(tmp_path, "zoo.yaml", ZOO)
     zoo = load(zoo_recipe, registry)
-    engine.ensure_model(zoo, engine.load_data(zoo, engine.prepare(zoo)))
+    engine.Run(zoo).model()
     via_recipe = load(_write(tmp_path, "cat2.yaml", CAT % ("cat", "zoo", "error")), registry)
-    assert engine.shared_source(via_recipe.shared).workdir == engine.model_dir(zoo)
+    assert sources.shared_source(via_recipe.shared).workdir == sources.model_dir(zoo)
 
 
 def test_a_plugin_must_register_a_path(fake_site, monkeypatch):
@@ -808,9 +808,8 @@ def test_a_recipe_without_a_pack_says_why_and_how_long_it_trains(tmp_path, monke
     (tmp_path / "zoo.yaml").write_text(ZOO)
     own = load(_write(tmp_path, "banana.yaml", CAT % ("banana", "zoo", "train")), build().registry)
     lines = []
-    category, source = engine.shared_category(
-        own, engine.load_data(own, engine.prepare(own)), engine.Reporter(lines=lines.append)
-    )
+    run = engine.Run(own, engine.Reporter(lines=lines.append))
+    category, source = engine.shared_category(own, run.source, run.data(), run.reporter)
     assert category is None and source is None
     assert len(lines) == 1
     line = lines[0]

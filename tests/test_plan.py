@@ -376,6 +376,7 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     """train() with auto: the first run measures (faked here) and the second reuses it."""
     from qdcore.interfaces import ImageSet
     from qdcore.training.train import train
+    from qdcore.reporter import Reporter
 
     tf = pytest.importorskip("tensorflow")
     tf.constant(1.0) + 1.0  # started: the winner's 1+2 threads can no longer be set here
@@ -391,7 +392,7 @@ def test_train_measures_once_and_names_the_plan(tmp_path, monkeypatch, capsys):
     data = ImageSet((rng.random((40, 10, 13)) > 0.7).astype(np.uint8) * 255, "synthetic")
     cfg = TrainConfig(iterations=6, batch_size=4, checkpoint_every=10_000, warmup=0)
     for run in ("a", "b"):
-        trained = train(TINY, cfg, data, tmp_path / run)
+        trained = train(TINY, cfg, data, tmp_path / run, reporter=Reporter.to_stderr())
         assert trained.step == cfg.iterations
     err = capsys.readouterr().err
     assert len(fake.calls) == 4 and err.count("measuring 4 step plans") == 1

@@ -135,7 +135,7 @@ def finished(tmp_path_factory):
 
     model_cfg, cfg, data = _tiny_run()
     workdir = tmp_path_factory.mktemp("finished") / "model"
-    trained = train(model_cfg, cfg, data, workdir, quiet=True)
+    trained = train(model_cfg, cfg, data, workdir)
     return workdir, _weights(trained), trained.last_batch
 
 
@@ -154,14 +154,14 @@ def test_a_damaged_newest_checkpoint_falls_back_and_retrains_the_rest(finished, 
     model_cfg, cfg, data = _tiny_run()
     _damage(_data_file(workdir, 4))
     with pytest.warns(UserWarning, match=r"ckpt-4 .*damaged.*step 2") as caught:
-        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+        trained = train(model_cfg, cfg, data, workdir)
     assert len([w for w in caught if "ckpt-4" in str(w.message)]) == 1
     assert trained.step == 4
     # Steps 3 and 4 are a pure function of (seed, step): the redone model is the same one.
     for got, want in zip(_weights(trained), finished[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with warnings_as_errors():  # healed: the next run loads quietly
-        assert train(model_cfg, cfg, data, workdir, quiet=True).step == 4
+        assert train(model_cfg, cfg, data, workdir).step == 4
 
 
 def test_load_falls_back_past_a_damaged_checkpoint(workdir):
@@ -181,7 +181,7 @@ def test_every_checkpoint_damaged_retrains_from_scratch(finished, workdir, part)
     for step in (2, 4):
         _damage(_data_file(workdir, step) if part == "data" else workdir / "checkpoints" / f"ckpt-{step}.index", step)
     with pytest.warns(UserWarning, match="damaged"):
-        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+        trained = train(model_cfg, cfg, data, workdir)
     assert trained.step == 4
     for got, want in zip(_weights(trained), finished[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -205,7 +205,7 @@ def test_a_damaged_finished_marker_is_detected(finished, workdir, content):
     model_cfg, cfg, data = _tiny_run()
     (workdir / "finished.json").write_bytes(content)
     with pytest.warns(UserWarning, match="finished.json"):
-        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+        trained = train(model_cfg, cfg, data, workdir)
     assert trained.step == 4
     assert json_ok(workdir / "finished.json")
 
@@ -225,7 +225,7 @@ def test_a_damaged_last_batch_is_rebuilt_exactly(finished, workdir, damage):
     else:
         path.unlink()
     with pytest.warns(UserWarning, match="last_batch.npy"):
-        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+        trained = train(model_cfg, cfg, data, workdir)
     np.testing.assert_array_equal(trained.last_batch, finished[2])
     np.testing.assert_array_equal(np.load(path), finished[2])
 
@@ -504,9 +504,9 @@ def test_qd_models_survives_damaged_records_and_never_follows_symlinks(tmp_path,
     assert by["good"]["bound"] == 201.5 and by["good"]["size_bytes"] < 1000
     assert by["bad"]["bound"] is None and by["bad"]["steps"] is None and by["bad"]["categories"] is None
     assert by["garbage"]["status"] == "empty"
-    from qdcore.studio.models import list_models
+    from qdcore.sources import cached_models
 
-    assert [r["folder"] for r in list_models()] == sorted(p.name for p in (good, bad, garbage))
+    assert [r["folder"] for r in cached_models()] == sorted(p.name for p in (good, bad, garbage))
 
 
 def test_a_garbage_checkpoint_state_file_is_set_aside_and_training_resumes(finished, workdir):
@@ -518,7 +518,7 @@ def test_a_garbage_checkpoint_state_file_is_set_aside_and_training_resumes(finis
     (workdir / "finished.json").unlink()  # resume through the checkpoints
     _damage(workdir / "checkpoints" / "checkpoint")
     with pytest.warns(UserWarning, match=r"checkpoint is damaged") as caught:
-        trained = train(model_cfg, cfg, data, workdir, quiet=True)
+        trained = train(model_cfg, cfg, data, workdir)
     assert trained.step == 4 and len([w for w in caught if "checkpoint is damaged" in str(w.message)]) == 1
     for got, want in zip(_weights(trained), finished[1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

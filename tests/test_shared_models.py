@@ -72,7 +72,7 @@ def test_shipped_one_category_recipes_keep_their_cache_keys(registry):
     assert w.shared.recipe.name == "zoo-345"
 
 
-def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registry, quickdraw_dir):
+def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registry, quickdraw_dir, monkeypatch):
     zoo_path = write(tmp_path, "zoo.yaml", ZOO)
     cat_path = write(tmp_path, "cat.yaml", CAT % ("cat", "error", "prior"))
     cat = load(cat_path, registry)
@@ -81,23 +81,28 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
     assert "not in the cache" in str(e.value) and f"qd train {zoo_path}" in str(e.value)
 
     zoo = load(zoo_path, registry)
-    engine.ensure_model(zoo, engine.load_data(zoo, engine.prepare(zoo)))
+    engine.Run(zoo).model()
+    looked = []
+    find = sources.shared_source
+    monkeypatch.setattr(sources, "shared_source", lambda shared: looked.append(shared.name) or find(shared))
     result = engine.run(cat, out=tmp_path / "cat.gif")
-    assert result.model_dir == engine.model_dir(zoo) and result.trained_steps == 6
-    assert not engine.model_dir(cat).exists()  # nothing trained for the cat recipe
+    assert looked == ["tiny-zoo"]  # one run looks up where its model comes from once (sources.resolve)
+    monkeypatch.setattr(sources, "shared_source", find)
+    assert result.model_dir == sources.model_dir(zoo) and result.trained_steps == 6
+    assert not sources.model_dir(cat).exists()  # nothing trained for the cat recipe
     assert iio.imread(result.path, index=None).shape[:3] == (4, 28, 28)
 
     # The same drawings as the shared model sampled for "cat" directly.
     from qdcore.training import train
 
-    model = train.load(zoo.model, engine.model_dir(zoo)).model
+    model = train.load(zoo.model, sources.model_dir(zoo)).model
     frames = iio.imread(result.path, index=None)
     expect = np.round(model.sample(4, seed=cat.seed, category="cat").final * 255)
     assert np.abs(frames[..., 0].astype(float) - expect).mean() < 3
 
     # training-batch `pick: last` gets the last cats the shared model trained on.
     last = load(write(tmp_path, "last.yaml", CAT % ("fish", "error", "{use: training-batch, pick: last}")), registry)
-    trained = engine.ensure_model(last, engine.load_data(last, engine.prepare(last)))
+    trained = engine.Run(last).model()
     assert trained.model.category == "fish" and 0 < len(trained.last_batch) <= 16
     engine.run(last, out=tmp_path / "fish.gif")
 
@@ -106,17 +111,17 @@ def test_from_reuses_the_shared_model_and_says_how_to_build_it(tmp_path, registr
     with pytest.raises(InputError, match="not trained on 'banana'.*cat, apple, fish"):
         engine.run(banana, out=tmp_path / "b.gif")
     own = load(write(tmp_path, "banana2.yaml", CAT % ("banana", "train", "prior")), registry)
-    assert engine.run(own, out=tmp_path / "b.gif").model_dir == engine.model_dir(own)
+    assert engine.run(own, out=tmp_path / "b.gif").model_dir == sources.model_dir(own)
 
 
 def test_from_needs_a_recipe_and_one_category(tmp_path, registry, quickdraw_dir):
     # Reading the recipe opens nothing under the cache: a name that is no recipe is a pack to
-    # look for when it runs, and `qd validate` (sources.check_found) or the run says it is nowhere.
+    # look for when it runs, and `qd validate` (sources.resolve, as engine.Run does) or the run says it is nowhere.
     nowhere = load(
         write(tmp_path, "a.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: nowhere}\n"), registry
     )
     with pytest.raises(InputError, match="model.from: no recipe nowhere.yaml is beside the recipe and no model named"):
-        sources.check_found(nowhere)
+        sources.resolve(nowhere)
     with pytest.raises(RecipeError, match="model.from: no recipe 'x.yaml'"):
         load(write(tmp_path, "b.yaml", "dataset: {use: quickdraw, category: cat}\nmodel: {from: x.yaml}\n"), registry)
     with pytest.raises(RecipeError, match="neither a recipe beside this one .* nor a model pack name"):
@@ -131,7 +136,7 @@ def test_from_needs_a_recipe_and_one_category(tmp_path, registry, quickdraw_dir)
         registry,
     )
     with pytest.raises(RecipeError, match="draws one category"):
-        engine.ensure_model(two, engine.load_data(two, engine.prepare(two)))
+        engine.Run(two).model()
 
 
 def test_qd_models_lists_the_cache_and_the_cli_error(tmp_path, quickdraw_dir):

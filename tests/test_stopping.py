@@ -166,6 +166,7 @@ import qdcore.training.train as train_mod  # noqa: E402
 from qdcore.config import ModelConfig  # noqa: E402
 from qdcore.errors import Cancelled  # noqa: E402
 from qdcore.interfaces import ImageSet  # noqa: E402
+from qdcore.reporter import Reporter  # noqa: E402
 
 TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=16, z_size=4, read_n=3, write_n=3)
 
@@ -220,7 +221,7 @@ def _improving(k):
 
 def test_a_plateau_stops_the_run_says_why_and_records_it(tmp_path, monkeypatch, capsys):
     taken = _loss_of(monkeypatch, _flat)
-    trained = train_mod.train(TINY, _cfg(), _images(), tmp_path)
+    trained = train_mod.train(TINY, _cfg(), _images(), tmp_path, reporter=Reporter.to_stderr())
     # first check (step 4) sets the best; checks 8 and 12 are flat: patience 2
     assert trained.step == 12 and taken == list(range(12))
     err = capsys.readouterr().err
@@ -236,46 +237,46 @@ def test_a_plateau_stops_the_run_says_why_and_records_it(tmp_path, monkeypatch, 
 def test_a_plateau_early_in_the_decay_does_not_stop_the_run(tmp_path, monkeypatch):
     taken = _loss_of(monkeypatch, _flat)
     cfg = _cfg(decay_left=0.25)  # flat checks count from step 27 (2/3 of 40)
-    trained = train_mod.train(TINY, cfg, _images(), tmp_path, quiet=True)
+    trained = train_mod.train(TINY, cfg, _images(), tmp_path)
     assert stopping.watch_from(cfg) == 27
     assert trained.step == 32 and taken == list(range(32))  # flat at checks 28 and 32
 
 
 def test_a_run_still_improving_trains_its_whole_budget(tmp_path, monkeypatch):
     taken = _loss_of(monkeypatch, _improving)
-    trained = train_mod.train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    trained = train_mod.train(TINY, _cfg(), _images(), tmp_path)
     assert trained.step == 40 and taken == list(range(40))
     assert "stopped" not in json.loads((tmp_path / "finished.json").read_text())
 
 
 def test_stop_budget_keeps_the_old_behaviour(tmp_path, monkeypatch):
     taken = _loss_of(monkeypatch, _flat)
-    assert train_mod.train(TINY, _cfg(stop="budget"), _images(), tmp_path, quiet=True).step == 40
+    assert train_mod.train(TINY, _cfg(stop="budget"), _images(), tmp_path).step == 40
     assert taken == list(range(40)) and not (tmp_path / stopping.STATE).exists()
 
 
 def test_a_stopped_run_is_not_trained_again_unless_the_rule_changes(tmp_path, monkeypatch):
     data = _images()
     taken = _loss_of(monkeypatch, _flat)
-    train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True)
+    train_mod.train(TINY, _cfg(), data, tmp_path)
     taken.clear()
-    again = train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True)
+    again = train_mod.train(TINY, _cfg(), data, tmp_path)
     assert again.step == 12 and taken == []
     # stop: budget trains on from the stop to the budget, on the same trajectory
-    on = train_mod.train(TINY, _cfg(stop="budget"), data, tmp_path, quiet=True)
+    on = train_mod.train(TINY, _cfg(stop="budget"), data, tmp_path)
     assert on.step == 40 and taken == list(range(12, 40))
     assert "stopped" not in json.loads((tmp_path / "finished.json").read_text())
     taken.clear()
-    assert train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True).step == 40 and taken == []
+    assert train_mod.train(TINY, _cfg(), data, tmp_path).step == 40 and taken == []
 
 
 def test_an_interrupted_run_resumes_and_stops_where_the_uninterrupted_one_did(tmp_path, monkeypatch):
     data = _images()
     taken = _loss_of(monkeypatch, _flat)
     with pytest.raises(Cancelled):
-        train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True, on_step=lambda step, *a: step == 10)
+        train_mod.train(TINY, _cfg(), data, tmp_path, on_step=lambda step, *a: step == 10)
     taken.clear()
-    resumed = train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True)
+    resumed = train_mod.train(TINY, _cfg(), data, tmp_path)
     # checks 4 and 8 replayed from stop.json: check 12 is the second flat one
     assert resumed.step == 12 and taken == [10, 11]
 
@@ -299,10 +300,10 @@ def test_a_damaged_stop_record_is_set_aside_and_the_run_goes_on(tmp_path, monkey
     data = _images()
     _loss_of(monkeypatch, _flat)
     with pytest.raises(Cancelled):
-        train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True, on_step=lambda step, *a: step == 6)
+        train_mod.train(TINY, _cfg(), data, tmp_path, on_step=lambda step, *a: step == 6)
     (tmp_path / stopping.STATE).write_bytes(content)
     with pytest.warns(UserWarning, match="stop.json is damaged"):
-        resumed = train_mod.train(TINY, _cfg(), data, tmp_path, quiet=True)
+        resumed = train_mod.train(TINY, _cfg(), data, tmp_path)
     assert resumed.step > 6 and (tmp_path / "stop.json.damaged").read_bytes() == content
     assert stopping.read_state(tmp_path)["checks"]  # the new record, written afresh
 
@@ -310,7 +311,7 @@ def test_a_damaged_stop_record_is_set_aside_and_the_run_goes_on(tmp_path, monkey
 def test_enough_held_out_images_are_judged_by_their_bound(tmp_path, monkeypatch):
     data = _images(n=3000)  # 300 held out
     _loss_of(monkeypatch, _improving)  # the training loss alone would never stop it
-    trained = train_mod.train(TINY, _cfg(iterations=16, min_gain=1e6), data, tmp_path, quiet=True)
+    trained = train_mod.train(TINY, _cfg(iterations=16, min_gain=1e6), data, tmp_path)
     state = json.loads((tmp_path / stopping.STATE).read_text())
     assert state["signal"] == stopping.HELDOUT and trained.step == 12
     bound = train_mod.evaluate(trained, data, _cfg())["bound"]
@@ -335,17 +336,12 @@ def test_a_batch_never_holds_more_than_the_training_set():
 
 def test_the_trainer_trains_a_small_set_in_batches_of_the_whole_set(tmp_path, capsys):
     data = _images(n=12)  # 11 trained on, 1 held out
-    trained = train_mod.train(TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path)
+    trained = train_mod.train(
+        TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path, reporter=Reporter.to_stderr()
+    )
     err = capsys.readouterr().err
     assert "batch: 11 images, the whole training set (train.batch_size 64 would hold each drawing 6 times)" in err
     assert "full budget 6 steps of 11 images" in err
     assert trained.step == 6 and len(trained.last_batch) == 11
     # loaded again: the same model, nothing trained
-    assert (
-        len(
-            train_mod.train(
-                TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path, quiet=True
-            ).last_batch
-        )
-        == 11
-    )
+    assert len(train_mod.train(TINY, _cfg(iterations=6, batch_size=64, stop="budget"), data, tmp_path).last_batch) == 11

@@ -17,7 +17,7 @@ from PIL import Image
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from qdcore import Filter, hookimpl  # noqa: E402
+from qdcore import Filter, hookimpl, sources  # noqa: E402
 from qdcore.plugin_manager import build  # noqa: E402
 from qdcore.studio.server import MAX_BODY, create_app  # noqa: E402
 from qdcore.studio.session import DEFAULT_RECIPE, Job, Studio  # noqa: E402
@@ -324,10 +324,9 @@ def test_generate_errors(client, recipe, studio):
 
 
 def test_one_training_job_per_model(client, recipe, studio):
-    from qdcore import engine
     from qdcore.recipe import parse
 
-    key = str(engine.model_dir(parse(recipe, studio.base_path, studio.registry)))
+    key = str(sources.model_dir(parse(recipe, studio.base_path, studio.registry)))
     studio.jobs[key] = Job(key=key, name="tiny", total=30, state="running", step=3)
     one_error(
         client.post("/api/train", json={"recipe": recipe}),
@@ -382,10 +381,6 @@ def test_the_studio_page_never_waits_for_tensorflow():
     import subprocess
     import sys
 
-    from qdcore.training import train
-    from qdcore.studio import models
-
-    assert models.FINISHED == train.FINISHED
     code = (
         "import sys; from qdcore.plugin_manager import build; from qdcore.studio.server import Studio, create_app; "
         "from starlette.testclient import TestClient; s = Studio(build(), None); c = TestClient(create_app(s)); "
@@ -588,7 +583,7 @@ def test_the_studio_draws_a_model_from_recipe_as_qd_run_does(tmp_path, quickdraw
     engine.Run(load(tmp_path / "zoo.yaml", build().registry)).model()
     start = tmp_path / "apple.yaml"
     start.write_text(FROM_ZOO)
-    assert not engine.model_dir(load(start, build().registry)).exists(), "the recipe has no model of its own"
+    assert not sources.model_dir(load(start, build().registry)).exists(), "the recipe has no model of its own"
     studio, ran, checked = _studio_and_qd_run(start, tmp_path)
     assert checked["trained"] is True
     assert studio.shape == ran.shape and studio.shape[0] >= 3  # one frame per step, at least

@@ -92,14 +92,13 @@ def test_loss_falls_on_real_quickdraw_data(quickdraw_dir, tmp_path, precision):
     images = np.load(quickdraw_dir / "numpy_bitmap" / "cat.npy", mmap_mode="r").reshape(-1, 28, 28)[:1000]
     data = ImageSet(images, "quickdraw:cat")
     cfg = ModelConfig(T=4, enc_size=64, dec_size=64, z_size=8)
-    before = evaluate(train(cfg, _cfg(iterations=0), data, tmp_path / "a", quiet=True), data, _cfg())
+    before = evaluate(train(cfg, _cfg(iterations=0), data, tmp_path / "a"), data, _cfg())
     after = evaluate(
         train(
             cfg,
             _cfg(iterations=40, batch_size=32, checkpoint_every=100, precision=precision),
             data,
             tmp_path / "b",
-            quiet=True,
         ),
         data,
         _cfg(),
@@ -173,7 +172,7 @@ def test_streams_split_the_batch_without_changing_the_step(precision, xla, rtol,
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
-    trained = train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    trained = train(TINY, _cfg(), _images(), tmp_path)
     loaded = load(TINY, tmp_path)
     assert loaded.step == trained.step == 4
     np.testing.assert_array_equal(trained.model.sample(3, seed=5).canvases, loaded.model.sample(3, seed=5).canvases)
@@ -186,11 +185,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_finished_model_is_reused_and_restart_retrains(tmp_path, monkeypatch):
-    train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    train(TINY, _cfg(), _images(), tmp_path)
     taken = _spy_steps(monkeypatch)
-    again = train(TINY, _cfg(), _images(), tmp_path, quiet=True)
+    again = train(TINY, _cfg(), _images(), tmp_path)
     assert again.step == 4 and taken == []
-    train(TINY, _cfg(), _images(), tmp_path, restart=True, quiet=True)
+    train(TINY, _cfg(), _images(), tmp_path, restart=True)
     assert taken == [0, 1, 2, 3]
 
 
@@ -208,14 +207,14 @@ def test_resume_continues_step_count_and_matches_an_uninterrupted_run(tmp_path, 
 
     _spy_steps(monkeypatch, crash)
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, cfg, data, tmp_path / "resumed", quiet=True)
+        train(TINY, cfg, data, tmp_path / "resumed")
     with pytest.raises(QdError):
         load(TINY, tmp_path / "resumed")
     monkeypatch.undo()
     taken = _spy_steps(monkeypatch)
-    resumed = train(TINY, cfg, data, tmp_path / "resumed", quiet=True)
+    resumed = train(TINY, cfg, data, tmp_path / "resumed")
     assert taken == [3, 4, 5] and resumed.step == 6
-    straight = train(TINY, cfg, data, tmp_path / "straight", quiet=True)
+    straight = train(TINY, cfg, data, tmp_path / "straight")
     for a, b in zip(resumed.model.weights, straight.model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -227,7 +226,7 @@ def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(tmp_path, monkeyp
 
     _spy_steps(monkeypatch, poison)
     with pytest.raises(TrainingError, match="non-finite loss at step 4"):
-        train(TINY, _cfg(iterations=6), _images(), tmp_path, quiet=True)
+        train(TINY, _cfg(iterations=6), _images(), tmp_path)
     assert not (tmp_path / train_mod.FINISHED).exists()
     latest = tf.train.latest_checkpoint(str(tmp_path / train_mod.CHECKPOINTS))
     assert latest.endswith("-2")
@@ -241,7 +240,7 @@ def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(tmp_path, monkeyp
 def test_evaluate_names_binarized_targets(tmp_path):
     data = _images()
     data.binarize = "threshold"
-    trained = train(TINY, _cfg(iterations=1), data, tmp_path, quiet=True)
+    trained = train(TINY, _cfg(iterations=1), data, tmp_path)
     result = evaluate(trained, data, _cfg())
     assert result["targets"] == "binarized (threshold)" and result["n_images"] == 6
     with pytest.raises(QdError, match="holdout is 0"):
@@ -261,7 +260,7 @@ def test_an_old_run_with_the_hand_written_adam_resumes_exactly(tmp_path, monkeyp
     legacy = Path(__file__).parent / "data" / "legacy-adam"
     shutil.copytree(legacy, tmp_path / train_mod.CHECKPOINTS, ignore=shutil.ignore_patterns("*.npz"))
     data, cfg = _images(), _cfg(iterations=6, checkpoint_every=3)
-    resumed = train(TINY, cfg, data, tmp_path, quiet=True)
+    resumed = train(TINY, cfg, data, tmp_path)
     assert resumed.step == 6
     expected = np.load(legacy / "expected_weights.npz")
     for i, w in enumerate(resumed.model.weights):
@@ -274,7 +273,7 @@ def test_an_old_run_with_the_hand_written_adam_resumes_exactly(tmp_path, monkeyp
 def test_summaries_hold_losses_learning_rate_and_a_prior_sheet(tmp_path):
     from qdcore.training import summaries
 
-    train(TINY, _cfg(iterations=20, checkpoint_every=10), _images(), tmp_path, quiet=True)
+    train(TINY, _cfg(iterations=20, checkpoint_every=10), _images(), tmp_path)
     tags, images = {}, []
     for f in (tmp_path / summaries.FOLDER).glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(f)):
@@ -293,8 +292,8 @@ def test_mirrored_strategy_trains_like_the_single_device_step(tmp_path):
     Adam on mirrored variables); over this machine's one device it must agree with the
     single-device step to float32 rounding."""
     data = _images()
-    plain = train(TINY, _cfg(iterations=4, distribute="none"), data, tmp_path / "none", quiet=True)
-    mirrored = train(TINY, _cfg(iterations=4, distribute="mirrored"), data, tmp_path / "mirrored", quiet=True)
+    plain = train(TINY, _cfg(iterations=4, distribute="none"), data, tmp_path / "none")
+    mirrored = train(TINY, _cfg(iterations=4, distribute="mirrored"), data, tmp_path / "mirrored")
     assert mirrored.step == plain.step == 4
     for a, b in zip(plain.model.weights, mirrored.model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
@@ -340,8 +339,8 @@ def test_mirrored_strategy_trains_a_conditional_model_like_the_single_device_ste
     import json
 
     data = _labelled()
-    plain = train(TINY, _cfg(iterations=4, distribute="none"), data, tmp_path / "none", quiet=True)
-    mirrored = train(TINY, _cfg(iterations=4, distribute="mirrored"), data, tmp_path / "mirrored", quiet=True)
+    plain = train(TINY, _cfg(iterations=4, distribute="none"), data, tmp_path / "none")
+    mirrored = train(TINY, _cfg(iterations=4, distribute="mirrored"), data, tmp_path / "mirrored")
     assert plain.model.classes and mirrored.model.classes
     for a, b in zip(plain.model.weights, mirrored.model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import cache_dir_set
 
-from qdcore import InputError, RecipeError, engine, packs
+from qdcore import InputError, RecipeError, engine, packs, sources
 from qdcore.config import ModelConfig
 from qdcore.errors import Cancelled
 from qdcore.interfaces import ImageSet
@@ -45,7 +45,7 @@ def _pack(root: Path, seed: int) -> Path:
     recipe.write_text(ZOO % (seed, seed))
     with cache_dir_set(cache):
         r = load(recipe, build().registry)
-        engine.ensure_model(r, engine.load_data(r, engine.prepare(r)))
+        engine.Run(r).model()
         file = root / f"tiny-zoo-{seed}.safetensors"
         packs.export("tiny-zoo", file, cache, {})
     return file
@@ -117,11 +117,11 @@ def test_fine_tuning_starts_from_the_pack_and_its_key_follows_the_pack(cache, tm
     lines = []
     result = engine.run(r, out=tmp_path / "b.gif", reporter=engine.Reporter(lines=lines.append))
     workdir = result.model_dir
-    assert workdir == engine.model_dir(r) and result.trained_steps == 4
+    assert workdir == sources.model_dir(r) and result.trained_steps == 4
     # The cache key holds the pack's identity: the same recipe without `start` is another model.
     plain = tmp_path / "plain.yaml"
     plain.write_text((BANANA % (100, 4, "")).replace("start: tiny-zoo, ", ""))
-    assert engine.model_dir(load(plain, build().registry)) != workdir
+    assert sources.model_dir(load(plain, build().registry)) != workdir
     finished = json.loads((workdir / "finished.json").read_text())
     sha = packs.read(zoo_packs[0])[0].manifest["files"]["tensors"]["sha256"]
     assert finished["start"]["identity"] == {"pack": "tiny-zoo", "sha256": sha}
@@ -297,9 +297,9 @@ def test_a_start_may_name_a_recipe_whose_model_is_in_the_cache(zoo_packs, tmp_pa
     path = tmp_path / "banana.yaml"
     path.write_text((BANANA % (100, 2, "")).replace("start: tiny-zoo", "start: zoo"))
     r = load(path, build().registry)
-    source = engine.start_source(r)
+    source = engine.Run(r).source.start
     zoo = load(tmp_path / "zoo.yaml", build().registry)
-    assert source.workdir == engine.model_dir(zoo) and source.identity() == {"model": source.workdir.name, "step": 6}
+    assert source.workdir == sources.model_dir(zoo) and source.identity() == {"model": source.workdir.name, "step": 6}
     trained = engine.Run(r).model()
     done = json.loads((trained.workdir / "finished.json").read_text())["start"]
     assert done["from"] == "the shared model 'tiny-zoo'" and done["identity"]["step"] == 6

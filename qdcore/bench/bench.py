@@ -24,6 +24,7 @@ from ..config import ModelConfig, TrainConfig
 from ..draw import filterbank, gaussian_kl, window_params
 from ..errors import InputError, TrainingError
 from ..interfaces import Drawing, ImageSet
+from ..reporter import QUIET, Reporter
 from ..training import plan as step_plans
 from ..training.plan import StepPlan
 from ..training.timing import WARMUP_STEPS, gflop_per_step, in_this_process, measure, synthetic, timed
@@ -169,7 +170,7 @@ SMALL_BATCH = 20
 
 
 def bench_train(
-    batch_size: int | None, iterations: int, quiet: bool = False, precision: str = "auto", bf16: bool = True
+    batch_size: int | None, iterations: int, reporter: Reporter = QUIET, precision: str = "auto", bf16: bool = True
 ) -> dict:
     """numpy's peak, the reference at batch 100, and every step plan `auto` would choose
     from at qd's default batch and at SMALL_BATCH (or at `batch_size` alone), each in its own
@@ -184,7 +185,7 @@ def bench_train(
     """
     cfg = ModelConfig()
     batches = [TrainConfig.batch_size, SMALL_BATCH] if batch_size is None else [batch_size]
-    say = (lambda *a: None) if quiet else (lambda msg: print(msg, flush=True, file=sys.stderr))
+    say = reporter.note
     info, cores, gpus = step_plans.cpu_info(), step_plans.cpu_count(), step_plans.gpu_names()
     # As in training (plan.choose): asking for bfloat16 gets it on any CPU.
     allowed = bf16 and (precision == "bfloat16" or step_plans.bf16_allowed(info))
@@ -210,10 +211,9 @@ def bench_train(
         for r in rows[batch]:
             r["peak_share"] = round(gflop_per_step(cfg, batch) * r["images_per_s_median"] / batch / peak, 3)
         figures = _auto_choice(cfg, batch, plans[batch], rows[batch], info, cores, gpus, busy)
-        if not quiet:
-            say(f"batch {batch} (numpy's float32 matmul peak {peak:.0f} GFLOP/s):")
-            _table(say, rows[batch], ref_rate, figures["default"])
-            say(f"auto chose {figures['auto']} (cached in {figures['plan_cache']})")
+        say(f"batch {batch} (numpy's float32 matmul peak {peak:.0f} GFLOP/s):")
+        _table(say, rows[batch], ref_rate, figures["default"])
+        say(f"auto chose {figures['auto']} (cached in {figures['plan_cache']})")
         if i == 0:
             out.update(figures)
         else:
@@ -263,7 +263,7 @@ def bench_quality(
     data: ImageSet,
     minutes: list[float],
     n_samples: int = 64,
-    quiet: bool = False,
+    reporter: Reporter = QUIET,
 ) -> tuple[dict, Drawing]:
     """Train at train_cfg for max(minutes) of wall clock, reporting the held-out bound at each mark.
 
@@ -272,8 +272,7 @@ def bench_quality(
     learning-rate schedule runs over train_cfg.iterations, as in a real run of that configuration.
     """
     marks = sorted(minutes)
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    choice, model, _, step_fn = new_training(model_cfg, train_cfg, say=say)
+    choice, model, _, step_fn = new_training(model_cfg, train_cfg, say=reporter.note)
     train_idx, held = split(len(data.images), train_cfg)
     batches = Batches(data, train_idx, train_cfg.batch_size, train_cfg.seed)
     trained = TrainedModel(model=model, step=0, last_batch=None, workdir=Path(tempfile.gettempdir()))
@@ -299,8 +298,7 @@ def bench_quality(
             "train_lz_last": float(lz),
         }
         results.append(row)
-        if not quiet:  # stderr: stdout carries the one JSON line
-            print(row, file=sys.stderr, flush=True)
+        reporter.note(str(row))  # stderr: stdout carries the one JSON line
     figures = {
         "dataset": data.name,
         "n_train": len(train_idx),

@@ -23,12 +23,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import paths
+from .. import paths, sources
 from ..errors import InputError, NotFound, QdError, TooLarge
 from ..limits import load_json, shown
 from ..registry import KINDS
 from ..schema import recipe_schema
-from .models import list_models, list_packs
 from .session import Studio, one_line
 
 STATIC = Path(__file__).parent / "static"
@@ -159,8 +158,8 @@ class _Endpoints:
     async def models(self, request):
         return JSONResponse(
             {
-                "models": list_models(),
-                "packs": list_packs(self.studio.registry),
+                "models": sources.cached_models(),
+                "packs": sources.available_packs(self.studio.registry),
                 "cache": str(paths.cache_dir() / "models"),
             }
         )

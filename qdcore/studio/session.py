@@ -34,7 +34,6 @@ from ..errors import Conflict, InputError, NotFound, NotTrained, QdError, Recipe
 from ..ink import two_inks
 from ..interfaces import Context, SeedInput
 from ..recipe import Recipe, parse
-from .models import list_models, list_packs, pack_for
 
 MAX_UPLOAD = 4 << 20  # decoded image bytes
 MAX_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
@@ -69,7 +68,7 @@ def default_recipe(registry) -> dict:
     from ..config import ModelConfig
 
     shape = (ModelConfig.height, ModelConfig.width)  # DEFAULT_RECIPE's model is the default one
-    name = pack_for(registry, DEFAULT_RECIPE["dataset"]["category"], shape, prefer=DEFAULT_PACK)
+    name = sources.pack_for(registry, DEFAULT_RECIPE["dataset"]["category"], shape, prefer=DEFAULT_PACK)
     if name is None:
         return DEFAULT_RECIPE
     # if_missing: train: were the pack removed while the page is open, Train still works.
@@ -237,7 +236,7 @@ class Studio:
             # `qd run`), then for the pack.
             return source
         if isinstance(source, str):
-            made = self._cached_recipe(source)
+            made = sources.cached_recipe(source)
             if made is not None:
                 row, made = made
                 sections = {k: made.get(k) for k in ("name", "dataset", "model", "train") if made.get(k) is not None}
@@ -247,7 +246,7 @@ class Studio:
                 return str(target)
         known = [repr(base)] if isinstance(base, str) else []
         known += [repr(n) for n in sorted(self._pack_names())]
-        known += [repr(r["folder"]) for r in list_models() if r["finished"] and r["recipe"]]
+        known += [repr(r["folder"]) for r in sources.cached_models() if r["finished"] and r["recipe"]]
         raise RecipeError(
             f"the studio does not open recipes named by the page: `{key}` may name "
             + (", ".join(known[:8]) if known else "no model yet (train one first)"),
@@ -255,16 +254,7 @@ class Studio:
         )
 
     def _pack_names(self) -> set[str]:
-        return {r["name"] for r in list_packs(self.registry) if r["status"] == "finished"}
-
-    @staticmethod
-    def _cached_recipe(source: str) -> Optional[tuple[dict, dict]]:
-        """(row, recipe.json) of the finished cached model `source` names (folder or name)."""
-        for row in list_models():
-            made = row["recipe"]
-            if row["finished"] and isinstance(made, dict) and source in (row["folder"], made.get("name")):
-                return row, made
-        return None
+        return sources.pack_names(self.registry)
 
     def upload_path(self, uid: str) -> Path:
         if not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
@@ -349,7 +339,7 @@ class Studio:
     def trained(self, run: engine.Run):
         """The model the recipe draws with (its own, or its `model.from` one), never trained here."""
         r = run.recipe
-        key = str(engine.model_dir(r))
+        key = str(run.source.own)
         with self.lock:
             if key in self.jobs and self.jobs[key].state in ("starting", "running"):
                 raise Conflict("this model is training right now: wait for it to finish, or cancel it")
@@ -364,17 +354,17 @@ class Studio:
     def check(self, data: Any) -> dict:
         """The page's recipe checked as `qd validate` would, and whether it can draw now."""
         r, _ = self.intake(data)
-        engine.Run(r)
-        job = self.jobs.get(str(engine.model_dir(r)))
+        source = engine.Run(r).source
+        job = self.jobs.get(str(source.own))
         return {
             "ok": True,
             "name": r.name,
-            "model_key": engine.model_key(r),
-            "trained": engine.has_model(r),
+            "model_key": source.key,
+            "trained": source.can_draw,
             "training": bool(job and job.state in ("starting", "running")),
-            "draws_from": getattr(sources.serving(r), "label", None),
+            "draws_from": getattr(source.serving, "label", None),
             # `model.start`: Train fine-tunes that model's weights (the same road as `qd train`).
-            "starts_from": None if r.start is None else engine.start_source(r).label,
+            "starts_from": getattr(source.start, "label", None),
         }
 
     # --- generate --------------------------------------------------------------------------
@@ -462,7 +452,11 @@ class Studio:
         for f in files:
             head += f"# Save {f['url']} beside this file as {f['name']}.\n"
         head += self._portable_from(data, "from", self.base_from) + self._portable_from(data, "start", self.base_start)
-        return {"yaml": head + yaml.safe_dump(data, sort_keys=False), "files": files, "model_key": engine.model_key(r)}
+        return {
+            "yaml": head + yaml.safe_dump(data, sort_keys=False),
+            "files": files,
+            "model_key": engine.Run(r).source.key,
+        }
 
     def _portable_from(self, data: dict, key: str, base: Any) -> str:
         """`model.from` (or `model.start`, the `key`) naming a cached model by its folder
@@ -473,7 +467,7 @@ class Studio:
         source = model.get(key) if isinstance(model, dict) else None
         if not isinstance(source, str) or source == base or source in self._pack_names():
             return ""
-        found = self._cached_recipe(source)
+        found = sources.cached_recipe(source)
         name = found[1].get("name") if found is not None else None
         if not isinstance(name, str) or not name:
             return ""
@@ -489,7 +483,7 @@ class Studio:
     def start_training(self, data: Any) -> dict:
         r, _ = self.intake(data)
         run = self.pipeline(r)
-        key = str(engine.model_dir(r))
+        key = str(run.source.own)
         with self.lock:
             old = self.jobs.get(key)
             if old and old.state in ("starting", "running"):
@@ -498,9 +492,8 @@ class Studio:
                 )
             job = Job(key=key, name=r.name, total=r.train.iterations)
             self.jobs[key] = job
-            # The model, and what recipes drawing from it by `model.from` loaded (engine.load_model's keys).
-            for stale in [k for k in self.models if k == key or k.startswith(key + "#")]:
-                self.models.pop(stale, None)
+            # The model, and what recipes drawing from it by `model.from` loaded.
+            sources.forget_loaded(self.models, run.source.own)
         job.thread = threading.Thread(target=self._train, args=(job, run), daemon=True, name=f"qd-train-{r.name}")
         job.thread.start()
         return job.as_json()

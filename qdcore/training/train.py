@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from .plan import Choice, StepPlan
 from . import plan as step_plans
 from .mixing import balanced_groups, cycle_length, cycle_order, fit_batch, last_by_class, split, stream_labels
 from ..models import CHECKPOINTS, FINISHED
+from ..reporter import QUIET, Reporter
 from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
 
 LAST_BATCH = "last_batch.npy"
@@ -482,7 +482,7 @@ def train(
     workdir: Path,
     *,
     restart: bool = False,
-    quiet: bool = False,
+    reporter: Reporter = QUIET,
     on_step=None,
     start=None,
 ) -> TrainedModel:
@@ -498,7 +498,8 @@ def train(
     stopped early by another stop rule than train_cfg's: then it trains on from the stop.
     restart=True discards workdir's checkpoints, last batch, stop record and finished marker first.
     `start` (a warm_start.Start): a fresh run begins from that model's weights
-    (qdcore/training/warm_start.py); a resumed one from its own checkpoint.
+    (qdcore/training/warm_start.py); a resumed one from its own checkpoint. `reporter` gets
+    the run's notes (plan, start, stop) and decides whether a progress bar shows.
     """
     workdir = Path(workdir)
     asked, train_cfg = train_cfg.batch_size, fit_batch(train_cfg, data)
@@ -512,7 +513,7 @@ def train(
 
     # The plan first (TensorFlow's threads are set before anything starts it), then the
     # strategy (a multi-worker one must also come before TensorFlow's runtime starts).
-    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = reporter.note
     if train_cfg.batch_size < asked:
         say(
             f"batch: {train_cfg.batch_size} images, the whole training set (train.batch_size {asked} "
@@ -521,13 +522,22 @@ def train(
     choice = plan_step(model_cfg, train_cfg, say)
     placement = distribute.choose(train_cfg)
     try:
-        return _train(model_cfg, train_cfg, data, workdir, choice, placement, restart, quiet, on_step, start)
+        return _train(model_cfg, train_cfg, data, workdir, choice, placement, restart, reporter, on_step, start)
     finally:
         placement.cleanup()
 
 
 def _train(
-    model_cfg, train_cfg, data, workdir: Path, choice: Choice, placement, restart: bool, quiet: bool, on_step, start
+    model_cfg,
+    train_cfg,
+    data,
+    workdir: Path,
+    choice: Choice,
+    placement,
+    restart: bool,
+    reporter: Reporter,
+    on_step,
+    start,
 ) -> TrainedModel:
     from . import distribute
 
@@ -541,7 +551,7 @@ def _train(
         raise InputError(f"{data.name}: no training images left after holding out {train_cfg.holdout:.0%}")
     if placement.chief:
         workdir.mkdir(parents=True, exist_ok=True)
-    run = _Training(model_cfg, train_cfg, data, workdir, placement, quiet)
+    run = _Training(model_cfg, train_cfg, data, workdir, placement, reporter)
     run.resume(choice, classes, start, train_idx)
     stopped = run.loop(train_idx, len(held_idx), on_step)
     return run.finish(train_idx, classes, stopped)
@@ -560,12 +570,18 @@ class _Training:
     summaries and the stop rule) and finish() (finished.json and what a later run reads)."""
 
     def __init__(
-        self, model_cfg: ModelConfig, train_cfg: TrainConfig, data: ImageSet, workdir: Path, placement, quiet: bool
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        data: ImageSet,
+        workdir: Path,
+        placement,
+        reporter: Reporter,
     ):
         self.model_cfg, self.train_cfg, self.data, self.workdir = model_cfg, train_cfg, data, workdir
-        self.placement, self.quiet = placement, quiet
+        self.placement, self.quiet = placement, reporter.quiet
         self.chief, self.multi = placement.chief, placement.workers > 1
-        self.say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+        self.say = reporter.note
         self.last_saved: int | None = None
         self.started: dict | None = None  # what warm_start.initialize did, in this process
 
