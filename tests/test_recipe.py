@@ -226,3 +226,57 @@ def test_coerce_unit_cases():
     with pytest.raises(RecipeError, match="x\\[1\\]"):
         coerce([1, "b"], list[int], "x")
     assert check(Scale, {}, "f") == {"scale": 2, "method": "nearest"}
+
+
+def _cache_looks(monkeypatch, cache: Path) -> list[str]:
+    """Every stat, listing or open of a path under `cache` from now on (what pathlib's
+    exists/is_dir/iterdir/read_text and open() come down to)."""
+    import builtins
+    import io
+    import os
+
+    seen = []
+
+    def watch(fn):
+        def wrapper(path, *a, **k):
+            if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(str(cache)):
+                seen.append(os.fspath(path))
+            return fn(path, *a, **k)
+
+        return wrapper
+
+    for name in ("stat", "lstat", "listdir", "scandir"):
+        monkeypatch.setattr(os, name, watch(getattr(os, name)))
+    monkeypatch.setattr(io, "open", watch(io.open))
+    monkeypatch.setattr(builtins, "open", watch(builtins.open))
+    return seen
+
+
+def test_reading_a_recipe_opens_nothing_under_the_cache(tmp_path, monkeypatch):
+    # A recipe means the same on every machine: model.from / model.start names are looked up
+    # when it runs (qdcore/sources.py), never while it is read, whatever the cache holds.
+    cache = tmp_path / "cache"
+    (cache / "packs" / "zoo-26").mkdir(parents=True)
+    (cache / "models" / "zoo-0123456789abcdef").mkdir(parents=True)
+    monkeypatch.setenv("QD_CACHE_DIR", str(cache))
+    registry = build().registry
+    (tmp_path / "zoo.yaml").write_text("dataset: {use: quickdraw, category: [cat, dog]}\n")
+    recipes = [
+        "dataset: {use: quickdraw, category: cat}\nmodel: {from: zoo-26}\n",
+        "dataset: {use: quickdraw, category: cat}\nmodel: {from: zoo, if_missing: train}\n",
+        "dataset: {use: quickdraw, category: cat}\nmodel: {start: zoo-26}\n",
+        "dataset: {use: quickdraw, category: cat}\nmodel: {start: zoo}\n",
+    ]
+    paths = []
+    for i, text in enumerate(recipes):
+        paths.append(tmp_path / f"r{i}.yaml")
+        paths[-1].write_text(text)
+    seen = _cache_looks(monkeypatch, cache)
+    loaded = [load(p, registry) for p in paths]
+    assert seen == []
+    # The watch sees the cache when something does look: resolving the sources does.
+    from qdcore import sources
+
+    for r in loaded[1:2]:
+        sources.resolve(r)
+    assert seen
