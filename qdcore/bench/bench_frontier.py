@@ -62,6 +62,10 @@ CANDIDATES = [
     Candidate("T20-z32-lstm128", {"T": 20, "z_size": 32, "enc_size": 128, "dec_size": 128}),
     Candidate("lstm512", {"enc_size": 512, "dec_size": 512}),
     Candidate("T20-read2", {"T": 20, "read_n": 2}),
+    # More detail per glimpse for the decoder (issue 29: given a drawing's own latent, the
+    # pack's decoder still drew blobs): a 10x10 write patch, and 8x8 over 16 glimpses.
+    Candidate("write10", {"write_n": 10}),
+    Candidate("T16-write8", {"T": 16, "write_n": 8}),
     Candidate("batch200-lr1e-3", {}, {"batch_size": 200, "learning_rate": 1e-3}),
 ]
 TIMED_STEPS = 12
