@@ -98,6 +98,18 @@ def metrics(manifest: dict) -> list[dict]:
     return out
 
 
+def relay_totals(manifest: dict) -> Optional[tuple[int, int, int]]:
+    """(steps, images, legs) over a relay's legs: the manifest's `steps` are the last leg's,
+    what made the weights is every leg's. None for one leg, or legs that do not say."""
+    legs = manifest.get("legs")
+    if not (isinstance(legs, list) and len(legs) > 1 and all(isinstance(g, dict) for g in legs)):
+        return None
+    steps, images = [g.get("steps") for g in legs], [g.get("images") for g in legs]
+    if not all(_whole(v) for v in steps + images):
+        return None
+    return sum(steps), sum(images), len(legs)
+
+
 def front_matter(manifest: dict) -> dict:
     name = manifest["name"]
     train = manifest.get("train") or {}
@@ -109,12 +121,9 @@ def front_matter(manifest: dict) -> dict:
         budget["images"] = steps * batch  # drawings shown, repeats counted
     if _number(data.get("train_images")) is not None:
         budget["train_drawings"] = data["train_images"]  # distinct drawings, after the held-out split
-    legs = manifest.get("legs")
-    if isinstance(legs, list) and len(legs) > 1 and all(isinstance(g, dict) for g in legs):
-        # A relay: the manifest's steps are the last leg's; what made the weights is every leg's.
-        counts = [g.get("steps") for g in legs], [g.get("images") for g in legs]
-        if all(_whole(v) for v in counts[0] + counts[1]):
-            budget.update(steps=sum(counts[0]), images=sum(counts[1]), legs=len(legs))
+    totals = relay_totals(manifest)
+    if totals is not None:
+        budget.update(zip(("steps", "images", "legs"), totals))
     front = {
         "license": "cc-by-4.0" if quickdraw else "unknown",
         "library_name": "qd",

@@ -698,13 +698,15 @@ def _size(path: Path) -> int:
 
 
 def _row(pack: Pack) -> dict:
+    from .cards import relay_totals
+
     m = pack.manifest
     held = m.get("held_out") if isinstance(m.get("held_out"), dict) else {}
     return {
         "name": pack.name,
         "key": None,
         "categories": pack.categories if pack.conditional else (pack.categories[:1] or None),
-        "steps": m["steps"],
+        "steps": (relay_totals(m) or (m["steps"],))[0],  # a relay's: every leg's
         "status": "finished",
         "bound": held.get("bound"),
         "size_bytes": _size(pack.path),

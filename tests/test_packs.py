@@ -20,6 +20,8 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import types
+
 import pytest
 import yaml
 from conftest import cache_dir_set
@@ -353,6 +355,10 @@ def test_the_shipped_pack_is_format_2_with_its_card_and_packaged(monkeypatch):
     legs = pack.manifest["legs"]
     assert legs[-1]["steps"] == pack.manifest["steps"] and all(leg["steps"] > 0 for leg in legs)
     assert cards.front_matter(pack.manifest)["qd"]["training"]["steps"] == sum(leg["steps"] for leg in legs)
+    # `qd models` (and the studio's list) show every leg's steps, not the last leg's alone.
+    entry = types.SimpleNamespace(factory=str(pack.path), plugin="packs")
+    (row,) = packs.listing(builtin.FOLDER / "no-cache-here", {"zoo-26": entry})
+    assert len(legs) > 1 and row["steps"] == sum(leg["steps"] for leg in legs) > pack.manifest["steps"]
     packs.check_weights(pack, weights.arrays(pack.path))
     card = (builtin.FOLDER / "zoo-26.README.md").read_text(encoding="utf-8")
     assert card == cards.card_text(pack.manifest, "zoo-26.safetensors"), "regenerate it: see docs/packs.md"
