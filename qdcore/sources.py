@@ -144,7 +144,6 @@ class Resolution:
     names exactly one. A later change in the cache (a model finishing) shows in `trained` and
     `can_draw`, which look again; the sources themselves are what they were when resolved."""
 
-    recipe: object
     key: str
     own: Path
     shared: Optional[SharedSource]
@@ -194,7 +193,7 @@ def resolve(recipe) -> Resolution:
     start = start_source(recipe)
     key = recipe.model_key(None if start is None else start.identity())
     named = categories_of(recipe.dataset.params)
-    return Resolution(recipe, key, _own_dir(recipe, key), found, start, named[0] if len(named) == 1 else None)
+    return Resolution(key, _own_dir(recipe, key), found, start, named[0] if len(named) == 1 else None)
 
 
 def forget_loaded(loaded: dict, folder: Path) -> None:

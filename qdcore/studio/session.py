@@ -455,7 +455,7 @@ class Studio:
         return {
             "yaml": head + yaml.safe_dump(data, sort_keys=False),
             "files": files,
-            "model_key": engine.Run(r).source.key,
+            "model_key": sources.resolve(r).key,
         }
 
     def _portable_from(self, data: dict, key: str, base: Any) -> str:
