@@ -476,20 +476,25 @@ class Mp4(Gif):
                 output_params=["-crf", "18", "-f", "mp4"],
             )
             # An ffmpeg that ends early breaks the pipe sooner or later, depending on when it
-            # ends: either way what it wrote is judged below, so its failure reads the same.
-            with contextlib.suppress(BrokenPipeError):
+            # ends and on the pipe's buffer; imageio-ffmpeg re-raises that as a bare OSError
+            # with ffmpeg's command line in it. Either way the video lacks frames, and the
+            # failure reads the same however far the frames got.
+            ended_early = False
+            try:
                 writer.send(None)
                 for frame, times in zip(frames, repeats):
                     padded = np.ascontiguousarray(np.pad(frame, pad, constant_values=fill))
                     for _ in range(times):
                         writer.send(padded)
-            with contextlib.suppress(BrokenPipeError):
+            except OSError:
+                ended_early = True
+            with contextlib.suppress(OSError):
                 writer.close()
             # imageio-ffmpeg does not look at ffmpeg's exit status: an MP4 begins with its
             # `ftyp` box, and without one ffmpeg failed (the half-written file goes).
             with open(tmp, "rb") as f:
                 head = f.read(8)
-            if head[4:8] != b"ftyp":
+            if ended_early or head[4:8] != b"ftyp":
                 raise WriteError(
                     f"cannot write {path}: the mp4 encoder ({ffmpeg.get_ffmpeg_exe()}) wrote no video; run it by hand "
                     "to see why, or use `output: {use: gif}`"

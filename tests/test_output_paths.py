@@ -245,17 +245,23 @@ def test_a_canvas_past_the_formats_limit_is_refused_at_validation(tmp_path, caps
     assert cli("validate", recipe, capsys=capsys)[0] == 0
 
 
+# Two ways an ffmpeg fails on the frames: after reading them all (its exit status only), or
+# at once, so that writing the frames breaks the pipe (imageio-ffmpeg re-raises that as a
+# bare OSError). Which one a real failure is depends on when it ends and on the load; each
+# must read the same. `cat` in the foreground: a background one would read /dev/null.
 FAKE_FFMPEG = """#!/bin/sh
 if [ "$1" = "-version" ]; then echo "ffmpeg version 0 (a test's stand-in)"; exit 0; fi
-cat > /dev/null &
+{reads}
 for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "[libx264 @ 0x0] log line $i" >&2; done
 echo "Conversion failed!" >&2
 exit 1
 """
 
 
-def test_an_mp4_encoder_that_is_missing_or_fails_is_one_line(tmp_path, capsys, monkeypatch, quickdraw_dir):
-    """Was: 9-18 lines of ffmpeg log and a broken pipe "in a file" with no path."""
+@pytest.mark.parametrize("reads", ["cat > /dev/null", "exec 0<&-"], ids=["reads-every-frame", "breaks-the-pipe"])
+def test_an_mp4_encoder_that_is_missing_or_fails_is_one_line(tmp_path, capsys, monkeypatch, quickdraw_dir, reads):
+    """Was: 9-18 lines of ffmpeg log and a broken pipe "in a file" with no path; then, when
+    the pipe broke first, "the mp4 encoder failed ([Errno 32] Broken pipe)"."""
     monkeypatch.setenv("QD_LOAD_PLUGINS", BUILTINS)
     monkeypatch.setenv("QD_CACHE_DIR", str(tmp_path / "cache"))
     recipe = tmp_path / "r.yaml"
@@ -264,7 +270,7 @@ def test_an_mp4_encoder_that_is_missing_or_fails_is_one_line(tmp_path, capsys, m
     code, err = cli("validate", recipe, capsys=capsys)
     assert code == 2 and "the mp4 writer's ffmpeg does not run" in one_error(err)
     fake = tmp_path / "ffmpeg"
-    fake.write_text(FAKE_FFMPEG)
+    fake.write_text(FAKE_FFMPEG.format(reads=reads))
     fake.chmod(0o755)
     monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))  # runs, then fails on the frames
     out = tmp_path / "x.mp4"
