@@ -16,7 +16,7 @@ from typing import List, Optional, get_args, get_type_hints
 
 import typer
 
-from . import __version__
+from . import __version__, interrupt
 from .config import TrainConfig
 
 app = typer.Typer(
@@ -489,40 +489,6 @@ def _printable(line: str) -> str:
     return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class Stopped(BaseException):
-    """SIGINT or SIGTERM, raised like KeyboardInterrupt so every `finally` and atomic write
-    unwinds, but not a KeyboardInterrupt: typer turns that into a silent exit 130."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-# The signal being handled, if any. Raised inside a callback from TensorFlow's C++ code,
-# Stopped can come back out of it as another exception (TensorFlow re-raises what its
-# callback raised as its own kind); main() still reports that as the signal, not as a bug.
-_received: list[int] = []
-
-
-def _stop(signum, frame):
-    _received.append(signum)
-    raise Stopped(signum)
-
-
-def _catch_signals() -> dict:
-    """Install _stop for SIGINT and SIGTERM; the handlers they replace. A signal the parent
-    ignored (SIGINT in a background job) stays ignored."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {
-        sig: signal.signal(sig, _stop)
-        for sig in (signal.SIGINT, signal.SIGTERM)
-        if signal.getsignal(sig) is not signal.SIG_IGN
-    }
-
-
 def _stopped_line(signum: int) -> int:
     name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
     typer.echo(f"Error: {name}; checkpoints written so far are kept", err=True)
@@ -542,8 +508,8 @@ def _listing(args: list) -> None:
 
 def _unexpected(e: Exception) -> int:
     """An exception qd did not expect: the signal's line when one stopped the run mid-way."""
-    if _received:
-        return _stopped_line(_received[0])
+    if interrupt.received:
+        return _stopped_line(interrupt.received[0])
     typer.echo(f"Error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", err=True)
     return 1
 
@@ -563,8 +529,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     debug = "--debug" in args or bool(os.environ.get("QD_DEBUG"))
     warnings.showwarning = _warn_line
-    previous = _catch_signals()
-    _received.clear()
+    previous = interrupt.install()
     try:
         rv = _listing(args) if _is_listing(args) else app(args=args, prog_name="qd", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -583,7 +548,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("Error: interrupted; checkpoints written so far are kept", err=True)
         code = 130
-    except Stopped as e:
+    except interrupt.Stopped as e:
         code = _stopped_line(e.signum)
     except BrokenPipeError:  # `qd plugins | head`: the reader has what it wanted
         # Python flushes stdout again at exit, into the same closed pipe (the docs' recipe).
@@ -595,12 +560,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         typer.echo(f"Error: {os_error_line(e)}", err=True)
         code = 1
     except Exception as e:  # noqa: BLE001 - the edge: nothing unexplained escapes without --debug
-        if debug and not _received:
+        if debug and not interrupt.received:
             raise
         code = _unexpected(e)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        interrupt.restore(previous)
     sys.exit(code)
 
 

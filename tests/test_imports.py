@@ -374,3 +374,9 @@ def test_the_recipe_core_sits_below_the_model_and_the_trainer():
         if (hits := sorted(t for t in reachable(graph, m) if t in above or t.startswith("qdcore.training")))
     }
     assert bad == {}
+
+
+def test_the_signal_state_is_the_bottom_layer_the_cli_installs_and_the_trainer_checks():
+    graph = import_graph()
+    assert {d for d in graph["qdcore.interrupt"] if d.startswith("qdcore")} == set()
+    assert "qdcore.interrupt" in graph["qdcore.cli"] and "qdcore.interrupt" in graph["qdcore.training.train"]

@@ -33,6 +33,7 @@ import tensorflow as tf
 from . import checkpoints
 from . import optimizer
 from . import stopping
+from .. import interrupt
 from ..atomic import atomic_path
 from ..conditioning import conditional_classes
 from ..config import ModelConfig, TrainConfig
@@ -719,7 +720,9 @@ class _Training:
         return check
 
     def _after_step(self, step: int, values, progress, schedule, on_step) -> tuple[float, float]:
-        """Book one step: refuse a non-finite one, count it, report it, checkpoint when due."""
+        """Book one step: refuse a non-finite one, count it, report it, checkpoint when due.
+        First, a signal whose exception a finalizer swallowed stops the run here."""
+        interrupt.check()
         lx, lz, gnorm, ok = values
         cfg = self.train_cfg
         if not ok:
