@@ -607,7 +607,7 @@ def studio_client(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("QD_DOWNLOAD_URL", "http://127.0.0.1:9/")
     studio = Studio(build(), tiny_model, workdir=tmp_path / "studio")
     # A recipe the page may train starts a job; the job's body is training (not what is fuzzed).
-    monkeypatch.setattr(studio, "_train", lambda job, r, built: setattr(job, "state", "done"))
+    monkeypatch.setattr(studio, "_train", lambda job, run: setattr(job, "state", "done"))
     with TestClient(create_app(studio)) as client:
         yield client, studio
     studio.close()
