@@ -57,10 +57,70 @@ def _own_cache_no_env(monkeypatch, tmp_path):
     monkeypatch.setenv(P.MEASURE_ENV, "all")  # these tests time every candidate; the finalists' tests unset it
 
 
-def test_a_fresh_machine_times_only_the_finalist(monkeypatch):
-    """Measuring in seconds: the plan the CPU's flags predict, from every full measurement
-    recorded in docs/performance.md, timed alone; the others only when it cannot run."""
+def test_a_fresh_machine_predicts_the_finalist_and_times_nothing_before_training(monkeypatch):
+    """The plan the CPU's flags predict (every full measurement in docs/performance.md) is
+    taken as it is: its trial is the training's own first steps, so nothing is written yet."""
     monkeypatch.delenv(P.MEASURE_ENV)
+    rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300}
+    small = TrainConfig(iterations=LONG.iterations * 20, batch_size=20)
+    for cfg, info, name in [
+        (LONG, EPYC, "bfloat16-streams"),
+        (LONG, F32_ONLY, "float32-streams"),
+        (small, EPYC, "bfloat16-streams"),
+        (small, F32_ONLY, "float32-xla"),
+    ]:
+        fake = FakeMeasure(rates)
+        c = choose(cfg, info=info, measure=fake, busy=True)
+        assert (c.plan.name, c.how, c.rows, c.busy, fake.calls) == (name, "predicted", [], True, [])
+        assert c.key["batch_size"] == cfg.batch_size and not c.path.exists()
+    # With a GPU nothing here was ever measured: every candidate is timed, as before.
+    gpu = FakeMeasure({"gpu-float32-xla": 900, "gpu-bfloat16-xla": 1000, "float32-xla": 100})
+    assert choose(TrainConfig(iterations=LONG.iterations, batch_size=404), gpus=GPU, measure=gpu).how == "measured"
+    assert len(gpu.calls) == len(P.candidates(404, 2, True, GPU))
+
+
+def test_a_trial_caches_the_median_of_its_timed_calls_after_the_warm_up(monkeypatch):
+    monkeypatch.delenv(P.MEASURE_ENV)
+    c = choose(info=F32_ONLY, measure=FakeMeasure({}), busy=False)
+    trial = P.Trial.of(c, 400)
+    assert json.loads(c.path.read_text())["trial"]["pid"] == P.os.getpid() and P._read_cache(c.path, []) is None
+    assert P._died_in_trial(c.path) is None  # this process: still trying
+    # Two warm-up calls (trace, compile) are left out, then 4 + 4 + 4 steps: 0.2, 0.1, 0.3 s a step.
+    assert [trial.observe(n, s) for n, s in [(1, 9.0), (1, 3.0), (4, 0.8), (4, 0.4)]] == [None] * 4
+    measured = trial.observe(4, 1.2)
+    assert measured.how == "measured" and measured.rows == [{"name": "float32-streams", "images_per_s": 2000.0}]
+    record = json.loads(c.path.read_text())
+    assert "trial" not in record and record["winner"] == "float32-streams" and record["key"] == c.key
+    assert choose(info=F32_ONLY).how == "cached"
+    # A plan that apply() had to change in this process is not the one predicted: no trial.
+    assert P.Trial.of(P.replace(c, note="fell back"), 400) is None and P.Trial.of(measured, 400) is None
+
+
+def test_a_run_that_died_in_its_trial_makes_the_next_time_the_plans_in_a_child(monkeypatch):
+    """A predicted plan that crashes its process (or a run killed before its steps were
+    timed) does not take every later run down: the next one times the plans in a fresh
+    process, the finalist first and the others when it cannot run."""
+    import subprocess
+    import sys
+
+    monkeypatch.delenv(P.MEASURE_ENV)
+    c = choose(measure=FakeMeasure({}))
+    P.Trial.of(c, 400)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = json.loads(c.path.read_text())
+    c.path.write_text(json.dumps({**record, "trial": {"pid": int(gone.stdout)}}))
+    said = []
+    broken = FakeMeasure({"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120})
+    again = choose(measure=broken, say=said.append)
+    assert any("ended before its first steps were timed" in m for m in said)
+    assert (again.how, again.plan.name, len(broken.calls)) == ("measured", "float32-xla-streams", 4)
+    assert "trial" not in json.loads(c.path.read_text())
+
+
+def test_finalist_mode_times_only_the_finalist_in_a_child(monkeypatch):
+    """QD_PLAN_MEASURE=finalist: the predicted plan timed alone in a fresh process before
+    training (the way before trials); the others only when it cannot run."""
+    monkeypatch.setenv(P.MEASURE_ENV, "finalist")
     said = []
     rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300}
     bf16 = FakeMeasure(rates)
@@ -82,10 +142,6 @@ def test_a_fresh_machine_times_only_the_finalist(monkeypatch):
     broken = FakeMeasure({**rates, "bfloat16-streams": None})
     c = choose(TrainConfig(iterations=LONG.iterations, batch_size=402), measure=broken)
     assert c.plan.name == "float32-xla-streams" and len(broken.calls) == 4
-    # With a GPU nothing here was ever measured: every candidate is timed.
-    gpu = FakeMeasure({"gpu-float32-xla": 900, "gpu-bfloat16-xla": 1000, "float32-xla": 100})
-    choose(TrainConfig(iterations=LONG.iterations, batch_size=404), gpus=GPU, measure=gpu)
-    assert len(gpu.calls) == len(P.candidates(404, 2, True, GPU))
 
 
 def test_plans_sharing_thread_pools_are_timed_in_one_process(monkeypatch):
@@ -413,3 +469,29 @@ def test_time_plans_times_plans_sharing_pools_in_one_fresh_process():
     assert all(r["images_per_s"] > 0 and r["threads"] == [1, 2] and r["batch_size"] == 8 for r in rows)
     small = P.time_plans([P.StepPlan("float32", True, name="float32-xla")], TINY, 8, steps=2)[0]
     assert small["steps_per_call"] > 1 and small["steps"] == small["steps_per_call"]
+
+
+def test_train_times_a_predicted_plan_in_its_own_first_steps(tmp_path, monkeypatch, capsys):
+    """A fresh machine's first long run: no timing child, the predicted plan's speed from the
+    run's own steps, cached; the next run takes it from the cache."""
+    from qdcore.interfaces import ImageSet
+    from qdcore.reporter import Reporter
+    from qdcore.training.train import train
+
+    monkeypatch.delenv(P.MEASURE_ENV)
+    monkeypatch.setattr(P, "time_plans", lambda *a, **k: pytest.fail("a plan was timed in a child"))
+    monkeypatch.setattr(P, "MEASURE_MIN_IMAGES", 24)
+    monkeypatch.setattr(P, "cpu_count", lambda: 2)
+    monkeypatch.setattr(P, "bf16_allowed", lambda info=None: False)  # float32-only: float32-xla at batch 4
+    monkeypatch.setattr(P, "machine_busy", lambda: False)
+    rng = np.random.default_rng(0)
+    data = ImageSet((rng.random((40, 10, 13)) > 0.7).astype(np.uint8) * 255, "synthetic")
+    cfg = TrainConfig(iterations=30, batch_size=4, checkpoint_every=5, warmup=0, precision="auto")
+    for run in ("a", "b"):
+        assert train(TINY, cfg, data, tmp_path / run, reporter=Reporter.to_stderr()).step == cfg.iterations
+    err = capsys.readouterr().err
+    assert "plan: float32-xla, predicted" in err and "plan: float32-xla, cached" in err, err
+    assert err.count("step plan float32-xla: ") == 1 and "img/s in this run's first steps" in err
+    (path,) = (P.cache_dir() / "plans").glob("*.json")
+    record = json.loads(path.read_text())
+    assert "trial" not in record and record["winner"] == "float32-xla" and record["rows"][0]["images_per_s"] > 0

@@ -7,7 +7,9 @@ its cores, TensorFlow's version and the model's shape, so no flag can say: `trai
 auto` times every candidate for a few steps, each in a fresh process (thread pools are
 process-wide and fixed once TensorFlow starts), and caches the winner as JSON under
 `paths.cache_dir()/plans/`, keyed by what decides it (`key_fields`). docs/performance.md has
-the measurements behind the candidates.
+the measurements behind the candidates. Where every measurement so far agrees (a CPU, no
+GPU), the plan the CPU's flags predict is not timed apart: the training's own first steps
+time it (`Trial`), so choosing costs no second trace of the step.
 
 This module imports TensorFlow only inside the functions that need it (the device list, the
 version, the thread pools), so building candidates and keys stays cheap.
@@ -37,7 +39,8 @@ FORMAT = 1  # bump when the candidates or their meaning change: old cache entrie
 NO_BF16_ENV = "QD_PLAN_NO_BF16"
 # Set to a candidate's name to use it without measuring (benchmarks, debugging).
 FORCE_ENV = "QD_STEP_PLAN"
-# Set to "all" to time every candidate (as `qd bench train` does) instead of the finalists.
+# Set to "all" to time every candidate (as `qd bench train` does), or to "finalist" to time
+# the predicted plan in a fresh process before training instead of in its first steps.
 MEASURE_ENV = "QD_PLAN_MEASURE"
 # Streams are at most one per core (4 streams on 2 cores were no faster than 1) and hold at
 # least this many images. The floor is a guess, not a measurement: it keeps tiny batches
@@ -277,10 +280,12 @@ class Choice:
     """The plan to use, and where it came from."""
 
     plan: StepPlan
-    how: str  # "measured", "cached", "forced", "only", "unmeasured"
+    how: str  # "measured", "cached", "forced", "only", "unmeasured", "predicted" (timed by a Trial)
     rows: list[dict] = field(default_factory=list)  # {"name", "images_per_s" (median step)} per candidate
     path: Path | None = None
     note: str = ""  # said to the user when the plan had to change in this process
+    key: dict = field(default_factory=dict)  # key_fields, written beside a trial's result
+    busy: bool = False  # other work kept the cores busy when the plan was chosen
 
     def label(self) -> str:
         """The plan as the progress bar names it (short: rich cuts a long description)."""
@@ -314,9 +319,11 @@ def machine_busy() -> bool:
 
 def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict], bool] | None:
     """(cached winner, its rows, measured on a busy machine?), or None when absent; a file
-    that is not what we wrote is None too."""
+    that is not what we wrote is None too, and so is a trial that never ended (`Trial`)."""
     try:
         data = json.loads(path.read_text())
+        if "trial" in data:
+            return None
         by_name = {p.name: p for p in plans}
         winner = by_name[data["winner"]]
         rows = [{"name": str(r["name"]), "images_per_s": float(r["images_per_s"])} for r in data["rows"]]
@@ -346,11 +353,15 @@ def finalists(plans: list[StepPlan]) -> list[StepPlan]:
     """The candidates worth timing on this machine: the first of the finalists that is a
     candidate here (every candidate with QD_PLAN_MEASURE=all, or with a GPU, where nothing
     here was ever measured)."""
-    if os.environ.get(MEASURE_ENV, "").strip() == "all" or any(p.device != "cpu" for p in plans):
+    if _measure_env() == "all" or any(p.device != "cpu" for p in plans):
         return plans
     by_name = {p.name: p for p in plans}
     names = FINALISTS_STREAMS if any(p.streams > 1 for p in plans) else FINALISTS_ONE_STREAM
     return [by_name[n] for n in names if n in by_name][:1] or plans
+
+
+def _measure_env() -> str:
+    return os.environ.get(MEASURE_ENV, "").strip()
 
 
 def time_plans(plans: list[StepPlan], model_cfg: ModelConfig, batch_size: int, steps: int = MEASURE_STEPS) -> list:
@@ -446,6 +457,14 @@ def choose(
     busy = machine_busy() if busy is None else busy
     if _usable(cached, busy):
         return Choice(cached[0], "cached", cached[1], path)
+    timed, died = finalists(plans), _died_in_trial(path)
+    if died:
+        say(
+            f"the last run that tried step plan {died} ended before its first steps were timed; "
+            "timing the step plans in a fresh process instead"
+        )
+    elif len(timed) < len(plans) and _measure_env() != "finalist":
+        return Choice(timed[0], "predicted", [], path, key=fields, busy=busy)
     return _measure(model_cfg, train_cfg, plans, fields, path, busy, say, measure)
 
 
@@ -521,6 +540,71 @@ def _timed_rows(plans, model_cfg, batch_size, say, measure) -> list[dict]:
         else:
             rows.append({"name": p.name, "images_per_s": float(r["images_per_s_median"])})
     return rows
+
+
+# -- a predicted plan, timed as the training's first steps -----------------------------------
+
+# A trial's record in the cache says which process is trying which plan. When that process
+# ended without timing it (killed, or the plan crashed it), the next run times the plans in a
+# fresh process as before: a plan that cannot run here cannot take every run down with it.
+# Calls left out of a trial: the first traces the step (and XLA compiles it); the second
+# still ran slower in the timing child (timing.WARMUP_STEPS = 3 one-step calls).
+WARMUP_CALLS = 2
+
+
+def _died_in_trial(path: Path) -> str | None:
+    """The plan an earlier run was trying when it ended before its steps were timed."""
+    try:
+        data = json.loads(path.read_text())
+        pid, name = int(data["trial"]["pid"]), str(data["winner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return name
+    except OSError:  # alive, another user's
+        return None
+    return None
+
+
+class Trial:
+    """The predicted plan's speed, from the training's own steps. The first calls trace (and
+    compile) the step, as the timing child's warm-up steps do, and are left out; the median
+    of the next calls' seconds per step gives images/s, cached as a measurement would be."""
+
+    def __init__(self, choice: Choice, batch_size: int):
+        self.choice, self.batch_size = choice, batch_size
+        self.warm, self.per_step, self.steps = 0, [], 0
+        with atomic_path(choice.path) as tmp:
+            record = {"key": choice.key, "winner": choice.plan.name, "plan": choice.plan.as_dict(), "rows": []}
+            tmp.write_text(json.dumps({**record, "busy": choice.busy, "trial": {"pid": os.getpid()}}, indent=1))
+
+    @classmethod
+    def of(cls, choice: Choice, batch_size: int) -> "Trial | None":
+        """A trial when the plan was predicted and runs as predicted (apply() kept it)."""
+        if choice.how != "predicted" or choice.note or choice.path is None:
+            return None
+        return cls(choice, batch_size)
+
+    def observe(self, steps: int, seconds: float) -> Choice | None:
+        """One call's steps and seconds; the measured Choice once enough steps were timed."""
+        if not steps:
+            return None
+        if self.warm < WARMUP_CALLS:
+            self.warm += 1
+            return None
+        self.per_step.append(seconds / steps)
+        self.steps += steps
+        if self.steps < MEASURE_STEPS:
+            return None
+        per_step = sorted(self.per_step)[len(self.per_step) // 2]
+        rows = [{"name": self.choice.plan.name, "images_per_s": round(self.batch_size / per_step, 1)}]
+        c = self.choice
+        save(c.path, c.key, c.plan, rows, c.busy)
+        return replace(c, how="measured", rows=rows)
 
 
 def known_speed(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float | None:

@@ -774,11 +774,15 @@ class _Training:
             calls = iter(())
         check = self._checker(rule, signal, plateau) if plateau is not None else None
         where = "; ".join(filter(None, [self.choice.label(), self.placement.describe()]))
+        trial = step_plans.Trial.of(self.choice, cfg.batch_size) if not self.multi else None
         step = start
         try:
             with _Progress(cfg.iterations, start, self.quiet, f"training {self.data.name} ({where})") as progress:
                 for k, run in calls:
+                    began = time.perf_counter()
                     done = run()
+                    if trial is not None:
+                        trial = self._time_trial(trial, len(done), time.perf_counter() - began)
                     for i, values in enumerate(done):
                         step = k + i + 1
                         last = i == len(done) - 1
@@ -796,6 +800,19 @@ class _Training:
         finally:
             self.summaries.close()
         return stopped
+
+    def _time_trial(self, trial, steps: int, seconds: float):
+        """Feed a predicted plan's trial one call; once it has its figure, say it and end it."""
+        measured = trial.observe(steps, seconds)
+        if measured is None:
+            return trial
+        self.choice = measured
+        rate = measured.rows[0]["images_per_s"]
+        self.say(
+            f"step plan {measured.plan.name}: {rate:,.0f} img/s in this run's first steps; "
+            f"cached in {measured.path.parent}"
+        )
+        return None
 
     # -- finish -------------------------------------------------------------------------------
 
