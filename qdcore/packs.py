@@ -697,16 +697,22 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _row(pack: Pack) -> dict:
+def trained_steps(manifest: dict) -> int:
+    """The steps that made the weights: a relay's every leg, not its last leg's `steps` alone
+    (what `qd models`, `model: step N` and the studio say)."""
     from .cards import relay_totals
 
+    return (relay_totals(manifest) or (manifest["steps"],))[0]
+
+
+def _row(pack: Pack) -> dict:
     m = pack.manifest
     held = m.get("held_out") if isinstance(m.get("held_out"), dict) else {}
     return {
         "name": pack.name,
         "key": None,
         "categories": pack.categories if pack.conditional else (pack.categories[:1] or None),
-        "steps": (relay_totals(m) or (m["steps"],))[0],  # a relay's: every leg's
+        "steps": trained_steps(m),
         "status": "finished",
         "bound": held.get("bound"),
         "size_bytes": _size(pack.path),
@@ -744,7 +750,7 @@ def load(pack: Pack):
     checked, weights = read(pack.path, pack.name, pack.plugin)
     return TrainedModel(
         model=build(checked, weights),
-        step=checked.manifest["steps"],
+        step=trained_steps(checked.manifest),
         last_batch=None,
         workdir=checked.path,
         pack=checked.manifest,

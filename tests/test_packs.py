@@ -359,6 +359,8 @@ def test_the_shipped_pack_is_format_2_with_its_card_and_packaged(monkeypatch):
     entry = types.SimpleNamespace(factory=str(pack.path), plugin="packs")
     (row,) = packs.listing(builtin.FOLDER / "no-cache-here", {"zoo-26": entry})
     assert len(legs) > 1 and row["steps"] == sum(leg["steps"] for leg in legs) > pack.manifest["steps"]
+    # and so do `model: step N` and the studio's "model step", which read the loaded model's.
+    assert packs.load(pack).step == row["steps"]
     packs.check_weights(pack, weights.arrays(pack.path))
     card = (builtin.FOLDER / "zoo-26.README.md").read_text(encoding="utf-8")
     assert card == cards.card_text(pack.manifest, "zoo-26.safetensors"), "regenerate it: see docs/packs.md"
