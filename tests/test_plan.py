@@ -94,6 +94,18 @@ def test_a_trial_caches_the_median_of_its_timed_calls_after_the_warm_up(monkeypa
     assert choose(info=F32_ONLY).how == "cached"
     # A plan that apply() had to change in this process is not the one predicted: no trial.
     assert P.Trial.of(P.replace(c, note="fell back"), 400) is None and P.Trial.of(measured, 400) is None
+    # A run that ends before the trial has its steps (a resumed run's last few) ran the plan:
+    # what it timed is cached, and with nothing timed its record goes (it did not die).
+    c.path.unlink()
+    early = P.Trial.of(c, 400)
+    early.observe(1, 9.0), early.end()
+    assert not c.path.exists()
+    early = P.Trial.of(c, 400)
+    [early.observe(n, s) for n, s in [(1, 9.0), (1, 3.0), (2, 0.5)]]
+    early.end()
+    assert P._read_cache(c.path, P.candidates(400, 2, False, []))[1] == [
+        {"name": "float32-streams", "images_per_s": 1600.0}
+    ]
 
 
 def test_a_run_that_died_in_its_trial_makes_the_next_time_the_plans_in_a_child(monkeypatch):

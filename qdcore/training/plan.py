@@ -17,6 +17,7 @@ version, the thread pools), so building candidates and keys stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -598,8 +599,19 @@ class Trial:
             return None
         self.per_step.append(seconds / steps)
         self.steps += steps
-        if self.steps < MEASURE_STEPS:
-            return None
+        return self._result() if self.steps >= MEASURE_STEPS else None
+
+    def end(self) -> None:
+        """The run ended well before the trial had its steps (a resumed run's last few): the
+        plan ran, so its record must not read as a run that died; what was timed is kept."""
+        if self.per_step:
+            self._result()
+        else:
+            with contextlib.suppress(OSError):
+                if json.loads(self.choice.path.read_text()).get("trial", {}).get("pid") == os.getpid():
+                    self.choice.path.unlink()
+
+    def _result(self) -> Choice:
         per_step = sorted(self.per_step)[len(self.per_step) // 2]
         rows = [{"name": self.choice.plan.name, "images_per_s": round(self.batch_size / per_step, 1)}]
         c = self.choice

@@ -793,6 +793,8 @@ class _Training:
                         break
             if self.last_saved != int(self.step_var.numpy()) or self.manager.latest_checkpoint is None:
                 self.save(int(self.step_var.numpy()))
+            if trial is not None:
+                trial.end()
         except tf.errors.OpError as e:
             if not self.multi:
                 raise
