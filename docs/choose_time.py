@@ -45,7 +45,7 @@ def first_steps(batch: int) -> dict:
 
     def on_step(step, total, lx, lz):
         seen.append(time.perf_counter() - t0)
-        return len(seen) >= 8  # past a trial's warm-up and timed calls
+        return len(seen) >= 14  # past a trial's two warm-up calls and ten timed steps
 
     workdir = tempfile.mkdtemp()
     try:

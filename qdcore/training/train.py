@@ -795,6 +795,10 @@ class _Training:
                 self.save(int(self.step_var.numpy()))
             if trial is not None:
                 trial.end()
+        except Cancelled:  # the studio's cancel: a normal end, the plan ran
+            if trial is not None:
+                trial.end()
+            raise
         except tf.errors.OpError as e:
             if not self.multi:
                 raise
