@@ -507,3 +507,10 @@ def test_train_times_a_predicted_plan_in_its_own_first_steps(tmp_path, monkeypat
     (path,) = (P.cache_dir() / "plans").glob("*.json")
     record = json.loads(path.read_text())
     assert "trial" not in record and record["winner"] == "float32-xla" and record["rows"][0]["images_per_s"] > 0
+    # The studio's cancel in the trial's warm-up is a normal end: no record of a run that died.
+    from qdcore.errors import Cancelled
+
+    path.unlink()
+    with pytest.raises(Cancelled):
+        train(TINY, cfg, data, tmp_path / "c", on_step=lambda *a: True)
+    assert not path.exists() and P._died_in_trial(path) is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -793,18 +794,14 @@ class _Training:
                         break
             if self.last_saved != int(self.step_var.numpy()) or self.manager.latest_checkpoint is None:
                 self.save(int(self.step_var.numpy()))
-            if trial is not None:
-                trial.end()
-        except Cancelled:  # the studio's cancel: a normal end, the plan ran
-            if trial is not None:
-                trial.end()
-            raise
         except tf.errors.OpError as e:
             if not self.multi:
                 raise
             raise distribute.lost_peer(e, step + 1, self.kept()) from e
         finally:
             self.summaries.close()
+            if trial is not None and _ended_well():
+                trial.end()
         return stopped
 
     def _time_trial(self, trial, steps: int, seconds: float):
@@ -858,6 +855,12 @@ class _Training:
         with atomic_path(workdir / FINISHED) as tmp:
             tmp.write_text(json.dumps(finished))
         return TrainedModel(model=self.model, step=step, last_batch=last_batch, workdir=workdir, last_by_class=by_class)
+
+
+def _ended_well() -> bool:
+    """In a `finally`: no exception on its way out, or the studio's cancel (a normal end)."""
+    error = sys.exc_info()[1]
+    return error is None or isinstance(error, Cancelled)
 
 
 def _plan_line(choice: Choice, placement, train_cfg: TrainConfig, start: int, signal: str) -> str:
