@@ -19,7 +19,7 @@ from test_studio_browser import chromium_path, studio_process
 QD = str(Path(sys.executable).parent / "qd")
 RECIPE = """name: windmill-ft
 dataset: {use: quickdraw-strokes, category: windmill}
-model: {start: zoo-26}
+model: {write_n: 10, start: zoo-26}
 train: {iterations: 24, checkpoint_every: 8}
 generate: {n: 4}
 seeds: [prior]
