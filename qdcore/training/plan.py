@@ -607,7 +607,7 @@ class Trial:
         if self.per_step:
             self._result()
         else:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # gone, or not ours to judge
                 if json.loads(self.choice.path.read_text()).get("trial", {}).get("pid") == os.getpid():
                     self.choice.path.unlink()
 
