@@ -7,7 +7,8 @@ Speed choices (measured in docs/performance.md): every LSTM does ONE matmul for 
 gates on its concatenated inputs; everything the decoder state feeds (write patch, write
 window, next step's read window) comes out of ONE matmul; those matmuls can run in bfloat16
 (`precision`), the rest stays float32; the T loop is unrolled in Python so XLA sees one
-straight-line graph when the float32 step is compiled.
+straight-line graph when the float32 step is compiled; a small batch's training step takes
+each matrix's gradient in one product over all T steps (`Kernel`).
 
 Coordinates: pixel a runs over 1..A and filter i over 1..N as in the paper, so
 g~ = 0 centres the window at (A+1)/2, the middle of the image, and g~ = 0, delta~ = 1 puts
@@ -85,12 +86,57 @@ def gaussian_kl(mu, log_sigma):
 def dense(x, kernel, bias):
     """x @ kernel + bias in float32, with the matmul done in the kernel's dtype.
 
-    A bfloat16 kernel (see `Draw.loss_with_noise`) rounds the matmul's inputs to 8-bit
-    mantissas; bfloat16 keeps float32's exponent range, so nothing overflows that float32
-    would not, and the result and everything after it is float32 again.
+    `kernel` is a `Kernel`. A bfloat16 kernel (see `Draw.loss_with_noise`) rounds the matmul's
+    inputs to 8-bit mantissas; bfloat16 keeps float32's exponent range, so nothing overflows
+    that float32 would not, and the result and everything after it is float32 again.
     """
-    y = tf.matmul(tf.cast(x, kernel.dtype), kernel)
-    return tf.cast(y, tf.float32) + bias
+    return tf.cast(kernel(x), tf.float32) + bias
+
+
+class KernelUses(dict):
+    """name -> [(x, x @ kernel), ...]: every use of each weight matrix in one run, recorded by
+    its `Kernel`s for the training step's stacked gradients (training/step.py).
+
+    Each output is watched by `tape`: the recorded matrix is hidden from the tape, so an output
+    whose inputs are all constants (the first step's, without attention) would otherwise be
+    invisible to it."""
+
+    def __init__(self, tape):
+        super().__init__()
+        self.tape = tape
+
+    def add(self, name: str, x, y) -> None:
+        self.tape.watch(y)
+        self.setdefault(name, []).append((x, y))
+
+
+class Kernel:
+    """x -> x @ kernel for one weight matrix of one run (the T steps share it).
+
+    Recording (`uses`), it keeps each step's (x, x @ kernel) and hides the matrix from the
+    gradient tape: the training step then takes the matrix's gradient as ONE product over
+    all T steps' rows, concat(x)^T @ concat(d(x @ kernel)) (`stacked_gradient`), where the tape
+    would do T products over the batch's rows each. At batch 20 those small products run at a
+    third of a large one's rate (docs/performance.md, "Several steps per call").
+    """
+
+    def __init__(self, name: str, value, uses: KernelUses | None = None):
+        self.name, self.uses = name, uses
+        self.value = value if uses is None else tf.stop_gradient(value)
+
+    def __call__(self, x):
+        x = tf.cast(x, self.value.dtype)
+        y = tf.matmul(x, self.value)
+        if self.uses is not None:
+            self.uses.add(self.name, x, y)
+        return y
+
+
+def stacked_gradient(uses: list, output_grads: list):
+    """The gradient of a recorded `Kernel`'s matrix, float32, from the gradients of its outputs."""
+    xs = tf.concat([x for x, _ in uses], 0)
+    dys = tf.concat([tf.cast(g, xs.dtype) for g in output_grads], 0)
+    return tf.cast(tf.matmul(xs, dys, transpose_a=True), tf.float32)
 
 
 def lstm_step(inputs, c, kernel, bias):
@@ -265,18 +311,16 @@ class Draw(tf.Module):
         z = mu + tf.exp(log_sigma) * eps_t
         return z, h_enc, c_enc, gaussian_kl(mu, log_sigma)
 
-    def _kernels(self, precision: str, labels, weights) -> dict:
+    @property
+    def kernels(self) -> dict[str, tf.Variable]:
+        """The weight matrices by name (the run's `Kernel`s, and `uses`' keys)."""
+        return {"enc": self.enc_kernel, "z": self.z_kernel, "dec": self.dec_kernel, "out": self.out_kernel}
+
+    def _kernels(self, precision: str, labels, weights, uses: KernelUses | None = None) -> dict:
         """The weights one run uses: cast once per run, not once per step (the T steps share
-        each kernel), with the class's row (or a blend of rows) joined to the gate biases."""
-        kernels = {
-            name: tf.cast(var, precision)
-            for name, var in [
-                ("enc", self.enc_kernel),
-                ("z", self.z_kernel),
-                ("dec", self.dec_kernel),
-                ("out", self.out_kernel),
-            ]
-        }
+        each kernel), with the class's row (or a blend of rows) joined to the gate biases.
+        With `uses`, each matrix records its uses there (`Kernel`)."""
+        kernels = {name: Kernel(name, tf.cast(var, precision), uses) for name, var in self.kernels.items()}
         kernels["enc_bias"], kernels["dec_bias"] = self.enc_bias, self.dec_bias
         if self.conditioning is not None and weights is not None:
             kernels["enc_bias"], kernels["dec_bias"] = self.conditioning.blended_biases(
@@ -289,7 +333,16 @@ class Draw(tf.Module):
         return kernels
 
     def _run(
-        self, x, eps, encode: bool, keep_steps: bool, precision: str = "float32", labels=None, follow=None, weights=None
+        self,
+        x,
+        eps,
+        encode: bool,
+        keep_steps: bool,
+        precision: str = "float32",
+        labels=None,
+        follow=None,
+        weights=None,
+        uses=None,
     ):
         """Unrolled DRAW. eps (T, B, z): posterior noise when encoding, prior z otherwise.
         labels (B,) int32: the class of each row (ignored by an unconditional model);
@@ -301,7 +354,7 @@ class Draw(tf.Module):
         windows (T,B,3) or None, latents z_1..z_T (T,B,z) or None).
         """
         cfg = self.cfg
-        kernels = self._kernels(precision, labels, weights)
+        kernels = self._kernels(precision, labels, weights, uses)
         b = tf.shape(eps)[1]
         canvas = tf.zeros([b, cfg.height, cfg.width])
         h_dec = tf.zeros([b, cfg.dec_size])
@@ -339,7 +392,7 @@ class Draw(tf.Module):
             return canvas, lz, None, None, None
         return canvas, lz, tf.stack(canvases), (tf.stack(windows) if cfg.attention else None), tf.stack(zs)
 
-    def loss_with_noise(self, x, eps, precision: str = "float32", labels=None):
+    def loss_with_noise(self, x, eps, precision: str = "float32", labels=None, uses=None):
         """Per-image L^x and L^z (nats) for targets x (B,H,W) and noise eps (T,B,z).
 
         precision "bfloat16" does the LSTM and output matmuls (97% of the FLOPs) in
@@ -350,7 +403,7 @@ class Draw(tf.Module):
         bound on cat after 2,000 steps matched float32's within 0.5 nats without it
         (docs/performance.md).
         """
-        logits, lz = self._run(x, eps, True, False, precision, labels)[:2]
+        logits, lz = self._run(x, eps, True, False, precision, labels, uses=uses)[:2]
         # BCE from logits: log(1+exp(-|c|)) form, finite for any logit (no log(0)).
         lx = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=[1, 2])
         return lx, lz

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from ..config import TrainConfig
 from ..errors import InputError, TrainingError
-from .step import batch_sums, clip, step_noise
+from .step import clip, step_noise, sums_and_gradients
 
 TIMEOUT_ENV = "QD_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
@@ -212,11 +212,8 @@ def make_strategy_step(model, opt, train_cfg: TrainConfig, plan, strategy):
     def gradients(batch):
         lo = tf.cast(batch["lo"], tf.int32)
         eps = step_noise(model, train_cfg, batch["k"], train_cfg.batch_size)[:, lo : lo + tf.shape(batch["x"])[0]]
-        with tf.GradientTape() as tape:
-            lx, lz = batch_sums(model, batch, eps, plan)
-            # Per-replica loss scaling: the replicas' gradients add up to the global mean's.
-            loss = (lx + lz) / global_batch
-        return lx, lz, tape.gradient(loss, variables)
+        # Per-replica loss scaling: the replicas' gradients add up to the global mean's.
+        return sums_and_gradients(model, batch, eps, plan, 1.0 / global_batch, variables)
 
     def replica(batch):
         lx, lz, grads = gradients(batch)

@@ -25,7 +25,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from . import plan as step_plans
 from .mixing import balanced_groups, cycle_length, cycle_order, fit_batch, last_by_class, split, stream_labels
 from ..models import CHECKPOINTS, FINISHED
 from ..reporter import QUIET, Reporter
-from .step import batch_sums, clip, labels_or_zeros, split_sizes, step_noise
+from .step import clip, labels_or_zeros, split_sizes, step_noise, sums_and_gradients
 
 LAST_BATCH = "last_batch.npy"
 STARTED = "start.json"
@@ -238,11 +238,8 @@ def _step_body(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
     def body(x, k, y):
         eps = step_noise(model, train_cfg, k, tf.shape(x)[0])
         inv = 1.0 / tf.cast(tf.shape(x)[0], tf.float32)
-        with tf.GradientTape() as tape:
-            lx, lz = batch_sums(model, {"x": x, "y": y}, eps, plan)
-            lx, lz = lx * inv, lz * inv
-            loss = lx + lz
-        return update(lx, lz, tape.gradient(loss, variables), k)
+        lx, lz, grads = sums_and_gradients(model, {"x": x, "y": y}, eps, plan, inv, variables)
+        return update(lx * inv, lz * inv, grads, k)
 
     return body
 
@@ -328,14 +325,11 @@ def _xla_streams_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
     its part of the whole batch's mean-loss gradient; the update is compiled on its own."""
     variables = model.weights
     device = "/GPU:0" if plan.device == "gpu" else "/CPU:0"
+    one_stream = replace(plan, streams=1)  # each part is one stream of the plan's
 
     @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
     def part(xs, es, ys, inv_batch):
-        with tf.GradientTape() as tape:
-            lx, lz = model.loss_with_noise(xs, es, plan.precision, ys)
-            lx, lz = tf.reduce_sum(lx), tf.reduce_sum(lz)
-            loss = (lx + lz) * inv_batch
-        return lx, lz, tape.gradient(loss, variables)
+        return sums_and_gradients(model, {"x": xs, "y": ys}, es, one_stream, inv_batch, variables)
 
     compiled_update = tf.function(_guarded_update(opt, variables, train_cfg), jit_compile=True, autograph=False)
 
