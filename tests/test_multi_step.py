@@ -36,11 +36,13 @@ def _fresh(plan, classes=None):
 
 
 @pytest.mark.parametrize(
-    "xla, classes, n", [(False, None, K), (False, ["a", "b", "c"], 3), (True, None, 3), (True, ["a", "b", "c"], K)]
+    "xla, classes, n, streams",
+    [(False, None, K, 1), (False, ["a", "b", "c"], 3, 1), (True, None, 3, 1), (True, ["a", "b", "c"], K, 1)]
+    + [(False, ["a", "b", "c"], K, 2)],  # an uncompiled plan's streams run inside each step of the loop
 )
-def test_n_steps_in_one_call_equal_n_single_steps(xla, classes, n):
+def test_n_steps_in_one_call_equal_n_single_steps(xla, classes, n, streams):
     xs, ys = _batches()
-    plan = StepPlan("float32", xla)
+    plan = StepPlan("float32", xla, streams)
     model, step = _fresh(plan, classes)
     single = [
         [v.numpy() for v in step(tf.constant(xs[i]), tf.constant(7 + i, tf.int64), tf.constant(ys[i]))]
@@ -78,7 +80,8 @@ def test_calls_end_where_the_loop_looks_at_the_model():
     # small batches take several steps a call; large ones, streams and strategies one
     assert steps_per_call(20, StepPlan("float32", True)) > 1
     assert steps_per_call(400, StepPlan("float32", True)) == 1
-    assert steps_per_call(20, StepPlan("float32", True, 2)) == 1
+    assert steps_per_call(20, StepPlan("float32", True, 2)) == 1  # XLA streams: one cluster each, no loop
+    assert steps_per_call(20, StepPlan("bfloat16", False, 2)) > 1
 
 
 def _data(n=60):

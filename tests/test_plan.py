@@ -63,11 +63,13 @@ def test_a_fresh_machine_predicts_the_finalist_and_times_nothing_before_training
     monkeypatch.delenv(P.MEASURE_ENV)
     rates = {"float32-xla": 100, "float32-xla-streams": 150, "float32-streams": 120, "bfloat16-streams": 300}
     small = TrainConfig(iterations=LONG.iterations * 20, batch_size=20)
+    tiny = TrainConfig(iterations=LONG.iterations * 40, batch_size=12)  # too small for two streams
     for cfg, info, name in [
         (LONG, EPYC, "bfloat16-streams"),
         (LONG, F32_ONLY, "float32-streams"),
         (small, EPYC, "bfloat16-streams"),
-        (small, F32_ONLY, "float32-xla"),
+        (small, F32_ONLY, "float32-streams"),
+        (tiny, F32_ONLY, "float32-xla"),
     ]:
         fake = FakeMeasure(rates)
         c = choose(cfg, info=info, measure=fake, busy=True)
@@ -144,7 +146,7 @@ def test_finalist_mode_times_only_the_finalist_in_a_child(monkeypatch):
     f32 = FakeMeasure(rates)
     assert choose(info=F32_ONLY, measure=f32).plan.name == "float32-streams"
     assert [x[0] for x in f32.calls] == ["float32-streams"]
-    small = TrainConfig(iterations=LONG.iterations * 20, batch_size=20)
+    small = TrainConfig(iterations=LONG.iterations * 40, batch_size=12)  # one stream
     one = FakeMeasure(rates)
     assert choose(small, measure=one).plan.name == "bfloat16-streams"  # one stream, bfloat16 units
     f32_small = FakeMeasure(rates)
@@ -194,7 +196,8 @@ def test_candidates_with_and_without_bfloat16():
 
 def test_streams_follow_cores_and_batch():
     assert {p.streams for p in P.candidates(400, 4, True, []) if p.threads} == {4}
-    assert {p.streams for p in P.candidates(400, 16, True, [])} == {1, 8}  # at least MIN_STREAM images each
+    assert {p.streams for p in P.candidates(30, 16, True, [])} == {1, 3}  # at least MIN_STREAM images each
+    assert {p.streams for p in P.candidates(20, 2, True, [])} == {1, 2}
     assert {p.streams for p in P.candidates(8, 2, True, [])} == {1}
     # One core: no thread pools to set and nothing to split, so one float32 plan is left.
     assert names(P.candidates(400, 1, True, [])) == ["float32-xla", "bfloat16-streams"]

@@ -44,9 +44,10 @@ FORCE_ENV = "QD_STEP_PLAN"
 # the predicted plan in a fresh process before training instead of in its first steps.
 MEASURE_ENV = "QD_PLAN_MEASURE"
 # Streams are at most one per core (4 streams on 2 cores were no faster than 1) and hold at
-# least this many images. The floor is a guess, not a measurement: it keeps tiny batches
-# (tests, toy recipes) in one stream, where splitting can only add ops.
-MIN_STREAM = 50
+# least this many images: at batch 20 on 2 cores, two streams of 10 (several steps a call,
+# stacked kernel gradients) ran 1.2-1.3x one stream's images/s, which left a core idle; at
+# batch 8, two streams of 4 were no faster (docs/performance.md).
+MIN_STREAM = 10
 # Timed steps per candidate (after timing.WARMUP_STEPS untimed ones, which include tracing
 # and XLA compilation): enough to rank plans whose speeds differ by 1.2x or more.
 MEASURE_STEPS = 10
@@ -57,11 +58,12 @@ MEASURE_STEPS = 10
 # about 20-70 s of training, and measuring four plans at batch 23 took 70-90 s.
 MEASURE_MIN_IMAGES = 200_000
 # A short run with nothing cached compiles its step (XLA) when it has at least this many steps
-# of a batch too small to split into streams: there most of a step is per-op overhead, which
+# of a batch under SHORT_XLA_BELOW_BATCH: there most of a step is per-op overhead, which
 # XLA's fused step removes (batch 20 on a quiet Zen 4: 1,030-1,111 against 516-521 img/s
 # uncompiled), and its compile (about 5 s more than the uncompiled first step) is repaid after
 # about 260 steps; 400 leaves room for a slower compile.
 SHORT_XLA_MIN_STEPS = 400
+SHORT_XLA_BELOW_BATCH = 100
 
 
 def is_short(train_cfg: TrainConfig) -> bool:
@@ -342,8 +344,9 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
 # instructions (AMX, AVX512-BF16) bfloat16-streams won at every batch measured (batch 400:
 # 1.5-1.6x float32-streams; batch 20: 1,292 img/s against float32-xla's 1,099 on a Zen 4).
 # Without them, float32-streams won at a batch split into streams (Xeon, Zen 4 with bfloat16
-# left out, the Zen 3 of issue 28), and the compiled float32-xla in one stream (batch 23 on the
-# Xeon and the Zen 3). Timing it confirms it runs here and gives its speed for the plan line;
+# left out, the Zen 3 of issue 28; batch 23 in two streams of 11-12 on the Zen 4: 1,176-1,411
+# img/s against float32-xla's 1,176-1,251), and the compiled float32-xla in one stream (batch 23
+# on the Xeon and the Zen 3, when a stream held at least 50 images). Timing it confirms it runs here and gives its speed for the plan line;
 # timing a second plan in the same process doubled the choice's ~13 s (a fresh TensorFlow,
 # the step's trace, its steps). If it cannot run, the others are timed.
 FINALISTS_STREAMS = ("bfloat16-streams", "float32-streams")
@@ -388,12 +391,13 @@ def short_run_plan(plans: list[StepPlan], train_cfg: TrainConfig) -> StepPlan:
     in one stream, at TensorFlow's default threads, uncompiled: XLA compiling the default
     model's step takes about 6 s more than TensorFlow's first uncompiled step (11.7 s against
     5.4 s here), and later steps ran at the same speed (0.21 s at batch 400), so for a few
-    hundred steps compiling cannot pay (docs/performance.md). Except for a batch too small
-    for streams and at least SHORT_XLA_MIN_STEPS steps: there the compiled step is twice as fast."""
+    hundred steps compiling cannot pay (docs/performance.md). Except for a batch under
+    SHORT_XLA_BELOW_BATCH and at least SHORT_XLA_MIN_STEPS steps: there the compiled step is
+    twice as fast."""
     first = plans[0]
     if first.device != "cpu":
         return first
-    small = train_cfg.batch_size < 2 * MIN_STREAM and train_cfg.iterations >= SHORT_XLA_MIN_STEPS
+    small = train_cfg.batch_size < SHORT_XLA_BELOW_BATCH and train_cfg.iterations >= SHORT_XLA_MIN_STEPS
     return StepPlan(first.precision, small, name=f"{first.precision}-xla" if small else first.precision)
 
 

@@ -271,7 +271,7 @@ MULTI_STEP_MAX_BATCH = 100  # from here on a step's own work hides the per-call 
 
 def steps_per_call(batch_size: int, plan: StepPlan, strategy=None) -> int:
     """How many steps one call of the training loop runs (1: the plain step)."""
-    if strategy is not None or plan.streams > 1 or batch_size >= MULTI_STEP_MAX_BATCH:
+    if strategy is not None or (plan.streams > 1 and plan.jit_compile) or batch_size >= MULTI_STEP_MAX_BATCH:
         return 1
     return max(1, min(MAX_STEPS_PER_CALL, CALL_IMAGES // batch_size))
 
