@@ -77,9 +77,9 @@ def test_calls_end_where_the_loop_looks_at_the_model():
     assert call_bounds(0, 23, 64, [10]) == [(0, 10), (10, 20), (20, 23)]
     assert call_bounds(7, 23, 4, [10, 5]) == [(7, 10), (10, 14), (14, 15), (15, 19), (19, 20), (20, 23)]
     assert call_bounds(5, 5, 4, [10]) == []
-    # small batches take several steps a call; large ones, streams and strategies one
+    # a call holds about CALL_IMAGES images; XLA streams and strategies take one step a call
     assert steps_per_call(20, StepPlan("float32", True)) > 1
-    assert steps_per_call(400, StepPlan("float32", True)) == 1
+    assert steps_per_call(400, StepPlan("float32", True)) == 5 and steps_per_call(4096, StepPlan("float32", True)) == 1
     assert steps_per_call(20, StepPlan("float32", True, 2)) == 1  # XLA streams: one cluster each, no loop
     assert steps_per_call(20, StepPlan("bfloat16", False, 2)) > 1
 

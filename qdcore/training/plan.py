@@ -346,9 +346,10 @@ def _read_cache(path: Path, plans: list[StepPlan]) -> tuple[StepPlan, list[dict]
 # Without them, float32-streams won at a batch split into streams (Xeon, Zen 4 with bfloat16
 # left out, the Zen 3 of issue 28; batch 23 in two streams of 11-12 on the Zen 4: 1,176-1,411
 # img/s against float32-xla's 1,176-1,251), and the compiled float32-xla in one stream (batch 23
-# on the Xeon and the Zen 3, when a stream held at least 50 images). Timing it confirms it runs here and gives its speed for the plan line;
-# timing a second plan in the same process doubled the choice's ~13 s (a fresh TensorFlow,
-# the step's trace, its steps). If it cannot run, the others are timed.
+# on the Xeon and the Zen 3, when a stream held at least 50 images). Timing it confirms it
+# runs here and gives its speed for the plan line; timing a second plan in the same process
+# doubled the choice's ~13 s (a fresh TensorFlow, the step's trace, its steps). If it cannot
+# run, the others are timed.
 FINALISTS_STREAMS = ("bfloat16-streams", "float32-streams")
 FINALISTS_ONE_STREAM = ("bfloat16-streams", "float32-xla")
 

@@ -263,15 +263,16 @@ def _one_graph_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
 # At batch 20 a step's arithmetic is a few milliseconds and the rest of a call (Python, the
 # executor, copying four tensors back) costs as much again. Like Keras' steps_per_execution,
 # one call then runs several steps in a loop inside the graph (compiled whole under XLA):
-# the per-call cost is paid once per call. A call holds about CALL_IMAGES images.
+# the per-call cost is paid once per call. A call holds about CALL_IMAGES images: 64 steps at
+# batch 20 (1.3-2x one step a call), 5 at batch 400 (1.04-1.09x, docs/performance.md).
 CALL_IMAGES = 2048
 MAX_STEPS_PER_CALL = 64
-MULTI_STEP_MAX_BATCH = 100  # from here on a step's own work hides the per-call cost
 
 
 def steps_per_call(batch_size: int, plan: StepPlan, strategy=None) -> int:
-    """How many steps one call of the training loop runs (1: the plain step)."""
-    if strategy is not None or (plan.streams > 1 and plan.jit_compile) or batch_size >= MULTI_STEP_MAX_BATCH:
+    """How many steps one call of the training loop runs (1: the plain step). The XLA streams
+    step (a cluster per stream) and a strategy's step take one step a call."""
+    if strategy is not None or (plan.streams > 1 and plan.jit_compile):
         return 1
     return max(1, min(MAX_STEPS_PER_CALL, CALL_IMAGES // batch_size))
 
