@@ -264,7 +264,7 @@ def _one_graph_step(model: Draw, opt, train_cfg: TrainConfig, plan: StepPlan):
 # executor, copying four tensors back) costs as much again. Like Keras' steps_per_execution,
 # one call then runs several steps in a loop inside the graph (compiled whole under XLA):
 # the per-call cost is paid once per call. A call holds about CALL_IMAGES images: 64 steps at
-# batch 20 (1.3-2x one step a call), 5 at batch 400 (1.04-1.09x, docs/performance.md).
+# batch 20 (1.02-1.25x one step a call), 5 at batch 400 (1.04-1.09x, docs/performance.md).
 CALL_IMAGES = 2048
 MAX_STEPS_PER_CALL = 64
 
