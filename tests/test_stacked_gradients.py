@@ -15,7 +15,7 @@ from qdcore.draw import Draw, KernelUses
 from qdcore.training.plan import StepPlan
 from qdcore.training.step import batch_sums, step_noise, sums_and_gradients
 
-TINY = ModelConfig(height=10, width=13, T=3, enc_size=16, dec_size=12, z_size=4, read_n=3, write_n=3)
+TINY = ModelConfig(height=10, width=13, T=2, enc_size=16, dec_size=12, z_size=4, read_n=3, write_n=3)
 CLASSES = ["a", "b", "c"]
 
 
