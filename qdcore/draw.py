@@ -348,10 +348,9 @@ class Draw(tf.Module):
         labels (B,) int32: the class of each row (ignored by an unconditional model);
         weights (B, C) float32 instead: a blend of the classes' rows (a morph between them).
         follow: when encoding, only steps 1..follow read x; later steps take z_t = eps[t]
-        from the prior, so the decoder carries on from what the encoder made it draw.
-
-        Returns (logits c_T, L^z per image, canvas logits c_1..c_T (T,B,H,W) or None,
-        windows (T,B,3) or None, latents z_1..z_T (T,B,z) or None).
+        from the prior, so the decoder carries on from what the encoder made it draw. uses:
+        see `loss_with_noise`. Returns (logits c_T, L^z per image, canvas logits c_1..c_T
+        (T,B,H,W) or None, windows (T,B,3) or None, latents z_1..z_T (T,B,z) or None).
         """
         cfg = self.cfg
         kernels = self._kernels(precision, labels, weights, uses)
@@ -401,7 +400,9 @@ class Draw(tf.Module):
         is summed over the T steps in bfloat16 before it reaches the float32 optimizer:
         casting per step to sum in float32 would cost 6-7% of the step, and the held-out
         bound on cat after 2,000 steps matched float32's within 0.5 nats without it
-        (docs/performance.md).
+        (docs/performance.md). With `uses` (a `KernelUses`, the training step's), the weight
+        matrices are hidden from the gradient tape and record their uses instead, for
+        gradients taken in one product over the T steps (`stacked_gradient`).
         """
         logits, lz = self._run(x, eps, True, False, precision, labels, uses=uses)[:2]
         # BCE from logits: log(1+exp(-|c|)) form, finite for any logit (no log(0)).

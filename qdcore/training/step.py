@@ -56,9 +56,9 @@ def batch_sums(model: Draw, batch: dict, eps, plan: StepPlan, record=None):
 
 
 # Below this many rows a stream, each weight matrix's gradient is taken as one product over
-# all T steps' rows (draw.Kernel): at batch 20 that measured 1.1-1.3x the step; at 400 rows
-# a stream, where each step's product is already large, it measured 0.8-1.1x
-# (docs/performance.md). QD_STACKED=0 turns it off, to compare.
+# all T steps' rows (draw.Kernel): at batch 20 that measured 1.1-1.5x the step; at batch
+# 400, where each step's product is already large, it measured 0.8-1.1x (docs/performance.md).
+# QD_STACKED=0 turns it off, to compare.
 STACK_BELOW_ROWS = 100
 
 
